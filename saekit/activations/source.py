@@ -1,0 +1,151 @@
+"""Activations of a model's training contexts, as a deterministic sequence of chunks, cached on disk.
+
+Chunk ``i`` holds the activations of training contexts ``[i*C, (i+1)*C)`` at every requested site,
+BOS positions and outlier-norm tokens removed (rows aligned across sites, so an SAE's input and a
+transcoder's target stay paired). A chunk is read from the cache when present and computed (then
+written atomically as safetensors) otherwise, so a run can stop anywhere and the next run, or a
+resumed one, sees exactly the same data. The model is loaded only if some chunk must be computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from itertools import islice
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from saekit.data.contexts import iter_contexts
+from saekit.data.corpus import Document, load_corpus, split_documents
+from saekit.errors import SaekitError
+from saekit.io import load_tensors, save_tensors, write_json
+from saekit.models.hooks import capture
+from saekit.models.loading import LoadedModel
+
+CACHE_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """Everything that determines the activations; its hash names the cache directory."""
+
+    model: str
+    sites: tuple[str, ...]
+    corpus: str = "default"
+    text_field: str = "text"
+    eval_fraction: float = 0.05
+    context_length: int = 128
+    seed: int = 0
+    exclude_bos: bool = True
+    outlier_norm_factor: float | None = 10.0  # drop tokens whose norm exceeds this x the chunk median
+    contexts_per_chunk: int = 64
+    randomize_weights: bool = False
+
+    def key(self) -> str:
+        payload = json.dumps({**asdict(self), "version": CACHE_FORMAT_VERSION}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass
+class CorpusSplit:
+    train: list[Document]
+    eval: list[Document]
+
+
+def load_split(spec: ActivationSpec) -> CorpusSplit:
+    train, evaluation = split_documents(load_corpus(spec.corpus, spec.text_field), spec.eval_fraction, spec.seed)
+    return CorpusSplit(train, evaluation)
+
+
+def contexts_for(loaded: LoadedModel, docs: list[Document], spec: ActivationSpec, seed: int) -> Iterator[Tensor]:
+    return iter_contexts(docs, loaded.tokenizer, spec.context_length, loaded.bos_token_id,
+                         loaded.eos_token_id, seed=seed)
+
+
+def token_mask(activations: dict[str, Tensor], exclude_bos: bool, outlier_norm_factor: float | None) -> Tensor:
+    """[batch, seq] mask of positions kept for training: not BOS, not an outlier at any site."""
+    first = next(iter(activations.values()))
+    keep = torch.ones(first.shape[:2], dtype=torch.bool, device=first.device)
+    if exclude_bos:
+        keep[:, 0] = False
+    if outlier_norm_factor is not None:
+        for value in activations.values():
+            norms = value.norm(dim=-1)
+            keep &= norms <= outlier_norm_factor * norms[keep].median()
+    return keep
+
+
+class ActivationSource:
+    """The chunk sequence for one :class:`ActivationSpec`, backed by an optional cache directory."""
+
+    def __init__(self, spec: ActivationSpec, cache_root: str | Path | None,
+                 load: Callable[[], LoadedModel], model_batch_contexts: int = 16) -> None:
+        self.spec = spec
+        self.cache_dir = Path(cache_root) / spec.key() if cache_root is not None else None
+        self._load = load
+        self._loaded: LoadedModel | None = None
+        self.model_batch_contexts = model_batch_contexts
+        self._contexts: Iterator[Tensor] | None = None
+        self._next_context = 0
+        if self.cache_dir is not None:
+            write_json(self.cache_dir / "manifest.json", {"format_version": CACHE_FORMAT_VERSION, **asdict(self.spec)})
+
+    @property
+    def loaded(self) -> LoadedModel:
+        if self._loaded is None:
+            self._loaded = self._load()
+        return self._loaded
+
+    def chunk_path(self, index: int) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / f"chunk_{index:06d}.safetensors"
+
+    def chunk(self, index: int) -> dict[str, Tensor]:
+        path = self.chunk_path(index)
+        if path is not None and path.is_file():
+            return load_tensors(path, "activation cache chunk")
+        activations = self._compute(index)
+        if path is not None:
+            save_tensors(path, activations)
+        return activations
+
+    def chunks(self, start: int = 0, progress: bool = True) -> Iterator[dict[str, Tensor]]:
+        index = start
+        with tqdm(desc="activation chunks", unit="chunk", disable=not progress) as bar:
+            while True:
+                yield self.chunk(index)
+                bar.update()
+                index += 1
+
+    def _contexts_at(self, first: int, count: int) -> Tensor:
+        if self._contexts is None or self._next_context != first:
+            split = load_split(self.spec)
+            self._contexts = islice(contexts_for(self.loaded, split.train, self.spec, self.spec.seed), first, None)
+            self._next_context = first
+        rows = list(islice(self._contexts, count))
+        self._next_context += len(rows)
+        if len(rows) < count:
+            raise SaekitError(
+                f"training corpus {self.spec.corpus!r} ran out after {self._next_context} contexts of "
+                f"{self.spec.context_length} tokens; ask for fewer training tokens or give a larger corpus"
+            )
+        return torch.stack(rows)
+
+    @torch.no_grad()
+    def _compute(self, index: int) -> dict[str, Tensor]:
+        count = self.spec.contexts_per_chunk
+        contexts = self._contexts_at(index * count, count)
+        adapter = self.loaded.adapter
+        sites = [adapter.site(name) for name in self.spec.sites]
+        parts: dict[str, list[Tensor]] = {name: [] for name in self.spec.sites}
+        for batch in contexts.split(self.model_batch_contexts):
+            captured = capture(adapter, batch.to(self.loaded.device), sites)
+            by_name = {site.name: captured[site] for site in sites}
+            keep = token_mask(by_name, self.spec.exclude_bos, self.spec.outlier_norm_factor)
+            for name, value in by_name.items():
+                parts[name].append(value[keep].float().cpu())
+        return {name: torch.cat(values) for name, values in parts.items()}

@@ -1,0 +1,131 @@
+"""The ``saekit`` command line: one subcommand per pipeline job; errors print one line and exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from pathlib import Path
+
+from saekit.errors import SaekitError
+from saekit.training.config import TrainConfig
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """Every TrainConfig field as an optional --flag (overrides the config file)."""
+    for spec in fields(TrainConfig):
+        if spec.name == "extra":
+            continue
+        flag = "--" + spec.name.replace("_", "-")
+        default_type = type(spec.default) if spec.default is not None else str
+        if default_type is bool:
+            parser.add_argument(flag, dest=spec.name, type=_parse_bool, default=None, metavar="BOOL")
+        elif spec.name in ("lr", "outlier_norm_factor"):
+            parser.add_argument(flag, dest=spec.name, type=_optional_float, default=None)
+        elif spec.name in ("width",):
+            parser.add_argument(flag, dest=spec.name, type=int, default=None)
+        else:
+            parser.add_argument(flag, dest=spec.name, type=default_type, default=None)
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() in ("none", "off") else float(text)
+
+
+def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    config = TrainConfig.from_file(args.config) if getattr(args, "config", None) else (base or TrainConfig())
+    values = config.to_dict()
+    for spec in fields(TrainConfig):
+        given = getattr(args, spec.name, None)
+        if given is not None:
+            values[spec.name] = None if given == "none" and spec.name in ("target_site", "cache_dir") else given
+    return TrainConfig.from_dict(values).validate()
+
+
+def _train(args: argparse.Namespace) -> int:
+    from saekit.training.run import train_run
+
+    run_dir = train_run(config_from_args(args), args.runs_dir, resume=args.resume)
+    print(f"trained: {run_dir}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from saekit.evaluation.evaluate import evaluate_run
+
+    metrics = evaluate_run(args.run_dir, eval_tokens=args.eval_tokens, law=args.law)
+    losses = metrics["losses"]
+    print(f"clean CE {losses['ce_clean']['mean']:.4f}, spliced CE {losses['ce_spliced']['mean']:.4f}, "
+          f"delta CE {losses['delta_ce_spliced']['mean']:.4f} nats; report: {Path(args.run_dir) / 'report.md'}")
+    return 0
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from saekit.quickstart import run_quickstart
+
+    run_dir = run_quickstart(args.runs_dir, args.name, fresh=args.fresh)
+    print((run_dir / "report.md").read_text())
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="saekit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a dictionary on a model's activations")
+    train.add_argument("--config", help="JSON file of TrainConfig fields (flags override it)")
+    train.add_argument("--runs-dir", default="runs")
+    train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    _add_config_flags(train)
+    train.set_defaults(handler=_train)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a trained run (writes metrics.json and report.md)")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--eval-tokens", type=int, default=None)
+    evaluate.add_argument("--law", default="chinchilla", help="scaling-law preset for effective compute")
+    evaluate.set_defaults(handler=_evaluate)
+
+    quick = sub.add_parser("quickstart", help="train and evaluate a TopK SAE on the default model (~10 min, CPU)")
+    quick.add_argument("--runs-dir", default="runs")
+    quick.add_argument("--name", default="quickstart")
+    quick.add_argument("--fresh", action="store_true", help="discard an earlier quickstart run of this name")
+    quick.set_defaults(handler=_quickstart)
+
+    _add_optional_commands(sub)
+    return parser
+
+
+def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
+    """Subcommands that live in their own stage packages register themselves here."""
+    from saekit.toy.cli import add_toy_parser
+
+    add_toy_parser(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except SaekitError as err:
+        print(f"saekit: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("saekit: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

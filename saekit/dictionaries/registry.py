@@ -1,0 +1,67 @@
+"""Architecture names -> classes, and saving/loading dictionaries as safetensors + JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saekit.dictionaries.base import Dictionary, DictionaryConfig
+from saekit.dictionaries.relu import ReLUDictionary
+from saekit.dictionaries.topk import TopKDictionary
+from saekit.errors import SaekitError
+from saekit.io import load_tensors, read_json, save_tensors, write_json
+
+ARCHITECTURES: dict[str, type[Dictionary]] = {
+    "topk": TopKDictionary,
+    "relu": ReLUDictionary,
+}
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "weights.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def build_dictionary(config: DictionaryConfig) -> Dictionary:
+    if config.architecture not in ARCHITECTURES:
+        raise SaekitError(
+            f"unknown architecture {config.architecture!r}; choose one of {sorted(ARCHITECTURES)}"
+        )
+    if config.architecture.startswith("topk") and not 0 < config.k <= config.width:
+        raise SaekitError(f"k={config.k} must be between 1 and the width {config.width}")
+    return ARCHITECTURES[config.architecture](config)
+
+
+def save_dictionary(directory: str | Path, dictionary: Dictionary, source: dict[str, Any] | None = None) -> None:
+    """Write weights.safetensors and config.json (format version, dictionary config, where it reads from)."""
+    directory = Path(directory)
+    save_tensors(directory / WEIGHTS_FILE, dict(dictionary.state_dict()))
+    write_json(directory / CONFIG_FILE, {
+        "format_version": FORMAT_VERSION,
+        "dictionary": dictionary.config.to_dict(),
+        "source": source or {},
+    })
+
+
+def load_dictionary(directory: str | Path, device: str | torch.device = "cpu") -> tuple[Dictionary, dict[str, Any]]:
+    """Load a saved dictionary; returns it with its ``source`` metadata (model, sites)."""
+    directory = Path(directory)
+    meta = read_json(directory / CONFIG_FILE, "dictionary config")
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if version != FORMAT_VERSION:
+        raise SaekitError(
+            f"{directory / CONFIG_FILE} has format_version {version!r}; this saekit reads {FORMAT_VERSION}"
+        )
+    if "dictionary" not in meta:
+        raise SaekitError(f"{directory / CONFIG_FILE} has no 'dictionary' section; the file is corrupt")
+    dictionary = build_dictionary(DictionaryConfig.from_dict(meta["dictionary"]))
+    state = load_tensors(directory / WEIGHTS_FILE, "dictionary weights")
+    expected = {name: tuple(p.shape) for name, p in dictionary.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in state.items()}
+    if expected != found:
+        raise SaekitError(
+            f"weights in {directory / WEIGHTS_FILE} do not match its config (expected {expected}, found {found})"
+        )
+    dictionary.load_state_dict(state)
+    return dictionary.to(device), meta.get("source", {})

@@ -1,0 +1,633 @@
+"""Express a spliced-in dictionary's loss as the training compute a compute-optimal model needs to reach it.
+
+Splicing a sparse autoencoder into a language model raises next-token cross-entropy from ``L_clean`` to
+``L_spliced``. With a Chinchilla-style scaling law ``L(N, D) = E + A / N**alpha + B / D**beta`` (``N``
+parameters, ``D`` training tokens), the loss along the compute-optimal frontier (``C = 6 N D``) obeys
+``L - E  proportional to  C**(-gamma)`` with ``gamma = alpha * beta / (alpha + beta)``, so the spliced model
+performs like one trained with
+
+    fraction = ((L_spliced - E) / (L_clean - E)) ** (-1 / gamma)
+
+of the compute that reaches ``L_clean``. The answer depends strongly on the irreducible loss ``E``, so this
+module also reports how the fraction moves when ``E`` does, a parameter-equivalent at the original model's
+token count, and can fit the law to a ``(params, tokens, loss)`` table of one's own model family.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saekit.errors import SaekitError
+
+__all__ = [
+    "PRESETS",
+    "ScalingLaw",
+    "compute_fraction",
+    "effective_compute_report",
+    "fit_scaling_law",
+    "format_report_markdown",
+    "get_law",
+    "load_table",
+    "parameter_equivalent",
+    "sensitivity_to_E",
+]
+
+_CONSTANT_NAMES = ("E", "A", "B", "alpha", "beta")
+_DEFAULT_E_SCALES = (0.8, 0.9, 1.0, 1.1, 1.2)
+_HUBER_DELTA = 1e-3
+_MIN_FIT_ROWS = 5
+
+
+@dataclass(frozen=True)
+class ScalingLaw:
+    """A parametric loss law ``L(N, D) = E + A / N**alpha + B / D**beta``.
+
+    ``N`` is the number of parameters (counted as in the source fit) and ``D`` the number of
+    training tokens. ``source`` cites where the constants come from.
+    """
+
+    name: str
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        for key in _CONSTANT_NAMES:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise SaekitError(
+                    f"scaling law {self.name!r}: constant {key}={value!r} is not a finite number; "
+                    "give E, A, B, alpha, beta as numbers"
+                )
+        if self.E < 0:
+            raise SaekitError(
+                f"scaling law {self.name!r}: E={self.E} is negative; E is a loss floor, use E >= 0"
+            )
+        for key in ("A", "B", "alpha", "beta"):
+            if getattr(self, key) <= 0:
+                raise SaekitError(
+                    f"scaling law {self.name!r}: {key}={getattr(self, key)} must be > 0 "
+                    "(the law needs loss to fall with parameters and tokens)"
+                )
+
+    def loss(self, params: float, tokens: float) -> float:
+        """Predicted loss of a model with ``params`` parameters trained on ``tokens`` tokens."""
+        params = _positive(params, "params")
+        tokens = _positive(tokens, "tokens")
+        return self.E + self.A / params**self.alpha + self.B / tokens**self.beta
+
+    @property
+    def gamma(self) -> float:
+        """Exponent of the compute-optimal frontier: ``L - E`` scales as ``C**(-gamma)``."""
+        return self.alpha * self.beta / (self.alpha + self.beta)
+
+    def constants(self) -> dict[str, float]:
+        """The five constants as a plain dict (the shape :func:`get_law` accepts)."""
+        return {key: float(getattr(self, key)) for key in _CONSTANT_NAMES}
+
+
+PRESETS: dict[str, ScalingLaw] = {
+    "chinchilla": ScalingLaw(
+        name="chinchilla",
+        E=1.69,
+        A=406.4,
+        B=410.7,
+        alpha=0.34,
+        beta=0.28,
+        source=(
+            "Hoffmann et al. 2022, 'Training Compute-Optimal Large Language Models' (arXiv:2203.15556), "
+            "Approach 3 parametric fit (MassiveText, SentencePiece tokenizer)"
+        ),
+    ),
+    "besiroglu": ScalingLaw(
+        name="besiroglu",
+        E=1.8172,
+        A=482.01,
+        B=2085.43,
+        alpha=0.3478,
+        beta=0.3658,
+        source=(
+            "Besiroglu et al. 2024, 'Chinchilla Scaling: A replication attempt' (arXiv:2404.10102), "
+            "refit of Hoffmann et al.'s Approach 3 on data reconstructed from their figure"
+        ),
+    ),
+}
+
+LawLike = ScalingLaw | str | Mapping[str, Any]
+
+
+def get_law(name_or_constants: LawLike) -> ScalingLaw:
+    """Return a preset law by name, or build one from a dict of ``E, A, B, alpha, beta``.
+
+    A dict may also carry ``name`` and ``source``; any other key is rejected so typos (``Alpha``) are
+    not silently ignored. A :class:`ScalingLaw` is returned unchanged.
+    """
+    if isinstance(name_or_constants, ScalingLaw):
+        return name_or_constants
+    if isinstance(name_or_constants, str):
+        key = name_or_constants.strip().lower()
+        if key not in PRESETS:
+            raise SaekitError(
+                f"unknown scaling law {name_or_constants!r}; use one of {', '.join(sorted(PRESETS))} "
+                "or give a dict of E, A, B, alpha, beta"
+            )
+        return PRESETS[key]
+    if isinstance(name_or_constants, Mapping):
+        given = dict(name_or_constants)
+        unknown = sorted(set(given) - set(_CONSTANT_NAMES) - {"name", "source"})
+        if unknown:
+            raise SaekitError(
+                f"scaling-law constants have unknown keys {unknown}; use exactly E, A, B, alpha, beta "
+                "(plus optional name, source)"
+            )
+        missing = [key for key in _CONSTANT_NAMES if key not in given]
+        if missing:
+            raise SaekitError(
+                f"scaling-law constants are missing {missing}; give all of E, A, B, alpha, beta"
+            )
+        values: dict[str, float] = {}
+        for key in _CONSTANT_NAMES:
+            value = given[key]
+            if isinstance(value, bool):
+                value = None
+            try:
+                values[key] = float(value)
+            except (TypeError, ValueError):
+                raise SaekitError(
+                    f"scaling-law constant {key}={given[key]!r} is not a number; give E, A, B, alpha, beta "
+                    "as numbers"
+                ) from None
+        return ScalingLaw(
+            name=str(given.get("name", "custom")),
+            source=str(given.get("source", "user-supplied constants")),
+            **values,
+        )
+    raise SaekitError(
+        f"cannot make a scaling law from {type(name_or_constants).__name__}; "
+        f"pass a preset name ({', '.join(sorted(PRESETS))}) or a dict of E, A, B, alpha, beta"
+    )
+
+
+def compute_fraction(law: LawLike, loss_clean: float, loss_spliced: float) -> float:
+    """Compute that reaches ``loss_spliced`` compute-optimally, as a fraction of that reaching ``loss_clean``.
+
+    ``fraction = ((loss_spliced - E) / (loss_clean - E)) ** (-1 / gamma)``. A spliced loss at or below the
+    clean loss gives a fraction >= 1. Both losses must lie above the law's floor ``E``.
+    """
+    law = get_law(law)
+    loss_clean = _finite(loss_clean, "loss_clean")
+    loss_spliced = _finite(loss_spliced, "loss_spliced")
+    return _fraction(law.E, law.gamma, loss_clean, loss_spliced, law.name)
+
+
+def parameter_equivalent(
+    law: LawLike, loss_clean: float, loss_spliced: float, params: float, tokens: float
+) -> dict[str, Any]:
+    """Parameter count that, at the original token count, loses as much as the spliced model.
+
+    A law's absolute loss rarely matches a particular model (different tokenizer and data), so the
+    measured degradation ``loss_spliced - loss_clean`` is added to the law's own loss at ``(params,
+    tokens)`` and the law is inverted at ``tokens`` for that shifted loss. If the shifted loss is at or
+    below the law's floor at ``tokens`` (``E + B / tokens**beta``), no parameter count reaches it and
+    ``params_equivalent`` / ``params_ratio`` are ``None`` with a ``reason``.
+    """
+    law = get_law(law)
+    loss_clean = _finite(loss_clean, "loss_clean")
+    loss_spliced = _finite(loss_spliced, "loss_spliced")
+    params = _positive(params, "params")
+    tokens = _positive(tokens, "tokens")
+    degradation = loss_spliced - loss_clean
+    law_loss = law.loss(params, tokens)
+    target = law_loss + degradation
+    floor = law.E + law.B / tokens**law.beta
+    result: dict[str, Any] = {
+        "params": params,
+        "tokens": tokens,
+        "degradation": degradation,
+        "law_loss": law_loss,
+        "target_loss": target,
+        "loss_floor_at_tokens": floor,
+        "params_equivalent": None,
+        "params_ratio": None,
+        "reason": None,
+    }
+    excess = target - floor
+    if excess <= 0:
+        result["reason"] = (
+            f"shifted loss {target:.4f} is at or below the law's floor {floor:.4f} at {tokens:.3g} tokens, "
+            "so no parameter count reaches it"
+        )
+        return result
+    try:
+        equivalent = (law.A / excess) ** (1.0 / law.alpha)
+    except OverflowError:
+        equivalent = math.inf
+    if not math.isfinite(equivalent):
+        result["reason"] = (
+            f"shifted loss {target:.4f} is so close to the law's floor {floor:.4f} that the parameter count "
+            "overflows"
+        )
+        return result
+    result["params_equivalent"] = equivalent
+    result["params_ratio"] = equivalent / params
+    return result
+
+
+def sensitivity_to_E(
+    law: LawLike, loss_clean: float, loss_spliced: float, E_values: Sequence[float] | None = None
+) -> list[dict[str, float]]:
+    """Compute fraction for several values of the floor ``E``, other constants fixed.
+
+    The default grid is ``law.E * [0.8, 0.9, 1.0, 1.1, 1.2]``, dropping values not below both losses (the
+    formula needs ``E < loss``). Explicit ``E_values`` must all be valid. Rows are
+    ``{"E": ..., "compute_fraction": ...}`` in grid order.
+    """
+    law = get_law(law)
+    loss_clean = _finite(loss_clean, "loss_clean")
+    loss_spliced = _finite(loss_spliced, "loss_spliced")
+    if E_values is None:
+        ceiling = min(loss_clean, loss_spliced)
+        grid = [law.E * scale for scale in _DEFAULT_E_SCALES]
+        grid = [value for value in grid if value < ceiling]
+        if not grid:
+            _fraction(law.E, law.gamma, loss_clean, loss_spliced, law.name)  # raises with the reason
+    else:
+        grid = []
+        for value in E_values:
+            value = _finite(value, "E value")
+            if value < 0:
+                raise SaekitError(f"E value {value} is negative; E is a loss floor, use values >= 0")
+            grid.append(value)
+        if not grid:
+            raise SaekitError("E_values is empty; pass at least one E or None for the default grid")
+    return [
+        {"E": value, "compute_fraction": _fraction(value, law.gamma, loss_clean, loss_spliced, law.name)}
+        for value in grid
+    ]
+
+
+def fit_scaling_law(
+    rows: Sequence[tuple[float, float, float]],
+    name: str = "fitted",
+    initial: LawLike | None = None,
+) -> ScalingLaw:
+    """Fit ``L(N, D) = E + A / N**alpha + B / D**beta`` to ``(params, tokens, loss)`` rows.
+
+    Follows Hoffmann et al. (2022): with ``E = exp(e)``, ``A = exp(a)``, ``B = exp(b)``, minimise the Huber
+    loss (delta 1e-3) between ``logsumexp(a - alpha log N, b - beta log D, e)`` and ``log L``, by L-BFGS
+    from a grid of starting points (plus ``initial`` if given), keeping the best. Needs at least 5 rows
+    spanning at least two parameter counts and two token counts.
+    """
+    table = _validate_rows(rows)
+    log_n = torch.tensor([math.log(row[0]) for row in table], dtype=torch.float64)
+    log_d = torch.tensor([math.log(row[1]) for row in table], dtype=torch.float64)
+    log_l = torch.tensor([math.log(row[2]) for row in table], dtype=torch.float64)
+    # Centre log N and log D so the amplitude and exponent of each term are not strongly coupled;
+    # a_c = a - alpha * mean(log N) is converted back after the fit.
+    n_mid = float(log_n.mean())
+    d_mid = float(log_d.mean())
+    x_n = log_n - n_mid
+    x_d = log_d - d_mid
+
+    starts = [
+        (e, a, b, alpha, beta)
+        for e, a, b, alpha, beta in itertools.product(
+            (-1.0, 0.0, 1.0), (0.0, 7.5, 15.0), (0.0, 7.5, 15.0), (0.2, 0.5, 1.0), (0.2, 0.5, 1.0)
+        )
+    ]
+    if initial is not None:
+        start_law = get_law(initial)
+        starts.append(
+            (
+                math.log(start_law.E) if start_law.E > 0 else -10.0,
+                math.log(start_law.A),
+                math.log(start_law.B),
+                start_law.alpha,
+                start_law.beta,
+            )
+        )
+    raw = torch.tensor(starts, dtype=torch.float64)
+    centred = raw.clone()
+    centred[:, 1] = raw[:, 1] - raw[:, 3] * n_mid
+    centred[:, 2] = raw[:, 2] - raw[:, 4] * d_mid
+
+    def objective(theta: torch.Tensor) -> torch.Tensor:
+        """Per-start Huber objective; theta has shape (starts, 5) in centred coordinates."""
+        e, a_c, b_c, alpha, beta = theta.unbind(dim=1)
+        terms = torch.stack(
+            (
+                a_c[:, None] - alpha[:, None] * x_n[None, :],
+                b_c[:, None] - beta[:, None] * x_d[None, :],
+                e[:, None].expand(-1, x_n.numel()),
+            )
+        )
+        predicted = torch.logsumexp(terms, dim=0)
+        huber = torch.nn.functional.huber_loss(
+            predicted, log_l.expand_as(predicted), reduction="none", delta=_HUBER_DELTA
+        )
+        return huber.sum(dim=1) / _HUBER_DELTA
+
+    # Stage 1: all starts together. The problems are independent, so the sum's gradient separates;
+    # L-BFGS on the sum is a cheap screen that moves every start towards its local basin.
+    screened = _lbfgs(objective, centred, max_iter=60)
+    with torch.no_grad():
+        values = objective(screened)
+    values = torch.where(torch.isfinite(values), values, torch.full_like(values, math.inf))
+    order = torch.argsort(values)
+    # Stage 2: refine the most promising starts one at a time and keep the best valid law.
+    best: tuple[float, torch.Tensor] | None = None
+    for index in order[: min(5, len(order))].tolist():
+        refined = _lbfgs(objective, screened[index : index + 1], max_iter=500)
+        with torch.no_grad():
+            value = float(objective(refined)[0])
+        e, a_c, b_c, alpha, beta = refined[0].tolist()
+        if not math.isfinite(value) or alpha <= 0 or beta <= 0:
+            continue
+        if best is None or value < best[0]:
+            best = (value, refined[0])
+    if best is None:
+        raise SaekitError(
+            "scaling-law fit found no law whose loss falls with both parameters and tokens; "
+            "give rows that span a wider range of params and tokens"
+        )
+    value, theta = best
+    e, a_c, b_c, alpha, beta = theta.tolist()
+    A = math.exp(a_c + alpha * n_mid)
+    B = math.exp(b_c + beta * d_mid)
+    if not (math.isfinite(A) and math.isfinite(B)):
+        raise SaekitError(
+            "scaling-law fit diverged (A or B overflowed); "
+            "give rows that span a wider range of params and tokens"
+        )
+    return ScalingLaw(
+        name=name,
+        E=math.exp(e),
+        A=A,
+        B=B,
+        alpha=alpha,
+        beta=beta,
+        source=(
+            f"fitted by saekit to {len(table)} (params, tokens, loss) rows: "
+            f"Huber loss (delta {_HUBER_DELTA:g}) on log-loss residuals, L-BFGS from {len(starts)} starts; "
+            f"final objective {value * _HUBER_DELTA:.3g}"
+        ),
+    )
+
+
+def load_table(path: str | Path) -> list[tuple[float, float, float]]:
+    """Read a CSV with header ``params,tokens,loss`` (any column order, extra columns ignored).
+
+    Blank lines and lines starting with ``#`` are skipped. Each value must be a positive finite number;
+    a bad row raises :class:`SaekitError` naming its line number.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SaekitError(
+            f"cannot read scaling table {path}: {exc.strerror or exc}; check the path"
+        ) from None
+    except UnicodeDecodeError:
+        raise SaekitError(f"scaling table {path} is not UTF-8 text; save it as a UTF-8 CSV") from None
+    lines = [
+        (number, line)
+        for number, line in enumerate(text.splitlines(), start=1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if not lines:
+        raise SaekitError(
+            f"scaling table {path} is empty; give a header params,tokens,loss and one row per model"
+        )
+    header_line, header_text = lines[0]
+    header = [cell.strip().lower() for cell in next(csv.reader([header_text]))]
+    missing = [column for column in ("params", "tokens", "loss") if column not in header]
+    if missing:
+        raise SaekitError(
+            f"{path}:{header_line}: header lacks column(s) {', '.join(missing)}; "
+            "the first line must name params,tokens,loss"
+        )
+    positions = {column: header.index(column) for column in ("params", "tokens", "loss")}
+    rows: list[tuple[float, float, float]] = []
+    for number, line in lines[1:]:
+        cells = next(csv.reader([line]))
+        if len(cells) != len(header):
+            raise SaekitError(
+                f"{path}:{number}: row has {len(cells)} fields but the header has {len(header)}; "
+                "give one value per column"
+            )
+        values = []
+        for column in ("params", "tokens", "loss"):
+            cell = cells[positions[column]].strip()
+            try:
+                value = float(cell)
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value) or value <= 0:
+                raise SaekitError(
+                    f"{path}:{number}: {column} value {cell!r} is not a positive finite number; fix that row"
+                )
+            values.append(value)
+        rows.append((values[0], values[1], values[2]))
+    if not rows:
+        raise SaekitError(f"scaling table {path} has a header but no rows; add one row per model")
+    return rows
+
+
+def effective_compute_report(
+    law: LawLike,
+    loss_clean: float,
+    loss_spliced: float,
+    params: float | None = None,
+    tokens: float | None = None,
+) -> dict[str, Any]:
+    """Everything about one (clean, spliced) loss pair as a JSON-able dict.
+
+    Keys: ``law`` (name, constants, source), ``gamma``, ``loss_clean``, ``loss_spliced``, ``degradation``,
+    ``compute_fraction``, ``sensitivity`` (see :func:`sensitivity_to_E`), ``parameter_equivalent`` (only
+    when both ``params`` and ``tokens`` are given, else ``None``) and a one-line ``statement``.
+    """
+    law = get_law(law)
+    if (params is None) != (tokens is None):
+        raise SaekitError(
+            "give both params and tokens (the original model's size and training tokens) or neither"
+        )
+    fraction = compute_fraction(law, loss_clean, loss_spliced)
+    sensitivity = sensitivity_to_E(law, loss_clean, loss_spliced)
+    equivalent = (
+        parameter_equivalent(law, loss_clean, loss_spliced, params, tokens)
+        if params is not None and tokens is not None
+        else None
+    )
+    fractions = [row["compute_fraction"] for row in sensitivity]
+    spread = ""
+    if len(sensitivity) > 1:
+        spread = (
+            f"; E in [{sensitivity[0]['E']:.3g}, {sensitivity[-1]['E']:.3g}] gives "
+            f"{_fmt_fraction(min(fractions))}x-{_fmt_fraction(max(fractions))}x"
+        )
+    statement = (
+        f"Spliced loss {float(loss_spliced):.3f} equals a compute-optimal model trained with "
+        f"{_fmt_fraction(fraction)}x the compute of one reaching {float(loss_clean):.3f} "
+        f"(law: {law.name}, E={law.E:.4g}, gamma={law.gamma:.4g}{spread})."
+    )
+    return {
+        "law": {"name": law.name, **law.constants(), "source": law.source},
+        "gamma": law.gamma,
+        "loss_clean": float(loss_clean),
+        "loss_spliced": float(loss_spliced),
+        "degradation": float(loss_spliced) - float(loss_clean),
+        "compute_fraction": fraction,
+        "sensitivity": sensitivity,
+        "parameter_equivalent": equivalent,
+        "statement": statement,
+    }
+
+
+def format_report_markdown(report: Mapping[str, Any]) -> str:
+    """A short markdown section for a report from :func:`effective_compute_report`."""
+    missing = [
+        key for key in ("law", "gamma", "compute_fraction", "sensitivity", "statement") if key not in report
+    ]
+    if missing:
+        raise SaekitError(f"report lacks {missing}; pass the dict returned by effective_compute_report")
+    law = report["law"]
+    lines = [
+        "### Effective compute",
+        "",
+        report["statement"],
+        "",
+        f"- Compute fraction: **{_fmt_fraction(report['compute_fraction'])}x**",
+        (
+            f"- Law `{law['name']}`: L(N, D) = {law['E']:.4g} + {law['A']:.4g}/N^{law['alpha']:.4g} "
+            f"+ {law['B']:.4g}/D^{law['beta']:.4g} (gamma = {report['gamma']:.4g})"
+        ),
+    ]
+    if law.get("source"):
+        lines.append(f"- Source: {law['source']}")
+    equivalent = report.get("parameter_equivalent")
+    if equivalent is not None:
+        if equivalent.get("params_equivalent") is None:
+            lines.append(f"- Parameter equivalent: none ({equivalent.get('reason')})")
+        else:
+            lines.append(
+                f"- Parameter equivalent at {equivalent['tokens']:.3g} tokens: "
+                f"{equivalent['params_equivalent']:.3g} params "
+                f"({equivalent['params_ratio']:.3g}x the original {equivalent['params']:.3g})"
+            )
+    lines += ["", "| E | compute fraction |", "|---:|---:|"]
+    for row in report["sensitivity"]:
+        lines.append(f"| {row['E']:.4g} | {_fmt_fraction(row['compute_fraction'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fraction(E: float, gamma: float, loss_clean: float, loss_spliced: float, law_name: str) -> float:
+    if loss_clean <= E:
+        raise SaekitError(
+            f"the law's floor E={E:.4g} ({law_name}) is at or above the clean loss {loss_clean:.4g}; "
+            "pick another law or fit one to your model family"
+        )
+    if loss_spliced <= E:
+        raise SaekitError(
+            f"the law's floor E={E:.4g} ({law_name}) is at or above the spliced loss {loss_spliced:.4g}; "
+            "pick another law or fit one to your model family"
+        )
+    log_fraction = -math.log((loss_spliced - E) / (loss_clean - E)) / gamma
+    if log_fraction > 700:
+        raise SaekitError(
+            f"compute fraction overflows (log fraction {log_fraction:.1f}); the losses sit too close to the "
+            f"floor E={E:.4g}, pick another law or fit one"
+        )
+    return math.exp(log_fraction)
+
+
+def _lbfgs(objective, theta0: torch.Tensor, max_iter: int) -> torch.Tensor:
+    theta = theta0.detach().clone().requires_grad_(True)
+    optimiser = torch.optim.LBFGS(
+        [theta],
+        lr=1.0,
+        max_iter=max_iter,
+        max_eval=int(max_iter * 1.5),
+        tolerance_grad=1e-12,
+        tolerance_change=1e-13,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        value = objective(theta).sum()
+        value.backward()
+        return value
+
+    optimiser.step(closure)
+    return theta.detach()
+
+
+def _validate_rows(rows: Sequence[tuple[float, float, float]]) -> list[tuple[float, float, float]]:
+    try:
+        items = list(rows)
+    except TypeError:
+        raise SaekitError("rows must be a sequence of (params, tokens, loss) tuples") from None
+    if len(items) < _MIN_FIT_ROWS:
+        raise SaekitError(
+            f"fitting a scaling law needs at least {_MIN_FIT_ROWS} (params, tokens, loss) rows, got "
+            f"{len(items)}; add more models/checkpoints"
+        )
+    table = []
+    for index, row in enumerate(items):
+        try:
+            params, tokens, loss = row
+        except (TypeError, ValueError):
+            raise SaekitError(
+                f"row {index} is {row!r}, not a (params, tokens, loss) triple; fix that row"
+            ) from None
+        values = []
+        for label, value in (("params", params), ("tokens", tokens), ("loss", loss)):
+            try:
+                number = float(value) if not isinstance(value, bool) else math.nan
+            except (TypeError, ValueError):
+                number = math.nan
+            if not math.isfinite(number) or number <= 0:
+                raise SaekitError(
+                    f"row {index}: {label}={value!r} is not a positive finite number; fix that row"
+                )
+            values.append(number)
+        table.append((values[0], values[1], values[2]))
+    if len({row[0] for row in table}) < 2 or len({row[1] for row in table}) < 2:
+        raise SaekitError(
+            "scaling-law rows must span at least two parameter counts and two token counts; "
+            "add models of other sizes or checkpoints at other token counts"
+        )
+    return table
+
+
+def _finite(value: Any, label: str) -> float:
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise SaekitError(f"{label}={value!r} is not a finite number; pass a number")
+    return number
+
+
+def _positive(value: Any, label: str) -> float:
+    number = _finite(value, label)
+    if number <= 0:
+        raise SaekitError(f"{label}={value!r} must be > 0; pass a positive count")
+    return number
+
+
+def _fmt_fraction(value: float) -> str:
+    return f"{value:.2f}" if value >= 0.1 else f"{value:.2g}"

@@ -1,0 +1,72 @@
+"""Render an evaluation's metrics as a short markdown report a person reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from saekit.evaluation.effective_compute import format_report_markdown
+
+
+def _pm(value: dict[str, float], digits: int = 4) -> str:
+    return f"{value['mean']:.{digits}f} ± {value['se']:.{digits}f}"
+
+
+def _loss_table(losses: dict[str, Any]) -> list[str]:
+    rows = [
+        ("clean model", "ce_clean", None, None),
+        ("dictionary spliced in", "ce_spliced", "delta_ce_spliced", "kl_spliced"),
+        ("site zero-ablated", "ce_zero", "delta_ce_zero", "kl_zero"),
+        ("site mean-ablated", "ce_mean", "delta_ce_mean", "kl_mean"),
+    ]
+    lines = ["| condition | CE (nats) | ΔCE vs clean | KL(clean ‖ condition) |", "|---|---|---|---|"]
+    for label, ce, delta, kl in rows:
+        lines.append(f"| {label} | {_pm(losses[ce])} | {_pm(losses[delta]) if delta else '-'} | "
+                     f"{_pm(losses[kl]) if kl else '-'} |")
+    return lines
+
+
+def _reconstruction_lines(site: str, rec: dict[str, Any]) -> list[str]:
+    p = rec["l0_percentiles"]
+    return [
+        f"### Reconstruction and sparsity at `{site}` ({rec['tokens']} tokens)",
+        "",
+        f"- Fraction of variance unexplained (FVU): **{rec['fvu']:.4f}** "
+        f"(explained variance {rec['explained_variance']:.4f}); formula: {rec['fvu_formula']}. "
+        f"Legacy per-token-mean form: {rec['legacy_fvu_per_token_mean']:.4f}.",
+        f"- MSE per token (sum over dimensions): {rec['mse_per_token']:.4f}; per element: {rec['mse_per_element']:.6f}",
+        f"- L0: mean {rec['l0_mean']:.2f}; 5/50/95th percentiles {p['5']:.0f} / {p['50']:.0f} / {p['95']:.0f}",
+        f"- Dead latents (never fired on these tokens): {rec['dead_fraction']:.2%}; dense latents "
+        f"(fire on > {rec['dense_threshold']:.0%} of tokens): {rec['dense_fraction']:.2%}",
+        "",
+    ]
+
+
+def render_report(metrics: dict[str, Any]) -> str:
+    losses = metrics["losses"]
+    lines = [
+        "# saekit evaluation report",
+        "",
+        f"Model: {metrics['model']}. Sites spliced jointly: {', '.join(f'`{s}`' for s in metrics['sites'])}. "
+        f"{metrics['eval_contexts']} held-out contexts of {metrics['context_length']} tokens "
+        f"({losses['contexts']} contexts scored). {metrics['bos_handling']}. ± values are standard errors "
+        "over contexts (ΔCE paired by context).",
+        "",
+        "## Degradation of the model",
+        "",
+        *_loss_table(losses),
+        "",
+        f"- ΔCE with the dictionary spliced in: **{losses['delta_ce_spliced']['mean']:.4f} nats**.",
+        f"- Loss recovered against a **zero-ablation** baseline: {losses['loss_recovered_vs_zero_ablation']:.2%}; "
+        f"against a **mean-ablation** baseline: {losses['loss_recovered_vs_mean_ablation']:.2%}. "
+        "Loss recovered flatters: ablating a site destroys the model, so the denominator is huge. "
+        "Read ΔCE and the effective compute below instead.",
+        "",
+    ]
+    compute = metrics.get("effective_compute", {})
+    if "error" in compute:
+        lines += ["### Effective compute", "", f"Not reported: {compute['error']}", ""]
+    elif compute:
+        lines += [format_report_markdown(compute), ""]
+    for site, rec in metrics["reconstruction"].items():
+        lines += _reconstruction_lines(site, rec)
+    return "\n".join(lines) + "\n"

