@@ -109,9 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     """Subcommands that live in their own stage packages register themselves here."""
-    from saekit.toy.cli import add_toy_parser
-
-    add_toy_parser(sub)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

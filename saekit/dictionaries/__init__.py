@@ -1,0 +1,19 @@
+"""Sparse dictionaries (SAEs and transcoders) behind one interface; see ``base`` for the shared maths.
+
+Architectures by registry name: ``relu`` (ReLU + L1), ``gated`` (Gated SAE), ``gated_rescale`` (the
+gated ablation: ReLU with a learned per-latent rescaling), ``topk`` (optionally with the auxiliary-K
+loss), ``batchtopk`` and ``jumprelu``.
+"""
+
+from saekit.dictionaries.base import Dictionary, DictionaryConfig, DictionaryOutput
+from saekit.dictionaries.registry import ARCHITECTURES, build_dictionary, load_dictionary, save_dictionary
+
+__all__ = [
+    "ARCHITECTURES",
+    "Dictionary",
+    "DictionaryConfig",
+    "DictionaryOutput",
+    "build_dictionary",
+    "load_dictionary",
+    "save_dictionary",
+]

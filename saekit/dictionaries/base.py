@@ -3,24 +3,45 @@
 A dictionary maps an input activation x (d_in) to sparse latents z (width) and reconstructs a target
 (d_out; the input itself for an SAE, another site for a transcoder):
 
-    pre  = (x - b_pre) @ W_enc + b_enc        b_pre = b_dec for an SAE (tied), 0 for a transcoder
-    z    = activation(pre)                    architecture-specific (TopK, ReLU, JumpReLU, ...)
-    x_hat = z @ W_dec + b_dec                 rows of W_dec are unit-norm feature directions
+    pre   = (x - b_pre) @ W_enc + b_enc       b_pre = b_dec for an SAE (tied), 0 for a transcoder
+    z     = activation(pre)                   architecture-specific (TopK, ReLU, JumpReLU, ...)
+    x_hat = z @ W_dec + b_dec [+ x @ W_skip]  rows of W_dec are unit-norm feature directions;
+                                              the linear skip is optional (transcoders)
 
-Architectures subclass :class:`Dictionary` and override ``activation`` and ``sparsity_losses``;
-everything else (initialisation, decoder-norm constraint, folding the input scaling into the
-weights, loss assembly) is shared here.
+Architectures subclass :class:`Dictionary` and override ``activation`` and ``sparsity_losses`` (and
+``auxiliary_losses`` / ``fold_thresholds`` when they need them); everything else (initialisation,
+decoder-norm constraint, the optional skip connection and decoder orthogonality penalty, folding the
+input scaling into the weights, loss assembly) is shared here.
+
+Settings that only some architectures read live in ``DictionaryConfig.extra``. Each class declares
+the keys it understands with their defaults (``EXTRA_DEFAULTS``); an unknown key is an error, so a
+typo cannot silently train with the default. Keys every architecture accepts:
+
+- ``orthogonality_coefficient`` (0 = off): weight of the mean squared off-diagonal cosine
+  similarity between decoder rows (:func:`saekit.dictionaries.losses.orthogonality_penalty`).
+- ``skip_connection`` (False): add a linear map ``x @ W_skip`` (initialised to zero) to the
+  reconstruction, as in skip transcoders.
+
+State updates inside ``forward`` (BatchTopK's inference threshold, JumpReLU's threshold calibration)
+happen only when the module is in training mode *and* autograd is on (:attr:`Dictionary.learning`),
+so evaluating under ``torch.no_grad()`` never moves them. Call ``.eval()`` for inference.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from saekit.dictionaries.losses import orthogonality_penalty, squared_error
 from saekit.errors import SaekitError
+
+SHARED_EXTRA_DEFAULTS: dict[str, Any] = {
+    "orthogonality_coefficient": 0.0,
+    "skip_connection": False,
+}
 
 
 @dataclass
@@ -30,14 +51,16 @@ class DictionaryConfig:
     architecture: str
     d_in: int
     width: int
-    d_out: int | None = None  # None: an SAE reconstructing its own input
+    d_out: int | None = None  # None: an SAE reconstructing its own input; set (even = d_in): a transcoder
     k: int = 32  # TopK family: active latents per token
     l1_coefficient: float = 5.0  # ReLU family: weight of the decoder-norm-weighted L1 penalty
     extra: dict[str, Any] = field(default_factory=dict)  # architecture-specific settings
 
     @property
     def is_transcoder(self) -> bool:
-        return self.d_out is not None and self.d_out != self.d_in
+        # An explicit d_out marks a transcoder even at equal width (MLP in -> MLP out): its input and
+        # target are different sites, so the decoder bias must not be subtracted from the input.
+        return self.d_out is not None
 
     @property
     def output_dim(self) -> int:
@@ -67,11 +90,17 @@ class DictionaryOutput:
 class Dictionary(nn.Module):
     """Base class: shared parameters, encoding/decoding and loss assembly."""
 
+    EXTRA_DEFAULTS: ClassVar[dict[str, Any]] = {}  # architecture-specific ``extra`` keys and defaults
+    USES_K: ClassVar[bool] = False  # whether ``config.k`` matters (validated by ``build_dictionary``)
+
+    W_skip: nn.Parameter | None
+
     def __init__(self, config: DictionaryConfig) -> None:
         super().__init__()
         if config.width < 1 or config.d_in < 1 or config.output_dim < 1:
             raise SaekitError(f"dictionary sizes must be positive, got d_in={config.d_in} width={config.width}")
         self.config = config
+        self.options = self._resolve_options(config)
         direction = torch.randn(config.width, config.output_dim)
         direction = direction / direction.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(direction)
@@ -83,6 +112,20 @@ class Dictionary(nn.Module):
             self.W_enc = nn.Parameter(direction.T.clone())
         self.b_enc = nn.Parameter(torch.zeros(config.width))
         self.b_dec = nn.Parameter(torch.zeros(config.output_dim))
+        # Zero start: the skip transcoder begins as a plain transcoder and learns the linear part.
+        skip = torch.zeros(config.d_in, config.output_dim) if self.options["skip_connection"] else None
+        self.register_parameter("W_skip", nn.Parameter(skip) if skip is not None else None)
+
+    @classmethod
+    def _resolve_options(cls, config: DictionaryConfig) -> dict[str, Any]:
+        defaults = {**SHARED_EXTRA_DEFAULTS, **cls.EXTRA_DEFAULTS}
+        unknown = set(config.extra) - set(defaults)
+        if unknown:
+            raise SaekitError(
+                f"architecture {config.architecture!r} does not understand extra settings {sorted(unknown)}; "
+                f"it accepts {sorted(defaults)}"
+            )
+        return {**defaults, **config.extra}
 
     # ---- the architecture-specific part -------------------------------------------------------
     def activation(self, pre: Tensor) -> Tensor:
@@ -93,10 +136,22 @@ class Dictionary(nn.Module):
         """Extra loss terms (L1, step penalties...). ``sparsity_scale`` ramps from 0 to 1 during warmup."""
         return {}
 
+    def auxiliary_losses(
+        self, x: Tensor, target: Tensor, pre: Tensor, latents: Tensor, reconstruction: Tensor,
+        dead_mask: Tensor | None,
+    ) -> dict[str, Tensor]:
+        """Terms that need the whole forward (dead-latent revival, gate training...). None by default."""
+        return {}
+
     def fold_thresholds(self, output_scale: float) -> None:
-        """Rescale any learned thresholds when folding the input scaling (see ``fold_input_scale``)."""
+        """Rescale any learned thresholds/biases in latent units when folding the input scaling."""
 
     # ---- shared machinery ----------------------------------------------------------------------
+    @property
+    def learning(self) -> bool:
+        """True in a training forward (train mode, autograd on): the only time buffers may change."""
+        return self.training and torch.is_grad_enabled()
+
     @property
     def b_pre(self) -> Tensor:
         return torch.zeros_like(self.b_dec) if self.config.is_transcoder else self.b_dec
@@ -113,7 +168,17 @@ class Dictionary(nn.Module):
         return self.activation(self.pre_activations(x))
 
     def decode(self, latents: Tensor) -> Tensor:
+        """Latents -> output space (without the skip connection, which needs the input)."""
         return latents @ self.W_dec + self.b_dec
+
+    def skip(self, x: Tensor) -> Tensor | None:
+        """The linear skip path's contribution to the reconstruction (None when there is none)."""
+        return None if self.W_skip is None else x @ self.W_skip
+
+    def reconstruct(self, x: Tensor, latents: Tensor) -> Tensor:
+        decoded = self.decode(latents)
+        skipped = self.skip(x)
+        return decoded if skipped is None else decoded + skipped
 
     def forward(
         self, x: Tensor, target: Tensor | None = None, *, sparsity_scale: float = 1.0,
@@ -122,19 +187,20 @@ class Dictionary(nn.Module):
         target = x if target is None else target
         pre = self.pre_activations(x)
         latents = self.activation(pre)
-        reconstruction = self.decode(latents)
-        losses = {"reconstruction": (reconstruction - target).pow(2).sum(-1).mean()}
+        reconstruction = self.reconstruct(x, latents)
+        losses = {"reconstruction": squared_error(reconstruction, target)}
         losses.update(self.sparsity_losses(pre, latents, sparsity_scale))
         losses.update(self.auxiliary_losses(x, target, pre, latents, reconstruction, dead_mask))
+        losses.update(self.decoder_losses())
         losses["loss"] = sum(losses.values())
         return DictionaryOutput(latents=latents, reconstruction=reconstruction, losses=losses)
 
-    def auxiliary_losses(
-        self, x: Tensor, target: Tensor, pre: Tensor, latents: Tensor, reconstruction: Tensor,
-        dead_mask: Tensor | None,
-    ) -> dict[str, Tensor]:
-        """Terms that need the whole forward (dead-latent revival...). None by default."""
-        return {}
+    def decoder_losses(self) -> dict[str, Tensor]:
+        """Penalties on the decoder alone (currently the optional orthogonality term)."""
+        coefficient = float(self.options["orthogonality_coefficient"])
+        if coefficient <= 0:
+            return {}
+        return {"orthogonality": coefficient * orthogonality_penalty(self.W_dec)}
 
     def decoder_norms(self) -> Tensor:
         return self.W_dec.norm(dim=1)
@@ -157,12 +223,18 @@ class Dictionary(nn.Module):
         """Fold a training-time scaling (x_train = c_in * x, target_train = c_out * target) into the weights.
 
         Afterwards the dictionary takes raw activations and returns raw reconstructions, latents are
-        divided by c_out and decoder rows stay unit-norm. This needs a positively homogeneous
-        activation (true for ReLU/TopK; thresholds are rescaled by ``fold_thresholds``).
+        divided by c_out and decoder rows stay unit-norm: every pre-activation is divided by c_out,
+        so any activation that is positively homogeneous once its thresholds/biases in latent units
+        are divided by c_out (``fold_thresholds``) gives latents / c_out. The skip path maps
+        c_in * x to c_out * target, so it is multiplied by c_in / c_out.
         """
         c_in = float(input_scale)
         c_out = float(output_scale if output_scale is not None else input_scale)
+        if c_in <= 0 or c_out <= 0:
+            raise SaekitError(f"input scales must be positive, got c_in={c_in} c_out={c_out}")
         self.W_enc.mul_(c_in / c_out)
         self.b_enc.div_(c_out)
         self.b_dec.div_(c_out)
+        if self.W_skip is not None:
+            self.W_skip.mul_(c_in / c_out)
         self.fold_thresholds(c_out)

@@ -1,4 +1,8 @@
-"""Architecture names -> classes, and saving/loading dictionaries as safetensors + JSON."""
+"""Architecture names -> classes, and saving/loading dictionaries as safetensors + JSON.
+
+Buffers (BatchTopK's inference threshold, JumpReLU's bandwidth and calibration flag) are part of the
+state dict, so they are saved and loaded with the weights.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,22 @@ from typing import Any
 import torch
 
 from saekit.dictionaries.base import Dictionary, DictionaryConfig
+from saekit.dictionaries.batchtopk import BatchTopKDictionary
+from saekit.dictionaries.gated import GatedDictionary
+from saekit.dictionaries.gated_rescale import GatedRescaleDictionary
+from saekit.dictionaries.jumprelu import JumpReLUDictionary
 from saekit.dictionaries.relu import ReLUDictionary
 from saekit.dictionaries.topk import TopKDictionary
 from saekit.errors import SaekitError
 from saekit.io import load_tensors, read_json, save_tensors, write_json
 
 ARCHITECTURES: dict[str, type[Dictionary]] = {
-    "topk": TopKDictionary,
     "relu": ReLUDictionary,
+    "gated": GatedDictionary,
+    "gated_rescale": GatedRescaleDictionary,
+    "topk": TopKDictionary,
+    "batchtopk": BatchTopKDictionary,
+    "jumprelu": JumpReLUDictionary,
 }
 
 FORMAT_VERSION = 1
@@ -28,7 +40,7 @@ def build_dictionary(config: DictionaryConfig) -> Dictionary:
         raise SaekitError(
             f"unknown architecture {config.architecture!r}; choose one of {sorted(ARCHITECTURES)}"
         )
-    if config.architecture.startswith("topk") and not 0 < config.k <= config.width:
+    if ARCHITECTURES[config.architecture].USES_K and not 0 < config.k <= config.width:
         raise SaekitError(f"k={config.k} must be between 1 and the width {config.width}")
     return ARCHITECTURES[config.architecture](config)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from saekit.dictionaries.base import Dictionary
+from saekit.dictionaries.losses import weighted_l1
 
 
 class ReLUDictionary(Dictionary):
@@ -14,6 +15,7 @@ class ReLUDictionary(Dictionary):
         return pre.relu()
 
     def sparsity_losses(self, pre: Tensor, latents: Tensor, sparsity_scale: float) -> dict[str, Tensor]:
-        # Weighting by decoder norm keeps the penalty honest if rows are ever not unit-norm.
-        l1 = (latents * self.decoder_norms()).sum(-1).mean()
+        # The penalty reads ReLU(pre), not the latents, so subclasses that rescale the latents after
+        # the ReLU (gated_rescale) keep the penalty before their rescaling.
+        l1 = weighted_l1(pre.relu(), self.decoder_norms())
         return {"l1": self.config.l1_coefficient * sparsity_scale * l1}

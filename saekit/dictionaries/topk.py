@@ -1,16 +1,60 @@
-"""TopK dictionary: keep the k largest pre-activations per token (after ReLU), zero the rest."""
+"""TopK dictionary: keep the k largest pre-activations per token (after ReLU), zero the rest.
+
+Optional auxiliary-K loss (``extra["aux_k"] > 0``) revives dead latents: the main reconstruction's
+error e = target - reconstruction, with its gradient stopped, is reconstructed from the k_aux largest
+pre-activations among the latents the trainer reports dead (``dead_mask``), decoded WITHOUT the
+decoder bias (the bias belongs to the main reconstruction; e already has it subtracted). The input
+centring inside those pre-activations also uses the decoder bias with its gradient stopped, so the
+auxiliary term reaches only dead latents' encoder columns, encoder biases and decoder rows. It is
+weighted by ``aux_k_coefficient`` (1/32 by default) and reduced like the main loss (sum over the
+feature dimension, mean over tokens); it is exactly zero while no latent is dead.
+"""
 
 from __future__ import annotations
+
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from saekit.dictionaries.base import Dictionary
+from saekit.dictionaries.losses import squared_error
+
+
+def scatter_top(values: Tensor, k: int, dim: int = -1) -> Tensor:
+    """Zeros except the k largest entries of ``values`` along ``dim`` (after ReLU)."""
+    top, indices = torch.topk(values, k, dim=dim, sorted=False)
+    return torch.zeros_like(values).scatter_(dim, indices, top.relu())
 
 
 class TopKDictionary(Dictionary):
     """L0 is fixed at k, so there is no sparsity penalty and no shrinkage."""
 
+    USES_K = True
+    EXTRA_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "aux_k": 0,  # dead latents used by the auxiliary loss per token; 0 = off (Gao et al. use ~d_in / 2)
+        "aux_k_coefficient": 1 / 32,
+    }
+
     def activation(self, pre: Tensor) -> Tensor:
-        values, indices = torch.topk(pre, self.config.k, dim=-1, sorted=False)
-        return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
+        return scatter_top(pre, self.config.k)
+
+    def auxiliary_losses(
+        self, x: Tensor, target: Tensor, pre: Tensor, latents: Tensor, reconstruction: Tensor,
+        dead_mask: Tensor | None,
+    ) -> dict[str, Tensor]:
+        if int(self.options["aux_k"]) <= 0:
+            return {}
+        loss = self.aux_k_loss(x, target, reconstruction, dead_mask)
+        return {"aux_k": float(self.options["aux_k_coefficient"]) * loss}
+
+    def aux_k_loss(self, x: Tensor, target: Tensor, reconstruction: Tensor, dead_mask: Tensor | None) -> Tensor:
+        """Unweighted auxiliary-K loss (see the module docstring); zero without dead latents."""
+        dead = None if dead_mask is None else dead_mask.to(x.device).nonzero().squeeze(-1)
+        if dead is None or dead.numel() == 0:
+            return reconstruction.new_zeros(())
+        residual = (target - reconstruction).detach()
+        # Only the dead columns are computed: cheaper, and no graph edge to live latents.
+        dead_pre = (x - self.b_pre.detach()) @ self.W_enc[:, dead] + self.b_enc[dead]
+        dead_latents = scatter_top(dead_pre, min(int(self.options["aux_k"]), dead.numel()))
+        return squared_error(dead_latents @ self.W_dec[dead], residual)

@@ -73,6 +73,29 @@ def _source(spec: str) -> tuple[str, dict]:
     return spec, {}  # a hub id such as "gpt2" or "EleutherAI/pythia-70m"
 
 
+@torch.no_grad()
+def randomize(model: PreTrainedModel, seed: int) -> None:
+    """Re-initialise every weight as at the start of training (the randomized-weights control).
+
+    Linear and embedding weights get N(0, initializer_range), biases 0, norms weight 1 / bias 0:
+    the standard initialisation of these architectures, done explicitly because ``init_weights``
+    skips modules already marked as initialised.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    std = float(getattr(model.config, "initializer_range", 0.02))
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.nn.Parameter):
+            continue
+        if weight.ndim >= 2:
+            weight.copy_(torch.randn(weight.shape, generator=generator) * std)
+        else:
+            weight.fill_(1.0)
+        bias = getattr(module, "bias", None)
+        if isinstance(bias, torch.nn.Parameter):
+            bias.zero_()
+
+
 def load_model(
     spec: str = DEFAULT_MODEL, device: str = "cpu", dtype: torch.dtype = torch.float32,
     randomize_weights: bool = False, seed: int = 0,
@@ -86,8 +109,7 @@ def load_model(
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SaekitError(f"could not load model {spec!r}: {first_line}") from err
     if randomize_weights:
-        torch.manual_seed(seed)
-        model.init_weights()
+        randomize(model, seed)
     model.eval().requires_grad_(False).to(device)
     name = DEFAULT_MODEL_DESCRIPTION if spec == DEFAULT_MODEL else spec
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, adapter=ArchitectureAdapter(model))

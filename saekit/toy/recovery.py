@@ -40,6 +40,8 @@ class Encoder(Protocol):
 
     def encode(self, x: Tensor) -> Tensor: ...
 
+    def decode(self, latents: Tensor) -> Tensor: ...
+
 
 def _unit_rows(matrix: Tensor) -> Tensor:
     return matrix / matrix.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -87,7 +89,7 @@ def set_alignment(decoder: Tensor, sets: dict[str, Tensor], threshold: float = 0
     names = list(sets)
     best = torch.stack([cosine_matrix(sets[name], decoder).max(dim=0).values for name in names])  # [sets, w]
     value, index = best.max(dim=0)
-    labels = [names[i] if v >= threshold else MIXTURE for v, i in zip(value.tolist(), index.tolist())]
+    labels = [names[i] if v >= threshold else MIXTURE for v, i in zip(value.tolist(), index.tolist(), strict=True)]
     counts = {name: labels.count(name) for name in [*names, MIXTURE]}
     return SetAlignment(labels=labels, counts=counts, threshold=threshold)
 
@@ -124,8 +126,22 @@ def magnitude_match(true_directions: Tensor, true_magnitudes: Tensor, decoder: T
 
 @torch.no_grad()
 def encode(dictionary: Encoder, x: Tensor, batch_size: int = 8192) -> Tensor:
-    """Latents for x in chunks, without gradients."""
-    return torch.cat([dictionary.encode(chunk) for chunk in x.split(batch_size)])
+    """Inference latents for x in chunks: no gradients, a module temporarily in eval mode."""
+    was_training = isinstance(dictionary, torch.nn.Module) and dictionary.training
+    if was_training:
+        dictionary.eval()
+    try:
+        return torch.cat([dictionary.encode(chunk) for chunk in x.split(batch_size)])
+    finally:
+        if was_training:
+            dictionary.train()
+
+
+@torch.no_grad()
+def fvu(dictionary: Encoder, x: Tensor, latents: Tensor) -> float:
+    """Fraction of variance unexplained by decode(latents)."""
+    residual = (dictionary.decode(latents) - x).pow(2).sum()
+    return (residual / (x - x.mean(0)).pow(2).sum().clamp_min(1e-30)).item()
 
 
 def random_dictionary_like(dictionary: Dictionary, seed: int = 0) -> Dictionary:
@@ -146,6 +162,9 @@ class ProjectionDictionary:
         self.W_dec = _unit_rows(directions.float())
         self.l1 = l1
         self.iterations = iterations
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return latents @ self.W_dec
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
@@ -186,6 +205,7 @@ def sparse_world_report(dictionary: Encoder, directions: Tensor, activations: Te
         "magnitude_correlation": magnitude_match(directions, magnitudes, dictionary.W_dec,
                                                  latents).mean_correlation,
         "l0": (latents > 0).sum(-1).float().mean().item(),
+        "fvu": fvu(dictionary, activations, latents),
     }
 
 
@@ -198,7 +218,8 @@ def animals_report(dictionary: Encoder, world: AnimalsWorld, sample: AnimalsSamp
         "attribute": (world.attribute_directions, sample.attribute_magnitudes),
         "unrelated": (world.unrelated_directions, sample.unrelated_magnitudes),
     }
-    report: dict = {"l0": (latents > 0).sum(-1).float().mean().item()}
+    report: dict = {"l0": (latents > 0).sum(-1).float().mean().item(),
+                    "fvu": fvu(dictionary, sample.activations, latents)}
     for name, (directions, magnitudes) in sets.items():
         if directions.shape[0] == 0:
             continue

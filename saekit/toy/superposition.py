@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from saekit.errors import SaekitError
@@ -266,6 +266,6 @@ def plot_phase_diagram(diagram: PhaseDiagram, path: str | Path) -> None:
     ax.set_xlabel("relative importance of feature 2, r (log scale)")
     ax.set_ylabel("feature density 1 - S (log scale)")
     ax.set_title("2 features in 1 dimension: what happens to feature 2")
-    handles = [Patch(color=colour, label=name) for name, colour in zip(PHASES, PHASE_COLOURS)]
+    handles = [Patch(color=colour, label=name) for name, colour in zip(PHASES, PHASE_COLOURS, strict=True)]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
     save_png(figure, path)

@@ -213,7 +213,8 @@ class AnimalsWorld:
         supports: list[tuple[int, ...]] = []
         seen: set[tuple[int, ...]] = set()
         while len(supports) < cfg.n_animals:  # distinct attribute sets, found by rejection
-            support = tuple(sorted(torch.randperm(cfg.n_attributes, generator=generator)[: cfg.attributes_per_animal].tolist()))
+            chosen = torch.randperm(cfg.n_attributes, generator=generator)[: cfg.attributes_per_animal]
+            support = tuple(sorted(chosen.tolist()))
             if support not in seen:
                 seen.add(support)
                 supports.append(support)

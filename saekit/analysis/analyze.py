@@ -1,0 +1,149 @@
+"""Run the whole feature analysis of one dictionary and write the analysis store.
+
+One streamed pass over the analysis contexts feeds the statistics accumulator and the example
+collector; then decoder geometry (no model needed) and logit weights (model weights only) are
+computed, token strings decoded, and everything is written to ``RUN_DIR/analysis/`` (see
+:mod:`saekit.analysis.store`), the manifest last so a partial store is never mistaken for a whole one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from saekit.analysis import store
+from saekit.analysis.examples import KINDS, ExampleCollector, ExampleConfig
+from saekit.analysis.geometry import GeometryConfig, decoder_geometry
+from saekit.analysis.latents import TokenMaskRule, analysis_contexts, latent_batches
+from saekit.analysis.logits import LogitConfig, logit_note, logit_skip_reason, logit_weights
+from saekit.analysis.statistics import (
+    FlagRule,
+    HistogramBins,
+    StatisticsAccumulator,
+    density_summary,
+    finish_statistics,
+)
+from saekit.dictionaries.base import Dictionary
+from saekit.dictionaries.registry import load_dictionary
+from saekit.errors import SaekitError
+from saekit.io import save_tensors, write_json
+from saekit.models.loading import LoadedModel, load_model
+from saekit.training.run import DICTIONARY_DIR, activation_spec, load_run_config
+
+
+@dataclass
+class AnalysisConfig:
+    """What to analyse and how much of it."""
+
+    tokens: int = 32_768  # counted (non-BOS) tokens streamed through the model
+    latents: int | None = None  # analyse the first N latents; None: all
+    batch_contexts: int = 8
+    mask: TokenMaskRule = field(default_factory=TokenMaskRule)
+    histogram: HistogramBins = field(default_factory=HistogramBins)
+    flags: FlagRule = field(default_factory=FlagRule)
+    examples: ExampleConfig = field(default_factory=ExampleConfig)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    logits: LogitConfig = field(default_factory=LogitConfig)
+    progress: bool = True
+
+    def n_latents(self, width: int) -> int:
+        if self.latents is None:
+            return width
+        if self.latents < 1:
+            raise SaekitError(f"--latents must be 'all' or a positive number, got {self.latents}")
+        return min(self.latents, width)
+
+
+def _stream(
+    loaded: LoadedModel, dictionary: Dictionary, site: str, contexts: Tensor, n_latents: int, config: AnalysisConfig,
+) -> tuple[StatisticsAccumulator, ExampleCollector, Tensor]:
+    accumulator = StatisticsAccumulator(n_latents, config.histogram)
+    collector = ExampleCollector(n_latents, contexts.shape[1], config.examples)
+    counted_rows = []
+    batches = latent_batches(loaded, dictionary, site, contexts, n_latents, config.batch_contexts, config.mask)
+    total = math.ceil(contexts.shape[0] / config.batch_contexts)
+    for batch in tqdm(batches, total=total, desc="analysing latents", unit="batch", disable=not config.progress):
+        accumulator.update(batch.activations[batch.counted])
+        collector.update(batch.activations, batch.context_ids)
+        counted_rows.append(batch.counted)
+    return accumulator, collector, torch.cat(counted_rows)
+
+
+def decode_tokens(loaded: LoadedModel, token_ids: Tensor) -> dict[str, str]:
+    ids = torch.unique(token_ids).tolist()
+    strings = loaded.tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False)
+    return {str(i): s for i, s in zip(ids, strings)}
+
+
+def _write_logits(loaded: LoadedModel, dictionary: Dictionary, source: dict, n_latents: int, config: AnalysisConfig,
+                  out_dir: Path) -> tuple[dict[str, Any], Tensor]:
+    write_site = source.get("target_site") or source["site"]
+    reason = logit_skip_reason(loaded, write_site, dictionary.config.output_dim)
+    (out_dir / store.LOGITS_TENSORS).unlink(missing_ok=True)
+    if reason is not None:
+        return {"computed": False, "note": reason}, torch.empty(0, dtype=torch.long)
+    weights = logit_weights(loaded, dictionary.W_dec[:n_latents], config.logits, config.progress)
+    save_tensors(out_dir / store.LOGITS_TENSORS, weights.tensors())
+    return logit_note(loaded, config.logits), torch.cat([weights.positive_ids.flatten(),
+                                                         weights.negative_ids.flatten()])
+
+
+@torch.no_grad()
+def analyze_dictionary(
+    loaded: LoadedModel, dictionary: Dictionary, source: dict[str, Any], contexts: Tensor, out_dir: str | Path,
+    config: AnalysisConfig | None = None, extra: dict[str, Any] | None = None,
+) -> Path:
+    """Analyse ``dictionary`` (reading ``source['site']`` of ``loaded``) on ``contexts``; write the store."""
+    config = config or AnalysisConfig()
+    out_dir = Path(out_dir)
+    (out_dir / store.MANIFEST).unlink(missing_ok=True)
+    dictionary = dictionary.eval()
+    n_latents = config.n_latents(dictionary.config.width)
+    latent_ids = torch.arange(n_latents)
+    started = time.perf_counter()
+    accumulator, collector, counted = _stream(loaded, dictionary, source["site"], contexts, n_latents, config)
+    same_space = source.get("target_site") in (None, source["site"])
+    stats = finish_statistics(accumulator, dictionary, latent_ids, same_space, config.flags)
+    pass_seconds = time.perf_counter() - started
+    save_tensors(out_dir / store.STATS_TENSORS, stats.tensors())
+    write_json(out_dir / store.STATS_JSON, density_summary(stats, config.flags))
+    save_tensors(out_dir / store.EXAMPLES_TENSORS, collector.table(latent_ids).tensors(),
+                 metadata={"kinds": ",".join(KINDS)})
+    save_tensors(out_dir / store.CONTEXTS_TENSORS, {"token_ids": contexts.int(), "counted": counted.to(torch.uint8)})
+    geometry = decoder_geometry(dictionary.W_dec.detach(), latent_ids, config.geometry, config.progress)
+    save_tensors(out_dir / store.GEOMETRY_TENSORS, geometry.tensors())
+    write_json(out_dir / store.GEOMETRY_JSON, geometry.summary)
+    logits, logit_ids = _write_logits(loaded, dictionary, source, n_latents, config, out_dir)
+    write_json(out_dir / store.TOKENS_JSON, decode_tokens(loaded, torch.cat([contexts.flatten(), logit_ids])))
+    write_json(out_dir / store.MANIFEST, {
+        "format_version": store.FORMAT_VERSION, "model": loaded.name, "site": source["site"],
+        "target_site": source.get("target_site"), "dictionary": dictionary.config.to_dict(),
+        "latents_analysed": n_latents, "contexts": int(contexts.shape[0]), "context_length": int(contexts.shape[1]),
+        "tokens_counted": stats.tokens, "logits": logits, "seconds": {"stream": pass_seconds},
+        "example_kinds": list(KINDS), "config": asdict(config), **(extra or {}),
+    })
+    return out_dir
+
+
+def analyze_run(run_dir: str | Path, loaded: LoadedModel | None = None, config: AnalysisConfig | None = None) -> Path:
+    """Analyse a trained run's dictionary on held-out contexts; writes and returns ``RUN_DIR/analysis``."""
+    run_dir = Path(run_dir)
+    run_config = load_run_config(run_dir)
+    config = replace(config or AnalysisConfig(),
+                     mask=TokenMaskRule(run_config.exclude_bos, run_config.outlier_norm_factor))
+    dictionary, source = load_dictionary(run_dir / DICTIONARY_DIR, run_config.device)
+    loaded = loaded or load_model(run_config.model, device=run_config.device)
+    spec = activation_spec(run_config)
+    contexts, splits = analysis_contexts(loaded, spec, config.tokens)
+    return analyze_dictionary(loaded, dictionary, source, contexts, run_dir / store.ANALYSIS_DIR, config,
+                              extra={"run": run_config.name, "context_source": {
+                                  "corpus": run_config.corpus, "contexts_per_split": splits,
+                                  "order": "eval split in its own seeded order; training split (separate seed) "
+                                           "only if the eval split ran out"}})

@@ -1,0 +1,78 @@
+"""Stream a dictionary's latent activations over token contexts, one batch of contexts at a time.
+
+Each batch yields ``[batch, seq, latents]`` activations with the positions that do not count (BOS,
+outlier-norm tokens, as in training) set to zero, the mask of counted positions, and the batch's
+row numbers in the context table. Memory is bounded by the batch, never by the number of tokens.
+The analysis contexts come from the held-out (eval) split with their own seed; if it runs out the
+rest comes from the training split under yet another seed, and the split counts are reported.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+
+import torch
+from torch import Tensor
+
+from saekit.activations.source import ActivationSpec, contexts_for, load_split, token_mask
+from saekit.dictionaries.base import Dictionary
+from saekit.errors import SaekitError
+from saekit.models.hooks import capture
+from saekit.models.loading import LoadedModel
+
+ANALYSIS_SEED_OFFSET = 2_000_003  # distinct from training (offset 0) and evaluation (1_000_003) orders
+
+
+@dataclass(frozen=True)
+class TokenMaskRule:
+    """Which positions count, mirroring how the dictionary was trained."""
+
+    exclude_bos: bool = True
+    outlier_norm_factor: float | None = 10.0
+
+
+@dataclass
+class LatentBatch:
+    activations: Tensor  # [batch, seq, latents], zero where not counted
+    counted: Tensor  # [batch, seq] bool
+    context_ids: Tensor  # [batch] rows of the context table
+
+
+def analysis_contexts(loaded: LoadedModel, spec: ActivationSpec, tokens: int) -> tuple[Tensor, dict[str, int]]:
+    """Enough contexts to cover ``tokens`` counted (non-BOS) positions: eval split first, then training."""
+    n_contexts = max(1, math.ceil(tokens / (spec.context_length - 1)))
+    split = load_split(spec)
+    rows = list(islice(contexts_for(loaded, split.eval, spec, spec.seed + ANALYSIS_SEED_OFFSET), n_contexts))
+    from_eval = len(rows)
+    if len(rows) < n_contexts:
+        more = contexts_for(loaded, split.train, spec, spec.seed + 2 * ANALYSIS_SEED_OFFSET)
+        rows.extend(islice(more, n_contexts - len(rows)))
+    if not rows:
+        raise SaekitError(f"corpus {spec.corpus!r} yields no context of {spec.context_length} tokens to analyse")
+    return torch.stack(rows), {"eval": from_eval, "train": len(rows) - from_eval}
+
+
+@torch.no_grad()
+def latent_batches(
+    loaded: LoadedModel, dictionary: Dictionary, site: str, contexts: Tensor, n_latents: int,
+    batch_contexts: int = 8, rule: TokenMaskRule | None = None,
+) -> Iterator[LatentBatch]:
+    """Latent activations (the first ``n_latents`` latents) of ``contexts``, batch by batch."""
+    rule = rule or TokenMaskRule()
+    adapter = loaded.adapter
+    read_site = adapter.site(site)
+    if adapter.site_width(read_site) != dictionary.config.d_in:
+        raise SaekitError(f"the dictionary reads width {dictionary.config.d_in} but {site} of {loaded.name} has "
+                          f"{adapter.site_width(read_site)}; analyse it with the model it was trained on")
+    device = loaded.device
+    for start in range(0, contexts.shape[0], batch_contexts):
+        batch = contexts[start:start + batch_contexts]
+        x = capture(adapter, batch.to(device), [read_site])[read_site].float()
+        counted = token_mask({site: x}, rule.exclude_bos, rule.outlier_norm_factor)
+        latents = dictionary.encode(x.to(dictionary.W_enc.device))[..., :n_latents].float().cpu()
+        counted = counted.cpu()
+        latents = latents * counted[..., None]
+        yield LatentBatch(latents, counted, torch.arange(start, start + batch.shape[0]))

@@ -1,0 +1,113 @@
+"""The on-disk analysis store (``RUN_DIR/analysis/``): file names, writing helpers and a reader.
+
+Layout (everything a dashboard needs; no model is loaded to read it):
+
+* ``analysis.json``: format version, model, sites, dictionary shape, tokens/contexts used, settings;
+* ``stats.json`` + ``stats.safetensors``: summary (flag rule, counts, density histogram) and per-latent arrays;
+* ``geometry.json`` + ``geometry.safetensors``: histograms vs the random baseline, peak analysis, timing;
+  per-latent ranked cosines and the 10 nearest neighbours;
+* ``logits.safetensors``: top positive/negative token ids and values, logit histograms (when meaningful);
+* ``contexts.safetensors``: ``token_ids`` [n_contexts, ctx_len] int32 and ``counted`` (uint8 mask);
+* ``examples.safetensors``: the ragged example table (see :class:`ExampleTable`);
+* ``tokens.json``: decoded strings of every token id that appears in the contexts or logit lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from saekit.analysis.examples import KINDS, ExampleTable
+from saekit.errors import SaekitError
+from saekit.io import load_tensors, read_json
+
+FORMAT_VERSION = 1
+ANALYSIS_DIR = "analysis"
+MANIFEST = "analysis.json"
+STATS_JSON, STATS_TENSORS = "stats.json", "stats.safetensors"
+GEOMETRY_JSON, GEOMETRY_TENSORS = "geometry.json", "geometry.safetensors"
+LOGITS_TENSORS = "logits.safetensors"
+CONTEXTS_TENSORS = "contexts.safetensors"
+EXAMPLES_TENSORS = "examples.safetensors"
+TOKENS_JSON = "tokens.json"
+
+
+@dataclass
+class Example:
+    """One example of one latent: its context's tokens and the latent's per-token activations."""
+
+    kind: str
+    rank: int
+    quantile: int
+    context: int
+    token_ids: list[int]
+    counted: list[bool]
+    values: list[float]
+    max_value: float
+    max_index: int
+
+
+class AnalysisStore:
+    """Read-only view of an analysis directory."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.manifest: dict[str, Any] = read_json(self.directory / MANIFEST, "analysis manifest")
+        if self.manifest.get("format_version") != FORMAT_VERSION:
+            raise SaekitError(f"{self.directory / MANIFEST} has format_version {self.manifest.get('format_version')!r}"
+                              f"; this saekit reads {FORMAT_VERSION}; rerun `saekit analyze`")
+        self.stats_summary: dict[str, Any] = read_json(self.directory / STATS_JSON, "analysis statistics")
+        self.stats = load_tensors(self.directory / STATS_TENSORS, "analysis statistics")
+        self.geometry_summary: dict[str, Any] = read_json(self.directory / GEOMETRY_JSON, "decoder geometry")
+        self.geometry = load_tensors(self.directory / GEOMETRY_TENSORS, "decoder geometry")
+        logits_path = self.directory / LOGITS_TENSORS
+        self.logits = load_tensors(logits_path, "logit weights") if logits_path.is_file() else None
+        contexts = load_tensors(self.directory / CONTEXTS_TENSORS, "analysis contexts")
+        self.token_ids: Tensor = contexts["token_ids"]
+        self.counted: Tensor = contexts["counted"].bool()
+        self.examples = ExampleTable.from_tensors(load_tensors(self.directory / EXAMPLES_TENSORS, "examples"))
+        strings = read_json(self.directory / TOKENS_JSON, "token strings")
+        self.strings: dict[int, str] = {int(k): v for k, v in strings.items()}
+        self.latent_ids: list[int] = self.stats["latent_ids"].tolist()
+        self.position: dict[int, int] = {latent: i for i, latent in enumerate(self.latent_ids)}
+
+    def token_string(self, token_id: int) -> str:
+        return self.strings.get(int(token_id), f"<{int(token_id)}>")
+
+    def latent_examples(self, latent: int) -> list[Example]:
+        table = self.examples
+        length = self.token_ids.shape[1]
+        out = []
+        for row in table.rows(self.position[latent]):
+            context = int(table.context[row])
+            out.append(Example(
+                kind=KINDS[int(table.kind[row])], rank=int(table.rank[row]), quantile=int(table.quantile[row]),
+                context=context, token_ids=self.token_ids[context].tolist(), counted=self.counted[context].tolist(),
+                values=table.activations(row, length).tolist(), max_value=float(table.max_value[row]),
+                max_index=int(table.max_index[row]),
+            ))
+        return out
+
+    def stat(self, name: str, latent: int) -> float:
+        return float(self.stats[name][self.position[latent]])
+
+    def geometry_row(self, latent: int) -> tuple[list[int], list[float]]:
+        i = self.position[latent]
+        return self.geometry["neighbour_ids"][i].tolist(), self.geometry["neighbour_cosines"][i].tolist()
+
+    def logit_row(self, latent: int) -> dict[str, list] | None:
+        if self.logits is None:
+            return None
+        i = self.position[latent]
+        return {name: self.logits[name][i].tolist() for name in self.logits}
+
+
+def store_exists(directory: str | Path) -> bool:
+    directory = Path(directory)
+    names = (MANIFEST, STATS_JSON, STATS_TENSORS, GEOMETRY_JSON, GEOMETRY_TENSORS, CONTEXTS_TENSORS, EXAMPLES_TENSORS,
+             TOKENS_JSON)
+    return all((directory / name).is_file() for name in names)
+

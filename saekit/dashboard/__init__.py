@@ -1,0 +1,1 @@
+"""Static, self-contained HTML dashboards (and Neuronpedia-shaped JSON) built from an analysis store."""

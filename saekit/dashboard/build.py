@@ -1,0 +1,69 @@
+"""Build the static dashboard site from an analysis store (no model, no server, no external resources).
+
+Output: ``index.html`` (sortable, searchable table of all analysed latents), ``features/<id>.html``
+(one page per latent, for the first ``max_latents``), ``overview.html`` with ``figures/*.png``, and
+``neuronpedia/<id>.json`` + ``neuronpedia/FIELDS.md`` (see :mod:`saekit.dashboard.neuronpedia`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from saekit.analysis.store import AnalysisStore
+from saekit.dashboard import figures
+from saekit.dashboard.html import clean_json
+from saekit.dashboard.neuronpedia import FIELDS_NOTE, feature_json, model_slug
+from saekit.dashboard.pages import DashboardConfig, feature_page, index_page, overview_page
+from saekit.io import write_text
+
+FIGURES = {  # title -> file under figures/
+    "Feature density (log10)": "density.png",
+    "Density x encoder bias x D/E projection": "density_bias_de.png",
+    "Decoder geometry vs random baseline": "geometry.png",
+}
+
+
+def _figures(store: AnalysisStore, out_dir: Path) -> dict[str, str]:
+    stats = store.stats
+    log10_density = stats["log10_density"].double().numpy()
+    figure_dir = out_dir / "figures"
+    figures.density_figure(log10_density, store.stats_summary["ultra_rare_log10_density"],
+                           figure_dir / FIGURES["Feature density (log10)"])
+    figures.density_bias_de_figure(log10_density, stats["encoder_bias"].numpy(), stats["de_cosine"].numpy(),
+                                   figure_dir / FIGURES["Density x encoder bias x D/E projection"])
+    figures.geometry_figure(store.geometry_summary, figure_dir / FIGURES["Decoder geometry vs random baseline"])
+    return {title: f"figures/{name}" for title, name in FIGURES.items()}
+
+
+def page_latents(store: AnalysisStore, max_latents: int | None) -> list[int]:
+    return store.latent_ids if max_latents is None else store.latent_ids[:max(0, max_latents)]
+
+
+def build_dashboard(
+    analysis_dir: str | Path, out_dir: str | Path, config: DashboardConfig | None = None,
+    decoder: Tensor | None = None, progress: bool = True,
+) -> Path:
+    """Write the site into ``out_dir``; ``decoder`` (W_dec) adds Neuronpedia's neuron-alignment fields."""
+    config = config or DashboardConfig()
+    store = AnalysisStore(analysis_dir)
+    out_dir = Path(out_dir)
+    pages = page_latents(store, config.max_latents)
+    page_set = set(pages)
+    model_id = config.model_id or model_slug(store.manifest["model"])
+    for latent in tqdm(pages, desc="dashboard pages", unit="page", disable=not progress):
+        write_text(out_dir / "features" / f"{latent}.html", feature_page(store, latent, page_set, config))
+        if config.neuronpedia:
+            row = decoder[latent].detach().float() if decoder is not None else None
+            feature = clean_json(feature_json(store, latent, row, model_id))
+            write_text(out_dir / "neuronpedia" / f"{latent}.json", json.dumps(feature, ensure_ascii=False) + "\n")
+    if config.neuronpedia:
+        write_text(out_dir / "neuronpedia" / "FIELDS.md", f"# Neuronpedia-shaped feature JSON\n\n{FIELDS_NOTE}")
+    write_text(out_dir / "overview.html", overview_page(store, _figures(store, out_dir)))
+    write_text(out_dir / "index.html", index_page(store, pages, config))
+    return out_dir
+

@@ -1,0 +1,38 @@
+"""The ``toy`` subcommand: run a named toy experiment (or all of them) into an output directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from saekit.errors import SaekitError
+from saekit.toy.experiments import EXPERIMENTS, ToyRunConfig, run_all, run_experiment
+
+
+def add_toy_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``toy EXPERIMENT [--out DIR] [--seed N] [--steps N]``; the handler is ``args.handler``."""
+    toy = subparsers.add_parser(
+        "toy", help="toy models of superposition and synthetic feature worlds (ground-truth checks)",
+        description="Run a toy experiment: phase-diagram, rescaling, recovery, or all. Each writes PNG plots, "
+                    "JSON and summary.md into OUT/<experiment>/.",
+    )
+    toy.add_argument("experiment", choices=[*EXPERIMENTS, "all"])
+    toy.add_argument("--out", type=Path, default=Path("runs/toy"), help="output directory (default runs/toy)")
+    toy.add_argument("--seed", type=int, default=0)
+    toy.add_argument("--steps", type=int, default=ToyRunConfig.steps,
+                     help=f"training steps of every model (default {ToyRunConfig.steps}; fewer = faster, rougher)")
+    toy.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    toy.set_defaults(handler=run_toy)
+
+
+def run_toy(args: argparse.Namespace) -> int:
+    if args.steps < 1:
+        raise SaekitError(f"--steps must be at least 1, got {args.steps}")
+    run = ToyRunConfig(out=Path(args.out), seed=args.seed, steps=args.steps,
+                       progress=getattr(args, "progress", True))
+    results = run_all(run) if args.experiment == "all" else [run_experiment(args.experiment, run)]
+    for result in results:
+        print(f"{result.name}: {result.directory} ({result.seconds:.0f} s)")
+    if args.experiment == "all":
+        print(f"summary: {Path(args.out) / 'summary.md'}")
+    return 0

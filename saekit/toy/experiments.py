@@ -1,0 +1,407 @@
+"""The named toy experiments (phase-diagram, rescaling, recovery, all): run, plot, write JSON and summary.md.
+
+Each experiment writes into ``out/<name>/``: PNG plots, a JSON file of every number (through
+:func:`saekit.io.write_json`) and a short ``summary.md``; ``all`` runs them in turn and also writes a
+combined ``out/summary.md``. ``ToyRunConfig.steps`` sets the training length of every model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from saekit.dictionaries.registry import ARCHITECTURES
+from saekit.errors import SaekitError
+from saekit.io import write_json, write_text
+from saekit.toy.fitting import FitConfig, FitResult, fit_at_l0
+from saekit.toy.plotting import new_figure, save_png
+from saekit.toy.recovery import (
+    ANIMAL_SETS,
+    MIXTURE,
+    animals_report,
+    random_dictionary_like,
+    reference_dictionaries,
+    sparse_world_report,
+)
+from saekit.toy.report import markdown_table
+from saekit.toy.superposition import (
+    PHASES,
+    PhaseDiagram,
+    PhaseDiagramConfig,
+    TMSTrainConfig,
+    phase_diagram,
+    plot_phase_diagram,
+    rescaling_check,
+    train_tms,
+)
+from saekit.toy.worlds import (
+    AnimalsWorld,
+    AnimalsWorldConfig,
+    SparseFeatureWorld,
+    SparseWorldConfig,
+    World,
+    activation_stream,
+)
+
+
+@dataclass
+class ToyRunConfig:
+    """What the CLI controls: output directory, seed, training length, progress bars."""
+
+    out: Path = Path("runs/toy")
+    seed: int = 0
+    steps: int = 600
+    progress: bool = True
+
+
+@dataclass
+class ExperimentResult:
+    name: str
+    directory: Path
+    summary: str  # the markdown written to summary.md
+    seconds: float
+    files: list[str] = field(default_factory=list)
+
+
+# ---- phase diagram -------------------------------------------------------------------------------
+
+
+def run_phase_diagram(run: ToyRunConfig, directory: Path) -> list[str]:
+    config = PhaseDiagramConfig(train=TMSTrainConfig(steps=run.steps, seed=run.seed))
+    diagram = phase_diagram(config, progress=run.progress)
+    plot_phase_diagram(diagram, directory / "phase_diagram.png")
+    write_json(directory / "phase_diagram.json", {"config": asdict(config), **diagram.to_dict()})
+    write_text(directory / "summary.md", phase_summary(diagram, config))
+    return ["phase_diagram.png", "phase_diagram.json", "summary.md"]
+
+
+def phase_summary(diagram: PhaseDiagram, config: PhaseDiagramConfig) -> str:
+    letters = {name: name[0].upper() for name in PHASES}  # N(ot represented), D(edicated), S(uperposition)
+    header = ["1 - S \\ r", *[f"{r:.2g}" for r in diagram.importances]]
+    labels = diagram.labels()
+    rows = [[f"{p:.2g}", *[letters[label] for label in labels[i]]]
+            for i, p in reversed(list(enumerate(diagram.densities)))]
+    legend = ", ".join(f"{letter} = {name}" for name, letter in letters.items())
+    return (
+        "# Phase diagram: 2 features in 1 hidden dimension\n\n"
+        f"Feature 2 of the best of {config.seeds} seeds per cell ({config.train.steps} steps). {legend}. "
+        f"Not represented: ||W_2|| < {config.norm_threshold}; superposition: (W^_2 . W_1)^2 > "
+        f"{config.interference_threshold}.\n\n"
+        + markdown_table(header, rows) + "\n\n" + phase_verdict(diagram) + "\n"
+    )
+
+
+def phase_verdict(diagram: PhaseDiagram) -> str:
+    """One line per extreme density: which phase holds at the lowest and highest importance."""
+    lines = []
+    for row, density in ((len(diagram.densities) - 1, diagram.densities[-1]), (0, diagram.densities[0])):
+        labels = diagram.labels()[row]
+        superposed = [r for r, label in zip(diagram.importances, labels, strict=True) if label == PHASES[2]]
+        span = f"superposition for r in [{min(superposed):.2g}, {max(superposed):.2g}]" if superposed else \
+            "no superposition"
+        lines.append(f"- density {density:.2g}: r = {diagram.importances[0]:.2g} -> {labels[0]}, "
+                     f"r = {diagram.importances[-1]:.2g} -> {labels[-1]}; {span}")
+    return "\n".join(lines)
+
+
+# ---- rescaling -----------------------------------------------------------------------------------
+
+
+RESCALING_SCALES: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+@dataclass
+class TMSSetting:
+    """One toy model trained for the rescaling check: n features into m dimensions."""
+
+    name: str
+    n_features: int
+    m_hidden: int
+    density: float
+    importance_decay: float  # importance of feature i is decay**i
+    seeds: int = 4
+
+
+RESCALING_SETTINGS: tuple[TMSSetting, ...] = (
+    TMSSetting("5 features in 2 dims (pentagon)", 5, 2, 0.1, 1.0),
+    TMSSetting("20 features in 5 dims", 20, 5, 0.1, 0.9),
+)
+
+
+def train_setting(setting: TMSSetting, run: ToyRunConfig) -> tuple[torch.Tensor, float]:
+    """Train ``seeds`` copies at once; return the best one's W [m, n] and loss."""
+    n = setting.n_features
+    density = torch.full((setting.seeds, n), setting.density)
+    importance = (setting.importance_decay ** torch.arange(n, dtype=torch.float32)).expand(setting.seeds, n)
+    models = train_tms(density, importance.contiguous(), setting.m_hidden,
+                       TMSTrainConfig(steps=run.steps, seed=run.seed), progress=run.progress)
+    best = int(models.loss.argmin())
+    return models.W[best], models.loss[best].item()
+
+
+def run_rescaling(run: ToyRunConfig, directory: Path) -> list[str]:
+    results = []
+    for setting in RESCALING_SETTINGS:
+        W, loss = train_setting(setting, run)
+        rows = rescaling_check(W, RESCALING_SCALES)
+        results.append({"setting": asdict(setting), "loss": loss, "W": W.tolist(),
+                        "rows": [asdict(row) for row in rows]})
+    write_json(directory / "rescaling.json", {"scales": list(RESCALING_SCALES), "models": results})
+    plot_rescaling(results, directory / "rescaling.png")
+    write_text(directory / "summary.md", rescaling_summary(results))
+    return ["rescaling.png", "rescaling.json", "summary.md"]
+
+
+def plot_rescaling(results: list[dict], path: Path) -> None:
+    figure, (left, right) = new_figure(11, 4.2, ncols=2)
+    for index, result in enumerate(results):
+        scales = [row["scale"] for row in result["rows"]]
+        name = result["setting"]["name"]
+        left.plot(scales, [row["frobenius_features_per_dimension"] for row in result["rows"]], "o-", label=name)
+        for feature in range(result["setting"]["n_features"]):
+            right.plot(scales, [row["dimensionality"][feature] for row in result["rows"]], "--" if index else "-",
+                       color=f"C{index}", alpha=0.6, lw=3 - index, label=name if feature == 0 else None)
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(list(RESCALING_SCALES), [f"{scale:g}" for scale in RESCALING_SCALES])
+        ax.set_xlabel("rescaling c (W -> cW)")
+        ax.legend(fontsize=8)
+    left.set(yscale="log", ylabel="‖cW‖²_F / m", title="Frobenius 'features per dimension' moves as c²")
+    right.set(ylabel="D_i (one line per feature)", title="feature dimensionality D_i does not move",
+              ylim=(-0.05, 1.05))
+    save_png(figure, path)
+
+
+def rescaling_summary(results: list[dict]) -> str:
+    rows = []
+    for result in results:
+        for row in result["rows"]:
+            dims = row["dimensionality"]
+            rows.append([result["setting"]["name"], f"{row['scale']:g}", row["frobenius_features_per_dimension"],
+                         row["total_dimensionality"], f"{min(dims):.3f}-{max(dims):.3f}"])
+    table = markdown_table(["model", "scale c", "‖cW‖²_F / m", "sum_i D_i", "D_i range"], rows)
+    return (
+        "# Rescaling: Frobenius features-per-dimension vs feature dimensionality\n\n"
+        "Trained ReLU-output toy models, W rescaled as a function (c W). The Frobenius count grows as c^2; "
+        "D_i and their sum (the dimensions in use) are unchanged.\n\n" + table + "\n"
+    )
+
+
+# ---- recovery ------------------------------------------------------------------------------------
+
+
+@dataclass
+class RecoveryConfig:
+    """The two worlds and the dictionary shape every architecture is trained at."""
+
+    sparse_world: SparseWorldConfig = field(default_factory=lambda: SparseWorldConfig(
+        n_features=128, d=32, firing_probability=0.03))
+    animals_world: AnimalsWorldConfig = field(default_factory=AnimalsWorldConfig)
+    width: int = 256  # 2x the sparse world's features, ~3x the animals world's 88 (animals+attributes+unrelated)
+    batch_size: int = 512
+    lr: float = 1e-3
+    eval_samples: int = 8192
+    architectures: list[str] | None = None  # None: every architecture in the registry
+
+
+def fit_config(config: RecoveryConfig, run: ToyRunConfig, expected_active: float) -> FitConfig:
+    """k = the expected number of active features (rounded), the L0 target of penalty architectures."""
+    return FitConfig(width=config.width, k=max(1, round(expected_active)), steps=run.steps,
+                     batch_size=config.batch_size, lr=config.lr, seed=run.seed)
+
+
+def train_architectures(world: World, d: int, fit: FitConfig, architectures: list[str], data_seed: int,
+                        progress: bool) -> dict[str, FitResult]:
+    """Every architecture on the same batch stream (same seed, same samples) at comparable L0."""
+    stream = lambda: activation_stream(world, fit.batch_size, data_seed)
+    return {name: fit_at_l0(name, d, stream, fit)
+            for name in tqdm(architectures, desc="architectures", disable=not progress)}
+
+
+def fit_summary(result: FitResult) -> dict:
+    return {"knob": result.knob, "knob_value": result.knob_value, "train_l0": result.train_l0,
+            "train_fvu": result.train_fvu, "probes": result.probes, "seconds": result.seconds}
+
+
+def sparse_recovery(config: RecoveryConfig, run: ToyRunConfig, architectures: list[str]) -> dict:
+    world = SparseFeatureWorld(config.sparse_world)
+    x, magnitudes = world.sample(config.eval_samples, torch.Generator().manual_seed(run.seed + 2000))
+    fit = fit_config(config, run, config.sparse_world.expected_active)
+    fits = train_architectures(world, config.sparse_world.d, fit, architectures, run.seed + 1000, run.progress)
+    results = {}
+    for name, result in fits.items():
+        random = random_dictionary_like(result.dictionary, seed=run.seed + 3000)
+        results[name] = {
+            "fit": fit_summary(result),
+            "trained": sparse_world_report(result.dictionary, world.directions, x, magnitudes),
+            "random": sparse_world_report(random, world.directions, x, magnitudes),
+        }
+    return {"world": asdict(config.sparse_world), "k": fit.k, "width": fit.width, "results": results}
+
+
+def animals_recovery(config: RecoveryConfig, run: ToyRunConfig, architectures: list[str]) -> dict:
+    world = AnimalsWorld(config.animals_world)
+    sample = world.sample(config.eval_samples, torch.Generator().manual_seed(run.seed + 2000))
+    fit = fit_config(config, run, config.animals_world.expected_active)
+    fits = train_architectures(world, config.animals_world.d, fit, architectures, run.seed + 1000, run.progress)
+    results = {}
+    for name, result in fits.items():
+        random = random_dictionary_like(result.dictionary, seed=run.seed + 3000)
+        results[name] = {
+            "fit": fit_summary(result),
+            "trained": animals_report(result.dictionary, world, sample),
+            "random": animals_report(random, world, sample),
+        }
+    references = {name: animals_report(ref, world, sample) for name, ref in reference_dictionaries(world).items()}
+    return {"world": asdict(config.animals_world), "k": fit.k, "width": fit.width, "results": results,
+            "references": references}
+
+
+def run_recovery(run: ToyRunConfig, directory: Path, config: RecoveryConfig | None = None) -> list[str]:
+    config = config or RecoveryConfig()
+    architectures = config.architectures or list(ARCHITECTURES)
+    unknown = sorted(set(architectures) - set(ARCHITECTURES))
+    if unknown:
+        raise SaekitError(f"unknown architectures {unknown}; choose from {sorted(ARCHITECTURES)}")
+    data = {"sparse": sparse_recovery(config, run, architectures),
+            "animals": animals_recovery(config, run, architectures), "steps": run.steps}
+    write_json(directory / "recovery.json", data)
+    plot_sparse_recovery(data["sparse"], directory / "recovery_sparse.png")
+    plot_animals(data["animals"], directory / "recovery_animals.png")
+    write_text(directory / "summary.md", recovery_summary(data))
+    return ["recovery_sparse.png", "recovery_animals.png", "recovery.json", "summary.md"]
+
+
+SPARSE_METRICS: tuple[tuple[str, Callable[[dict], float]], ...] = (
+    ("recovery", lambda r: r["directions"]["recovery"]),
+    ("precision", lambda r: r["directions"]["precision"]),
+    ("recovered >= 0.9", lambda r: r["directions"]["fraction_recovered"]),
+    ("magnitude corr", lambda r: r["magnitude_correlation"]),
+)
+
+
+def plot_sparse_recovery(sparse: dict, path: Path) -> None:
+    names = list(sparse["results"])
+    figure, (ax,) = new_figure(max(6.4, 1.6 * len(names) + 2), 4.4)
+    width = 0.8 / len(SPARSE_METRICS)
+    for m, (metric, read) in enumerate(SPARSE_METRICS):
+        positions = [i + (m - (len(SPARSE_METRICS) - 1) / 2) * width for i in range(len(names))]
+        ax.bar(positions, [read(sparse["results"][n]["trained"]) for n in names], width, color=f"C{m}",
+               label=metric)
+        ax.bar(positions, [read(sparse["results"][n]["random"]) for n in names], width * 0.5, color="black",
+               alpha=0.55, label="random baseline" if m == 0 else None)
+    ax.set_xticks(range(len(names)), names)
+    ax.set(ylim=(0, 1.05), ylabel="score", title=f"Sparse world: {sparse['world']['n_features']} features in "
+           f"{sparse['world']['d']} dims, width {sparse['width']}, L0 ~ {sparse['k']}")
+    ax.legend(fontsize=8, ncol=3, loc="lower center")
+    save_png(figure, path)
+
+
+def plot_animals(animals: dict, path: Path) -> None:
+    figure, (scatter, bars) = new_figure(12, 5, ncols=2)
+    points = {name: r["trained"] for name, r in animals["results"].items()}
+    points.update({f"random {name}": r["random"] for name, r in animals["results"].items()})
+    points.update(animals["references"])
+    for name, report in points.items():
+        style = "s" if name.startswith("reference") else ("x" if name.startswith("random") else "o")
+        xy = (report["animal"]["magnitude_correlation"], report["attribute"]["magnitude_correlation"])
+        scatter.plot(*xy, style, color="grey" if name.startswith("random") else None)
+        if not name.startswith("random"):
+            scatter.annotate(name.replace("reference: ", "ref: "), xy, fontsize=7, xytext=(3, 3),
+                             textcoords="offset points")
+    scatter.set(xlim=(0, 1.05), ylim=(0, 1.05), xlabel="mean animal magnitude correlation",
+                ylabel="mean attribute magnitude correlation",
+                title="No dictionary reaches the top right (x: random baselines)")
+    names = list(animals["results"])
+    bottom = [0.0] * len(names)
+    for s, group in enumerate([*ANIMAL_SETS, MIXTURE]):
+        counts = [animals["results"][n]["trained"]["alignment_counts"].get(group, 0) for n in names]
+        bars.bar(names, counts, bottom=bottom, color=f"C{s}", label=group)
+        bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
+    bars.set(ylabel="latents", title="Which set each trained latent points at (max cosine >= 0.9)")
+    bars.tick_params(axis="x", labelrotation=30)
+    bars.legend(fontsize=8)
+    save_png(figure, path)
+
+
+def recovery_summary(data: dict) -> str:
+    return "\n\n".join([
+        "# Recovery of ground-truth features", sparse_summary(data["sparse"]), animals_summary(data["animals"]),
+    ]) + "\n"
+
+
+def sparse_summary(sparse: dict) -> str:
+    rows = []
+    for name, result in sparse["results"].items():
+        trained, random = result["trained"], result["random"]
+        rows.append([name, trained["l0"], trained["fvu"],
+                     *[f"{read(trained):.3f} ({read(random):.3f})" for _, read in SPARSE_METRICS]])
+    world = sparse["world"]
+    return (
+        f"## Sparse world: {world['n_features']} features in {world['d']} dims, firing probability "
+        f"{world['firing_probability']}, width {sparse['width']}, k / target L0 {sparse['k']}\n\n"
+        "Trained value (random baseline of the same shape in brackets).\n\n"
+        + markdown_table(["architecture", "L0", "FVU", *[m for m, _ in SPARSE_METRICS]], rows)
+    )
+
+
+def animals_summary(animals: dict) -> str:
+    rows = []
+    entries = [(name, r["trained"]) for name, r in animals["results"].items()]
+    entries += [(f"random {name}", r["random"]) for name, r in animals["results"].items()]
+    entries += list(animals["references"].items())
+    for name, report in entries:
+        counts = report["alignment_counts"]
+        rows.append([name, report["l0"], report["fvu"],
+                     *[report[s]["directions"]["recovery"] for s in ANIMAL_SETS],
+                     *[report[s]["magnitude_correlation"] for s in ANIMAL_SETS],
+                     "/".join(str(counts.get(g, 0)) for g in [*ANIMAL_SETS, MIXTURE])])
+    header = ["dictionary", "L0", "FVU", *[f"{s} recovery" for s in ANIMAL_SETS],
+              *[f"{s} corr" for s in ANIMAL_SETS], "latents anim/attr/unrel/mix"]
+    world = animals["world"]
+    return (
+        f"## Animals world: {world['n_animals']} animals in the span of {world['n_attributes']} attributes, "
+        f"{world['n_unrelated']} unrelated features, d = {world['d']}, width {animals['width']}, "
+        f"k / target L0 {animals['k']}\n\n"
+        "corr: mean Pearson correlation between each true feature's magnitude and the activation of the "
+        "latent whose decoder row is closest to it. A dictionary that reads animals well reads attributes "
+        "badly and vice versa; references encode with a fixed true decoder by nonnegative least squares.\n\n"
+        + markdown_table(header, rows)
+    )
+
+
+# ---- dispatch ------------------------------------------------------------------------------------
+
+
+EXPERIMENTS: dict[str, Callable[[ToyRunConfig, Path], list[str]]] = {
+    "phase-diagram": run_phase_diagram,
+    "rescaling": run_rescaling,
+    "recovery": run_recovery,
+}
+
+
+def run_experiment(name: str, run: ToyRunConfig) -> ExperimentResult:
+    if name not in EXPERIMENTS:
+        raise SaekitError(f"unknown toy experiment {name!r}; choose one of {[*EXPERIMENTS, 'all']}")
+    directory = Path(run.out) / name
+    start = time.perf_counter()
+    files = EXPERIMENTS[name](run, directory)
+    summary = (directory / "summary.md").read_text(encoding="utf-8")
+    return ExperimentResult(name, directory, summary, time.perf_counter() - start, files)
+
+
+def run_all(run: ToyRunConfig) -> list[ExperimentResult]:
+    """Every experiment in turn, then ``out/summary.md`` with each one's summary and timing."""
+    results = [run_experiment(name, run) for name in EXPERIMENTS]
+    timing = markdown_table(["experiment", "seconds", "directory"],
+                            [[r.name, r.seconds, str(r.directory)] for r in results])
+    body = "\n\n".join(r.summary.strip() for r in results)
+    write_text(Path(run.out) / "summary.md",
+               f"# Toy experiments (seed {run.seed}, {run.steps} steps)\n\n{timing}\n\n{body}\n")
+    return results

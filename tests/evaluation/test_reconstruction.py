@@ -1,0 +1,41 @@
+import torch
+
+from saekit.evaluation.reconstruction import ReconstructionMetrics
+
+
+def _data(n=300, d=8, width=16):
+    generator = torch.Generator().manual_seed(0)
+    target = torch.randn(n, d, generator=generator) * 3 + 1
+    reconstruction = target + 0.5 * torch.randn(n, d, generator=generator)
+    latents = torch.relu(torch.randn(n, width, generator=generator) - 1)
+    latents[:, 0] = 0  # one dead latent
+    latents[:, 1] = 1  # one dense latent
+    return target, reconstruction, latents
+
+
+def _metrics(batch_size):
+    target, reconstruction, latents = _data()
+    metrics = ReconstructionMetrics(width=16)
+    for t, r, z in zip(target.split(batch_size), reconstruction.split(batch_size), latents.split(batch_size)):
+        metrics.update(t, r, z)
+    return metrics.result()
+
+
+def test_matches_brute_force_formulas():
+    target, reconstruction, latents = _data()
+    result = _metrics(batch_size=300)
+    error = (target - reconstruction).pow(2).sum(-1)
+    expected_fvu = error.sum() / (target - target.mean(0)).pow(2).sum()
+    assert abs(result["fvu"] - expected_fvu.item()) < 1e-5
+    assert abs(result["mse_per_token"] - error.mean().item()) < 1e-4
+    legacy = (error / (target - target.mean(0)).pow(2).sum(-1)).mean()
+    assert abs(result["legacy_fvu_per_token_mean"] - legacy.item()) < 1e-4
+    assert abs(result["l0_mean"] - (latents > 0).sum(-1).float().mean().item()) < 1e-6
+    assert result["dead_fraction"] == 1 / 16 and result["dense_fraction"] >= 1 / 16
+    assert sum(result["l0_histogram"]["counts"]) == 300
+
+
+def test_metrics_do_not_depend_on_batch_size():
+    whole, small, odd = _metrics(300), _metrics(7), _metrics(64)
+    for key in ("fvu", "mse_per_token", "legacy_fvu_per_token_mean", "l0_mean", "dead_fraction"):
+        assert abs(whole[key] - small[key]) < 1e-9 and abs(whole[key] - odd[key]) < 1e-9, key

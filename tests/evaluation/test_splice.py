@@ -1,0 +1,36 @@
+import torch
+import torch.nn.functional as F
+
+from saekit.dictionaries.base import DictionaryConfig
+from saekit.dictionaries.registry import build_dictionary
+from saekit.evaluation.splice import SpliceTarget, compare_losses, kl_divergence, next_token_nll
+
+
+def test_nll_and_kl_match_torch():
+    logits = torch.randn(2, 6, 11)
+    ids = torch.randint(0, 11, (2, 6))
+    expected = F.cross_entropy(logits[:, 1:-1].reshape(-1, 11), ids[:, 2:].reshape(-1), reduction="none")
+    torch.testing.assert_close(next_token_nll(logits, ids).reshape(-1), expected)
+    other = torch.randn(2, 6, 11)
+    expected_kl = F.kl_div(other[:, 1:-1].log_softmax(-1), logits[:, 1:-1].log_softmax(-1), log_target=True,
+                           reduction="none").sum(-1)
+    torch.testing.assert_close(kl_divergence(logits, other), expected_kl)
+    assert kl_divergence(logits, logits).abs().max() < 1e-6
+
+
+def test_compare_losses_orders_conditions(tiny_loaded):
+    adapter = tiny_loaded.adapter
+    site = adapter.site("blocks.0.resid_post")
+    dictionary = build_dictionary(DictionaryConfig("topk", 32, 256, k=32)).eval()
+    target = SpliceTarget(dictionary, site, site, torch.zeros(32))
+    ids = torch.randint(3, 1000, (4, 12))
+    ids[:, 0] = tiny_loaded.bos_token_id
+    result = compare_losses(tiny_loaded, [target], iter(ids.split(2)))
+    assert result["contexts"] == 4
+    assert result["kl_spliced"]["mean"] > 0
+    assert abs(result["delta_ce_spliced"]["mean"] - (result["ce_spliced"]["mean"] - result["ce_clean"]["mean"])) < 1e-6
+    # The reconstruction metrics saw every non-BOS token exactly once.
+    assert target.metrics.result()["tokens"] == 4 * 11
+    zero_only = result["loss_recovered_vs_zero_ablation"]
+    assert zero_only == 1 - result["delta_ce_spliced"]["mean"] / result["delta_ce_zero"]["mean"] or abs(
+        zero_only - (1 - result["delta_ce_spliced"]["mean"] / result["delta_ce_zero"]["mean"])) < 1e-6

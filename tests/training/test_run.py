@@ -1,0 +1,133 @@
+"""Training runs on a tiny model: outputs, exact resume after a real kill, and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from saekit.dictionaries.registry import load_dictionary
+from saekit.errors import SaekitError
+from saekit.io import load_tensors
+from saekit.training.config import TrainConfig
+from saekit.training.run import CHECKPOINT_FILE, LOG_FILE, read_checkpoint_step, train_run
+
+
+def _config(tiny_model_dir, tmp_path, **overrides) -> TrainConfig:
+    values = dict(name="tiny", model=str(tiny_model_dir), site="blocks.1.resid_post", context_length=16,
+                  contexts_per_chunk=16, model_batch_contexts=16, expansion_factor=4, k=4, train_tokens=4096,
+                  batch_size=256, shuffle_buffer_tokens=1024, checkpoint_every=4, warmup_steps=2,
+                  cache_dir=str(tmp_path / "cache"), eval_tokens=256)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_run_writes_folded_dictionary_stats_and_log(tiny_loaded, tiny_model_dir, tmp_path):
+    config = _config(tiny_model_dir, tmp_path)
+    run_dir = train_run(config, tmp_path / "runs", loaded=tiny_loaded, progress=False)
+    dictionary, source = load_dictionary(run_dir / "dictionary")
+    assert source["site"] == "blocks.1.resid_post" and dictionary.config.width == 128
+    log = [json.loads(line) for line in (run_dir / LOG_FILE).read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, config.total_steps + 1))
+    assert log[-1]["fvu"] < log[0]["fvu"]  # it learned something
+    assert read_checkpoint_step(run_dir / CHECKPOINT_FILE) == config.total_steps
+    stats = load_tensors(run_dir / "activation_stats.safetensors")
+    assert stats["mean.blocks.1.resid_post"].shape == (32,)
+    # The folded dictionary takes raw activations: its reconstruction error is small relative to the norm.
+    from saekit.activations.source import ActivationSource
+    from saekit.training.run import activation_spec
+    raw = ActivationSource(activation_spec(config), config.cache_dir, lambda: tiny_loaded).chunk(0)["blocks.1.resid_post"]
+    with torch.no_grad():
+        output = dictionary(raw)
+    fvu = (output.reconstruction - raw).pow(2).sum() / (raw - raw.mean(0)).pow(2).sum()
+    assert fvu < 0.9 and (output.latents > 0).sum(-1).max() <= 4
+
+
+def _cli(config: TrainConfig, runs_dir, *extra):
+    args = [sys.executable, "-m", "saekit", "train", "--runs-dir", str(runs_dir)]
+    for key, value in config.to_dict().items():
+        if key != "extra" and value is not None:
+            args += ["--" + key.replace("_", "-"), str(value)]
+    return args + list(extra)
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tiny_loaded, tiny_model_dir, tmp_path):
+    overrides = dict(train_tokens=256 * 120, expansion_factor=64, k=8, checkpoint_every=3)
+    reference = _config(tiny_model_dir, tmp_path, name="reference", **overrides)
+    train_run(reference, tmp_path / "runs", loaded=tiny_loaded, progress=False)
+
+    killed = _config(tiny_model_dir, tmp_path, name="killed", **overrides)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(_cli(killed, tmp_path / "runs"), env=env, stderr=subprocess.DEVNULL)
+    log = tmp_path / "runs" / "killed" / LOG_FILE
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 10:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    step = read_checkpoint_step(tmp_path / "runs" / "killed" / CHECKPOINT_FILE)
+    assert step is not None and 0 < step < killed.total_steps
+
+    resumed = subprocess.run(_cli(killed, tmp_path / "runs", "--resume"), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected = load_tensors(tmp_path / "runs" / "reference" / "dictionary" / "weights.safetensors")
+    actual = load_tensors(tmp_path / "runs" / "killed" / "dictionary" / "weights.safetensors")
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6)
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == list(range(1, killed.total_steps + 1))  # no duplicated or missing log lines
+
+
+def test_existing_run_and_changed_resume_are_refused(tiny_loaded, tiny_model_dir, tmp_path):
+    config = _config(tiny_model_dir, tmp_path, train_tokens=512)
+    train_run(config, tmp_path / "runs", loaded=tiny_loaded, progress=False)
+    with pytest.raises(SaekitError, match="already holds a run"):
+        train_run(config, tmp_path / "runs", loaded=tiny_loaded, progress=False)
+    changed = _config(tiny_model_dir, tmp_path, train_tokens=512, k=8)
+    with pytest.raises(SaekitError, match=r"different config \(changed: \['k'\]\)"):
+        train_run(changed, tmp_path / "runs", resume=True, loaded=tiny_loaded, progress=False)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_loaded, tiny_model_dir, tmp_path):
+    config = _config(tiny_model_dir, tmp_path, lr=1e30, warmup_steps=1, checkpoint_every=1, train_tokens=256 * 20)
+    with pytest.raises(SaekitError, match=r"loss became (nan|inf) at step (\d+); stopped. The last good checkpoint"):
+        train_run(config, tmp_path / "runs", loaded=tiny_loaded, progress=False)
+    step = read_checkpoint_step(tmp_path / "runs" / "tiny" / CHECKPOINT_FILE)
+    assert step is not None and step >= 1
+    assert not (tmp_path / "runs" / "tiny" / "dictionary").exists()  # no half-finished output
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(site="blocks.7.resid_post"), "out of range: the model has layers 0..1"),
+    (dict(site="blocks.1.residual"), "unknown site"),
+    (dict(architecture="sparse-magic"), "unknown architecture"),
+    (dict(train_tokens=10), "less than one batch"),
+])
+def test_bad_config_is_one_line(tiny_loaded, tiny_model_dir, tmp_path, overrides, message):
+    with pytest.raises(SaekitError, match=message) as info:
+        train_run(_config(tiny_model_dir, tmp_path, **overrides), tmp_path / "runs", loaded=tiny_loaded,
+                  progress=False)
+    assert "\n" not in str(info.value)
+
+
+def test_empty_corpus(tiny_loaded, tiny_model_dir, tmp_path):
+    (tmp_path / "empty.txt").write_text("   \n")
+    with pytest.raises(SaekitError, match="empty"):
+        train_run(_config(tiny_model_dir, tmp_path, corpus=str(tmp_path / "empty.txt")), tmp_path / "runs",
+                  loaded=tiny_loaded, progress=False)
+
+
+def test_config_file_unknown_key(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"site": "blocks.1.resid_post", "learning_rate": 1e-3}))
+    with pytest.raises(SaekitError, match=r"unknown config keys \['learning_rate'\]"):
+        TrainConfig.from_file(path)
+    path.write_text("{not json")
+    with pytest.raises(SaekitError, match="is corrupt"):
+        TrainConfig.from_file(path)
