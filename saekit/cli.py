@@ -62,12 +62,41 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from saekit.evaluation.evaluate import evaluate_run
+    from saekit.evaluation.evaluate import evaluate_joint, evaluate_run
 
-    metrics = evaluate_run(args.run_dir, eval_tokens=args.eval_tokens, law=args.law)
+    if len(args.run_dirs) == 1:
+        metrics = evaluate_run(args.run_dirs[0], eval_tokens=args.eval_tokens, law=args.law)
+        report = args.run_dirs[0] / "report.md"
+    else:
+        out = args.out or Path("runs") / ("joint-" + "-".join(d.name for d in args.run_dirs))
+        metrics = evaluate_joint(args.run_dirs, out, eval_tokens=args.eval_tokens, law=args.law)
+        report = out / "report.md"
     losses = metrics["losses"]
     print(f"clean CE {losses['ce_clean']['mean']:.4f}, spliced CE {losses['ce_spliced']['mean']:.4f}, "
-          f"delta CE {losses['delta_ce_spliced']['mean']:.4f} nats; report: {Path(args.run_dir) / 'report.md'}")
+          f"delta CE {losses['delta_ce_spliced']['mean']:.4f} nats; report: {report}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from saekit.evaluation.evaluate import load_splice_target
+    from saekit.evaluation.generation import DEFAULT_PROMPTS, generations_markdown, side_by_side
+    from saekit.models.loading import load_model
+    from saekit.training.run import load_run_config
+
+    config = load_run_config(args.run_dirs[0])
+    loaded = load_model(config.model, device=config.device)
+    targets = [load_splice_target(d, loaded, config.device) for d in args.run_dirs]
+    rows = side_by_side(loaded, targets, args.prompt or DEFAULT_PROMPTS, args.max_new_tokens, args.temperature,
+                        args.seed)
+    print(generations_markdown(rows))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from saekit.evaluation.summary import summarize
+
+    summary = summarize(args.run_dirs, args.out)
+    print(f"summary of {len(summary['runs'])} runs: {args.out / 'summary.md'} and {args.out / 'summary.html'}")
     return 0
 
 
@@ -91,11 +120,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(train)
     train.set_defaults(handler=_train)
 
-    evaluate = sub.add_parser("evaluate", help="evaluate a trained run (writes metrics.json and report.md)")
-    evaluate.add_argument("run_dir", type=Path)
+    evaluate = sub.add_parser("evaluate", help="evaluate runs: one alone, or several spliced jointly and alone")
+    evaluate.add_argument("run_dirs", type=Path, nargs="+")
     evaluate.add_argument("--eval-tokens", type=int, default=None)
     evaluate.add_argument("--law", default="chinchilla", help="scaling-law preset for effective compute")
+    evaluate.add_argument("--out", type=Path, default=None, help="output directory of a joint evaluation")
     evaluate.set_defaults(handler=_evaluate)
+
+    generate = sub.add_parser("generate", help="sample the same prompts from the clean and spliced model")
+    generate.add_argument("run_dirs", type=Path, nargs="+")
+    generate.add_argument("--prompt", action="append", help="a prompt (repeatable); default: a built-in set")
+    generate.add_argument("--max-new-tokens", type=int, default=32)
+    generate.add_argument("--temperature", type=float, default=0.7)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.set_defaults(handler=_generate)
+
+    report = sub.add_parser("report", help="compare evaluated runs: markdown + HTML with plots")
+    report.add_argument("run_dirs", type=Path, nargs="+")
+    report.add_argument("--out", type=Path, default=Path("runs/summary"))
+    report.set_defaults(handler=_report)
 
     quick = sub.add_parser("quickstart", help="train and evaluate a TopK SAE on the default model (~10 min, CPU)")
     quick.add_argument("--runs-dir", default="runs")

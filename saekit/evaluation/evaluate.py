@@ -18,9 +18,11 @@ from saekit.activations.source import contexts_for, load_split
 from saekit.data.contexts import take_contexts
 from saekit.dictionaries.registry import load_dictionary
 from saekit.errors import SaekitError
+from saekit.evaluation.damage import token_damage
 from saekit.evaluation.effective_compute import effective_compute_report
+from saekit.evaluation.generation import side_by_side
 from saekit.evaluation.report import render_report
-from saekit.evaluation.splice import SpliceTarget, compare_losses
+from saekit.evaluation.splice import LossComparison, SpliceTarget, compare_losses
 from saekit.io import load_tensors, write_json, write_text
 from saekit.models.loading import (
     DEFAULT_MODEL,
@@ -64,17 +66,27 @@ def _batches(contexts: Tensor, batch_size: int, desc: str) -> Iterator[Tensor]:
 
 
 def evaluate_runs(run_dirs: list[Path], loaded: LoadedModel | None = None, eval_tokens: int | None = None,
-                  law: str = "chinchilla") -> dict[str, Any]:
-    """Splice the runs' dictionaries jointly (one run: alone) and measure everything."""
+                  law: str = "chinchilla", generations: int = 4) -> dict[str, Any]:
+    """Splice the runs' dictionaries jointly (one run: alone) and measure everything.
+
+    The held-out contexts come from the first run's corpus split; all runs must share the model.
+    """
     configs = [load_run_config(d) for d in run_dirs]
     config = configs[0]
+    if len({c.model for c in configs}) > 1:
+        models = ", ".join(c.model for c in configs)
+        raise SaekitError(f"runs spliced jointly must come from the same model; got {models}")
     loaded = loaded or load_model(config.model, device=config.device)
     targets = [load_splice_target(d, loaded, config.device) for d in run_dirs]
+    if len({t.write_site for t in targets}) < len(targets):
+        raise SaekitError("two of the runs write the same site; splice each site at most once")
     tokens = eval_tokens or config.eval_tokens
     contexts = eval_contexts(loaded, config, tokens)
-    losses = compare_losses(loaded, targets, _batches(contexts, config.eval_batch_contexts, "evaluating"))
+    comparison = LossComparison()
+    losses = compare_losses(loaded, targets, _batches(contexts, config.eval_batch_contexts, "evaluating"), comparison)
     metrics: dict[str, Any] = {
         "model": loaded.name,
+        "runs": [str(d) for d in run_dirs],
         "sites": [f"{t.read_site}->{t.write_site}" if t.read_site != t.write_site else str(t.read_site)
                   for t in targets],
         "eval_contexts": int(contexts.shape[0]),
@@ -82,25 +94,44 @@ def evaluate_runs(run_dirs: list[Path], loaded: LoadedModel | None = None, eval_
         "bos_handling": "BOS keeps its clean activation; predictions made at BOS are excluded",
         "losses": losses,
         "reconstruction": {str(t.write_site): t.metrics.result() for t in targets},
+        "token_damage": token_damage(contexts, comparison.token_delta(), loaded.tokenizer),
+        "effective_compute": _effective_compute(config, losses, law),
     }
-    params, train_tokens = ((DEFAULT_MODEL_PARAMS, DEFAULT_MODEL_TRAINING_TOKENS) if config.model == DEFAULT_MODEL
-                            else (None, None))
-    ce_clean, ce_spliced = losses["ce_clean"]["mean"], losses["ce_spliced"]["mean"]
-    try:
-        metrics["effective_compute"] = effective_compute_report(law, ce_clean, ce_spliced, params, train_tokens)
-    except SaekitError as err:  # e.g. clean loss below the law's floor E: say so instead of a number
-        metrics["effective_compute"] = {"error": str(err)}
+    if generations:
+        rows = side_by_side(loaded, targets, seed=config.seed)[:generations]
+        metrics["generations"] = [vars(row) for row in rows]
     return metrics
 
 
+def _effective_compute(config: TrainConfig, losses: dict[str, Any], law: str) -> dict[str, Any]:
+    params, train_tokens = ((DEFAULT_MODEL_PARAMS, DEFAULT_MODEL_TRAINING_TOKENS) if config.model == DEFAULT_MODEL
+                            else (None, None))
+    try:
+        return effective_compute_report(law, losses["ce_clean"]["mean"], losses["ce_spliced"]["mean"],
+                                        params, train_tokens)
+    except SaekitError as err:  # e.g. clean loss below the law's floor E: say so instead of a number
+        return {"error": str(err)}
+
+
 def evaluate_run(run_dir: str | Path, loaded: LoadedModel | None = None, eval_tokens: int | None = None,
-                 law: str = "chinchilla") -> dict[str, Any]:
+                 law: str = "chinchilla", generations: int = 4) -> dict[str, Any]:
     """Evaluate one run and write metrics.json and report.md beside it."""
     run_dir = Path(run_dir)
-    metrics = evaluate_runs([run_dir], loaded, eval_tokens, law)
+    metrics = evaluate_runs([run_dir], loaded, eval_tokens, law, generations)
     metrics["run"] = load_run_config(run_dir).to_dict()
     write_json(run_dir / "metrics.json", metrics)
     write_text(run_dir / "report.md", render_report(metrics))
     return metrics
 
 
+def evaluate_joint(run_dirs: list[Path], out_dir: str | Path, loaded: LoadedModel | None = None,
+                   eval_tokens: int | None = None, law: str = "chinchilla") -> dict[str, Any]:
+    """Splice several runs' dictionaries at once, and each alone on the same contexts; write a joint report."""
+    out_dir = Path(out_dir)
+    loaded = loaded or load_model(load_run_config(run_dirs[0]).model)
+    joint = evaluate_runs(run_dirs, loaded, eval_tokens, law)
+    alone = {str(d): evaluate_runs([d], loaded, eval_tokens, law, generations=0) for d in run_dirs}
+    metrics = {**joint, "alone": alone}
+    write_json(out_dir / "metrics.json", metrics)
+    write_text(out_dir / "report.md", render_report(metrics))
+    return metrics

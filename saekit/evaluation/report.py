@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from saekit.evaluation.damage import damage_markdown
 from saekit.evaluation.effective_compute import format_report_markdown
+from saekit.evaluation.generation import SideBySide, generations_markdown
 
 
 def _pm(value: dict[str, float], digits: int = 4) -> str:
@@ -67,6 +69,28 @@ def render_report(metrics: dict[str, Any]) -> str:
         lines += ["### Effective compute", "", f"Not reported: {compute['error']}", ""]
     elif compute:
         lines += [format_report_markdown(compute), ""]
+    if "alone" in metrics:
+        lines += _alone_lines(metrics)
     for site, rec in metrics["reconstruction"].items():
         lines += _reconstruction_lines(site, rec)
+    if "token_damage" in metrics:
+        lines += ["## Where the splice hurts", "", damage_markdown(metrics["token_damage"]), ""]
+    if metrics.get("generations"):
+        rows = [SideBySide(**row) for row in metrics["generations"]]
+        lines += ["## The degraded model, side by side", "",
+                  "Same prompts, same sampling seed (temperature 0.7), clean vs spliced:", "",
+                  generations_markdown(rows), ""]
     return "\n".join(lines) + "\n"
+
+
+def _alone_lines(metrics: dict[str, Any]) -> list[str]:
+    joint = metrics["losses"]
+    lines = ["## Each dictionary alone vs all jointly", "",
+             "| spliced | ΔCE (nats) | KL | FVU |", "|---|---|---|---|"]
+    for run, alone in metrics["alone"].items():
+        losses, (rec,) = alone["losses"], alone["reconstruction"].values()
+        lines.append(f"| {alone['sites'][0]} alone ({run}) | {_pm(losses['delta_ce_spliced'])} | "
+                     f"{_pm(losses['kl_spliced'])} | {rec['fvu']:.4f} |")
+    lines.append(f"| all {len(metrics['alone'])} jointly | {_pm(joint['delta_ce_spliced'])} | "
+                 f"{_pm(joint['kl_spliced'])} | - |")
+    return lines + [""]

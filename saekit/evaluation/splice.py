@@ -74,6 +74,11 @@ def _context(loaded: LoadedModel, targets: list[SpliceTarget], mode: str) -> Abs
     ])
 
 
+def spliced_context(loaded: LoadedModel, targets: list[SpliceTarget]) -> AbstractContextManager:
+    """Hooks that splice every target's dictionary in (for generation and other callers)."""
+    return _context(loaded, targets, "spliced")
+
+
 def _is_transcoding(target: SpliceTarget, mode: str) -> bool:
     return mode == "spliced" and target.read_site != target.write_site
 
@@ -123,11 +128,18 @@ class LossComparison:
     def __init__(self) -> None:
         self.nll: dict[str, list[Tensor]] = {c: [] for c in self.CONDITIONS}
         self.kl: dict[str, list[Tensor]] = {c: [] for c in self.CONDITIONS if c != "clean"}
+        self.token_nll: dict[str, list[Tensor]] = {"clean": [], "spliced": []}
 
     def update(self, condition: str, nll: Tensor, kl: Tensor | None) -> None:
         self.nll[condition].append(nll.mean(-1).double().cpu())
+        if condition in self.token_nll:
+            self.token_nll[condition].append(nll.float().cpu())
         if kl is not None:
             self.kl[condition].append(kl.mean(-1).double().cpu())
+
+    def token_delta(self) -> Tensor:
+        """[contexts, seq-2] increase in NLL at each predicted token when the dictionary is spliced in."""
+        return torch.cat(self.token_nll["spliced"]) - torch.cat(self.token_nll["clean"])
 
     def result(self) -> dict[str, Any]:
         per_context = {c: torch.cat(v) for c, v in self.nll.items()}
@@ -152,9 +164,10 @@ def _mean_se(values: Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def compare_losses(loaded: LoadedModel, targets: list[SpliceTarget], batches: Iterator[Tensor]) -> dict[str, Any]:
+def compare_losses(loaded: LoadedModel, targets: list[SpliceTarget], batches: Iterator[Tensor],
+                   comparison: LossComparison | None = None) -> dict[str, Any]:
     """Run every condition on every batch; returns losses, KLs and loss recovered per baseline."""
-    comparison = LossComparison()
+    comparison = comparison if comparison is not None else LossComparison()
     for input_ids in batches:
         input_ids = input_ids.to(loaded.device)
         clean_logits = loaded.model(input_ids=input_ids, use_cache=False).logits

@@ -57,3 +57,35 @@ def test_cli_prints_one_line_and_exits_nonzero(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"saekit: error: run directory not found: {tmp_path / 'missing'}"]
+
+
+def test_report_has_damage_and_generations(tiny_run, tiny_loaded):
+    metrics = evaluate_run(tiny_run, loaded=tiny_loaded, generations=2)
+    damage = metrics["token_damage"]
+    assert damage["worst_positions"][0]["delta_nats"] >= damage["worst_positions"][-1]["delta_nats"]
+    assert len(metrics["generations"]) == 2 and metrics["generations"][0]["prompt"]
+    report = (tiny_run / "report.md").read_text()
+    assert "Where the splice hurts" in report and "side by side" in report
+
+
+def test_joint_evaluation_and_summary(tiny_run, tiny_loaded, tiny_model_dir, tmp_path):
+    from saekit.evaluation.evaluate import evaluate_joint
+    from saekit.evaluation.summary import pareto_front, summarize
+    from saekit.training.run import load_run_config
+
+    layer0 = TrainConfig.from_dict({**load_run_config(tiny_run).to_dict(), "name": "tiny0",
+                                    "site": "blocks.0.resid_post"})
+    run0 = train_run(layer0, tiny_run.parent, loaded=tiny_loaded, progress=False)
+    metrics = evaluate_joint([run0, tiny_run], tmp_path / "joint", loaded=tiny_loaded)
+    assert set(metrics["reconstruction"]) == {"blocks.0.resid_post", "blocks.1.resid_post"}
+    assert len(metrics["alone"]) == 2
+    alone_deltas = [a["losses"]["delta_ce_spliced"]["mean"] for a in metrics["alone"].values()]
+    assert metrics["losses"]["contexts"] == next(iter(metrics["alone"].values()))["losses"]["contexts"]
+    assert "jointly" in (tmp_path / "joint" / "report.md").read_text()
+    assert all(isinstance(d, float) for d in alone_deltas)
+    evaluate_run(run0, loaded=tiny_loaded, generations=0)
+    summary = summarize([run0, tiny_run], tmp_path / "summary")
+    assert [r["layer"] for r in summary["runs"]] == [0, 1]
+    assert (tmp_path / "summary" / "pareto.png").stat().st_size > 1000
+    assert "data:image/png;base64" in (tmp_path / "summary" / "summary.html").read_text()
+    assert pareto_front([(1, 5), (2, 3), (3, 4), (0.5, 9)]) == [0, 1, 3]
