@@ -54,10 +54,39 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
 
 
 def _train(args: argparse.Namespace) -> int:
-    from saekit.training.run import train_run
+    from saekit.training.run import train_many
 
-    run_dir = train_run(config_from_args(args), args.runs_dir, resume=args.resume)
-    print(f"trained: {run_dir}")
+    config = config_from_args(args)
+    configs = [config]
+    if args.sites:
+        sites = expand_sites(args.sites, config.model)
+        configs = [TrainConfig.from_dict({**config.to_dict(), "site": site, "name": f"{config.name}/{site}"})
+                   for site in sites]
+    for run_dir in train_many(configs, args.runs_dir, resume=args.resume):
+        print(f"trained: {run_dir}")
+    return 0
+
+
+def expand_sites(text: str, model: str) -> list[str]:
+    """Comma-separated site names; ``blocks.*.kind`` means that kind at every layer of the model."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if any("*" in name for name in names):
+        from saekit.models.loading import load_model_config
+
+        n_layers = int(load_model_config(model).num_hidden_layers)
+        names = [expanded for name in names
+                 for expanded in ([name.replace("*", str(i)) for i in range(n_layers)] if "*" in name else [name])]
+    return names
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from saekit.training.sweep import run_sweep
+
+    config = config_from_args(args)
+    widths = [int(w) for w in args.widths.split(",")] if args.widths else [None]
+    summary = run_sweep(config, args.grid, widths, args.runs_dir, resume=args.resume)
+    out = Path(args.runs_dir) / config.name
+    print(f"sweep of {len(summary['runs'])} dictionaries: {out / 'summary.md'}, {out / 'pareto.png'}")
     return 0
 
 
@@ -117,8 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="JSON file of TrainConfig fields (flags override it)")
     train.add_argument("--runs-dir", default="runs")
     train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    train.add_argument("--sites", help="train one dictionary per site from one forward pass: comma-separated, "
+                       "blocks.*.resid_post = every layer; runs go to RUNS_DIR/NAME/SITE")
     _add_config_flags(train)
     train.set_defaults(handler=_train)
+
+    sweep = sub.add_parser("sweep", help="train a grid of architectures x sparsity x widths in one pass; compare")
+    sweep.add_argument("--grid", required=True,
+                       help="e.g. 'topk:k=16,32;batchtopk:k=16,32;jumprelu:l0_coefficient=0.001;relu:l1_coefficient=2'")
+    sweep.add_argument("--widths", help="comma-separated dictionary widths (default: the config's)")
+    sweep.add_argument("--config", help="JSON file of TrainConfig fields shared by the grid")
+    sweep.add_argument("--runs-dir", default="runs")
+    sweep.add_argument("--resume", action="store_true")
+    _add_config_flags(sweep)
+    sweep.set_defaults(handler=_sweep)
 
     evaluate = sub.add_parser("evaluate", help="evaluate runs: one alone, or several spliced jointly and alone")
     evaluate.add_argument("run_dirs", type=Path, nargs="+")

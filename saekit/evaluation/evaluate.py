@@ -22,7 +22,7 @@ from saekit.evaluation.damage import token_damage
 from saekit.evaluation.effective_compute import effective_compute_report
 from saekit.evaluation.generation import side_by_side
 from saekit.evaluation.report import render_report
-from saekit.evaluation.splice import LossComparison, SpliceTarget, compare_losses
+from saekit.evaluation.splice import LossComparison, SpliceTarget, compare_losses_many
 from saekit.io import load_tensors, write_json, write_text
 from saekit.models.loading import (
     DEFAULT_MODEL,
@@ -71,19 +71,38 @@ def evaluate_runs(run_dirs: list[Path], loaded: LoadedModel | None = None, eval_
 
     The held-out contexts come from the first run's corpus split; all runs must share the model.
     """
-    configs = [load_run_config(d) for d in run_dirs]
+    return _evaluate_groups([run_dirs], loaded, eval_tokens, law, generations)[0]
+
+
+def evaluate_alternatives(run_dirs: list[Path], loaded: LoadedModel | None = None, eval_tokens: int | None = None,
+                          law: str = "chinchilla", generations: int = 0) -> list[dict[str, Any]]:
+    """Evaluate each run alone where all splice the same site (a sweep), sharing the baseline passes."""
+    return _evaluate_groups([[d] for d in run_dirs], loaded, eval_tokens, law, generations)
+
+
+def _evaluate_groups(groups: list[list[Path]], loaded: LoadedModel | None, eval_tokens: int | None, law: str,
+                     generations: int) -> list[dict[str, Any]]:
+    configs = [load_run_config(d) for group in groups for d in group]
     config = configs[0]
     if len({c.model for c in configs}) > 1:
         models = ", ".join(c.model for c in configs)
-        raise SaekitError(f"runs spliced jointly must come from the same model; got {models}")
+        raise SaekitError(f"runs evaluated together must come from the same model; got {models}")
     loaded = loaded or load_model(config.model, device=config.device)
-    targets = [load_splice_target(d, loaded, config.device) for d in run_dirs]
-    if len({t.write_site for t in targets}) < len(targets):
-        raise SaekitError("two of the runs write the same site; splice each site at most once")
-    tokens = eval_tokens or config.eval_tokens
-    contexts = eval_contexts(loaded, config, tokens)
-    comparison = LossComparison()
-    losses = compare_losses(loaded, targets, _batches(contexts, config.eval_batch_contexts, "evaluating"), comparison)
+    target_groups = [[load_splice_target(d, loaded, config.device) for d in group] for group in groups]
+    for targets in target_groups:
+        if len({t.write_site for t in targets}) < len(targets):
+            raise SaekitError("two of the runs write the same site; splice each site at most once")
+    contexts = eval_contexts(loaded, config, eval_tokens or config.eval_tokens)
+    comparisons = [LossComparison() for _ in groups]
+    batches = _batches(contexts, config.eval_batch_contexts, "evaluating")
+    results = compare_losses_many(loaded, target_groups, batches, comparisons)
+    return [_metrics(loaded, group, targets, contexts, losses, comparison, config, law, generations)
+            for group, targets, losses, comparison in zip(groups, target_groups, results, comparisons)]
+
+
+def _metrics(loaded: LoadedModel, run_dirs: list[Path], targets: list[SpliceTarget], contexts: Tensor,
+             losses: dict[str, Any], comparison: LossComparison, config: TrainConfig, law: str,
+             generations: int) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "model": loaded.name,
         "runs": [str(d) for d in run_dirs],

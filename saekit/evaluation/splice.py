@@ -168,12 +168,35 @@ def compare_losses(loaded: LoadedModel, targets: list[SpliceTarget], batches: It
                    comparison: LossComparison | None = None) -> dict[str, Any]:
     """Run every condition on every batch; returns losses, KLs and loss recovered per baseline."""
     comparison = comparison if comparison is not None else LossComparison()
+    return compare_losses_many(loaded, [targets], batches, [comparison])[0]
+
+
+@torch.no_grad()
+def compare_losses_many(loaded: LoadedModel, groups: list[list[SpliceTarget]], batches: Iterator[Tensor],
+                        comparisons: list[LossComparison] | None = None) -> list[dict[str, Any]]:
+    """Like :func:`compare_losses` for several alternative splices of the same sites (a sweep).
+
+    The clean, zero- and mean-ablated passes are shared: each batch costs 3 + len(groups) forwards.
+    The mean-ablation baseline uses the first group's training means.
+    """
+    sites = [sorted(str(t.write_site) for t in group) for group in groups]
+    if any(s != sites[0] for s in sites):
+        raise ValueError("every group must splice the same sites to share baselines")
+    comparisons = comparisons if comparisons is not None else [LossComparison() for _ in groups]
     for input_ids in batches:
         input_ids = input_ids.to(loaded.device)
         clean_logits = loaded.model(input_ids=input_ids, use_cache=False).logits
-        comparison.update("clean", next_token_nll(clean_logits, input_ids), None)
-        for condition in ("spliced", "zero", "mean"):
-            with _context(loaded, targets, condition):
+        clean_nll = next_token_nll(clean_logits, input_ids)
+        shared = {}
+        for condition in ("zero", "mean"):
+            with _context(loaded, groups[0], condition):
                 logits = loaded.model(input_ids=input_ids, use_cache=False).logits
-            comparison.update(condition, next_token_nll(logits, input_ids), kl_divergence(clean_logits, logits))
-    return comparison.result()
+            shared[condition] = (next_token_nll(logits, input_ids), kl_divergence(clean_logits, logits))
+        for group, comparison in zip(groups, comparisons):
+            with _context(loaded, group, "spliced"):
+                logits = loaded.model(input_ids=input_ids, use_cache=False).logits
+            comparison.update("clean", clean_nll, None)
+            comparison.update("spliced", next_token_nll(logits, input_ids), kl_divergence(clean_logits, logits))
+            for condition, (nll, kl) in shared.items():
+                comparison.update(condition, nll, kl)
+    return [comparison.result() for comparison in comparisons]

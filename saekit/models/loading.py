@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from saekit.errors import SaekitError
 from saekit.models.architecture import ArchitectureAdapter
@@ -71,6 +78,15 @@ def _source(spec: str) -> tuple[str, dict]:
     if spec.startswith((".", "/")) or spec.count("/") > 1:
         raise SaekitError(f"model path not found: {spec}")
     return spec, {}  # a hub id such as "gpt2" or "EleutherAI/pythia-70m"
+
+
+def load_model_config(spec: str = DEFAULT_MODEL) -> PretrainedConfig:
+    """The model's config alone (layer count, widths) without loading its weights."""
+    location, kwargs = _source(spec)
+    try:
+        return AutoConfig.from_pretrained(location, **kwargs)
+    except (OSError, ValueError) as err:
+        raise SaekitError(f"could not read the config of model {spec!r}: {str(err).strip()[:200]}") from err
 
 
 @torch.no_grad()

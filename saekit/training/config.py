@@ -44,6 +44,9 @@ class TrainConfig:
     decay_fraction: float = 0.2
     sparsity_warmup_fraction: float = 0.05
     dead_window_tokens: int = 100_000
+    resample_every: int = 0  # steps; 0 = no resampling of dead latents
+    resample_density_threshold: float = 0.0
+    resample_holdout_fraction: float = 0.0  # the rare-latent experiment (see DictionaryTrainer.resample)
     checkpoint_every: int = 25
     seed: int = 0
     device: str = "cpu"

@@ -8,8 +8,10 @@ state; scaled weights, optimizer, counters), ``log.jsonl`` (one line per step), 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from saekit.training.trainer import DictionaryTrainer, NonFiniteLossError
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 LOG_FILE = "log.jsonl"
+DENSITY_FILE = "density.jsonl"  # per-checkpoint latent-density snapshots (and the rare-latent experiment)
 STATS_FILE = "activation_stats.safetensors"
 DICTIONARY_DIR = "dictionary"
 
@@ -44,11 +47,12 @@ def activation_spec(config: TrainConfig) -> ActivationSpec:
     )
 
 
-def model_loader(config: TrainConfig, loaded: LoadedModel | None = None) -> Callable[[], LoadedModel]:
+def model_loader(config: TrainConfig, loaded: LoadedModel | None = None,
+                 sites: tuple[str, ...] | None = None) -> Callable[[], LoadedModel]:
     """A loader that validates the sites against the model, loading it only when first called."""
     def load() -> LoadedModel:
         model = loaded or load_model(config.model, device=config.device)
-        for name in config.sites:
+        for name in sites or config.sites:
             model.adapter.site(name)
         return model
     return load
@@ -71,7 +75,9 @@ class InputScaling:
 def _optim_config(config: TrainConfig) -> OptimConfig:
     return OptimConfig(lr=config.lr, warmup_steps=config.warmup_steps, decay_fraction=config.decay_fraction,
                        sparsity_warmup_fraction=config.sparsity_warmup_fraction,
-                       dead_window_tokens=config.dead_window_tokens)
+                       dead_window_tokens=config.dead_window_tokens, resample_every=config.resample_every,
+                       resample_density_threshold=config.resample_density_threshold,
+                       resample_holdout_fraction=config.resample_holdout_fraction, seed=config.seed)
 
 
 def _dictionary_config(config: TrainConfig, d_in: int, d_out: int) -> DictionaryConfig:
@@ -115,11 +121,9 @@ class RunState:
         optimizer, optimizer_meta = optimizer_tensors(self.trainer.optimizer, names)
         tensors = {f"dictionary.{name}": value for name, value in self.dictionary.state_dict().items()}
         tensors.update(optimizer)
-        tensors["trainer.tokens_since_fired"] = self.trainer.tokens_since_fired
-        tensors["trainer.fire_counts"] = self.trainer.fire_counts
+        tensors.update({f"trainer.{name}": value for name, value in self.trainer.state_tensors().items()})
         tensors.update({f"sums.{site}": total for site, total in self.activation_sums.items()})
-        meta = {"step": self.trainer.step, "tokens_seen": self.trainer.tokens_seen,
-                "scaling": vars(self.scaling), "optimizer": optimizer_meta}
+        meta = {**self.trainer.state_scalars(), "scaling": vars(self.scaling), "optimizer": optimizer_meta}
         save_checkpoint(path, tensors, meta)
 
     def restore(self, path: Path) -> None:
@@ -128,9 +132,8 @@ class RunState:
         self.dictionary.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         names = [name for name, _ in self.dictionary.named_parameters()]
         restore_optimizer(self.trainer.optimizer, names, tensors, meta["optimizer"])
-        self.trainer.step, self.trainer.tokens_seen = meta["step"], meta["tokens_seen"]
-        self.trainer.tokens_since_fired = tensors["trainer.tokens_since_fired"]
-        self.trainer.fire_counts = tensors["trainer.fire_counts"]
+        prefix = "trainer."
+        self.trainer.load_state({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, meta)
         self.scaling = InputScaling(**meta["scaling"])
         self.activation_sums = {site: tensors[f"sums.{site}"] for site in self.config.sites}
 
@@ -161,6 +164,11 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
     write_json(config_path, config.to_dict())
 
 
+def _append_density(run_dir: Path, snapshot: dict) -> None:
+    with open(run_dir / DENSITY_FILE, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(snapshot) + "\n")
+
+
 def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint we resume from (they will be redone)."""
     if not path.exists():
@@ -176,43 +184,98 @@ def _batches_from(source: ActivationSource, config: TrainConfig, skip: int) -> I
             yield batch
 
 
+# Settings that decide the batch sequence: runs trained together from one forward must share them.
+SHARED_DATA_FIELDS = ("model", "corpus", "text_field", "eval_fraction", "context_length", "exclude_bos",
+                      "outlier_norm_factor", "contexts_per_chunk", "model_batch_contexts", "shuffle_buffer_tokens",
+                      "cache_dir", "train_tokens", "batch_size", "seed", "device")
+
+
+def shared_activation_spec(configs: list[TrainConfig]) -> ActivationSpec:
+    """One spec reading every config's sites, after checking the configs agree on the data."""
+    first = configs[0].to_dict()
+    for config in configs[1:]:
+        differing = [f for f in SHARED_DATA_FIELDS if config.to_dict()[f] != first[f]]
+        if differing:
+            raise SaekitError(
+                f"runs trained in one pass must share data settings; {config.name} differs in {differing}"
+            )
+    names = [c.name for c in configs]
+    if len(set(names)) < len(names):
+        raise SaekitError(f"run names must be unique, got {names}")
+    sites = tuple(dict.fromkeys(site for c in configs for site in c.sites))
+    return dataclasses.replace(activation_spec(configs[0]), sites=sites)
+
+
+def train_many(configs: list[TrainConfig], runs_dir: str | Path = "runs", resume: bool = False,
+               loaded: LoadedModel | None = None, progress: bool = True) -> list[Path]:
+    """Train several dictionaries from one model forward per batch (layers, sites, or a sweep grid).
+
+    Each run keeps its own directory, optimizer state, checkpoint and log; they step together on
+    the same batches, so one run's resume is everyone's.
+    """
+    for config in configs:
+        config.validate()
+    spec = shared_activation_spec(configs)
+    run_dirs = [Path(runs_dir) / config.name for config in configs]
+    for config, run_dir in zip(configs, run_dirs):
+        _prepare_run_dir(config, run_dir, resume)
+    loader = model_loader(configs[0], loaded, spec.sites)
+    source = ActivationSource(spec, configs[0].cache_dir, loader, configs[0].model_batch_contexts)
+    first_chunk = source.chunk(0)
+    states = [RunState(config, first_chunk) for config in configs]
+    if resume:
+        for state, run_dir in zip(states, run_dirs):
+            state.restore(run_dir / CHECKPOINT_FILE)
+    steps = {state.trainer.step for state in states}
+    if len(steps) > 1:
+        raise SaekitError(f"runs were checkpointed at different steps {sorted(steps)}; resume them separately")
+    step = steps.pop()
+    for run_dir in run_dirs:
+        _truncate_log(run_dir / LOG_FILE, step)
+        _truncate_log(run_dir / DENSITY_FILE, step)
+    _train_loop(states, run_dirs, _batches_from(source, configs[0], step), progress)
+    for state, run_dir in zip(states, run_dirs):
+        state.save_outputs(run_dir)
+    return run_dirs
+
+
 def train_run(config: TrainConfig, runs_dir: str | Path = "runs", resume: bool = False,
               loaded: LoadedModel | None = None, progress: bool = True) -> Path:
     """Train (or resume) the run described by ``config``; returns its directory."""
-    config.validate()
-    run_dir = Path(runs_dir) / config.name
-    _prepare_run_dir(config, run_dir, resume)
-    source = ActivationSource(activation_spec(config), config.cache_dir, model_loader(config, loaded),
-                              config.model_batch_contexts)
-    state = RunState(config, source.chunk(0))
-    if resume:
-        state.restore(run_dir / CHECKPOINT_FILE)
-    _truncate_log(run_dir / LOG_FILE, state.trainer.step)
-    _train_loop(state, _batches_from(source, config, state.trainer.step), run_dir, progress)
-    state.save_outputs(run_dir)
-    return run_dir
+    return train_many([config], runs_dir, resume, loaded, progress)[0]
 
 
-def _train_loop(state: RunState, batches: Iterator[dict[str, Tensor]], run_dir: Path, progress: bool) -> None:
-    config = state.config
-    checkpoint = run_dir / CHECKPOINT_FILE
-    bar = tqdm(total=config.total_steps, initial=state.trainer.step, desc=f"training {config.name}",
+def _train_loop(states: list[RunState], run_dirs: list[Path], batches: Iterator[dict[str, Tensor]],
+                progress: bool) -> None:
+    config = states[0].config
+    label = config.name if len(states) == 1 else f"{len(states)} dictionaries"
+    bar = tqdm(total=config.total_steps, initial=states[0].trainer.step, desc=f"training {label}",
                unit="step", disable=not progress)
-    with open(run_dir / LOG_FILE, "a", encoding="utf-8") as log, bar:
-        while state.trainer.step < config.total_steps:
-            try:
-                record = state.step(next(batches))
-            except NonFiniteLossError as err:
-                last_good = read_checkpoint_step(checkpoint)
-                raise SaekitError(f"{err}; stopped. The last good checkpoint (step {last_good}) is kept in "
-                                  f"{checkpoint}; lower the learning rate and resume") from err
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+    with ExitStack() as stack:
+        stack.enter_context(bar)
+        logs = [stack.enter_context(open(d / LOG_FILE, "a", encoding="utf-8")) for d in run_dirs]
+        while states[0].trainer.step < config.total_steps:
+            batch = next(batches)
+            for state, run_dir, log in zip(states, run_dirs, logs):
+                record = _step_or_stop(state, batch, run_dir / CHECKPOINT_FILE)
+                log.write(json.dumps(record) + "\n")
+                log.flush()
             bar.update()
             bar.set_postfix(fvu=f"{record['fvu']:.3f}", l0=f"{record['l0']:.1f}")
-            step = state.trainer.step
+            step = states[0].trainer.step
             if step % config.checkpoint_every == 0 or step == config.total_steps:
-                state.save(checkpoint)
+                for state, run_dir in zip(states, run_dirs):
+                    _append_density(run_dir, state.trainer.density_snapshot())
+                    state.save(run_dir / CHECKPOINT_FILE)
+
+
+def _step_or_stop(state: RunState, batch: dict[str, Tensor], checkpoint: Path) -> dict[str, float]:
+    try:
+        return state.step(batch)
+    except NonFiniteLossError as err:
+        last_good = read_checkpoint_step(checkpoint)
+        raise SaekitError(f"{err} in run {state.config.name}; stopped. The last good checkpoint (step {last_good}) "
+                          f"is kept in {checkpoint}; lower the learning rate and resume") from err
 
 
 def read_checkpoint_step(path: Path) -> int | None:

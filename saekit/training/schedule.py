@@ -16,6 +16,10 @@ class OptimConfig:
     sparsity_warmup_fraction: float = 0.05  # L1/sparsity penalty ramps up over this first fraction
     dead_window_tokens: int = 100_000  # a latent that has not fired for this many tokens is dead
     normalize_decoder: bool = True
+    resample_every: int = 0  # steps between resamplings of dead/rare latents; 0 = never
+    resample_density_threshold: float = 0.0  # also resample latents firing on <= this fraction of tokens
+    resample_holdout_fraction: float = 0.0  # rare-latent experiment: this share of candidates is never resampled
+    seed: int = 0
 
     def resolved_lr(self, width: int) -> float:
         return self.lr if self.lr is not None else 2e-4 / (width / 2**14) ** 0.5
