@@ -193,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     """Subcommands that live in their own stage packages register themselves here."""
-    return None
+    from saekit.toy.cli import add_toy_parser
+
+    add_toy_parser(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from saekit.errors import SaekitError
 from saekit.toy.experiments import EXPERIMENTS, ToyRunConfig, run_all, run_experiment
 
 
 def add_toy_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``toy EXPERIMENT [--out DIR] [--seed N] [--steps N]``; the handler is ``args.handler``."""
+    """Add ``toy EXPERIMENT [--out DIR] [--seed N] [--steps N] [--threads N]``; handler: ``args.handler``."""
     toy = subparsers.add_parser(
         "toy", help="toy models of superposition and synthetic feature worlds (ground-truth checks)",
         description="Run a toy experiment: phase-diagram, rescaling, recovery, or all. Each writes PNG plots, "
@@ -21,6 +23,9 @@ def add_toy_parser(subparsers: argparse._SubParsersAction) -> None:
     toy.add_argument("--seed", type=int, default=0)
     toy.add_argument("--steps", type=int, default=ToyRunConfig.steps,
                      help=f"training steps of every model (default {ToyRunConfig.steps}; fewer = faster, rougher)")
+    toy.add_argument("--threads", type=int, default=1,
+                     help="torch CPU threads while it runs (default 1: the models are tiny, and extra threads "
+                          "mostly add synchronisation cost on a shared machine)")
     toy.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     toy.set_defaults(handler=run_toy)
 
@@ -30,7 +35,12 @@ def run_toy(args: argparse.Namespace) -> int:
         raise SaekitError(f"--steps must be at least 1, got {args.steps}")
     run = ToyRunConfig(out=Path(args.out), seed=args.seed, steps=args.steps,
                        progress=getattr(args, "progress", True))
-    results = run_all(run) if args.experiment == "all" else [run_experiment(args.experiment, run)]
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, getattr(args, "threads", 1)))
+    try:
+        results = run_all(run) if args.experiment == "all" else [run_experiment(args.experiment, run)]
+    finally:
+        torch.set_num_threads(previous_threads)
     for result in results:
         print(f"{result.name}: {result.directory} ({result.seconds:.0f} s)")
     if args.experiment == "all":

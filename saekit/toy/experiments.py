@@ -31,6 +31,7 @@ from saekit.toy.recovery import (
 from saekit.toy.report import markdown_table
 from saekit.toy.superposition import (
     PHASES,
+    SUPERPOSITION,
     PhaseDiagram,
     PhaseDiagramConfig,
     TMSTrainConfig,
@@ -101,7 +102,7 @@ def phase_verdict(diagram: PhaseDiagram) -> str:
     lines = []
     for row, density in ((len(diagram.densities) - 1, diagram.densities[-1]), (0, diagram.densities[0])):
         labels = diagram.labels()[row]
-        superposed = [r for r, label in zip(diagram.importances, labels, strict=True) if label == PHASES[2]]
+        superposed = [r for r, label in zip(diagram.importances, labels, strict=True) if label == SUPERPOSITION]
         span = f"superposition for r in [{min(superposed):.2g}, {max(superposed):.2g}]" if superposed else \
             "no superposition"
         lines.append(f"- density {density:.2g}: r = {diagram.importances[0]:.2g} -> {labels[0]}, "
@@ -203,9 +204,9 @@ class RecoveryConfig:
     sparse_world: SparseWorldConfig = field(default_factory=lambda: SparseWorldConfig(
         n_features=128, d=32, firing_probability=0.03))
     animals_world: AnimalsWorldConfig = field(default_factory=AnimalsWorldConfig)
-    width: int = 256  # 2x the sparse world's features, ~3x the animals world's 88 (animals+attributes+unrelated)
-    batch_size: int = 512
-    lr: float = 1e-3
+    width: int = 256  # 2x the sparse world's features, ~3x the animals world's 92 (animals+attributes+unrelated)
+    batch_size: int = 256
+    lr: float = 1e-2  # high for short runs on tiny worlds (TopK recovers as well as with 1e-3 for 3x the steps)
     eval_samples: int = 8192
     architectures: list[str] | None = None  # None: every architecture in the registry
 
@@ -217,11 +218,19 @@ def fit_config(config: RecoveryConfig, run: ToyRunConfig, expected_active: float
 
 
 def train_architectures(world: World, d: int, fit: FitConfig, architectures: list[str], data_seed: int,
-                        progress: bool) -> dict[str, FitResult]:
-    """Every architecture on the same batch stream (same seed, same samples) at comparable L0."""
+                        progress: bool) -> tuple[dict[str, FitResult], dict[str, str]]:
+    """Every architecture on the same batch stream (same seed, same samples) at comparable L0.
+
+    An architecture whose training fails (a non-finite loss...) is reported, not fatal: the rest still run.
+    """
     stream = lambda: activation_stream(world, fit.batch_size, data_seed)
-    return {name: fit_at_l0(name, d, stream, fit)
-            for name in tqdm(architectures, desc="architectures", disable=not progress)}
+    fits, failures = {}, {}
+    for name in tqdm(architectures, desc="architectures", disable=not progress):
+        try:
+            fits[name] = fit_at_l0(name, d, stream, fit)
+        except SaekitError as err:
+            failures[name] = str(err)
+    return fits, failures
 
 
 def fit_summary(result: FitResult) -> dict:
@@ -233,7 +242,8 @@ def sparse_recovery(config: RecoveryConfig, run: ToyRunConfig, architectures: li
     world = SparseFeatureWorld(config.sparse_world)
     x, magnitudes = world.sample(config.eval_samples, torch.Generator().manual_seed(run.seed + 2000))
     fit = fit_config(config, run, config.sparse_world.expected_active)
-    fits = train_architectures(world, config.sparse_world.d, fit, architectures, run.seed + 1000, run.progress)
+    fits, failures = train_architectures(world, config.sparse_world.d, fit, architectures, run.seed + 1000,
+                                         run.progress)
     results = {}
     for name, result in fits.items():
         random = random_dictionary_like(result.dictionary, seed=run.seed + 3000)
@@ -242,14 +252,16 @@ def sparse_recovery(config: RecoveryConfig, run: ToyRunConfig, architectures: li
             "trained": sparse_world_report(result.dictionary, world.directions, x, magnitudes),
             "random": sparse_world_report(random, world.directions, x, magnitudes),
         }
-    return {"world": asdict(config.sparse_world), "k": fit.k, "width": fit.width, "results": results}
+    return {"world": asdict(config.sparse_world), "k": fit.k, "width": fit.width, "results": results,
+            "failures": failures}
 
 
 def animals_recovery(config: RecoveryConfig, run: ToyRunConfig, architectures: list[str]) -> dict:
     world = AnimalsWorld(config.animals_world)
     sample = world.sample(config.eval_samples, torch.Generator().manual_seed(run.seed + 2000))
     fit = fit_config(config, run, config.animals_world.expected_active)
-    fits = train_architectures(world, config.animals_world.d, fit, architectures, run.seed + 1000, run.progress)
+    fits, failures = train_architectures(world, config.animals_world.d, fit, architectures, run.seed + 1000,
+                                         run.progress)
     results = {}
     for name, result in fits.items():
         random = random_dictionary_like(result.dictionary, seed=run.seed + 3000)
@@ -260,7 +272,7 @@ def animals_recovery(config: RecoveryConfig, run: ToyRunConfig, architectures: l
         }
     references = {name: animals_report(ref, world, sample) for name, ref in reference_dictionaries(world).items()}
     return {"world": asdict(config.animals_world), "k": fit.k, "width": fit.width, "results": results,
-            "references": references}
+            "references": references, "failures": failures}
 
 
 def run_recovery(run: ToyRunConfig, directory: Path, config: RecoveryConfig | None = None) -> list[str]:
@@ -283,6 +295,7 @@ SPARSE_METRICS: tuple[tuple[str, Callable[[dict], float]], ...] = (
     ("precision", lambda r: r["directions"]["precision"]),
     ("recovered >= 0.9", lambda r: r["directions"]["fraction_recovered"]),
     ("magnitude corr", lambda r: r["magnitude_correlation"]),
+    ("magnitude R²", lambda r: r["magnitude_r2"]),
 )
 
 
@@ -299,41 +312,50 @@ def plot_sparse_recovery(sparse: dict, path: Path) -> None:
     ax.set_xticks(range(len(names)), names)
     ax.set(ylim=(0, 1.05), ylabel="score", title=f"Sparse world: {sparse['world']['n_features']} features in "
            f"{sparse['world']['d']} dims, width {sparse['width']}, L0 ~ {sparse['k']}")
-    ax.legend(fontsize=8, ncol=3, loc="lower center")
+    ax.legend(fontsize=8, ncol=len(SPARSE_METRICS) + 1, loc="upper center", bbox_to_anchor=(0.5, -0.07),
+              frameon=False)
     save_png(figure, path)
 
 
 def plot_animals(animals: dict, path: Path) -> None:
-    figure, (scatter, bars) = new_figure(12, 5, ncols=2)
+    figure, (corr, r2, bars) = new_figure(17, 5.2, ncols=3)
     points = {name: r["trained"] for name, r in animals["results"].items()}
     points.update({f"random {name}": r["random"] for name, r in animals["results"].items()})
     points.update(animals["references"])
-    for name, report in points.items():
-        style = "s" if name.startswith("reference") else ("x" if name.startswith("random") else "o")
-        xy = (report["animal"]["magnitude_correlation"], report["attribute"]["magnitude_correlation"])
-        scatter.plot(*xy, style, color="grey" if name.startswith("random") else None)
-        if not name.startswith("random"):
-            scatter.annotate(name.replace("reference: ", "ref: "), xy, fontsize=7, xytext=(3, 3),
-                             textcoords="offset points")
-    scatter.set(xlim=(0, 1.05), ylim=(0, 1.05), xlabel="mean animal magnitude correlation",
-                ylabel="mean attribute magnitude correlation",
-                title="No dictionary reaches the top right (x: random baselines)")
+    for ax, key, what in ((corr, "magnitude_correlation", "correlation"), (r2, "magnitude_r2", "R²")):
+        _scatter_sets(ax, points, key)
+        ax.set(xlim=(-0.02, 1.05), ylim=(-0.02, 1.05),
+               xlabel=f"animal magnitude {what} (mean)\no trained, x random baseline, ■ reference",
+               ylabel=f"attribute magnitude {what} (mean)", title=f"{what}: nobody reaches the top right")
     names = list(animals["results"])
     bottom = [0.0] * len(names)
     for s, group in enumerate([*ANIMAL_SETS, MIXTURE]):
         counts = [animals["results"][n]["trained"]["alignment_counts"].get(group, 0) for n in names]
         bars.bar(names, counts, bottom=bottom, color=f"C{s}", label=group)
         bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
-    bars.set(ylabel="latents", title="Which set each trained latent points at (max cosine >= 0.9)")
+    bars.set(ylabel="latents", title="Set each trained latent points at (cos >= 0.9)")
     bars.tick_params(axis="x", labelrotation=30)
     bars.legend(fontsize=8)
     save_png(figure, path)
 
 
+def _scatter_sets(ax, points: dict[str, dict], key: str) -> None:
+    """One marker per dictionary: o trained, x random baseline (grey, unlabelled), s reference."""
+    for name, report in points.items():
+        random = name.startswith("random")
+        style = "s" if name.startswith("reference") else ("x" if random else "o")
+        xy = (report["animal"][key], report["attribute"][key])
+        ax.plot(*xy, style, color="grey" if random else None)
+        if not random:
+            ax.annotate(name.replace("reference: ", "ref: "), xy, fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+
+
 def recovery_summary(data: dict) -> str:
-    return "\n\n".join([
-        "# Recovery of ground-truth features", sparse_summary(data["sparse"]), animals_summary(data["animals"]),
-    ]) + "\n"
+    failures = [f"- {world}: {name} failed to train: {message}"
+                for world in ("sparse", "animals") for name, message in data[world]["failures"].items()]
+    sections = ["# Recovery of ground-truth features", sparse_summary(data["sparse"]), animals_summary(data["animals"])]
+    return "\n\n".join(sections + (["## Failures\n\n" + "\n".join(failures)] if failures else [])) + "\n"
 
 
 def sparse_summary(sparse: dict) -> str:
@@ -352,28 +374,47 @@ def sparse_summary(sparse: dict) -> str:
 
 
 def animals_summary(animals: dict) -> str:
-    rows = []
     entries = [(name, r["trained"]) for name, r in animals["results"].items()]
-    entries += [(f"random {name}", r["random"]) for name, r in animals["results"].items()]
+    entries += _merge_identical([(f"random {name}", r["random"]) for name, r in animals["results"].items()])
     entries += list(animals["references"].items())
-    for name, report in entries:
-        counts = report["alignment_counts"]
-        rows.append([name, report["l0"], report["fvu"],
-                     *[report[s]["directions"]["recovery"] for s in ANIMAL_SETS],
-                     *[report[s]["magnitude_correlation"] for s in ANIMAL_SETS],
-                     "/".join(str(counts.get(g, 0)) for g in [*ANIMAL_SETS, MIXTURE])])
+    rows = [_animals_row(name, report) for name, report in entries]
     header = ["dictionary", "L0", "FVU", *[f"{s} recovery" for s in ANIMAL_SETS],
-              *[f"{s} corr" for s in ANIMAL_SETS], "latents anim/attr/unrel/mix"]
+              *[f"{s} corr" for s in ANIMAL_SETS], *[f"{s} R²" for s in ANIMAL_SETS],
+              "latents anim/attr/unrel/mix"]
     world = animals["world"]
     return (
         f"## Animals world: {world['n_animals']} animals in the span of {world['n_attributes']} attributes, "
         f"{world['n_unrelated']} unrelated features, d = {world['d']}, width {animals['width']}, "
         f"k / target L0 {animals['k']}\n\n"
         "corr: mean Pearson correlation between each true feature's magnitude and the activation of the "
-        "latent whose decoder row is closest to it. A dictionary that reads animals well reads attributes "
-        "badly and vice versa; references encode with a fixed true decoder by nonnegative least squares.\n\n"
+        "latent whose decoder row is closest to it; R²: the same pair compared without refitting scale "
+        "(clipped at 0), which a code that splits magnitudes between sets cannot fake. No dictionary scores "
+        "high on both animals and attributes; references use a fixed true decoder and a least-squares "
+        "encoder (nonnegative and sparse, or the dense min-norm split code).\n\n"
         + markdown_table(header, rows)
     )
+
+
+def _animals_row(name: str, report: dict) -> list:
+    counts = report["alignment_counts"]
+    return [name, report["l0"], report["fvu"],
+            *[report[s]["directions"]["recovery"] for s in ANIMAL_SETS],
+            *[report[s]["magnitude_correlation"] for s in ANIMAL_SETS],
+            *[report[s]["magnitude_r2"] for s in ANIMAL_SETS],
+            "/".join(str(counts.get(g, 0)) for g in [*ANIMAL_SETS, MIXTURE])]
+
+
+def _merge_identical(entries: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """Random baselines of architectures with the same initialisation score the same: one row for them."""
+    merged: list[tuple[str, dict]] = []
+    for name, report in entries:
+        for index, (other_name, other) in enumerate(merged):
+            if other == report:
+                merged[index] = (f"{other_name}/{name.removeprefix('random ')}", other)
+                break
+        else:
+            merged.append((name, report))
+    return merged
 
 
 # ---- dispatch ------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ StreamFactory = Callable[[], Iterator[Tensor]]  # a fresh, identical stream of r
 K_KNOB = "k"
 L1_KNOB = "l1_coefficient"
 L0_KNOB = "l0_coefficient"  # an ``extra`` setting (JumpReLU)
-DEFAULT_PENALTY_START = {L1_KNOB: 1.0, L0_KNOB: 0.1}  # starting points for E||x||^2 = 1 inputs
+DEFAULT_PENALTY_START = {L1_KNOB: 0.7, L0_KNOB: 0.03}  # starting points for E||x||^2 = 1 inputs
 
 
 @dataclass
@@ -43,6 +43,7 @@ class FitConfig:
     batch_size: int = 512
     lr: float = 1e-3
     seed: int = 0  # the dictionary's initialisation
+    sparsity_warmup_fraction: float = 0.5  # penalties ramp up slowly: short runs learn directions first
     max_probes: int = 4  # full training runs allowed to find a penalty coefficient
     l0_tolerance: float = 0.25  # stop probing when |L0 / k - 1| is below this
     penalty_start: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PENALTY_START))
@@ -97,7 +98,8 @@ def train_once(architecture: str, d: int, stream_factory: StreamFactory, config:
         torch.manual_seed(config.seed)
         dictionary = build_dictionary(dictionary_config(architecture, d, config, knob_value))
     batches = (scale * x for x in stream_factory())
-    log = fit_dictionary(dictionary, batches, steps, OptimConfig(lr=config.lr))
+    optim = OptimConfig(lr=config.lr, sparsity_warmup_fraction=config.sparsity_warmup_fraction)
+    log = fit_dictionary(dictionary, batches, steps, optim)
     dictionary.fold_input_scale(scale)
     dictionary.eval()
     return dictionary, log

@@ -9,7 +9,8 @@ dictionary, and the fixed-decoder :class:`ProjectionDictionary` used for referen
 * set alignment (animals world): which set -- animal, attribute, unrelated -- each latent's decoder row
   points at, by the highest per-set max cosine, or "mixture" when no set clears the threshold;
 * magnitude match: for each true feature the latent with the most similar decoder row, and the Pearson
-  correlation over samples between that latent's activation and the feature's true magnitude.
+  correlation over samples between that latent's activation and the feature's true magnitude; plus
+  the scale-sensitive R^2 of activation vs magnitude (correlation alone is fooled by split codes).
 
 Baselines: :func:`random_dictionary_like` (same architecture and shape, random unit rows, untrained)
 and :func:`reference_dictionaries`, which encode the animals world with a decoder fixed to the true
@@ -106,19 +107,42 @@ def pearson_columns(a: Tensor, b: Tensor) -> Tensor:
     return torch.where(denominator > 1e-12, correlation, torch.zeros_like(correlation)).float()
 
 
+def r2_columns(prediction: Tensor, truth: Tensor) -> Tensor:
+    """1 - SSE / SST per column, no refitted scale or offset, clipped below at 0 (0 for constant truth)."""
+    prediction, truth = prediction.double(), truth.double()
+    sse = (prediction - truth).pow(2).sum(0)
+    sst = (truth - truth.mean(0)).pow(2).sum(0)
+    r2 = 1 - sse / sst.clamp_min(1e-30)
+    return torch.where(sst > 1e-12, r2.clamp_min(0), torch.zeros_like(r2)).float()
+
+
 @dataclass
 class MagnitudeMatch:
     matched_latent: list[int]  # per true feature: the latent whose decoder row is most similar
     correlation: list[float]  # per true feature: Pearson(latent activation, true magnitude)
     mean_correlation: float
+    r2: list[float]  # per true feature: how well the activation *equals* the magnitude (scale counts)
+    mean_r2: float
+    n_scored: int  # features that vary over the samples; the means are over these (others score 0)
 
 
 def magnitude_match(true_directions: Tensor, true_magnitudes: Tensor, decoder: Tensor,
                     latents: Tensor) -> MagnitudeMatch:
+    """Match each true feature to its closest decoder row; compare that latent with the true magnitude.
+
+    Pearson correlation ignores scale: a code that splits each magnitude between two sets (half to an
+    animal latent, half to its attribute latents) correlates perfectly with both. The R^2 (activation vs
+    magnitude, both in the same units because directions and decoder rows are unit-norm) does not.
+    """
     matched = cosine_matrix(true_directions, decoder).argmax(dim=1)
-    correlation = pearson_columns(latents[:, matched].detach(), true_magnitudes)
+    activations = latents[:, matched].detach()
+    correlation = pearson_columns(activations, true_magnitudes)
+    r2 = r2_columns(activations, true_magnitudes)
+    scored = true_magnitudes.std(dim=0) > 0
+    n_scored = int(scored.sum())
+    mean = (lambda values: values[scored].mean().item() if n_scored else 0.0)
     return MagnitudeMatch(matched_latent=matched.tolist(), correlation=correlation.tolist(),
-                          mean_correlation=correlation.mean().item())
+                          mean_correlation=mean(correlation), r2=r2.tolist(), mean_r2=mean(r2), n_scored=n_scored)
 
 
 # ---- dictionaries used as baselines and references -----------------------------------------------
@@ -152,14 +176,19 @@ def random_dictionary_like(dictionary: Dictionary, seed: int = 0) -> Dictionary:
 
 
 class ProjectionDictionary:
-    """A fixed decoder (given unit directions) encoded by nonnegative least squares with a tiny L1.
+    """A fixed decoder (given unit directions) with a least-squares encoder.
 
-    ``encode`` runs accelerated projected gradient (FISTA) on 0.5 ||x - z D||^2 + l1 * sum z, z >= 0;
-    the small L1 only breaks ties when the directions are overcomplete.
+    ``method="nnls"``: accelerated projected gradient (FISTA) on 0.5 ||x - z D||^2 + l1 * sum z, z >= 0;
+    the small L1 breaks ties towards sparse codes when the directions are overcomplete.
+    ``method="min_norm"``: z = x D^+ (signed, dense): with linearly dependent directions it splits each
+    component across them, which is how a code can correlate with two incompatible sets at once.
     """
 
-    def __init__(self, directions: Tensor, l1: float = 1e-3, iterations: int = 300) -> None:
+    def __init__(self, directions: Tensor, method: str = "nnls", l1: float = 1e-2, iterations: int = 300) -> None:
+        if method not in ("nnls", "min_norm"):
+            raise SaekitError(f"unknown projection method {method!r}; use 'nnls' or 'min_norm'")
         self.W_dec = _unit_rows(directions.float())
+        self.method = method
         self.l1 = l1
         self.iterations = iterations
 
@@ -168,6 +197,8 @@ class ProjectionDictionary:
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
+        if self.method == "min_norm":
+            return x @ torch.linalg.pinv(self.W_dec)
         gram = self.W_dec @ self.W_dec.T
         step = 1.0 / torch.linalg.eigvalsh(gram).max().item()
         correlation = x @ self.W_dec.T
@@ -185,11 +216,12 @@ class ProjectionDictionary:
 def reference_dictionaries(world: AnimalsWorld) -> dict[str, ProjectionDictionary]:
     """The trade-off's corners (animals + unrelated; attributes + unrelated) and both sets together."""
     animals, attributes, unrelated = world.animal_directions, world.attribute_directions, world.unrelated_directions
+    both = torch.cat([animals, attributes, unrelated])
     return {
         "reference: true animals + unrelated": ProjectionDictionary(torch.cat([animals, unrelated])),
         "reference: true attributes + unrelated": ProjectionDictionary(torch.cat([attributes, unrelated])),
-        "reference: animals + attributes + unrelated": ProjectionDictionary(
-            torch.cat([animals, attributes, unrelated])),
+        "reference: animals + attributes + unrelated": ProjectionDictionary(both),
+        "reference: all three, split code (min-norm)": ProjectionDictionary(both, method="min_norm"),
     }
 
 
@@ -200,10 +232,11 @@ def sparse_world_report(dictionary: Encoder, directions: Tensor, activations: Te
                         magnitudes: Tensor, threshold: float = 0.9) -> dict:
     """Direction recovery, magnitude match and L0 on a sparse feature world's held-out samples."""
     latents = encode(dictionary, activations)
+    match = magnitude_match(directions, magnitudes, dictionary.W_dec, latents)
     return {
         "directions": asdict(direction_recovery(directions, dictionary.W_dec, threshold)),
-        "magnitude_correlation": magnitude_match(directions, magnitudes, dictionary.W_dec,
-                                                 latents).mean_correlation,
+        "magnitude_correlation": match.mean_correlation,
+        "magnitude_r2": match.mean_r2,
         "l0": (latents > 0).sum(-1).float().mean().item(),
         "fvu": fvu(dictionary, activations, latents),
     }
@@ -227,6 +260,7 @@ def animals_report(dictionary: Encoder, world: AnimalsWorld, sample: AnimalsSamp
         report[name] = {
             "directions": asdict(direction_recovery(directions, dictionary.W_dec, threshold)),
             "magnitude_correlation": match.mean_correlation,
+            "magnitude_r2": match.mean_r2,
         }
     alignment = set_alignment(dictionary.W_dec, {name: d for name, (d, _) in sets.items() if d.shape[0]},
                               threshold)

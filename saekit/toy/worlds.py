@@ -146,7 +146,7 @@ class AnimalsWorldConfig:
     """Sizes and sparsity of an :class:`AnimalsWorld`."""
 
     d: int = 32
-    n_attributes: int = 8
+    n_attributes: int = 12
     n_animals: int = 32
     attributes_per_animal: int = 3
     attribute_weight_range: tuple[float, float] = (0.5, 1.0)  # nonnegative, before normalising
@@ -166,7 +166,7 @@ class AnimalsWorldConfig:
         if self.n_animals > math.comb(self.n_attributes, self.attributes_per_animal):
             raise SaekitError(
                 f"{self.n_animals} animals cannot have distinct sets of {self.attributes_per_animal} "
-                f"of {self.n_attributes} attributes; add attributes or animals-per-attribute"
+                f"of {self.n_attributes} attributes; raise n_attributes or attributes_per_animal"
             )
         _check_probability("animal_firing_probability", self.animal_firing_probability)
         _check_probability("unrelated_firing_probability", self.unrelated_firing_probability)
