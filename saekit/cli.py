@@ -134,7 +134,7 @@ def _quickstart(args: argparse.Namespace) -> int:
 
     run_dir = run_quickstart(args.runs_dir, args.name, fresh=args.fresh)
     print((run_dir / "report.md").read_text())
-    print(f"run directory: {run_dir}")
+    print(f"run directory: {run_dir}\ndashboard: {run_dir / 'dashboard' / 'index.html'}")
     return 0
 
 
@@ -193,8 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     """Subcommands that live in their own stage packages register themselves here."""
+    from saekit.analysis.cli import add_analysis_parsers
     from saekit.toy.cli import add_toy_parser
 
+    add_analysis_parsers(sub)
     add_toy_parser(sub)
 
 

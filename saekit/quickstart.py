@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from saekit.analysis.cli import build_quick_dashboard
 from saekit.evaluation.evaluate import evaluate_run
 from saekit.models.loading import load_model
 from saekit.training.config import TrainConfig
@@ -22,6 +23,9 @@ QUICKSTART = TrainConfig(
     eval_tokens=8192,
 )
 
+QUICK_DASHBOARD_TOKENS = 8192
+QUICK_DASHBOARD_LATENTS = 500
+
 
 def run_quickstart(runs_dir: str | Path = "runs", name: str = "quickstart", fresh: bool = False) -> Path:
     """Train (resuming an interrupted quickstart if there is one) and evaluate; returns the run directory."""
@@ -33,4 +37,5 @@ def run_quickstart(runs_dir: str | Path = "runs", name: str = "quickstart", fres
     resume = (run_dir / CHECKPOINT_FILE).exists()
     train_run(config, runs_dir, resume=resume, loaded=loaded)
     evaluate_run(run_dir, loaded=loaded)
+    build_quick_dashboard(run_dir, loaded, tokens=QUICK_DASHBOARD_TOKENS, max_latents=QUICK_DASHBOARD_LATENTS)
     return run_dir

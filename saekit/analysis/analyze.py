@@ -117,7 +117,7 @@ def analyze_dictionary(
     save_tensors(out_dir / store.EXAMPLES_TENSORS, collector.table(latent_ids).tensors(),
                  metadata={"kinds": ",".join(KINDS)})
     save_tensors(out_dir / store.CONTEXTS_TENSORS, {"token_ids": contexts.int(), "counted": counted.to(torch.uint8)})
-    geometry = decoder_geometry(dictionary.W_dec.detach(), latent_ids, config.geometry, config.progress)
+    geometry = decoder_geometry(dictionary.W_dec.detach().cpu(), latent_ids, config.geometry, config.progress)
     save_tensors(out_dir / store.GEOMETRY_TENSORS, geometry.tensors())
     write_json(out_dir / store.GEOMETRY_JSON, geometry.summary)
     logits, logit_ids = _write_logits(loaded, dictionary, source, n_latents, config, out_dir)

@@ -38,7 +38,7 @@ class ExampleConfig:
 
 
 class RunningSelection:
-    """Per latent, the k contexts with the best scores so far (ties: the earlier one), with payloads."""
+    """Per latent, the k contexts with the best scores so far, with their maxima and per-token payloads."""
 
     def __init__(self, k: int, width: int, context_length: int, keep_tokens: bool) -> None:
         self.k = k

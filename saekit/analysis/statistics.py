@@ -104,8 +104,8 @@ def de_cosine(dictionary: Dictionary, latent_ids: Tensor, same_space: bool) -> T
     """Cosine between each latent's encoder column and decoder row; NaN if they live in different spaces."""
     if not same_space or dictionary.W_enc.shape[0] != dictionary.W_dec.shape[1]:
         return torch.full((len(latent_ids),), float("nan"))
-    encoder = dictionary.W_enc.detach().float()[:, latent_ids].T
-    decoder = dictionary.W_dec.detach().float()[latent_ids]
+    encoder = dictionary.W_enc.detach().float().cpu()[:, latent_ids].T
+    decoder = dictionary.W_dec.detach().float().cpu()[latent_ids]
     return torch.nn.functional.cosine_similarity(encoder, decoder, dim=1)
 
 
@@ -124,7 +124,7 @@ def finish_statistics(
         latent_ids=latent_ids, tokens=accumulator.tokens, fire_counts=counts, density=density,
         log10_density=log10_density, mean_activation=accumulator.sums / tokens, mean_when_active=mean_active,
         max_activation=accumulator.maxima, histogram=accumulator.histogram,
-        histogram_edges=accumulator.bins.edges(), encoder_bias=dictionary.b_enc.detach().float()[latent_ids],
+        histogram_edges=accumulator.bins.edges(), encoder_bias=dictionary.b_enc.detach().float().cpu()[latent_ids],
         de_cosine=de_cosine(dictionary, latent_ids, same_space), dead=dead,
         ultra_rare=~dead & (log10_density < rule.ultra_rare_log10_density), rule=rule.describe(),
     )

@@ -8,8 +8,9 @@ color:#1d1d1f;background:#fff}
 nav{margin-bottom:10px;font-size:13px}a{color:#0b57d0;text-decoration:none}a:hover{text-decoration:underline}
 h1{font-size:22px;margin:6px 0 4px}h2{font-size:17px;margin:22px 0 8px;border-bottom:1px solid #ddd;padding-bottom:3px}
 h3{font-size:14px;margin:14px 0 6px;color:#444}.muted{color:#666;font-size:12px}
-table.grid{border-collapse:collapse;font-size:13px}table.grid td,table.grid th{padding:3px 8px;border-bottom:1px solid #eee;
-text-align:left;vertical-align:top}table.grid th{background:#f6f6f6;position:sticky;top:0}
+table.grid{border-collapse:collapse;font-size:13px}
+table.grid td,table.grid th{padding:3px 8px;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
+table.grid th{background:#f6f6f6;position:sticky;top:0}
 #latents th{cursor:pointer;user-select:none;white-space:nowrap}#latents th.sorted-asc::after{content:' \\25B2'}
 #latents th.sorted-desc::after{content:' \\25BC'}#latents td.num{text-align:right;font-variant-numeric:tabular-nums}
 .controls{display:flex;flex-wrap:wrap;gap:10px;align-items:center;margin:10px 0;padding:8px;background:#f6f6f6;

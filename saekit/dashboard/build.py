@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -44,6 +43,16 @@ def page_latents(store: AnalysisStore, max_latents: int | None) -> list[int]:
     return store.latent_ids if max_latents is None else store.latent_ids[:max(0, max_latents)]
 
 
+def remove_stale(directory: Path, suffix: str, keep: set[int]) -> None:
+    """Delete per-latent files (``<id><suffix>``) of an earlier build that this build does not rewrite."""
+    if not directory.is_dir():
+        return
+    for path in directory.iterdir():
+        stem = path.name[:-len(suffix)] if path.name.endswith(suffix) else ""
+        if stem.isdigit() and int(stem) not in keep:
+            path.unlink()
+
+
 def build_dashboard(
     analysis_dir: str | Path, out_dir: str | Path, config: DashboardConfig | None = None,
     decoder: Tensor | None = None, progress: bool = True,
@@ -55,6 +64,8 @@ def build_dashboard(
     pages = page_latents(store, config.max_latents)
     page_set = set(pages)
     model_id = config.model_id or model_slug(store.manifest["model"])
+    remove_stale(out_dir / "features", ".html", page_set)
+    remove_stale(out_dir / "neuronpedia", ".json", page_set if config.neuronpedia else set())
     for latent in tqdm(pages, desc="dashboard pages", unit="page", disable=not progress):
         write_text(out_dir / "features" / f"{latent}.html", feature_page(store, latent, page_set, config))
         if config.neuronpedia:

@@ -31,8 +31,8 @@ def svg_histogram(counts: Sequence[int], edges: Sequence[float], log_x: bool, wi
     first, last = max(0, nonzero[0] - 1), min(len(counts) - 1, nonzero[-1] + 1)
     shown = counts[first:last + 1]
     top = max(shown)
-    pad_left, pad_bottom, plot_h = 36, 18, height - 24
-    bar_w = (width - pad_left) / len(shown)
+    pad_left, pad_right, plot_h = 36, 12, height - 24
+    bar_w = (width - pad_left - pad_right) / len(shown)
     bars = []
     for i, count in enumerate(shown):
         h = plot_h * count / top
@@ -45,20 +45,21 @@ def svg_histogram(counts: Sequence[int], edges: Sequence[float], log_x: bool, wi
         x = pad_left + i * bar_w
         value = edges[first + i]
         text = f"1e{math.log10(value):.1f}" if log_x and value > 0 else fmt(value)
-        ticks.append(f'<text x="{x:.1f}" y="{height - 4}" text-anchor="middle">{esc(text)}</text>')
+        anchor = "start" if i == 0 else "end" if i == len(shown) else "middle"
+        ticks.append(f'<text x="{x:.1f}" y="{height - 4}" text-anchor="{anchor}">{esc(text)}</text>')
     axis = (f'<text x="2" y="12">{top}</text><text x="2" y="{4 + plot_h}">0</text>'
-            f'<line x1="{pad_left}" y1="{4 + plot_h}" x2="{width}" y2="{4 + plot_h}" stroke="#999"/>')
+            f'<line x1="{pad_left}" y1="{4 + plot_h}" x2="{width - pad_right}" y2="{4 + plot_h}" stroke="#999"/>')
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
             f'role="img">{axis}{"".join(bars)}{"".join(ticks)}</svg>')
 
 
 def _save(figure: Figure, path: Path) -> None:
     FigureCanvasAgg(figure)
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
 
 
 def density_figure(log10_density: np.ndarray, rule_threshold: float, path: Path) -> None:
-    figure = Figure(figsize=(7, 3.6))
+    figure = Figure(figsize=(7, 3.6), layout="constrained")
     axes = figure.add_subplot()
     live = log10_density[np.isfinite(log10_density)]
     dead = int((~np.isfinite(log10_density)).sum())
@@ -80,7 +81,7 @@ def _scatter_x(log10_density: np.ndarray) -> np.ndarray:
 
 def density_bias_de_figure(log10_density: np.ndarray, bias: np.ndarray, de: np.ndarray, path: Path) -> None:
     """Left: log10 density vs encoder bias, colour = D/E. Right: log10 density vs D/E, colour = bias."""
-    figure = Figure(figsize=(11, 4.2))
+    figure = Figure(figsize=(12, 4.4), layout="constrained")
     x = _scatter_x(log10_density)
     has_de = bool(np.isfinite(de).any())
     left, right = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
@@ -95,12 +96,15 @@ def density_bias_de_figure(log10_density: np.ndarray, bias: np.ndarray, de: np.n
         points = right.scatter(x, de, c=bias, cmap="viridis", s=6, alpha=0.8, linewidths=0)
         figure.colorbar(points, ax=right, label="encoder bias")
         right.set_ylabel("D/E projection")
+        right.set_ylim(-1.05, 1.05)
         right.set_title("Density x D/E projection")
     else:
         right.text(0.5, 0.5, "D/E projection undefined:\nencoder and decoder live in different spaces",
                    ha="center", va="center", transform=right.transAxes)
         right.set_axis_off()
     right.set_xlabel("log10 density")
+    for axes in (left, right):
+        axes.ticklabel_format(useOffset=False)
     _save(figure, path)
 
 
@@ -108,7 +112,7 @@ def geometry_figure(summary: dict[str, Any], path: Path) -> None:
     """Histograms (fractions of latents) of the max, 10th and 100th cosine vs the random baseline."""
     edges = np.asarray(summary["histogram_edges"])
     centres = (edges[:-1] + edges[1:]) / 2
-    figure = Figure(figsize=(8, 3.8))
+    figure = Figure(figsize=(8, 3.8), layout="constrained")
     axes = figure.add_subplot()
     colours = {1: "#d62728", 10: "#2ca02c", 100: "#1f77b4"}
     lows = []

@@ -70,11 +70,11 @@ def token_span(text: str, value: float, scale: float, counted: bool = True) -> s
     return f'<span class="tok on" style="background:rgba({SHADE_RGB},{alpha:.3f})" title="{title}">{shown}</span>'
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[str]], css_class: str = "grid") -> str:
+def table(headers: Sequence[str] | None, rows: Iterable[Sequence[str]], css_class: str = "grid") -> str:
     """A table whose cells are already-safe HTML fragments (escape data before passing it)."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    head = "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr></thead>" if headers else ""
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<table class="{css_class}">{head}<tbody>{body}</tbody></table>'
 
 
 def page(title: str, body: str, script: str = "", root: str = "") -> str:

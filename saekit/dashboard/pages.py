@@ -68,8 +68,8 @@ def index_row(store: AnalysisStore, latent: int) -> dict[str, Any]:
         "max": float(stats["max_activation"][i]), "mean_active": _finite(float(stats["mean_when_active"][i])),
         "bias": float(stats["encoder_bias"][i]), "de": _finite(float(stats["de_cosine"][i])),
         "max_cos": _finite(float(geometry["cos_rank_1"][i])), "nearest": int(geometry["neighbour_ids"][i][0]),
-        "flag": flag_of(store, latent), "tokens": " ".join(top_tokens(store, latent)),
-        "logits": " ".join(store.token_string(t) for t in logits["positive_ids"][:5]) if logits else "",
+        "flag": flag_of(store, latent), "tokens": " \u00b7 ".join(top_tokens(store, latent)),
+        "logits": " \u00b7 ".join(store.token_string(t) for t in logits["positive_ids"][:5]) if logits else "",
     }
 
 
@@ -107,9 +107,12 @@ def _header_line(store: AnalysisStore) -> str:
 
 
 def _window(example: Example, before: int | None, after: int | None) -> range:
+    """Tokens shown: around the max token; the first tokens of a context where the latent never fires."""
     n = len(example.token_ids)
     if before is None or after is None:
         return range(n)
+    if example.max_value <= 0:
+        return range(min(n, before + after + 1))
     start = max(0, example.max_index - before)
     return range(start, min(n, example.max_index + after + 1))
 
@@ -174,9 +177,10 @@ def _logit_section(store: AnalysisStore, latent: int) -> str:
                        f'<span class="{css}">{fmt(v)}</span></div>' for t, v in zip(ids, values))
 
     hist = svg_histogram(row["histogram"], row["histogram_edges"], log_x=False, colour="#4c78a8")
+    positive = pills(row["positive_ids"], row["positive_values"], "pos")
+    negative = pills(row["negative_ids"], row["negative_values"], "neg")
     return (f'<h2>Logit weights</h2><p class="muted">{esc(store.manifest["logits"]["direction"])}</p>'
-            f'<div class="cols tokens"><div><h3>positive</h3>{pills(row["positive_ids"], row["positive_values"], "pos")}'
-            f'</div><div><h3>negative</h3>{pills(row["negative_ids"], row["negative_values"], "neg")}</div>'
+            f'<div class="cols tokens"><div><h3>positive</h3>{positive}</div><div><h3>negative</h3>{negative}</div>'
             f"<div><h3>all tokens</h3>{hist}</div></div>")
 
 
@@ -225,7 +229,7 @@ def overview_page(store: AnalysisStore, figures: dict[str, str]) -> str:
     images = "".join(f'<h2>{esc(title)}</h2><img class="figure" src="{esc(src)}" alt="{esc(title)}">'
                      for title, src in figures.items())
     body = (f"<h1>Overview</h1>{_header_line(store)}"
-            f'<div class="cols"><div><h2>Density</h2>{table(["", ""], [(esc(a), esc(b)) for a, b in stats_rows])}'
-            f'</div><div><h2>Decoder geometry</h2>{table(["", ""], [(esc(a), esc(b)) for a, b in geo_rows])}'
+            f'<div class="cols"><div><h2>Density</h2>{table(None, [(esc(a), esc(b)) for a, b in stats_rows])}'
+            f'</div><div><h2>Decoder geometry</h2>{table(None, [(esc(a), esc(b)) for a, b in geo_rows])}'
             f"</div></div>{images}")
     return page(f"saekit overview: {store.manifest['site']}", body)
