@@ -9,14 +9,17 @@ With the encoder weights and bias serving as the gate (W_gate = W_enc, b_gate = 
 The Heaviside gate passes no gradient, so the gate path is trained by two terms of its own: the
 decoder-norm-weighted L1 on ReLU(pi_gate) (sparsity), and an auxiliary reconstruction of the
 target from ReLU(pi_gate) through the decoder and decoder bias with their gradients stopped (so the
-gate learns to be useful without pulling the decoder towards the shrunk gate activations). The
-magnitudes get only reconstruction gradient, so the L1 never shrinks them.
+gate learns to be useful without pulling the decoder towards the shrunk gate activations; the input
+centring x - b_pre inside pi_gate stays part of the encoder, as in the main path). The magnitude
+path's own parameters (r_mag, b_mag) get only reconstruction gradient, so the L1 never shrinks them.
 
 pi_mag is computed from pi_gate ((pi_gate - b_gate) * exp(r_mag) + b_mag), which shares the one
 encoder matmul between both paths.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -53,6 +56,13 @@ class GatedDictionary(Dictionary):
         if skipped is not None:  # the gate explains what the skip path leaves, as the latents do
             via_gate = via_gate + skipped.detach()
         return {"gate_reconstruction": squared_error(via_gate, target)}
+
+    @torch.no_grad()
+    def reset_latent_parameters(self, chosen: Tensor) -> list[tuple[nn.Parameter, tuple[Any, ...]]]:
+        # Back to the initial state: magnitude path identical to the gate path.
+        self.r_mag[chosen] = 0.0
+        self.b_mag[chosen] = 0.0
+        return [(self.r_mag, (chosen,)), (self.b_mag, (chosen,))]
 
     def fold_thresholds(self, output_scale: float) -> None:
         # pi_mag is divided by c_out like pi_gate once its own bias is.

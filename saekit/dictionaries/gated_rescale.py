@@ -9,6 +9,8 @@ Gated SAE's gain comes from de-shrinking alone. exp() keeps the scale positive a
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -25,3 +27,8 @@ class GatedRescaleDictionary(ReLUDictionary):
 
     def activation(self, pre: Tensor) -> Tensor:
         return pre.relu() * self.r_scale.exp()
+
+    @torch.no_grad()
+    def reset_latent_parameters(self, chosen: Tensor) -> list[tuple[nn.Parameter, tuple[Any, ...]]]:
+        self.r_scale[chosen] = 0.0
+        return [(self.r_scale, (chosen,))]

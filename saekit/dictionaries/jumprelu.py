@@ -5,28 +5,38 @@
     l0      = l0_coefficient * sparsity_scale * mean_tokens sum_i H(pre_i - theta_i)
 
 H has zero gradient almost everywhere, so both the jump in the output and the L0 penalty use
-pseudo-derivatives with a rectangle kernel K(u) = 1[|u| < 1/2] of bandwidth eps:
+pseudo-derivatives with a rectangle kernel K(u) = 1[|u| < 1/2] of bandwidth eps; with
+k = K((pre - theta) / eps) / eps:
 
-    d/dtheta  [pre * H(pre - theta)] = -(theta / eps) K((pre - theta) / eps)
-    d/dtheta  H(pre - theta)         = -(1 / eps)     K((pre - theta) / eps)
-    d/dpre    H(pre - theta)         = +(1 / eps)     K((pre - theta) / eps)
+    output  z = pre * H(pre - theta):   dz/dtheta = -theta * k     dz/dpre = H(pre - theta) + theta * k
+    penalty s = H(pre - theta):         ds/dtheta = -k             ds/dpre = +k
 
-(the output's gradient in pre is the exact H(pre - theta)). The L0 term acts on the pre-activations:
-its gradient reaches the encoder weights and biases as well as the threshold, so the encoder can
-learn to push rarely-useful pre-activations below the threshold instead of only moving theta.
+Both act on the pre-activations as well as on theta, so the gradients reach the encoder weights and
+biases: the L0 term pushes pre-activations just around the threshold down, and the reconstruction
+term can pull them up when firing would help. Using the jump's pseudo-derivative in pre too (not
+only in theta, where the original JumpReLU recipe stops) keeps the two forces symmetric: with only
+the L0 term acting on pre, pre-activations near the threshold are pushed down with nothing pushing
+back; in the planted-feature toy (settings of the recovery test) 96% of latents died, L0 fell to
+1.5 and recovery to 0.42, against 39% dead (mostly surplus latents: 512 for 256 features), L0 10.5
+and 0.88 with it.
 
 Scale of theta and eps. Both live in pre-activation units, so they are set relative to the data: on
-the first training forward the dictionary measures the RMS of its pre-activations s (for scaled
-inputs, E||x||^2 = 1, and the tied initialisation, s is about 1/sqrt(d_in)) and sets
-theta_0 = ``threshold_init_fraction`` * s and eps = ``bandwidth_fraction`` * s. The defaults (0.1 and
-0.05) correspond, for a d_in ~ 2k model, to the absolute theta_0 ~ eps ~ 0.001-0.002 used on
-unit-normalised residual streams; theta_0 is small enough that the dictionary starts close to a ReLU
-(nothing useful is cut off before it has been learned), and eps is a fraction of the typical
-pre-activation so the kernel sees a few tokens per latent per batch without blurring the step. Until
-that first training forward (e.g. when evaluating an untrained dictionary) the same fractions of the
-nominal scale 1/sqrt(d_in) are used. The measured bandwidth is a buffer, saved and folded with the
-weights, so a folded or reloaded dictionary keeps training consistently; ``calibrated`` records that
-the measurement happened so it is never repeated.
+the first training forward the dictionary measures the RMS s of its pre-activations and sets
+theta_0 = ``threshold_init_fraction`` * s and eps = ``bandwidth_fraction`` * s (defaults 1 and 0.5).
+For inputs scaled to E||x||^2 = 1 and the (scaled) tied initialisation, s is about
+encoder_init_scale / sqrt(d_in). Why theta_0 of order s rather than the tiny absolute values of
+long runs: log_threshold moves by at most about the learning rate per Adam step, so a threshold
+that starts orders of magnitude too small cannot grow into place within a run of a few thousand
+steps; starting at the scale of the pre-activations lets the threshold separate signal from
+interference early. In the planted-feature toy of ``tests/dictionaries/test_dict_recovery.py`` (400
+steps) the mean max cosine to the true features was 0.51, 0.54, 0.67, 0.88 and 0.90 for theta_0 =
+0.01, 0.1, 0.5, 1 and 2 times the RMS (eps = theta_0 / 2, at least 0.05 RMS); 1 is the default,
+the middle of the good range, leaving room for data whose useful thresholds sit lower. The
+bandwidth is a fraction of the same scale so that, even in batches of a few hundred tokens, a few
+tokens per latent fall inside the kernel without blurring the step. Until the first training
+forward (e.g. when evaluating an untrained dictionary) the same fractions of the nominal scale are
+used. The measured bandwidth is a buffer, saved and folded with the weights; ``calibrated`` records
+that the measurement happened, so a reloaded or folded dictionary is never re-calibrated.
 """
 
 from __future__ import annotations
@@ -60,9 +70,9 @@ class _JumpReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, Tensor, None]:
         pre, threshold, bandwidth = ctx.saved_tensors
-        grad_pre = grad_out * (pre > threshold).to(pre.dtype)
-        grad_threshold = -_sum_to_latents(grad_out * threshold * _rectangle(pre, threshold, bandwidth))
-        return grad_pre, grad_threshold, None
+        jump = grad_out * threshold * _rectangle(pre, threshold, bandwidth)
+        grad_pre = grad_out * (pre > threshold).to(pre.dtype) + jump
+        return grad_pre, -_sum_to_latents(jump), None
 
 
 class _Step(torch.autograd.Function):
@@ -83,8 +93,8 @@ class JumpReLUDictionary(Dictionary):
 
     EXTRA_DEFAULTS: ClassVar[dict[str, Any]] = {
         "l0_coefficient": 1e-3,  # weight of the mean L0 (with E||x||^2 = 1, reconstruction ~ FVU)
-        "threshold_init_fraction": 0.1,  # theta_0 / RMS(pre-activations on the first batch)
-        "bandwidth_fraction": 0.05,  # eps / RMS(pre-activations on the first batch)
+        "threshold_init_fraction": 1.0,  # theta_0 / RMS(pre-activations on the first batch)
+        "bandwidth_fraction": 0.5,  # eps / RMS(pre-activations on the first batch)
     }
 
     bandwidth: Tensor
@@ -92,13 +102,15 @@ class JumpReLUDictionary(Dictionary):
 
     def __init__(self, config: DictionaryConfig) -> None:
         super().__init__(config)
-        nominal_scale = config.d_in**-0.5
+        nominal_scale = self.encoder_init_scale() * config.d_in**-0.5
         theta_0 = float(self.options["threshold_init_fraction"]) * nominal_scale
         self.log_threshold = nn.Parameter(torch.full((config.width,), math.log(theta_0)))
         self.register_buffer("bandwidth", torch.tensor(float(self.options["bandwidth_fraction"]) * nominal_scale))
         self.register_buffer("calibrated", torch.tensor(0.0))
 
+    @property
     def threshold(self) -> Tensor:
+        """Per-latent threshold theta in pre-activation units (differentiable in log_threshold)."""
         return self.log_threshold.exp()
 
     @torch.no_grad()
@@ -112,11 +124,20 @@ class JumpReLUDictionary(Dictionary):
     def activation(self, pre: Tensor) -> Tensor:
         if self.learning and not self.calibrated.item():
             self.calibrate(pre)
-        return _JumpReLU.apply(pre, self.threshold(), self.bandwidth)
+        return _JumpReLU.apply(pre, self.threshold, self.bandwidth)
 
     def sparsity_losses(self, pre: Tensor, latents: Tensor, sparsity_scale: float) -> dict[str, Tensor]:
-        l0 = _Step.apply(pre, self.threshold(), self.bandwidth).sum(-1).mean()
+        l0 = _Step.apply(pre, self.threshold, self.bandwidth).sum(-1).mean()
         return {"l0": float(self.options["l0_coefficient"]) * sparsity_scale * l0}
+
+    @torch.no_grad()
+    def reset_latent_parameters(self, chosen: Tensor) -> list[tuple[nn.Parameter, tuple[Any, ...]]]:
+        # A resampled latent starts at the typical (median) threshold of the others: on scale
+        # with the current pre-activations, unlike the first-batch calibration value.
+        others = self.log_threshold[~chosen]
+        if others.numel() > 0:
+            self.log_threshold[chosen] = others.median()
+        return [(self.log_threshold, (chosen,))]
 
     def fold_thresholds(self, output_scale: float) -> None:
         self.log_threshold.sub_(math.log(output_scale))

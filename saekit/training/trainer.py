@@ -101,7 +101,8 @@ class DictionaryTrainer:
 
         Decoder rows become the normalised residual errors of inputs sampled with probability
         proportional to their squared error; encoder columns the matching normalised inputs, scaled
-        to 0.2x the mean norm of live encoder columns; their biases and Adam moments are reset.
+        to 0.2x the mean norm of live encoder columns; their biases, architecture-specific parameters
+        (``Dictionary.reset_latent_parameters``) and Adam moments are reset.
         """
         candidates = self.resample_candidates()
         if not self.holdout_chosen and candidates.any() and self.config.resample_holdout_fraction > 0:
@@ -136,8 +137,10 @@ class DictionaryTrainer:
         encoder = inputs / inputs.norm(dim=-1, keepdim=True).clamp_min(1e-8)
         dictionary.W_enc[:, chosen] = (encoder * 0.2 * alive_norm).T.to(dictionary.W_enc.dtype)
         dictionary.b_enc[chosen] = 0.0
-        for parameter, index in ((dictionary.W_dec, (chosen,)), (dictionary.W_enc, (slice(None), chosen)),
-                                 (dictionary.b_enc, (chosen,))):
+        # Architecture-specific state (gate scales, thresholds) is reset by the dictionary itself.
+        reset = [(dictionary.W_dec, (chosen,)), (dictionary.W_enc, (slice(None), chosen)),
+                 (dictionary.b_enc, (chosen,)), *dictionary.reset_latent_parameters(chosen)]
+        for parameter, index in reset:
             for moment in self.optimizer.state.get(parameter, {}).values():
                 if moment.shape == parameter.shape:
                     moment[index] = 0.0
