@@ -40,7 +40,8 @@ def test_run_writes_folded_dictionary_stats_and_log(tiny_loaded, tiny_model_dir,
     # The folded dictionary takes raw activations: its reconstruction error is small relative to the norm.
     from saekit.activations.source import ActivationSource
     from saekit.training.run import activation_spec
-    raw = ActivationSource(activation_spec(config), config.cache_dir, lambda: tiny_loaded).chunk(0)["blocks.1.resid_post"]
+    source = ActivationSource(activation_spec(config), config.cache_dir, lambda: tiny_loaded)
+    raw = source.chunk(0)["blocks.1.resid_post"]
     with torch.no_grad():
         output = dictionary(raw)
     fvu = (output.reconstruction - raw).pow(2).sum() / (raw - raw.mean(0)).pow(2).sum()
@@ -96,7 +97,8 @@ def test_existing_run_and_changed_resume_are_refused(tiny_loaded, tiny_model_dir
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_loaded, tiny_model_dir, tmp_path):
     config = _config(tiny_model_dir, tmp_path, lr=1e30, warmup_steps=1, checkpoint_every=1, train_tokens=256 * 20)
-    with pytest.raises(SaekitError, match=r"loss became (nan|inf) at step (\d+); stopped. The last good checkpoint"):
+    message = r"loss became (nan|inf) at step \d+ in run tiny; stopped. The last good checkpoint \(step \d+\)"
+    with pytest.raises(SaekitError, match=message):
         train_run(config, tmp_path / "runs", loaded=tiny_loaded, progress=False)
     step = read_checkpoint_step(tmp_path / "runs" / "tiny" / CHECKPOINT_FILE)
     assert step is not None and step >= 1
