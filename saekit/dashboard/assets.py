@@ -60,7 +60,8 @@ INDEX_SCRIPT = r"""
   }
   function matches(r) {
     var q = search.value.toLowerCase();
-    if (q && (r.tokens + '\u0000' + r.logits).toLowerCase().indexOf(q) < 0) { return false; }
+    var text = r.tokens + '\u0000' + r.logits + '\u0000' + (r.explanation || '');
+    if (q && text.toLowerCase().indexOf(q) < 0) { return false; }
     if (hideDead.checked && r.flag === 'dead') { return false; }
     var v = r[statSelect.value];
     var lo = parseFloat(minBox.value), hi = parseFloat(maxBox.value);

@@ -17,7 +17,7 @@ from saekit.analysis.store import AnalysisStore
 from saekit.dashboard import figures
 from saekit.dashboard.html import clean_json
 from saekit.dashboard.neuronpedia import FIELDS_NOTE, feature_json, model_slug
-from saekit.dashboard.pages import DashboardConfig, feature_page, index_page, overview_page
+from saekit.dashboard.pages import DashboardConfig, Interpretations, feature_page, index_page, overview_page
 from saekit.io import write_text
 
 FIGURES = {  # title -> file under figures/
@@ -55,10 +55,15 @@ def remove_stale(directory: Path, suffix: str, keep: set[int]) -> None:
 
 def build_dashboard(
     analysis_dir: str | Path, out_dir: str | Path, config: DashboardConfig | None = None,
-    decoder: Tensor | None = None, progress: bool = True,
+    decoder: Tensor | None = None, progress: bool = True, interpretations: Interpretations | None = None,
 ) -> Path:
-    """Write the site into ``out_dir``; ``decoder`` (W_dec) adds Neuronpedia's neuron-alignment fields."""
+    """Write the site into ``out_dir``; ``decoder`` (W_dec) adds Neuronpedia's neuron-alignment fields.
+
+    ``interpretations`` (latent -> explanations and scores, from ``saekit explain``) adds an
+    explanation section to feature pages and sortable score columns to the index.
+    """
     config = config or DashboardConfig()
+    interpretations = interpretations or {}
     store = AnalysisStore(analysis_dir)
     out_dir = Path(out_dir)
     pages = page_latents(store, config.max_latents)
@@ -67,14 +72,15 @@ def build_dashboard(
     remove_stale(out_dir / "features", ".html", page_set)
     remove_stale(out_dir / "neuronpedia", ".json", page_set if config.neuronpedia else set())
     for latent in tqdm(pages, desc="dashboard pages", unit="page", disable=not progress):
-        write_text(out_dir / "features" / f"{latent}.html", feature_page(store, latent, page_set, config))
+        html = feature_page(store, latent, page_set, config, interpretations.get(latent))
+        write_text(out_dir / "features" / f"{latent}.html", html)
         if config.neuronpedia:
             row = decoder[latent].detach().float() if decoder is not None else None
-            feature = clean_json(feature_json(store, latent, row, model_id))
+            feature = clean_json(feature_json(store, latent, row, model_id, interpretations.get(latent)))
             write_text(out_dir / "neuronpedia" / f"{latent}.json", json.dumps(feature, ensure_ascii=False) + "\n")
     if config.neuronpedia:
         write_text(out_dir / "neuronpedia" / "FIELDS.md", f"# Neuronpedia-shaped feature JSON\n\n{FIELDS_NOTE}")
     write_text(out_dir / "overview.html", overview_page(store, _figures(store, out_dir)))
-    write_text(out_dir / "index.html", index_page(store, pages, config))
+    write_text(out_dir / "index.html", index_page(store, pages, config, interpretations))
     return out_dir
 

@@ -10,9 +10,11 @@ Neuronpedia's own are linear), ``topkCosSimIndices``/``topkCosSimValues`` (decod
 the latent itself first with 1.0 as Neuronpedia lists them), ``neuron_alignment_indices``/``_values``/
 ``_l1`` (the decoder row's largest-magnitude coordinates and their share of its L1 norm), and
 ``activations`` (``tokens``, ``values``, ``maxValue``, ``maxValueTokenIndex``, ``minValue``, plus
-``saekitKind``: top / quantile / random-negative, and ``saekitQuantile``).
+``saekitKind``: top / quantile / random-negative, and ``saekitQuantile``); after ``saekit explain``, also
+``explanations`` (``description``, ``explanationModelName``, ``typeName``: saekit-llm or saekit-baseline,
+and ``scores`` with each scorer's balanced accuracy).
 
-Not filled (not computed by saekit): ``description``/``explanations``, ``correlated_neurons_*``,
+Not filled (not computed by saekit): ``correlated_neurons_*``,
 ``correlated_features_*``, ``decoder_weights_dist``, ``umap_*``, ``vector``/``hasVector``, and the
 per-activation ``binMin``/``binMax``/``binContains``, ``lossValues``, ``logitContributions``, ``dfa*``.
 """
@@ -74,7 +76,20 @@ def _logit_fields(store: AnalysisStore, latent: int) -> dict[str, Any]:
             "logits_hist_data_bar_values": _centres(row["histogram_edges"], log=False)}
 
 
-def feature_json(store: AnalysisStore, latent: int, decoder_row: Tensor | None, model_id: str) -> dict[str, Any]:
+def _explanations(interpretation: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for explainer, key in (("llm", "explanation"), ("baseline", "baseline")):
+        if interpretation.get(key):
+            scores = {scorer: result.get("balanced_accuracy")
+                      for scorer, result in interpretation["scores"].get(explainer, {}).items()}
+            out.append({"description": interpretation[key], "typeName": f"saekit-{explainer}",
+                        "explanationModelName": interpretation["model"] if explainer == "llm" else "none",
+                        "scores": scores})
+    return out
+
+
+def feature_json(store: AnalysisStore, latent: int, decoder_row: Tensor | None, model_id: str,
+                 interpretation: dict[str, Any] | None = None) -> dict[str, Any]:
     i = store.position[latent]
     site = parse_site(store.manifest["site"])
     counts = store.stats["histogram"][i].tolist()
@@ -93,4 +108,6 @@ def feature_json(store: AnalysisStore, latent: int, decoder_row: Tensor | None, 
         **(_alignment(decoder_row) if decoder_row is not None else {}),
         "activations": _activations(store, latent),
     }
+    if interpretation is not None:
+        feature["explanations"] = _explanations(interpretation)
     return feature

@@ -22,6 +22,11 @@ INDEX_COLUMNS = [  # key, header, kind (int/num/text): the index table and its f
     ("max_cos", "max cos", "num"), ("nearest", "nearest", "int"), ("flag", "flag", "text"),
     ("tokens", "top tokens", "text"), ("logits", "top logits", "text"),
 ]
+# Added when the run has autointerp scores (``saekit explain``); balanced accuracies, chance 0.5.
+INTERPRETATION_COLUMNS = [
+    ("explanation", "explanation", "text"), ("detection", "detection", "num"), ("fuzzing", "fuzzing", "num"),
+    ("baseline_detection", "baseline detection", "num"),
+]
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,15 @@ class DashboardConfig:
     index_row_limit: int = 2000  # rows the index draws at once (filtering/sorting covers all)
     model_id: str | None = None  # Neuronpedia modelId; default: a slug of the model name
     neuronpedia: bool = True
+
+
+Interpretations = dict[int, dict[str, Any]]  # latent -> autointerp.pipeline.scores_for_dashboard's value
+
+
+def _balanced_accuracy(interpretation: dict[str, Any] | None, explainer: str, scorer: str) -> float | None:
+    if interpretation is None:
+        return None
+    return ((interpretation["scores"].get(explainer) or {}).get(scorer) or {}).get("balanced_accuracy")
 
 
 def flag_of(store: AnalysisStore, latent: int) -> str:
@@ -59,11 +73,11 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def index_row(store: AnalysisStore, latent: int) -> dict[str, Any]:
+def index_row(store: AnalysisStore, latent: int, interpretation: dict[str, Any] | None = None) -> dict[str, Any]:
     i = store.position[latent]
     stats, geometry = store.stats, store.geometry
     logits = store.logit_row(latent)
-    return {
+    row = {
         "id": latent, "log10_density": _finite(float(stats["log10_density"][i])),
         "max": float(stats["max_activation"][i]), "mean_active": _finite(float(stats["mean_when_active"][i])),
         "bias": float(stats["encoder_bias"][i]), "de": _finite(float(stats["de_cosine"][i])),
@@ -71,22 +85,31 @@ def index_row(store: AnalysisStore, latent: int) -> dict[str, Any]:
         "flag": flag_of(store, latent), "tokens": " \u00b7 ".join(top_tokens(store, latent)),
         "logits": " \u00b7 ".join(store.token_string(t) for t in logits["positive_ids"][:5]) if logits else "",
     }
+    if interpretation is not None:
+        row.update(explanation=interpretation["explanation"] or "",
+                   detection=_balanced_accuracy(interpretation, "llm", "detection"),
+                   fuzzing=_balanced_accuracy(interpretation, "llm", "fuzzing"),
+                   baseline_detection=_balanced_accuracy(interpretation, "baseline", "detection"))
+    return row
 
 
-def index_page(store: AnalysisStore, pages: list[int], config: DashboardConfig) -> str:
-    rows = [index_row(store, latent) for latent in store.latent_ids]
+def index_page(store: AnalysisStore, pages: list[int], config: DashboardConfig,
+               interpretations: Interpretations | None = None) -> str:
+    interpretations = interpretations or {}
+    columns = INDEX_COLUMNS + (INTERPRETATION_COLUMNS if interpretations else [])
+    rows = [index_row(store, latent, interpretations.get(latent)) for latent in store.latent_ids]
     data = {"latents": rows, "pages": pages, "row_limit": config.index_row_limit,
-            "columns": [{"key": k, "label": label, "kind": kind} for k, label, kind in INDEX_COLUMNS]}
-    numeric = [(k, label) for k, label, kind in INDEX_COLUMNS if kind == "num"]
+            "columns": [{"key": k, "label": label, "kind": kind} for k, label, kind in columns]}
+    numeric = [(k, label) for k, label, kind in columns if kind == "num"]
     options = "".join(f'<option value="{esc(k)}">{esc(label)}</option>' for k, label in numeric)
-    headers = "".join(f'<th data-key="{esc(k)}">{esc(label)}</th>' for k, label, _ in INDEX_COLUMNS)
+    headers = "".join(f'<th data-key="{esc(k)}">{esc(label)}</th>' for k, label, _ in columns)
     summary = store.stats_summary
     body = (
         f"<h1>Latents of {esc(store.manifest['site'])}</h1>{_header_line(store)}"
         f'<p class="muted">{esc(summary["rule"])}. {summary["dead"]} dead, {summary["ultra_rare"]} ultra-rare of '
         f'{summary["latents"]} analysed. Pages exist for {len(pages)} latents (linked).</p>'
         '<div class="controls"><label>search tokens <input type="text" id="search" '
-        'placeholder="token text (top tokens, logits)"></label>'
+        'placeholder="top tokens, logits, explanation"></label>'
         f'<label>filter <select id="stat">{options}</select></label>'
         '<label>min <input type="number" id="stat-min" step="any"></label>'
         '<label>max <input type="number" id="stat-max" step="any"></label>'
@@ -184,7 +207,35 @@ def _logit_section(store: AnalysisStore, latent: int) -> str:
             f"<div><h3>all tokens</h3>{hist}</div></div>")
 
 
-def feature_page(store: AnalysisStore, latent: int, pages: set[int], config: DashboardConfig) -> str:
+def _interpretation_section(interpretation: dict[str, Any] | None) -> str:
+    """The latent's explanations and their scores (balanced accuracy and AUROC; chance 0.5 for both)."""
+    if interpretation is None:
+        return ""
+    labels = {"llm": "LLM explainer", "baseline": "no-LLM baseline"}
+    scorers = ("detection", "fuzzing", "embedding")
+    headers = ["explainer", "explanation"] + [f"{scorer} {metric}" for scorer in scorers
+                                              for metric in ("bal. acc.", "AUROC")]
+    rows = []
+    for explainer, label in labels.items():
+        by_scorer = interpretation["scores"].get(explainer)
+        if by_scorer is None:
+            continue
+        cells = [fmt((by_scorer.get(scorer) or {}).get(metric))
+                 for scorer in scorers for metric in ("balanced_accuracy", "auroc")]
+        rows.append([esc(label), esc(interpretation.get("explanation" if explainer == "llm" else explainer) or
+                                    "\u2013"), *cells])
+    intruder = interpretation.get("intruder")
+    intruder_line = (f"Intruder test accuracy {fmt(intruder['accuracy'])} (chance {fmt(intruder['chance'])}, "
+                     f"{intruder['n']} trials). " if intruder else "")
+    errors = "".join(f"<li>{esc(error)}</li>" for error in interpretation.get("errors", []))
+    return (f'<h2>Explanation</h2><p class="muted">by {esc(interpretation.get("model"))}; scores on held-out '
+            f"examples, chance 0.5; missing scores shown as \u2013, never as 0. {intruder_line}</p>"
+            f'{table(headers, rows)}' + (f'<p class="muted">errors:</p><ul class="muted">{errors}</ul>' if errors
+                                           else ""))
+
+
+def feature_page(store: AnalysisStore, latent: int, pages: set[int], config: DashboardConfig,
+                 interpretation: dict[str, Any] | None = None) -> str:
     i = store.position[latent]
     examples = store.latent_examples(latent)
     scale = float(store.stats["max_activation"][i])
@@ -202,7 +253,8 @@ def feature_page(store: AnalysisStore, latent: int, pages: set[int], config: Das
             f'<div class="cols"><div><h2>Statistics</h2>{_stats_table(store, latent)}</div>'
             f'<div><h2>Activation histogram</h2><p class="muted">non-zero activations, log-spaced bins</p>{hist}</div>'
             f"<div><h2>Nearest decoder directions</h2>{neighbours}</div></div>"
-            f"{_logit_section(store, latent)}{_examples_section(store, examples, scale, config)}")
+            f"{_interpretation_section(interpretation)}{_logit_section(store, latent)}"
+            f"{_examples_section(store, examples, scale, config)}")
     return page(f"Latent {latent} \u00b7 {store.manifest['site']}", body, root="../")
 
 

@@ -1,0 +1,1 @@
+"""Automated interpretability: explain every latent with an LLM (or a no-LLM baseline) and score the explanations."""

@@ -1,0 +1,153 @@
+"""The ``explain`` and ``control`` subcommands (``saekit.cli`` calls :func:`add_autointerp_parsers`).
+
+Building the parser imports nothing heavy (no torch or transformers); the handlers import the pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from saekit.autointerp.backends import BackendChoice, LocalConfig, OpenAIConfig
+
+if TYPE_CHECKING:
+    from saekit.autointerp.pipeline import AutointerpConfig
+
+DEFAULT_LATENTS = 20  # AutointerpConfig.latents (a test keeps them equal)
+DEFAULT_ANALYSIS_TOKENS = 32_768  # ControlConfig.analysis_tokens
+
+
+def _latents(text: str) -> int | None:
+    if text.lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'all' or a number of latents, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"the number of latents must be at least 1, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--backend", choices=("local", "openai"), default="local",
+                        help="local: a transformers model in-process (default; offline); openai: any "
+                             "OpenAI-compatible chat endpoint")
+    parser.add_argument("--base-url", default=OpenAIConfig.base_url, help="endpoint of --backend openai")
+    parser.add_argument("--model", default=None,
+                        help="local: model spec (default: the embedded SmolLM2-135M-Instruct); "
+                             f"openai: model name (default {OpenAIConfig.model})")
+    parser.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                        help="NAME of the environment variable holding the API key ('none': no key)")
+    parser.add_argument("--latents", type=_latents, default=DEFAULT_LATENTS, metavar="all|N",
+                        help=f"explain the first N explainable latents (default {DEFAULT_LATENTS})")
+    parser.add_argument("--concurrency", type=_positive, default=OpenAIConfig.concurrency,
+                        help="requests in flight at once (openai backend)")
+    parser.add_argument("--max-cost", type=_non_negative, default=None, metavar="USD",
+                        help="stop sending requests before the estimated spend passes this")
+    parser.add_argument("--input-price", type=_non_negative, default=0.0, metavar="USD",
+                        help="price per million prompt tokens, for cost accounting")
+    parser.add_argument("--output-price", type=_non_negative, default=0.0, metavar="USD",
+                        help="price per million completion tokens")
+    parser.add_argument("--top-logprobs", type=int, default=20, choices=range(0, 21), metavar="0-20",
+                        help="answer-token alternatives to request (0 if the endpoint has no logprobs; no AUROC)")
+    parser.add_argument("--negatives", choices=("random", "neighbours"), default="random",
+                        help="non-activating held-out contexts: random ones, or hard negatives from decoder "
+                             "neighbours (recomputes activations with the run's model)")
+    parser.add_argument("--show-activations", action="store_true",
+                        help="also show the explainer each marked token's activation (0-10); helps capable models")
+    parser.add_argument("--prompts-dir", type=Path, default=None,
+                        help="directory of prompt templates (explain/detect/fuzz/intruder.txt) replacing the "
+                             "packaged ones")
+
+
+def config_from_args(args: argparse.Namespace) -> AutointerpConfig:
+    from saekit.autointerp.examples import SplitConfig
+    from saekit.autointerp.explain import ExplainConfig
+    from saekit.autointerp.pipeline import AutointerpConfig
+
+    api_key_env = None if str(args.api_key_env).lower() in ("", "none") else args.api_key_env
+    openai = OpenAIConfig(base_url=args.base_url, model=args.model or OpenAIConfig.model, api_key_env=api_key_env,
+                          concurrency=args.concurrency, max_cost_usd=args.max_cost,
+                          input_price_per_1m=args.input_price, output_price_per_1m=args.output_price)
+    local = LocalConfig(model=args.model or LocalConfig.model)
+    config = AutointerpConfig(latents=args.latents, backend=BackendChoice(args.backend, local, openai),
+                              split=SplitConfig(negatives=args.negatives),
+                              explain=ExplainConfig(show_activations=args.show_activations),
+                              prompts_dir=str(args.prompts_dir) if args.prompts_dir else None)
+    config.scoring = replace(config.scoring, top_logprobs=args.top_logprobs)
+    return config.validate()
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    """``saekit explain RUN_DIR``: analyse first if needed, then explain and score; prints the report."""
+    from saekit.analysis.analyze import analyze_run
+    from saekit.analysis.cli import DASHBOARD_DIR, build_run_dashboard
+    from saekit.analysis.store import ANALYSIS_DIR, store_exists
+    from saekit.autointerp.pipeline import REPORT, run_autointerp
+
+    config = config_from_args(args)
+    if config.backend.kind == "openai":
+        config.backend.openai.validate()
+    if not store_exists(args.run_dir / ANALYSIS_DIR):
+        print(f"no analysis in {args.run_dir}; running `saekit analyze` first")
+        analyze_run(args.run_dir)
+    out = run_autointerp(args.run_dir, config)
+    print((out / REPORT).read_text())
+    dashboard = args.run_dir / DASHBOARD_DIR
+    if (dashboard / "index.html").is_file():  # rebuilt as it was (same page count), now with explanations
+        pages = len(list((dashboard / "features").glob("*.html"))) or None
+        print(f"dashboard with explanations: {build_run_dashboard(args.run_dir, max_latents=pages) / 'index.html'}")
+    print(f"scores: {out / 'scores.json'}; manifest: {out / 'manifest.json'}")
+    return 0
+
+
+def run_control(args: argparse.Namespace) -> int:
+    """``saekit control RUN_DIR``: the randomized-weights control, side by side with the real run."""
+    from saekit.autointerp.control import ControlConfig, randomized_control
+
+    config = config_from_args(args)
+    if config.backend.kind == "openai":
+        config.backend.openai.validate()
+    report = randomized_control(args.run_dir, ControlConfig(analysis_tokens=args.analysis_tokens, autointerp=config))
+    print(report.read_text())
+    print(f"report: {report}")
+    return 0
+
+
+def add_autointerp_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``explain RUN_DIR`` and ``control RUN_DIR`` to the main parser's subcommands."""
+    explain = subparsers.add_parser("explain", help="explain and score a run's latents with an LLM (offline by "
+                                                    "default) and a no-LLM baseline; writes RUN_DIR/autointerp")
+    _add_backend_flags(explain)
+    explain.set_defaults(handler=run_explain)
+
+    control = subparsers.add_parser("control", help="randomized-weights control: train the run's recipe on a "
+                                                    "re-initialised model, explain and score both, side by side")
+    _add_backend_flags(control)
+    control.add_argument("--analysis-tokens", type=_positive, default=DEFAULT_ANALYSIS_TOKENS,
+                         help="tokens streamed to analyse each run (when an analysis is missing)")
+    control.set_defaults(handler=run_control)

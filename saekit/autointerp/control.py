@@ -1,0 +1,170 @@
+"""The randomized-weights control: the same recipe on a re-initialised model, explained and scored alike.
+
+An SAE trained on a transformer with random weights should be much less interpretable; if its
+automated scores barely differ from the real run's, the scorer is being fooled (single-token
+features are the usual culprit). :func:`randomized_control` trains the run's recipe on the
+randomized model (name ``NAME-randomized``, its own activation cache directory, because the cache
+key does not record the randomization), analyses it with that model, explains and scores both
+runs with the same backend, and writes the side-by-side ``RUN_DIR/autointerp/control.md`` (and
+``control.json``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from saekit.autointerp.backends import Backend, make_backend
+from saekit.autointerp.pipeline import (
+    AUTOINTERP_DIR,
+    EXPLAINERS,
+    EXPLANATION_SCORERS,
+    METRICS,
+    AutointerpConfig,
+    load_scores,
+    run_autointerp,
+)
+from saekit.errors import SaekitError
+from saekit.io import read_json, write_json, write_text
+from saekit.models.loading import LoadedModel
+from saekit.training.config import TrainConfig
+
+CONTROL_MARKER = "control.json"
+
+
+@dataclass
+class ControlConfig:
+    """How the control run is made and scored."""
+
+    suffix: str = "-randomized"
+    randomization_seed: int = 0
+    analysis_tokens: int = 32_768
+    autointerp: AutointerpConfig = field(default_factory=AutointerpConfig)
+    progress: bool = True
+
+
+def control_train_config(config: TrainConfig, suffix: str = "-randomized") -> TrainConfig:
+    """The same recipe under a new name, with a separate activation cache (None stays None: no cache)."""
+    cache_dir = None if config.cache_dir is None else str(config.cache_dir).rstrip("/") + suffix
+    return replace(config, name=config.name + suffix, cache_dir=cache_dir)
+
+
+def runs_root(run_dir: Path, config: TrainConfig) -> Path:
+    """The runs directory a run's name is relative to (names may hold '/', e.g. NAME/SITE)."""
+    root = run_dir
+    for _ in Path(config.name).parts:
+        root = root.parent
+    return root
+
+
+def train_control(run_dir: str | Path, config: ControlConfig, randomized: LoadedModel) -> Path:
+    """Train (or resume, or reuse) the randomized-weights twin of ``run_dir``; returns its directory."""
+    from saekit.training.run import CHECKPOINT_FILE, DICTIONARY_DIR, load_run_config, train_run
+
+    run_dir = Path(run_dir)
+    real = load_run_config(run_dir)
+    twin = control_train_config(real, config.suffix)
+    control_dir = runs_root(run_dir, real) / twin.name
+    marker = {"randomized_weights": True, "randomization_seed": config.randomization_seed,
+              "control_of": str(run_dir), "model": real.model, "cache_dir": twin.cache_dir}
+    marker_path = control_dir / CONTROL_MARKER
+    if marker_path.is_file():
+        if read_json(marker_path, "control marker") != marker:
+            raise SaekitError(f"{control_dir} holds a control made differently; delete it to rebuild the control")
+    elif control_dir.is_dir() and any(control_dir.iterdir()):
+        raise SaekitError(f"{control_dir} exists and is not a randomized control; move it or rename the run")
+    if not (control_dir / DICTIONARY_DIR).is_dir():
+        write_json(marker_path, marker)
+        resume = (control_dir / CHECKPOINT_FILE).is_file()
+        train_run(twin, runs_root(run_dir, real), resume=resume, loaded=randomized, progress=config.progress)
+    return control_dir
+
+
+def _cell(summary: dict[str, Any], explainer: str, scorer: str, metric: str) -> str:
+    entry = ((summary["explainers"].get(explainer) or {}).get("scorers", {}).get(scorer) or {}).get(metric)
+    return "n/a" if not entry or entry.get("mean") is None else f"{entry['mean']:.3f}"
+
+
+def comparison(real: dict[str, Any], control: dict[str, Any]) -> dict[str, Any]:
+    """Side-by-side means: {row label: {"chance", "real": {explainer}, "randomized": {explainer}}}."""
+    rows: dict[str, Any] = {}
+    for scorer in EXPLANATION_SCORERS:
+        for metric in METRICS:
+            cells = {side: {e: _cell(s, e, scorer, metric) for e in EXPLAINERS}
+                     for side, s in (("real", real), ("randomized", control))}
+            if all(v == "n/a" for side in cells.values() for v in side.values()):
+                continue
+            rows[f"{scorer} {metric.replace('_', ' ')}"] = {"chance": "-" if metric == "f1" else "0.5", **cells}
+    if "intruder" in real and "intruder" in control:
+        def value(s: dict[str, Any]) -> str:
+            entry = s["intruder"]["accuracy"]
+            return "n/a" if entry["mean"] is None else f"{entry['mean']:.3f}"
+        rows["intruder accuracy"] = {"chance": f"{real['intruder']['chance']:.3f}",
+                                     "real": {"llm": value(real), "baseline": "-"},
+                                     "randomized": {"llm": value(control), "baseline": "-"}}
+    return rows
+
+
+def comparison_markdown(rows: dict[str, Any], real_model: str, control_dir: Path, real: dict[str, Any],
+                        control: dict[str, Any]) -> str:
+    lines = [
+        "# Randomized-weights control", "",
+        f"The same recipe trained on the model with re-initialised weights ({control_dir}); both runs explained "
+        f"and scored by **{real_model}**. If the randomized control scores about as well as the real run, "
+        "the scorers are being fooled (often by single-token features) and the real scores mean little.",
+        f"Latents scored: real {real['latents']}, randomized {control['latents']}.", "",
+        "| scorer / metric | chance | real: LLM | real: baseline | randomized: LLM | randomized: baseline |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for label, row in rows.items():
+        lines.append(f"| {label} | {row['chance']} | {row['real']['llm']} | {row['real']['baseline']} | "
+                     f"{row['randomized']['llm']} | {row['randomized']['baseline']} |")
+    lines += ["", "The intruder test needs no explanation (its row is under the LLM columns). "
+                  "The baseline explains by most frequent activating tokens, with no LLM.", ""]
+    return "\n".join(lines)
+
+
+def randomized_control(run_dir: str | Path, config: ControlConfig | None = None, backend: Backend | None = None,
+                       explainer_model: LoadedModel | None = None, subject: LoadedModel | None = None) -> Path:
+    """Train, analyse, explain and score the control; score the real run too; write the comparison.
+
+    ``subject`` is the run's real model (loaded if needed); ``explainer_model`` the local backend's
+    model (it may be the same object when the run uses the default model). Returns the report path.
+    """
+    from saekit.analysis.analyze import AnalysisConfig, analyze_run
+    from saekit.analysis.store import ANALYSIS_DIR, store_exists
+    from saekit.models.loading import load_model
+    from saekit.training.run import load_run_config
+
+    config = config or ControlConfig()
+    run_dir = Path(run_dir)
+    real = load_run_config(run_dir)
+    analysis = AnalysisConfig(tokens=config.analysis_tokens, progress=config.progress)
+    randomized = load_model(real.model, device=real.device, randomize_weights=True, seed=config.randomization_seed)
+    control_dir = train_control(run_dir, config, randomized)
+    if not store_exists(control_dir / ANALYSIS_DIR):
+        analyze_run(control_dir, randomized, analysis)
+    if not store_exists(run_dir / ANALYSIS_DIR):
+        subject = subject or load_model(real.model, device=real.device)
+        analyze_run(run_dir, subject, analysis)
+    own_backend = backend is None
+    backend = backend or make_backend(config.autointerp.backend, explainer_model)
+    try:
+        run_autointerp(run_dir, config.autointerp, backend, subject=subject)
+        run_autointerp(control_dir, config.autointerp, backend, subject=randomized)
+    finally:
+        if own_backend:
+            backend.close()
+    real_scores, control_scores = load_scores(run_dir), load_scores(control_dir)
+    if real_scores is None or control_scores is None:
+        raise SaekitError("autointerp scores are missing after scoring; rerun `saekit control`")
+    rows = comparison(real_scores["summary"], control_scores["summary"])
+    out = run_dir / AUTOINTERP_DIR
+    write_json(out / "control.json", {"real_run": str(run_dir), "control_run": str(control_dir),
+                                      "model": real_scores["model"], "rows": rows,
+                                      "real": real_scores["summary"], "randomized": control_scores["summary"]})
+    report = out / "control.md"
+    write_text(report, comparison_markdown(rows, real_scores["model"], control_dir, real_scores["summary"],
+                                           control_scores["summary"]))
+    return report

@@ -1,0 +1,335 @@
+"""Explain and score latents end to end; write ``RUN_DIR/autointerp/`` (scores, manifest, report).
+
+For each selected latent: the LLM explainer and the no-LLM baseline each give an explanation;
+detection, fuzzing (and embedding, if installed) score both on the same held-out examples; the
+intruder test scores the latent itself. All LLM traffic goes through the response cache
+(``autointerp/cache`` by default), so a rerun, or a run resumed after a kill, re-sends nothing that
+had finished. ``scores.json`` holds everything per latent; ``manifest.json`` says how it was made;
+``report.md`` gives means next to their chance levels and the baseline, and names the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from saekit.autointerp.backends import Backend, BackendChoice, make_backend
+from saekit.autointerp.cache import CachedClient, ResponseCache
+from saekit.autointerp.examples import ExampleSet, LatentExamples, SplitConfig, StoreExamples, context_firing
+from saekit.autointerp.explain import ExplainConfig, Explanation, baseline_explanation, llm_explanation
+from saekit.autointerp.metrics import ScoreResult, mean
+from saekit.autointerp.prompts import PromptTemplate, load_prompts
+from saekit.autointerp.scorers import (
+    Embedder,
+    ScoringConfig,
+    detection,
+    embedding,
+    fuzzing,
+    intruder,
+    load_embedder,
+)
+from saekit.errors import SaekitError
+from saekit.io import read_json, write_json, write_text
+from saekit.models.loading import LoadedModel
+
+FORMAT_VERSION = 1
+AUTOINTERP_DIR = "autointerp"
+SCORES, MANIFEST, REPORT, CACHE_DIR = "scores.json", "manifest.json", "report.md", "cache"
+EXPLAINERS = ("llm", "baseline")
+EXPLANATION_SCORERS = ("detection", "fuzzing", "embedding")
+METRICS = ("balanced_accuracy", "f1", "auroc")
+
+
+@dataclass
+class AutointerpConfig:
+    """Everything an explain-and-score run needs (the CLI fills it from flags)."""
+
+    latents: int | None = 20  # the first N explainable latents; None: all
+    backend: BackendChoice = field(default_factory=BackendChoice)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    explainers: tuple[str, ...] = EXPLAINERS
+    prompts_dir: str | None = None  # None: the templates shipped in saekit/prompts
+    cache_dir: str | None = None  # None: OUT_DIR/cache
+    latents_in_flight: int = 4
+    progress: bool = True
+
+    def validate(self) -> AutointerpConfig:
+        unknown = set(self.explainers) - set(EXPLAINERS)
+        if unknown or not self.explainers:
+            raise SaekitError(f"explainers must be among {EXPLAINERS}, got {self.explainers}")
+        if self.latents is not None and self.latents < 1:
+            raise SaekitError(f"the number of latents must be at least 1, got {self.latents}")
+        self.split.validate()
+        return self
+
+    def public(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["backend"] = self.backend.public()
+        return data
+
+
+@dataclass
+class _Context:
+    client: CachedClient
+    prompts: dict[str, PromptTemplate]
+    config: AutointerpConfig
+    embedder: Embedder | None
+    everyone: list[LatentExamples]
+
+
+async def _score_explanation(ctx: _Context, explanation: Explanation, examples: LatentExamples,
+                             ) -> dict[str, dict[str, Any]]:
+    scoring = ctx.config.scoring
+    if explanation.text is None:
+        failed = ScoreResult.failed(f"no explanation: {explanation.error}").to_dict()
+        return {name: failed for name in EXPLANATION_SCORERS if _enabled(ctx, name)}
+    jobs: dict[str, Any] = {}
+    if scoring.detection:
+        jobs["detection"] = detection(ctx.client, ctx.prompts["detect"], explanation.text, examples, scoring)
+    if scoring.fuzzing:
+        jobs["fuzzing"] = fuzzing(ctx.client, ctx.prompts["fuzz"], explanation.text, examples, scoring)
+    results = dict(zip(jobs, await asyncio.gather(*jobs.values())))
+    out = {name: result.to_dict() for name, result in results.items()}
+    if ctx.embedder is not None:
+        out["embedding"] = embedding(ctx.embedder, explanation.text, examples).to_dict()
+    return out
+
+
+def _enabled(ctx: _Context, name: str) -> bool:
+    if name == "embedding":
+        return ctx.embedder is not None
+    return bool(getattr(ctx.config.scoring, name))
+
+
+async def _score_latent(ctx: _Context, examples: LatentExamples) -> dict[str, Any]:
+    explanations: list[Explanation] = []
+    if "llm" in ctx.config.explainers:
+        explanations.append(await llm_explanation(ctx.client, ctx.prompts["explain"], examples, ctx.config.explain))
+    if "baseline" in ctx.config.explainers:
+        explanations.append(baseline_explanation(examples, ctx.config.explain))
+    scored = await asyncio.gather(*(_score_explanation(ctx, e, examples) for e in explanations))
+    record: dict[str, Any] = {
+        "latent": examples.latent,
+        "examples": {"train": len(examples.train), "test_activating": len(examples.test_activating),
+                     "test_nonactivating": len(examples.test_nonactivating)},
+        "explanations": {e.explainer: {"text": e.text, "error": e.error} for e in explanations},
+        "scores": {e.explainer: s for e, s in zip(explanations, scored)},
+    }
+    if ctx.config.scoring.intruder:
+        result = await intruder(ctx.client, ctx.prompts["intruder"], examples, ctx.everyone, ctx.config.scoring)
+        record["intruder"] = result.to_dict()
+    return record
+
+
+async def _score_all(ctx: _Context, latents: list[LatentExamples]) -> list[dict[str, Any]]:
+    gate = asyncio.Semaphore(max(1, ctx.config.latents_in_flight))
+
+    async def one(examples: LatentExamples) -> dict[str, Any]:
+        async with gate:
+            return await _score_latent(ctx, examples)
+
+    tasks = [asyncio.ensure_future(one(examples)) for examples in latents]
+    records = []
+    try:
+        bar = tqdm(asyncio.as_completed(tasks), total=len(tasks), desc="explaining latents", unit="latent",
+                   disable=not ctx.config.progress)
+        for finished in bar:
+            records.append(await finished)
+    finally:
+        for task in tasks:
+            task.cancel()
+    return sorted(records, key=lambda r: r["latent"])
+
+
+def summarize(records: list[dict[str, Any]], config: AutointerpConfig) -> dict[str, Any]:
+    """Mean of each scorer's metrics over latents (missing values left out, their count reported)."""
+    explainers: dict[str, Any] = {}
+    for explainer in config.explainers:
+        per_scorer: dict[str, Any] = {}
+        for scorer in EXPLANATION_SCORERS:
+            results = [r["scores"].get(explainer, {}).get(scorer) for r in records]
+            results = [x for x in results if x is not None]
+            if not results:
+                continue
+            per_scorer[scorer] = {}
+            for metric in METRICS:
+                value, n = mean([x[metric] for x in results])
+                per_scorer[scorer][metric] = {"mean": value, "latents": n}
+            per_scorer[scorer]["unanswered_latents"] = sum(1 for x in results if x["n"] == 0)
+        explained = sum(1 for r in records if (r["explanations"].get(explainer) or {}).get("text"))
+        explainers[explainer] = {"explained": explained, "scorers": per_scorer}
+    summary: dict[str, Any] = {"latents": len(records), "explainers": explainers,
+                               "chance": {"balanced_accuracy": 0.5, "auroc": 0.5,
+                                          "intruder_accuracy": 1 / (config.scoring.intruder_k + 1)}}
+    if config.scoring.intruder:
+        value, n = mean([(r.get("intruder") or {}).get("accuracy") for r in records])
+        summary["intruder"] = {"accuracy": {"mean": value, "latents": n}, "k": config.scoring.intruder_k,
+                               "chance": 1 / (config.scoring.intruder_k + 1)}
+    return summary
+
+
+def _fmt(entry: dict[str, Any] | None) -> str:
+    if not entry or entry.get("mean") is None:
+        return "n/a"
+    return f"{entry['mean']:.3f} (n={entry['latents']})"
+
+
+def report_markdown(summary: dict[str, Any], manifest: dict[str, Any]) -> str:
+    backend = manifest["backend"]
+    explainers = summary["explainers"]
+    names = [e for e in EXPLAINERS if e in explainers]
+    header = {"llm": "LLM explainer", "baseline": "no-LLM baseline"}
+    lines = [
+        "# Automated interpretability", "",
+        f"Explanations and scores produced by **{backend['description']}**"
+        + (" (a 135M-parameter model: expect modest scores)" if "135M" in backend["description"] else "") + ".",
+        f"Latents scored: {summary['latents']} of {manifest['latents']['examined']} examined; skipped: "
+        + (", ".join(f"{k}: {v}" for k, v in manifest["latents"]["skipped"].items()) or "none") + ".",
+        "The baseline explains each latent by its most frequent activating tokens, with no LLM; "
+        "it is scored by the same scorers and is the floor to read the LLM explainer against.", "",
+        "| scorer | metric | chance | " + " | ".join(header[n] for n in names) + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |",
+    ]
+    for scorer in EXPLANATION_SCORERS:
+        for metric in METRICS:
+            cells = [(explainers[n]["scorers"].get(scorer) or {}).get(metric) for n in names]
+            if all(c is None or c.get("mean") is None for c in cells):
+                continue
+            chance = "0.5" if metric != "f1" else "-"
+            lines.append(f"| {scorer} | {metric.replace('_', ' ')} | {chance} | "
+                         + " | ".join(_fmt(c) for c in cells) + " |")
+    if "intruder" in summary:
+        intruder_row = summary["intruder"]
+        lines += ["", f"Intruder test (no explanation; pick the 1 context of another latent among "
+                      f"{intruder_row['k'] + 1}): accuracy {_fmt(intruder_row['accuracy'])}, "
+                      f"chance {intruder_row['chance']:.3f}."]
+    usage = manifest["usage"]
+    lines += ["", "Explained: " + ", ".join(f"{header[n]} {explainers[n]['explained']}" for n in names) + ".",
+              f"Embedding scorer: {manifest['embedding']}.",
+              f"LLM requests this run: {usage['requests']} sent, {usage['cache_hits']} answered from the cache, "
+              f"{usage['failures']} failed; tokens {usage['prompt_tokens']} in / {usage['completion_tokens']} out; "
+              f"estimated cost ${usage['cost_usd']:.4f}.",
+              "Missing scores (failed requests, unreadable answers) are left out of the means, never counted as 0.",
+              ""]
+    return "\n".join(lines)
+
+
+def _usage(client: CachedClient, backend: Backend) -> dict[str, Any]:
+    usage = asdict(backend.usage)
+    return {**usage, "requests": client.stats.calls - client.stats.errors, "cache_hits": client.stats.cache_hits,
+            "failures": client.stats.errors}
+
+
+def _backend_config(backend: Backend) -> dict[str, Any]:
+    """The backend's own settings, as safe to save as its ``public()`` makes them (key variable names only)."""
+    config = getattr(backend, "config", None)
+    return config.public() if hasattr(config, "public") else {}
+
+
+def score_examples(example_set: ExampleSet, out_dir: str | Path, config: AutointerpConfig, backend: Backend,
+                   source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Explain and score ``example_set`` with ``backend``; write scores, manifest and report to ``out_dir``."""
+    config.validate()
+    out_dir = Path(out_dir)
+    prompts = load_prompts(config.prompts_dir)
+    cache = ResponseCache(config.cache_dir or out_dir / CACHE_DIR)
+    client = CachedClient(backend, cache)
+    embedder, embedding_note = (load_embedder() if config.scoring.embedding
+                                else (None, "disabled"))
+    ctx = _Context(client, prompts, config, embedder, example_set.latents)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    records = asyncio.run(_score_all(ctx, example_set.latents))
+    summary = summarize(records, config)
+    manifest = {
+        "format_version": FORMAT_VERSION, "created": started.isoformat(timespec="seconds"),
+        "python": platform.python_version(), "source": source or {},
+        "backend": {"kind": client.settings.get("backend"), "model_id": backend.model_id,
+                    "description": backend.description(), "settings": client.settings,
+                    "config": _backend_config(backend)},
+        "prompts": {name: {"sha256": t.sha256, "source": t.source} for name, t in prompts.items()},
+        "embedding": embedding_note if embedder is None else f"{embedding_note}, mean-pooled",
+        "sampler": asdict(config.split), "explain": asdict(config.explain), "scoring": asdict(config.scoring),
+        "seeds": {"split": config.split.seed, "scoring": config.scoring.seed},
+        "latents": {"requested": config.latents, "examined": example_set.examined, "scored": len(records),
+                    "skipped": example_set.skipped_counts(),
+                    "skipped_latents": {str(k): v for k, v in sorted(example_set.skipped.items())}},
+        "cache_dir": str(cache.directory), "usage": _usage(client, backend), "config": config.public(),
+    }
+    write_json(out_dir / SCORES, {"format_version": FORMAT_VERSION, "model": backend.description(),
+                                  "summary": summary, "latents": records})
+    write_json(out_dir / MANIFEST, manifest)
+    write_text(out_dir / REPORT, report_markdown(summary, manifest))
+    return {"summary": summary, "manifest": manifest, "latents": records}
+
+
+def run_autointerp(run_dir: str | Path, config: AutointerpConfig | None = None, backend: Backend | None = None,
+                   loaded: LoadedModel | None = None, subject: LoadedModel | None = None) -> Path:
+    """Explain and score a run's analysed latents; writes and returns ``RUN_DIR/autointerp``.
+
+    ``loaded`` is the explainer/scorer model for the local backend (loaded from the config if None);
+    ``subject`` the run's own model, needed only for hard negatives (``split.negatives='neighbours'``).
+    """
+    from saekit.analysis.store import ANALYSIS_DIR
+
+    config = (config or AutointerpConfig()).validate()
+    run_dir = Path(run_dir)
+    analysis_dir = run_dir / ANALYSIS_DIR
+    store = StoreExamples(analysis_dir, config.split)
+    if config.split.negatives == "neighbours":
+        store.set_firing(context_firing(run_dir, analysis_dir, subject))
+    example_set = store.select(config.latents)
+    own_backend = backend is None
+    backend = backend or make_backend(config.backend, loaded)
+    source = {"run_dir": str(run_dir), "analysis": {k: store.manifest.get(k) for k in
+                                                     ("model", "site", "target_site", "latents_analysed",
+                                                      "tokens_counted", "run")}}
+    try:
+        score_examples(example_set, run_dir / AUTOINTERP_DIR, config, backend, source)
+    finally:
+        if own_backend:
+            backend.close()
+    return run_dir / AUTOINTERP_DIR
+
+
+def load_scores(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / AUTOINTERP_DIR / SCORES
+    return read_json(path, "autointerp scores") if path.is_file() else None
+
+
+def scores_for_dashboard(run_dir: str | Path) -> dict[int, dict[str, Any]]:
+    """Per latent id: explanations and headline scores for the dashboard ({} if autointerp has not run).
+
+    Each value: ``{"explanation": str|None, "baseline": str|None, "model": str, "scores": {explainer:
+    {scorer: {"balanced_accuracy", "f1", "auroc", "n"}}}, "intruder": {"accuracy", "chance", "n"}|None,
+    "errors": [str]}``.
+    """
+    data = load_scores(run_dir)
+    if data is None:
+        return {}
+    out: dict[int, dict[str, Any]] = {}
+    for record in data["latents"]:
+        explanations = record.get("explanations", {})
+        scores = {explainer: {scorer: {k: result.get(k) for k in (*METRICS, "n")}
+                              for scorer, result in by_scorer.items()}
+                  for explainer, by_scorer in record.get("scores", {}).items()}
+        errors = [x["error"] for x in explanations.values() if x.get("error")]
+        errors += [e for by_scorer in record.get("scores", {}).values() for result in by_scorer.values()
+                   for e in result.get("errors", [])]
+        intruder_result = record.get("intruder")
+        out[int(record["latent"])] = {
+            "explanation": (explanations.get("llm") or {}).get("text"),
+            "baseline": (explanations.get("baseline") or {}).get("text"),
+            "model": data.get("model"), "scores": scores,
+            "intruder": None if intruder_result is None else {k: intruder_result.get(k)
+                                                              for k in ("accuracy", "chance", "n")},
+            "errors": list(dict.fromkeys(errors))[:5],
+        }
+    return out
