@@ -1,0 +1,305 @@
+"""The SAELens half of ``benchmarks/throughput.py``; runs inside ``benchmarks/.saelens-venv``.
+
+Not meant to be run by hand: ``throughput.py`` writes a hand-off directory and starts this script
+with that venv's interpreter. The directory holds
+
+- ``settings.json``: sizes, learning rate, step counts, thread count (written by throughput.py);
+- ``data.safetensors``: ``train`` (saekit's activations at the SAE site, scaled to unit mean squared
+  norm and shuffled), ``warmup_tokens`` / ``tokens`` (the token contexts saekit generated its
+  activations from) and ``reference`` (saekit's activations for ``warmup_tokens``, to check that
+  TransformerLens computes the same thing);
+- the default model as a Hugging Face directory (``config.json``, tokenizer, ``model.safetensors``).
+
+It measures, with the same batches as saekit,
+
+- training: tokens/s of ``SAETrainer.step`` (SAELens's own training step: ``TopKTrainingSAE``
+  forward and loss, backward, gradient clipping, Adam, LR scheduler, firing statistics);
+- activation generation: tokens/s of ``run_with_cache(tokens, names_filter=..., stop_at_layer=...,
+  prepend_bos=False)`` as SAELens's ``ActivationsStore`` calls it, for one site and for every
+  layer's residual stream in one pass, through ``HookedTransformer`` (SAELens's default model
+  class) and through ``HookedProxyLM`` (its wrapper for a plain ``AutoModelForCausalLM``).
+
+Each part is independent: one that fails is recorded with its reason and the others still run.
+Results go to the JSON file named on the command line. Only safetensors and JSON are read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+
+def log(message: str) -> None:
+    print(f"[saelens] {message}", flush=True)
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def failure(err: BaseException) -> dict[str, str]:
+    """What to record when a part cannot run: the exception and its last frames."""
+    return {"error": f"{type(err).__name__}: {err}".strip()[:2000],
+            "traceback": "".join(traceback.format_exception(err)[-3:])[-3000:]}
+
+
+def timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# ---- training ---------------------------------------------------------------------------------
+def measure_training(settings: dict[str, Any], train: torch.Tensor) -> dict[str, Any]:
+    from sae_lens import LoggingConfig, SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import SAETrainerConfig
+
+    batch, steps, warmup, repeats = (settings[key] for key in ("batch_size", "steps", "warmup_steps", "repeats"))
+    total_steps = warmup + steps * repeats
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(
+        d_in=settings["d_in"], d_sae=settings["width"], k=settings["k"], device="cpu", dtype="float32",
+    ))
+    n_batches = train.shape[0] // batch
+    batches = [train[i * batch:(i + 1) * batch] for i in range(n_batches)]
+
+    def provider():  # SAETrainer wants a data provider; the loop below feeds step() itself
+        while True:
+            yield from batches
+
+    trainer = SAETrainer(
+        cfg=SAETrainerConfig(
+            total_training_samples=total_steps * batch, train_batch_size_samples=batch,
+            lr=settings["lr"], lr_end=settings["lr"] / 10, lr_warm_up_steps=settings["lr_warmup_steps"],
+            device="cpu", logger=LoggingConfig(log_to_wandb=False),
+        ),
+        sae=sae, data_provider=provider(),
+    )
+
+    def run(count: int, first: int) -> None:
+        for i in range(first, first + count):
+            trainer.step(batches[i % n_batches])
+            trainer.n_training_steps += 1  # fit() advances this after each step
+
+    run(warmup, 0)
+    rates = []
+    for r in range(repeats):
+        elapsed = timed(lambda r=r: run(steps, warmup + r * steps))
+        rates.append(steps * batch / elapsed)
+        log(f"training repeat {r + 1}/{repeats}: {rates[-1]:,.0f} tokens/s")
+    return {
+        "tokens_per_s": statistics.median(rates), "repeats_tokens_per_s": rates,
+        "what": "SAETrainer.step on TopKTrainingSAE (its defaults otherwise: rescale_acts_by_decoder_norm, "
+                "decoder_init_norm=0.1, grad-norm clipping at 1.0, constant LR after warm-up)",
+        "sae_config": {key: getattr(sae.cfg, key) for key in (
+            "d_in", "d_sae", "k", "rescale_acts_by_decoder_norm", "aux_loss_coefficient",
+            "apply_b_dec_to_input", "normalize_activations")},
+    }
+
+
+# ---- activation generation ----------------------------------------------------------------------
+def load_hf_model(model_dir: Path) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model.eval().requires_grad_(False)
+    return model, AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def load_hooked_transformer(model_dir: Path, hf_model: Any, tokenizer: Any, n_ctx: int) -> tuple[Any, str]:
+    """The model as a ``HookedTransformer``, the way SAELens loads one (no weight processing).
+
+    ``from_pretrained_no_processing`` needs a name from TransformerLens's list of official models;
+    the default model (SmolLM2-135M) is not on it, and without hub access no other name can supply
+    its config. So after that attempt fails, the same steps are taken with TransformerLens's own
+    loading functions, which accept a local Hugging Face directory: the config comes from
+    ``config.json`` in ``model_dir`` and the weights from ``hf_model``.
+    """
+    from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as loading
+
+    try:
+        model = HookedTransformer.from_pretrained_no_processing(
+            str(model_dir), hf_model=hf_model, tokenizer=tokenizer, device="cpu", n_ctx=n_ctx)
+        return model, "HookedTransformer.from_pretrained_no_processing(local dir, hf_model=...)"
+    except ValueError as err:
+        first_attempt = str(err).split(". Valid")[0]
+    cfg = loading.get_pretrained_model_config(
+        str(model_dir), hf_cfg=hf_model.config.to_dict(), device="cpu", dtype=torch.float32, n_ctx=n_ctx)
+    state_dict = loading.get_pretrained_state_dict(str(model_dir), cfg, hf_model, dtype=torch.float32)
+    model = HookedTransformer(cfg, tokenizer, move_to_device=False)
+    model.load_and_process_state_dict(
+        state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,
+        fold_value_biases=False, refactor_factored_attn_matrices=False)
+    model.move_model_modules_to_device()
+    model.eval()
+    how = (f"from_pretrained_no_processing refused the model ({first_attempt}: SmolLM2 is not among "
+           "TransformerLens's official models); built with transformer_lens.loading_from_pretrained."
+           "get_pretrained_model_config / get_pretrained_state_dict from the local config.json and the passed "
+           "hf_model, then HookedTransformer(cfg).load_and_process_state_dict (no processing, as SAELens loads it)")
+    return model, how
+
+
+def activations_store_pass(model: Any, tokens: torch.Tensor, hook_names: list[str], d_in: int,
+                           stop_at_layer: int | None) -> dict[str, torch.Tensor]:
+    """One forward as SAELens's ``ActivationsStore.get_(multi_hook_)activations`` runs it."""
+    _, cache = model.run_with_cache(tokens, names_filter=list(hook_names), stop_at_layer=stop_at_layer,
+                                    prepend_bos=False)
+    out = {}
+    for name in hook_names:
+        stacked = torch.zeros((tokens.shape[0], tokens.shape[1], d_in))
+        stacked[:, :] = cache[name]
+        out[name] = stacked
+    return out
+
+
+def measure_generation(model: Any, tokens: torch.Tensor, warmup_tokens: torch.Tensor, hook_names: list[str],
+                       stop_at_layer: int | None, settings: dict[str, Any]) -> dict[str, Any]:
+    """Median tokens/s over repeats; each repeat runs its own contexts, in model batches like saekit."""
+    repeats, per_batch = settings["repeats"], settings["model_batch_contexts"]
+    activations_store_pass(model, warmup_tokens[:per_batch], hook_names, settings["d_in"], stop_at_layer)
+    contexts_per_repeat = tokens.shape[0] // repeats
+    rates = []
+    with torch.no_grad():
+        for r in range(repeats):
+            part = tokens[r * contexts_per_repeat:(r + 1) * contexts_per_repeat]
+
+            def run(part: torch.Tensor = part) -> None:
+                for batch in part.split(per_batch):
+                    activations_store_pass(model, batch, hook_names, settings["d_in"], stop_at_layer)
+            rates.append(part.numel() / timed(run))
+            log(f"  {len(hook_names)} site(s), repeat {r + 1}/{repeats}: {rates[-1]:,.0f} tokens/s")
+    return {"tokens_per_s": statistics.median(rates), "repeats_tokens_per_s": rates}
+
+
+def relative_error(model: Any, warmup_tokens: torch.Tensor, reference: torch.Tensor, hook_name: str,
+                   stop_at_layer: int | None, d_in: int) -> float:
+    """||ours - saekit's|| / ||saekit's|| at the SAE site on the warm-up batch (BOS positions left out)."""
+    with torch.no_grad():
+        ours = activations_store_pass(model, warmup_tokens, [hook_name], d_in, stop_at_layer)[hook_name]
+    return float((ours[:, 1:] - reference[:, 1:]).norm() / reference[:, 1:].norm())
+
+
+def measure_model_class(name: str, model_for: Any, layer_hook: Any, data: dict[str, torch.Tensor],
+                        settings: dict[str, Any]) -> dict[str, Any]:
+    """Check against saekit's activations, then time one site and all layers' residual streams.
+
+    ``model_for(hook_names)`` returns the model to run for those hooks; ``layer_hook(i)`` names layer
+    i's residual-stream output in that model class.
+    """
+    from sae_lens.util import extract_stop_at_layer_from_tlens_hook_name
+
+    layer, n_layers, d_in = settings["layer"], settings["n_layers"], settings["d_in"]
+    site_hook = layer_hook(layer)
+    result: dict[str, Any] = {"hook_name": site_hook}
+    result["relative_error_vs_saekit"] = relative_error(
+        model_for([site_hook]), data["warmup_tokens"], data["reference"], site_hook, layer + 1, d_in)
+    log(f"{name}: relative difference from saekit's activations at {site_hook}: "
+        f"{result['relative_error_vs_saekit']:.2e}")
+    for key, hooks in (("single_site", [site_hook]), ("all_layers", [layer_hook(i) for i in range(n_layers)])):
+        stops = [extract_stop_at_layer_from_tlens_hook_name(h) for h in hooks]
+        stop = None if any(s is None for s in stops) else max(stops)
+        log(f"{name}: {key} ({len(hooks)} hook(s), stop_at_layer={stop})")
+        try:
+            result[key] = measure_generation(model_for(hooks), data["tokens"], data["warmup_tokens"], hooks, stop,
+                                             settings)
+        except Exception as err:  # recorded, the next measurement still runs
+            result[key] = failure(err)
+            log(f"{name}: {key} failed: {result[key]['error']}")
+    return result
+
+
+def measure_hooked_transformer(model_dir: Path, hf_model: Any, tokenizer: Any, data: dict[str, torch.Tensor],
+                               settings: dict[str, Any]) -> dict[str, Any]:
+    start = time.perf_counter()
+    hooked, how = load_hooked_transformer(model_dir, hf_model, tokenizer, settings["context_length"])
+    log(f"HookedTransformer: {how} ({time.perf_counter() - start:.0f} s)")
+    return {"loaded_by": how, **measure_model_class(
+        "HookedTransformer", lambda hooks: hooked, lambda i: f"blocks.{i}.hook_resid_post", data, settings)}
+
+
+def measure_proxy(hf_model: Any, tokenizer: Any, data: dict[str, torch.Tensor],
+                  settings: dict[str, Any]) -> dict[str, Any]:
+    from sae_lens.load_model import HookedProxyLM
+
+    proxies: dict[tuple[str, ...], Any] = {}
+
+    def model_for(hooks: list[str]) -> Any:
+        # SAELens's runner hooks only the modules it reads. HookedProxyLM's hooks stay on the wrapped
+        # model for good, so each set of hooks wraps its own copy.
+        key = tuple(hooks)
+        if key not in proxies:
+            proxies.clear()
+            proxies[key] = HookedProxyLM(copy.deepcopy(hf_model), tokenizer, hook_names=list(hooks))
+        return proxies[key]
+
+    return {"loaded_by": "sae_lens.load_model.HookedProxyLM(hf_model, tokenizer, hook_names=[the hooks read])",
+            **measure_model_class("HookedProxyLM", model_for, lambda i: f"model.layers.{i}", data, settings)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("handoff", type=Path, help="directory written by benchmarks/throughput.py")
+    parser.add_argument("output", type=Path, help="JSON file to write the results to")
+    args = parser.parse_args()
+    settings = json.loads((args.handoff / "settings.json").read_text(encoding="utf-8"))
+    torch.set_num_threads(settings["threads"])
+    data = load_file(str(args.handoff / "data.safetensors"))
+    results: dict[str, Any] = {
+        "versions": {name: package_version(name) for name in (
+            "sae-lens", "transformer-lens", "torch", "transformers")},
+        "threads": torch.get_num_threads(),
+    }
+    log(f"versions: {results['versions']}, torch threads: {results['threads']}")
+
+    log("training ...")
+    try:
+        results["training"] = measure_training(settings, data["train"])
+    except Exception as err:
+        results["training"] = failure(err)
+        log(f"training failed: {results['training']['error']}")
+
+    if settings["generation"]:
+        results["generation"] = {}
+        try:
+            hf_model, tokenizer = load_hf_model(args.handoff)
+        except Exception as err:
+            results["generation"]["error"] = f"could not load the exported model: {failure(err)['error']}"
+            log(results["generation"]["error"])
+            hf_model = None
+        if hf_model is not None:
+            for name, measure in (
+                ("HookedTransformer", lambda: measure_hooked_transformer(args.handoff, hf_model, tokenizer, data,
+                                                                         settings)),
+                ("HookedProxyLM", lambda: measure_proxy(hf_model, tokenizer, data, settings)),
+            ):
+                try:
+                    results["generation"][name] = measure()
+                except Exception as err:
+                    results["generation"][name] = failure(err)
+                    log(f"{name} failed: {results['generation'][name]['error']}")
+
+    args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,560 @@
+"""Throughput of saekit's default recipe on this CPU, side by side with SAELens doing the same work.
+
+What is measured (tokens per second, median over ``--repeats``; torch uses as many threads as this
+process may run on, in both libraries, unless ``--threads`` says otherwise):
+
+1. Activation generation with the default model (SmolLM2-135M-Instruct, dequantized from the
+   embedded GGUF), contexts of 128 tokens from the default corpus, 16 contexts per forward pass:
+
+   - at one site, ``blocks.14.resid_post`` (the quickstart's): the forward stops after block 14;
+   - at every layer's ``resid_post`` (30 sites) in one forward pass (the multi-site pass).
+
+   saekit: ``ActivationSource.chunk(i)`` without a disk cache (tokenizing the corpus, the hooked
+   forward, dropping BOS and outlier tokens, copying out). SAELens: ``run_with_cache`` with
+   ``names_filter`` and ``stop_at_layer`` as its ``ActivationsStore`` calls it, on the very same
+   token contexts, through ``HookedTransformer`` (SAELens's default model class) and through
+   ``HookedProxyLM`` (its wrapper around a plain transformers model). Tokens counted are the tokens
+   run through the model (contexts x 128), BOS included, for both. Each repeat runs fresh contexts
+   after one untimed warm-up chunk (saekit) or batch (SAELens).
+
+2. SAE training steps on cached activations: the activations of step 1 at ``blocks.14.resid_post``,
+   scaled to unit mean squared norm as saekit's runs do, shuffled once, cut into batches of 2048
+   tokens. saekit: ``DictionaryTrainer.train_step`` on a TopK dictionary (k=32, width 8 x 576 = 4608,
+   Adam with saekit's width-scaled learning rate). SAELens: ``SAETrainer.step`` on a
+   ``TopKTrainingSAE`` with the same d_in, width, k, batch, learning rate and warm-up steps (its own
+   defaults otherwise). ``--steps`` timed steps per repeat after a few untimed warm-up steps;
+   tokens/s = steps x 2048 / seconds.
+
+The ratio column is saekit tokens/s divided by SAELens tokens/s (above 1: saekit is faster).
+
+SAELens lives in its own venv, ``benchmarks/.saelens-venv`` (git-ignored), built by ``--setup``:
+``pip install torch==<pin>`` first, then ``pip install -c benchmarks/constraints.txt sae-lens``, so
+the pinned CPU torch is kept and no CUDA build is downloaded. This script runs
+``benchmarks/saelens_worker.py`` with that venv's Python and hands it the activations, token
+contexts and model weights as safetensors files in a temporary directory (no pickle).
+
+Run it from the repository root with saekit's venv (it is not part of the tests or CI):
+
+    .venv/bin/python benchmarks/throughput.py --setup      # first time: builds the SAELens venv
+    .venv/bin/python benchmarks/throughput.py              # later runs
+    .venv/bin/python benchmarks/throughput.py --tokens 2048 --steps 3 --repeats 2   # a quick check
+    .venv/bin/python benchmarks/throughput.py --skip-saelens                        # saekit only
+
+It prints a table and writes the same figures as JSON to ``benchmarks/results/throughput-<date>.json``.
+Timings are only meaningful on an otherwise idle machine; the load average is recorded with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saekit.activations.source import ActivationSource, ActivationSpec, contexts_for, load_split, token_mask
+from saekit.data.contexts import take_contexts
+from saekit.dictionaries.base import DictionaryConfig
+from saekit.dictionaries.registry import build_dictionary
+from saekit.io import save_tensors, write_json
+from saekit.models.hooks import capture
+from saekit.models.loading import DEFAULT_MODEL_DESCRIPTION, LoadedModel, load_model
+from saekit.quickstart import QUICKSTART
+from saekit.training.config import TrainConfig
+from saekit.training.run import InputScaling, activation_spec
+from saekit.training.schedule import OptimConfig
+from saekit.training.trainer import DictionaryTrainer
+
+BENCH_DIR = Path(__file__).resolve().parent
+VENV = BENCH_DIR / ".saelens-venv"
+CONSTRAINTS = BENCH_DIR / "constraints.txt"
+WORKER = BENCH_DIR / "saelens_worker.py"
+RESULTS_DIR = BENCH_DIR / "results"
+
+
+def log(message: str) -> None:
+    print(f"[saekit] {message}", flush=True)
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# ---- the SAELens venv ---------------------------------------------------------------------------
+def venv_python() -> Path:
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def torch_pin() -> str:
+    """The ``torch==X`` line of constraints.txt (one source for the pin)."""
+    for line in CONSTRAINTS.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.replace(" ", "").startswith("torch=="):
+            return line.replace(" ", "")
+    raise SystemExit(f"{CONSTRAINTS} has no torch==VERSION line")
+
+
+def probe_venv() -> dict[str, Any] | None:
+    """Versions inside the SAELens venv, or None when it is missing or sae_lens does not import."""
+    if not venv_python().is_file():
+        return None
+    script = ("import json, torch, importlib.metadata as m, sae_lens, transformer_lens\n"
+              "print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda,"
+              " 'sae-lens': m.version('sae-lens'), 'transformer-lens': m.version('transformer-lens'),"
+              " 'nvidia': sorted(d.metadata['Name'] for d in m.distributions()"
+              " if (d.metadata['Name'] or '').lower().startswith(('nvidia-', 'triton')))}))")
+    done = subprocess.run([str(venv_python()), "-c", script], capture_output=True, text=True)
+    if done.returncode != 0:
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def cuda_packages(pip: list[str], requirement: str) -> list[str]:
+    """What ``pip install requirement`` would pull in that belongs to a CUDA build (a dry run)."""
+    done = subprocess.run([*pip, "--dry-run", "--quiet", "--report", "-", requirement],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"pip cannot install {requirement}:\n{done.stderr.strip()}")
+    report = json.loads(done.stdout)
+    found = []
+    for item in report.get("install", []):
+        name, release = item["metadata"]["name"], item["metadata"]["version"]
+        if name.lower().startswith(("nvidia-", "triton")) or (name.lower() == "torch" and "+cu" in release):
+            found.append(f"{name}=={release}")
+    return found
+
+
+def setup_venv() -> dict[str, Any]:
+    """Create benchmarks/.saelens-venv with the pinned torch first, then sae-lens under the constraints.
+
+    A dry run of the torch install comes first: if pip would fetch a CUDA build (nvidia-* wheels), the
+    setup stops before downloading gigabytes; point pip at a CPU wheel (--find-links or PyTorch's CPU
+    index in PIP_EXTRA_INDEX_URL) and rerun.
+    """
+    found = probe_venv()
+    if found is not None:
+        log(f"SAELens venv already set up: {found}")
+        return found
+    if not venv_python().is_file():
+        command = [sys.executable, "-m", "venv", str(VENV)]
+        log("$ " + " ".join(command))
+        if subprocess.run(command).returncode != 0:
+            raise SystemExit(f"could not create {VENV}")
+    pip = [str(venv_python()), "-m", "pip", "install", "--disable-pip-version-check"]
+    cuda = cuda_packages(pip, torch_pin())
+    if cuda:
+        raise SystemExit(f"pip would install a CUDA torch build here ({', '.join(cuda)}); make a CPU wheel of "
+                         f"{torch_pin()} available to pip and rerun --setup")
+    for command in ([*pip, torch_pin()], [*pip, "-c", str(CONSTRAINTS), "sae-lens"]):
+        log("$ " + " ".join(command))
+        if subprocess.run(command).returncode != 0:
+            raise SystemExit(f"setting up {VENV} failed at: {' '.join(command)}")
+    found = probe_venv()
+    if found is None:
+        raise SystemExit(f"{VENV} was built but sae_lens does not import in it; delete it and retry --setup")
+    log(f"SAELens venv ready: {found}")
+    return found
+
+
+def check_venv(found: dict[str, Any]) -> None:
+    pinned = torch_pin().split("==", 1)[1]
+    if not found["torch"].split("+")[0] == pinned:
+        log(f"WARNING: the SAELens venv has torch {found['torch']}, not the pinned {pinned}")
+    if found["cuda"] or found["nvidia"]:
+        log(f"WARNING: the SAELens venv has a CUDA torch build ({found['cuda']}, {found['nvidia']}); "
+            "delete it and rerun --setup")
+
+
+# ---- what one run measures ----------------------------------------------------------------------
+def contexts_for_tokens(tokens: int, context_length: int, per_batch: int) -> int:
+    """Contexts needed for ``tokens`` tokens, rounded up to whole model batches (at least one)."""
+    return max(1, math.ceil(math.ceil(tokens / context_length) / per_batch)) * per_batch
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of one run, derived from the flags and the quickstart recipe."""
+
+    steps: int
+    repeats: int
+    warmup_steps: int
+    threads: int
+    chunks_per_repeat: int
+    config: TrainConfig  # the quickstart, with contexts_per_chunk cut down for small --tokens
+
+    @property
+    def context_length(self) -> int:
+        return self.config.context_length
+
+    @property
+    def tokens_per_repeat(self) -> int:
+        return self.chunks_per_repeat * self.config.contexts_per_chunk * self.context_length
+
+    @staticmethod
+    def build(args: argparse.Namespace) -> Plan:
+        contexts = contexts_for_tokens(args.tokens, QUICKSTART.context_length, QUICKSTART.model_batch_contexts)
+        per_chunk = min(QUICKSTART.contexts_per_chunk, contexts)
+        config = TrainConfig.from_dict({**QUICKSTART.to_dict(), "contexts_per_chunk": per_chunk}).validate()
+        return Plan(steps=args.steps, repeats=args.repeats, warmup_steps=args.warmup_steps,
+                    threads=args.threads or available_cores(), chunks_per_repeat=math.ceil(contexts / per_chunk),
+                    config=config)
+
+
+def measure_generation(spec: ActivationSpec, loaded: LoadedModel, plan: Plan,
+                       keep_site: str | None) -> tuple[dict[str, Any], list[Tensor]]:
+    """saekit tokens/s of ``ActivationSource.chunk`` (no cache); returns the kept chunks of ``keep_site``."""
+    source = ActivationSource(spec, cache_root=None, load=lambda: loaded,
+                              model_batch_contexts=plan.config.model_batch_contexts)
+    kept: list[Tensor] = []
+
+    def take(index: int) -> None:
+        chunk = source.chunk(index)
+        if keep_site is not None:
+            kept.append(chunk[keep_site])
+
+    warmup = timed(lambda: take(0))  # also loads and splits the corpus
+    log(f"  warm-up chunk: {warmup:.1f} s")
+    per_repeat = plan.chunks_per_repeat
+    rates = []
+    for r in range(plan.repeats):
+        first = 1 + r * per_repeat
+        elapsed = timed(lambda first=first: [take(i) for i in range(first, first + per_repeat)])
+        rates.append(plan.tokens_per_repeat / elapsed)
+        log(f"  repeat {r + 1}/{plan.repeats}: {rates[-1]:,.0f} tokens/s ({elapsed:.1f} s)")
+    return {"tokens_per_s": statistics.median(rates), "repeats_tokens_per_s": rates,
+            "tokens_per_repeat": plan.tokens_per_repeat, "sites": len(spec.sites)}, kept
+
+
+def training_data(chunks: list[Tensor], site: str, seed: int = 0) -> Tensor:
+    """The generated activations, scaled to unit mean squared norm like a run does, shuffled once."""
+    data = torch.cat(chunks)
+    data = data * InputScaling.estimate({site: data}, site, None).input_scale
+    return data[torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(seed))].contiguous()
+
+
+def measure_training(data: Tensor, plan: Plan) -> dict[str, Any]:
+    """saekit tokens/s of ``DictionaryTrainer.train_step`` on the quickstart's TopK dictionary."""
+    config = plan.config
+    batch = config.batch_size
+    n_batches = data.shape[0] // batch
+    if n_batches < 1:
+        raise SystemExit(f"only {data.shape[0]} activation rows for a batch of {batch}; raise --tokens")
+    batches = [data[i * batch:(i + 1) * batch] for i in range(n_batches)]
+    torch.manual_seed(config.seed)
+    d_in = data.shape[1]
+    dictionary = build_dictionary(DictionaryConfig(config.architecture, d_in, config.expansion_factor * d_in,
+                                                   k=config.k))
+    optim = OptimConfig(lr=config.lr, warmup_steps=config.warmup_steps, decay_fraction=config.decay_fraction,
+                        sparsity_warmup_fraction=config.sparsity_warmup_fraction,
+                        dead_window_tokens=config.dead_window_tokens)
+    total = max(config.total_steps, plan.warmup_steps + plan.repeats * plan.steps)
+    trainer = DictionaryTrainer(dictionary, optim, total)
+
+    def run(count: int, first: int) -> None:
+        for i in range(first, first + count):
+            trainer.train_step(batches[i % n_batches])
+
+    run(plan.warmup_steps, 0)
+    rates = []
+    for r in range(plan.repeats):
+        elapsed = timed(lambda r=r: run(plan.steps, plan.warmup_steps + r * plan.steps))
+        rates.append(plan.steps * batch / elapsed)
+        log(f"  training repeat {r + 1}/{plan.repeats}: {rates[-1]:,.0f} tokens/s")
+    return {"tokens_per_s": statistics.median(rates), "repeats_tokens_per_s": rates,
+            "dictionary": dictionary.config.to_dict(), "lr": trainer.base_lr, "batch_size": batch,
+            "training_rows": data.shape[0]}
+
+
+# ---- hand-off to the SAELens worker -------------------------------------------------------------
+def export_model(loaded: LoadedModel, directory: Path) -> None:
+    """The loaded (dequantized) model as a plain Hugging Face directory the worker's transformers reads.
+
+    ``save_pretrained`` refuses GGUF-loaded models, so the config is written without its quantization
+    entry and the weights with saekit's safetensors writer (the tied output matrix left out).
+    """
+    model = loaded.model
+    config = copy.deepcopy(model.config)
+    config.architectures = [type(model).__name__]
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(directory)
+    loaded.tokenizer.save_pretrained(directory)
+    state = model.state_dict()
+    tied = getattr(config, "tie_word_embeddings", False)
+    weights = {name: tensor for name, tensor in state.items() if not (tied and name == "lm_head.weight")}
+    save_tensors(directory / "model.safetensors", weights, metadata={"format": "pt"})
+
+
+def same_contexts(loaded: LoadedModel, spec: ActivationSpec, plan: Plan) -> tuple[Tensor, Tensor]:
+    """The token contexts of chunk 0's first model batch (warm-up) and of the timed chunks."""
+    per_chunk, per_batch = spec.contexts_per_chunk, plan.config.model_batch_contexts
+    timed_contexts = plan.repeats * plan.chunks_per_repeat * per_chunk
+    contexts = take_contexts(contexts_for(loaded, load_split(spec).train, spec, spec.seed), per_chunk + timed_contexts)
+    return contexts[:per_batch], contexts[per_chunk:]
+
+
+def run_saelens(loaded: LoadedModel, spec: ActivationSpec, plan: Plan, train: Tensor, lr: float,
+                first_chunk_rows: Tensor) -> dict[str, Any]:
+    """Write the hand-off directory, run the worker in the SAELens venv, return what it measured."""
+    site = plan.config.site
+    warmup_tokens, tokens = same_contexts(loaded, spec, plan)
+    adapter = loaded.adapter
+    reference = capture(adapter, warmup_tokens, [adapter.site(site)])[adapter.site(site)]
+    keep = token_mask({site: reference}, spec.exclude_bos, spec.outlier_norm_factor)
+    rows = reference[keep]
+    if not torch.allclose(rows, first_chunk_rows[:rows.shape[0]], rtol=1e-4, atol=1e-4):
+        raise SystemExit("the contexts rebuilt for SAELens do not give saekit's chunk 0; not comparing")
+    settings = {
+        "d_in": train.shape[1], "width": plan.config.expansion_factor * train.shape[1], "k": plan.config.k,
+        "batch_size": plan.config.batch_size, "lr": lr,
+        "lr_warmup_steps": plan.config.warmup_steps, "steps": plan.steps, "warmup_steps": plan.warmup_steps,
+        "repeats": plan.repeats, "threads": plan.threads, "layer": adapter.site(site).layer,
+        "n_layers": adapter.n_layers, "context_length": plan.context_length,
+        "model_batch_contexts": plan.config.model_batch_contexts, "generation": True,
+    }
+    handoff = Path(tempfile.mkdtemp(prefix="saekit-throughput-"))
+    try:
+        # TransformerLens treats any model path containing "llama" as one of its named Llama checkpoints.
+        if "llama" in str(handoff).lower():
+            raise SystemExit(f"temporary directory {handoff} contains 'llama'; set TMPDIR elsewhere")
+        log(f"writing the hand-off for SAELens to {handoff}")
+        export_model(loaded, handoff)
+        save_tensors(handoff / "data.safetensors", {
+            "train": train, "warmup_tokens": warmup_tokens, "tokens": tokens, "reference": reference})
+        write_json(handoff / "settings.json", settings)
+        output = handoff / "saelens.json"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled",
+               "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+        log(f"running {WORKER.name} in {VENV}")
+        done = subprocess.run([str(venv_python()), str(WORKER), str(handoff), str(output)], env=env)
+        if done.returncode != 0 or not output.is_file():
+            return {"error": f"the SAELens worker exited with status {done.returncode} (its output is above)"}
+        return json.loads(output.read_text(encoding="utf-8"))
+    finally:
+        shutil.rmtree(handoff, ignore_errors=True)
+
+
+# ---- report -------------------------------------------------------------------------------------
+def rate_of(entry: Any) -> float | None:
+    return entry.get("tokens_per_s") if isinstance(entry, dict) else None
+
+
+def why_missing(entry: Any) -> str:
+    if isinstance(entry, dict) and "error" in entry:
+        return entry["error"].splitlines()[0]
+    return "not measured"
+
+
+def comparison_rows(saekit: dict[str, Any], saelens: dict[str, Any] | None, plan: Plan,
+                    n_layers: int) -> list[dict[str, Any]]:
+    site, cfg = plan.config.site, plan.config
+    labels = {
+        "single_site": f"activations, 1 site ({site})",
+        "all_layers": f"activations, all {n_layers} layers' resid_post, one pass",
+        "training": f"SAE training step (TopK k={cfg.k}, width {cfg.expansion_factor}x, batch {cfg.batch_size})",
+    }
+    rows = []
+    generation = (saelens or {}).get("generation") or {}
+    for key in ("single_site", "all_layers"):
+        classes = [name for name in ("HookedTransformer", "HookedProxyLM") if name in generation] or [None]
+        for name in classes:
+            theirs = generation.get(name, {}).get(key) if name else None
+            if name and "error" in generation.get(name, {}):
+                theirs = generation[name]
+            rows.append({"measurement": labels[key], "saelens_via": name, "saekit": rate_of(saekit[key]),
+                         "saelens": rate_of(theirs), "note": None if rate_of(theirs) else why_missing(
+                             theirs if saelens is not None else {"error": "SAELens skipped"})})
+    theirs = (saelens or {}).get("training")
+    rows.append({"measurement": labels["training"], "saelens_via": "SAETrainer.step" if saelens else None, "saekit":
+                 rate_of(saekit["training"]), "saelens": rate_of(theirs), "note": None if rate_of(theirs) else
+                 why_missing(theirs if saelens is not None else {"error": "SAELens skipped"})})
+    if saelens is not None and "error" in saelens:
+        for row in rows:
+            row["note"] = saelens["error"]
+    for row in rows:
+        row["ratio"] = row["saekit"] / row["saelens"] if row["saekit"] and row["saelens"] else None
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    header = ("measurement", "SAELens via", "saekit tok/s", "SAELens tok/s", "saekit/SAELens")
+    lines = [(r["measurement"], r["saelens_via"] or "-", f"{r['saekit']:,.0f}" if r["saekit"] else "-",
+              f"{r['saelens']:,.0f}" if r["saelens"] else "-", f"{r['ratio']:.2f}x" if r["ratio"] else "-")
+             for r in rows]
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
+
+    def fmt(cells: tuple[str, ...]) -> str:
+        return "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    print()
+    print(fmt(header))
+    print("  ".join("-" * w for w in widths))
+    for line in lines:
+        print(fmt(line))
+    notes = [f"  {r['measurement']} ({r['saelens_via'] or 'SAELens'}): {r['note']}" for r in rows if r["note"]]
+    if notes:
+        print("\nnot compared:")
+        print("\n".join(dict.fromkeys(notes)))
+    print("\nratio = saekit tokens/s / SAELens tokens/s (above 1: saekit faster)")
+
+
+# ---- main ---------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Tokens/s of saekit's activation generation and SAE training on this CPU, next to SAELens.",
+        epilog="See the module docstring (or benchmarks/README.md) for what exactly is timed.")
+    parser.add_argument("--tokens", type=int, default=8192,
+                        help="tokens through the model per generation repeat, rounded up to whole model batches "
+                             "of 16 contexts x 128 tokens, and above 64 contexts to whole chunks of 64 "
+                             "(default: 8192, one chunk of the default recipe)")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per repeat (default: 20)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported (default: 3)")
+    parser.add_argument("--warmup-steps", type=int, default=5, help="untimed training steps first (default: 5)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for both libraries (default: the cores this process may use)")
+    parser.add_argument("--skip-saelens", action="store_true", help="measure saekit only")
+    parser.add_argument("--setup", action="store_true",
+                        help=f"create {VENV.relative_to(BENCH_DIR.parent)} with SAELens first if it is missing")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="JSON file to write (default: benchmarks/results/throughput-<date>.json)")
+    args = parser.parse_args(argv)
+    for name in ("tokens", "steps", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.warmup_steps < 0 or (args.threads is not None and args.threads < 1):
+        parser.error("--warmup-steps must be >= 0 and --threads >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = Plan.build(args)
+    torch.set_num_threads(plan.threads)
+    started = datetime.datetime.now()
+    load_before = load_average()
+    log(f"{cpu_name()}, {available_cores()} usable cores, torch threads {torch.get_num_threads()}, "
+        f"load average {load_before}")
+
+    saelens_env = None
+    if not args.skip_saelens:
+        saelens_env = setup_venv() if args.setup else probe_venv()
+        if saelens_env is None:
+            raise SystemExit(f"no working SAELens venv at {VENV}: run with --setup (or pass --skip-saelens)")
+        check_venv(saelens_env)
+
+    log(f"loading the default model ({DEFAULT_MODEL_DESCRIPTION}) ...")
+    loaded: LoadedModel | None = None
+
+    def load() -> None:
+        nonlocal loaded
+        loaded = load_model(plan.config.model, device=plan.config.device)
+    load_seconds = timed(load)
+    assert loaded is not None
+    log(f"  loaded in {load_seconds:.0f} s")
+    site = plan.config.site
+    n_layers = loaded.adapter.n_layers
+    spec = activation_spec(plan.config)
+    all_sites = tuple(f"blocks.{i}.resid_post" for i in range(n_layers))
+
+    saekit: dict[str, Any] = {}
+    log(f"activation generation at {site}: {plan.repeats} x {plan.tokens_per_repeat} tokens")
+    saekit["single_site"], chunks = measure_generation(spec, loaded, plan, keep_site=site)
+    log(f"activation generation at all {n_layers} layers' resid_post in one pass")
+    saekit["all_layers"], _ = measure_generation(replace(spec, sites=all_sites), loaded, plan, keep_site=None)
+    gc.collect()
+    train = training_data(chunks, site, seed=plan.config.seed)
+    log(f"SAE training on {train.shape[0]} cached activation rows: {plan.repeats} x {plan.steps} steps "
+        f"after {plan.warmup_steps} warm-up steps")
+    saekit["training"] = measure_training(train, plan)
+
+    saelens = None
+    if not args.skip_saelens:
+        saelens = run_saelens(loaded, spec, plan, train, saekit["training"]["lr"], chunks[0])
+    loaded = None
+    gc.collect()
+
+    rows = comparison_rows(saekit, saelens, plan, n_layers)
+    print_table(rows)
+    for name, entry in ((saelens or {}).get("generation") or {}).items():
+        if isinstance(entry, dict) and "loaded_by" in entry:
+            print(f"SAELens {name}: {entry['loaded_by']}; relative difference from saekit's activations "
+                  f"{entry['relative_error_vs_saekit']:.1e}")
+    print()
+    result = {
+        "date": started.isoformat(timespec="seconds"),
+        "machine": {"cpu": cpu_name(), "usable_cores": available_cores(), "torch_threads": plan.threads,
+                    "platform": platform.platform(), "load_average_before": load_before,
+                    "load_average_after": load_average()},
+        "settings": {"model": DEFAULT_MODEL_DESCRIPTION, "site": site, "n_layers": n_layers,
+                     "context_length": plan.context_length,
+                     "model_batch_contexts": plan.config.model_batch_contexts,
+                     "contexts_per_chunk": plan.config.contexts_per_chunk,
+                     "tokens_per_generation_repeat": plan.tokens_per_repeat, "steps": plan.steps,
+                     "warmup_steps": plan.warmup_steps, "repeats": plan.repeats,
+                     "batch_size": plan.config.batch_size, "k": plan.config.k,
+                     "expansion_factor": plan.config.expansion_factor},
+        "versions": {"saekit": package_version("saekit"), "torch": torch.__version__,
+                     "transformers": package_version("transformers"), "python": platform.python_version(),
+                     "saelens_venv": saelens_env},
+        "model_load_seconds": load_seconds,
+        "comparison": rows,
+        "saekit": saekit,
+        "saelens": saelens,
+    }
+    output = args.output or RESULTS_DIR / f"throughput-{started.date().isoformat()}.json"
+    write_json(output, result)
+    log(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
