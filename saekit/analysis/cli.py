@@ -11,31 +11,13 @@ from pathlib import Path
 
 from saekit.analysis.analyze import AnalysisConfig, analyze_run
 from saekit.analysis.store import ANALYSIS_DIR, store_exists
+from saekit.argtypes import latent_count, positive_int
 from saekit.dictionaries.registry import load_dictionary
 from saekit.errors import SaekitError
 from saekit.models.loading import LoadedModel
 from saekit.training.run import DICTIONARY_DIR
 
 DASHBOARD_DIR = "dashboard"
-
-
-def _latents(text: str) -> int | None:
-    if text.lower() == "all":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'all' or a number of latents, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"the number of latents must be at least 1, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def build_run_dashboard(run_dir: Path, out: Path | None = None, max_latents: int | None = None,
@@ -79,24 +61,24 @@ def add_analysis_parsers(subparsers: argparse._SubParsersAction) -> None:
     analyze = subparsers.add_parser("analyze", help="per-latent statistics, decoder geometry, logit weights and "
                                                     "example contexts of a trained run (writes RUN_DIR/analysis)")
     analyze.add_argument("run_dir", type=Path)
-    analyze.add_argument("--tokens", type=_positive, default=defaults.tokens,
+    analyze.add_argument("--tokens", type=positive_int, default=defaults.tokens,
                          help=f"held-out tokens to stream through the model (default {defaults.tokens})")
-    analyze.add_argument("--latents", type=_latents, default=None, metavar="all|N",
+    analyze.add_argument("--latents", type=latent_count, default=None, metavar="all|N",
                          help="analyse all latents (default) or the first N")
-    analyze.add_argument("--batch-contexts", type=_positive, default=defaults.batch_contexts)
+    analyze.add_argument("--batch-contexts", type=positive_int, default=defaults.batch_contexts)
     analyze.set_defaults(handler=_analyze)
 
     dashboard = subparsers.add_parser("dashboard", help="build a static HTML dashboard from RUN_DIR/analysis "
                                                         "(runs analyze first if it is missing)")
     dashboard.add_argument("run_dir", type=Path)
     dashboard.add_argument("--out", type=Path, default=None, help="output directory (default RUN_DIR/dashboard)")
-    dashboard.add_argument("--max-latents", type=_positive, default=None,
+    dashboard.add_argument("--max-latents", type=positive_int, default=None,
                            help="feature pages for the first N analysed latents (default all; the index lists all)")
     dashboard.add_argument("--no-neuronpedia", action="store_true",
                            help="skip the Neuronpedia-shaped per-feature JSON (neuronpedia/<id>.json)")
-    dashboard.add_argument("--tokens", type=_positive, default=defaults.tokens,
+    dashboard.add_argument("--tokens", type=positive_int, default=defaults.tokens,
                            help="tokens for the analysis, if it must be run")
-    dashboard.add_argument("--latents", type=_latents, default=None, metavar="all|N",
+    dashboard.add_argument("--latents", type=latent_count, default=None, metavar="all|N",
                            help="latents for the analysis, if it must be run")
     dashboard.set_defaults(handler=_dashboard)
 

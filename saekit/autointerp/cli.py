@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from saekit.argtypes import latent_count, non_negative_float, positive_int
 from saekit.autointerp.backends import BackendChoice, LocalConfig, OpenAIConfig
 
 if TYPE_CHECKING:
@@ -17,38 +18,6 @@ if TYPE_CHECKING:
 
 DEFAULT_LATENTS = 20  # AutointerpConfig.latents (a test keeps them equal)
 DEFAULT_ANALYSIS_TOKENS = 32_768  # ControlConfig.analysis_tokens
-
-
-def _latents(text: str) -> int | None:
-    if text.lower() == "all":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'all' or a number of latents, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"the number of latents must be at least 1, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
 
 
 def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
@@ -62,15 +31,15 @@ def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
                              f"openai: model name (default {OpenAIConfig.model})")
     parser.add_argument("--api-key-env", default="OPENAI_API_KEY",
                         help="NAME of the environment variable holding the API key ('none': no key)")
-    parser.add_argument("--latents", type=_latents, default=DEFAULT_LATENTS, metavar="all|N",
+    parser.add_argument("--latents", type=latent_count, default=DEFAULT_LATENTS, metavar="all|N",
                         help=f"explain the first N explainable latents (default {DEFAULT_LATENTS})")
-    parser.add_argument("--concurrency", type=_positive, default=OpenAIConfig.concurrency,
+    parser.add_argument("--concurrency", type=positive_int, default=OpenAIConfig.concurrency,
                         help="requests in flight at once (openai backend)")
-    parser.add_argument("--max-cost", type=_non_negative, default=None, metavar="USD",
+    parser.add_argument("--max-cost", type=non_negative_float, default=None, metavar="USD",
                         help="stop sending requests before the estimated spend passes this")
-    parser.add_argument("--input-price", type=_non_negative, default=0.0, metavar="USD",
+    parser.add_argument("--input-price", type=non_negative_float, default=0.0, metavar="USD",
                         help="price per million prompt tokens, for cost accounting")
-    parser.add_argument("--output-price", type=_non_negative, default=0.0, metavar="USD",
+    parser.add_argument("--output-price", type=non_negative_float, default=0.0, metavar="USD",
                         help="price per million completion tokens")
     parser.add_argument("--top-logprobs", type=int, default=20, choices=range(0, 21), metavar="0-20",
                         help="answer-token alternatives to request (0 if the endpoint has no logprobs; no AUROC)")
@@ -148,6 +117,6 @@ def add_autointerp_parsers(subparsers: argparse._SubParsersAction) -> None:
     control = subparsers.add_parser("control", help="randomized-weights control: train the run's recipe on a "
                                                     "re-initialised model, explain and score both, side by side")
     _add_backend_flags(control)
-    control.add_argument("--analysis-tokens", type=_positive, default=DEFAULT_ANALYSIS_TOKENS,
+    control.add_argument("--analysis-tokens", type=positive_int, default=DEFAULT_ANALYSIS_TOKENS,
                          help="tokens streamed to analyse each run (when an analysis is missing)")
     control.set_defaults(handler=run_control)

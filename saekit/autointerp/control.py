@@ -6,7 +6,8 @@ features are the usual culprit). :func:`randomized_control` trains the run's rec
 randomized model (name ``NAME-randomized``, its own activation cache directory, because the cache
 key does not record the randomization), analyses it with that model, explains and scores both
 runs with the same backend, and writes the side-by-side ``RUN_DIR/autointerp/control.md`` (and
-``control.json``).
+``control.json``). Both are analysed over the same number of tokens: the real run's existing analysis
+sets it (else ``analysis_tokens``).
 """
 
 from __future__ import annotations
@@ -125,6 +126,15 @@ def comparison_markdown(rows: dict[str, Any], real_model: str, control_dir: Path
     return "\n".join(lines)
 
 
+def _analysis_tokens(real_analysis: Path, config: ControlConfig) -> int:
+    """Tokens to analyse the control with: as many as the real run's existing analysis used (equal terms)."""
+    from saekit.analysis.store import MANIFEST, store_exists
+
+    if store_exists(real_analysis):
+        return int(read_json(real_analysis / MANIFEST, "analysis manifest")["config"]["tokens"])
+    return config.analysis_tokens
+
+
 def randomized_control(run_dir: str | Path, config: ControlConfig | None = None, backend: Backend | None = None,
                        explainer_model: LoadedModel | None = None, subject: LoadedModel | None = None) -> Path:
     """Train, analyse, explain and score the control; score the real run too; write the comparison.
@@ -140,7 +150,7 @@ def randomized_control(run_dir: str | Path, config: ControlConfig | None = None,
     config = config or ControlConfig()
     run_dir = Path(run_dir)
     real = load_run_config(run_dir)
-    analysis = AnalysisConfig(tokens=config.analysis_tokens, progress=config.progress)
+    analysis = AnalysisConfig(tokens=_analysis_tokens(run_dir / ANALYSIS_DIR, config), progress=config.progress)
     randomized = load_model(real.model, device=real.device, randomize_weights=True, seed=config.randomization_seed)
     control_dir = train_control(run_dir, config, randomized)
     if not store_exists(control_dir / ANALYSIS_DIR):

@@ -66,7 +66,8 @@ def side_by_side(
 
 def generations_markdown(rows: list[SideBySide]) -> str:
     def cell(text: str) -> str:
-        return escape(text).replace("|", "&#124;").replace("\n", " ⏎ ")
+        # Markup in a sample stays text; quotes need no escaping outside attributes and read better raw.
+        return escape(text, quote=False).replace("|", "&#124;").replace("\n", " ⏎ ")
     lines = ["| prompt | clean model | dictionary spliced in |", "|---|---|---|"]
     lines += [f"| {cell(r.prompt)} | {cell(r.clean)} | {cell(r.spliced)} |" for r in rows]
     return "\n".join(lines)

@@ -51,6 +51,8 @@ def test_randomized_control_end_to_end(tmp_path, tiny_model_dir, tiny_loaded, ti
     assert (twin / "dictionary").is_dir() and (twin / "analysis" / "analysis.json").is_file()
     assert json.loads((twin / "control.json").read_text())["randomized_weights"] is True
     assert (tmp_path / "cache-randomized").is_dir()  # the control's activations never share the real cache
+    analysed = [json.loads((d / "analysis" / "analysis.json").read_text())["config"]["tokens"] for d in (run, twin)]
+    assert analysed == [300, 300]
     assert (twin / "autointerp" / "scores.json").is_file() and (run / "autointerp" / "scores.json").is_file()
     text = report.read_text()
     assert "randomized: LLM" in text and "| detection balanced accuracy | 0.5 |" in text
@@ -62,6 +64,13 @@ def test_randomized_control_end_to_end(tmp_path, tiny_model_dir, tiny_loaded, ti
     again = FakeBackend()
     randomized_control(run, control, backend=again, subject=tiny_loaded)
     assert again.calls == []
+
+
+def test_control_is_analysed_like_the_real_run(tiny_run, tmp_path):
+    from saekit.autointerp.control import _analysis_tokens
+
+    assert _analysis_tokens(tiny_run / "analysis", ControlConfig(analysis_tokens=300)) == 600  # the fixture's
+    assert _analysis_tokens(tmp_path / "no-analysis", ControlConfig(analysis_tokens=300)) == 300
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,0 +1,36 @@
+"""Argument types shared by the subcommands' parsers: each rejects bad input with a message naming it."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _number(text: str, kind: type, what: str) -> int | float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = int(_number(text, int, "a positive number"))
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(_number(text, float, "a number"))
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def latent_count(text: str) -> int | None:
+    """'all' (None) or a number of latents >= 1."""
+    if text.lower() == "all":
+        return None
+    value = int(_number(text, int, "'all' or a number of latents"))
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"the number of latents must be at least 1, got {value}")
+    return value
