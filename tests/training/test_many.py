@@ -112,3 +112,23 @@ def test_density_snapshots_are_written_per_checkpoint(tiny_loaded, tiny_model_di
     snapshots = [json.loads(line) for line in (run_dir / DENSITY_FILE).read_text().splitlines()]
     assert [s["step"] for s in snapshots] == [4, 8]
     assert sum(snapshots[-1]["log10_density_histogram"]["counts"]) == 128
+
+
+def test_resampling_resets_architecture_parameters_and_their_adam_moments():
+    torch.manual_seed(0)
+    data = _dead_prone_data()
+    dictionary = build_dictionary(DictionaryConfig("jumprelu", 16, 128))
+    trainer = DictionaryTrainer(dictionary, OptimConfig(lr=3e-3, warmup_steps=1), total_steps=20)
+    for step in range(5):
+        trainer.train_step(data[step * 256:(step + 1) * 256])
+    moments = trainer.optimizer.state[dictionary.log_threshold]
+    assert moments["exp_avg"].abs().sum() > 0  # the thresholds have been learning
+    chosen = torch.zeros(128, dtype=torch.bool)
+    chosen[:10] = True
+    dictionary.log_threshold.data[:10] = 5.0  # far off: a reset must bring them back among the others
+    with torch.no_grad():
+        trainer._reinitialise(chosen, data[:10], data[10:20])
+    others = dictionary.log_threshold[10:].detach()
+    assert torch.allclose(dictionary.log_threshold[:10].detach(), others.median().expand(10))
+    for moment in ("exp_avg", "exp_avg_sq"):
+        assert moments[moment][:10].abs().sum() == 0 and moments[moment][10:].abs().sum() > 0
