@@ -55,6 +55,8 @@ class ChatModel:
         # Unembed only the last position of the prompt when the model allows it (a fifth of the compute).
         parameters = inspect.signature(self.model.forward).parameters
         self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+        # The KV cache's keyword (and output field): ``cache`` in transformers 5, ``past_key_values`` before.
+        self._cache_name = "cache" if "cache" in parameters else "past_key_values"
 
     @property
     def has_chat_template(self) -> bool:
@@ -106,7 +108,7 @@ class ChatModel:
                     break
                 generated.append(token_id)
                 if step + 1 < max_tokens:
-                    out = self.model(input_ids=torch.tensor([[token_id]], device=device),
-                                     past_key_values=out.past_key_values, use_cache=True)
+                    cache = {self._cache_name: getattr(out, self._cache_name)}
+                    out = self.model(input_ids=torch.tensor([[token_id]], device=device), use_cache=True, **cache)
         text = self.tokenizer.decode(generated, skip_special_tokens=True)
         return Generation(text, positions, len(prompt), len(positions), finish)
