@@ -71,6 +71,10 @@ def render_report(metrics: dict[str, Any]) -> str:
         lines += [format_report_markdown(compute), ""]
     if "alone" in metrics:
         lines += _alone_lines(metrics)
+    if len(metrics["reconstruction"]) > 1:
+        lines += ["In the joint splice each dictionary reads the activations of the model with the dictionaries "
+                  "upstream of it already spliced in, so the reconstruction figures below are measured there and "
+                  "differ from each dictionary alone (the FVU column above).", ""]
     for site, rec in metrics["reconstruction"].items():
         lines += _reconstruction_lines(site, rec)
     if "token_damage" in metrics:

@@ -81,9 +81,14 @@ def test_joint_evaluation_and_summary(tiny_run, tiny_loaded, tiny_model_dir, tmp
     assert len(metrics["alone"]) == 2
     alone_deltas = [a["losses"]["delta_ce_spliced"]["mean"] for a in metrics["alone"].values()]
     assert metrics["losses"]["contexts"] == next(iter(metrics["alone"].values()))["losses"]["contexts"]
-    assert "jointly" in (tmp_path / "joint" / "report.md").read_text()
+    report = (tmp_path / "joint" / "report.md").read_text()
+    assert "jointly" in report and "upstream of it already spliced in" in report
+    # The most upstream dictionary reads clean activations in the joint splice too: same FVU as alone.
+    alone0 = metrics["alone"][str(run0)]["reconstruction"]["blocks.0.resid_post"]["fvu"]
+    assert metrics["reconstruction"]["blocks.0.resid_post"]["fvu"] == pytest.approx(alone0, rel=1e-5)
     assert all(isinstance(d, float) for d in alone_deltas)
-    evaluate_run(run0, loaded=tiny_loaded, generations=0)
+    for run in (run0, tiny_run):  # the summary reads each run's own metrics.json
+        evaluate_run(run, loaded=tiny_loaded, generations=0)
     summary = summarize([run0, tiny_run], tmp_path / "summary")
     assert [r["layer"] for r in summary["runs"]] == [0, 1]
     assert (tmp_path / "summary" / "pareto.png").stat().st_size > 1000
