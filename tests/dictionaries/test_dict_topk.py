@@ -116,3 +116,28 @@ def test_batchtopk_eval_before_training_falls_back_to_per_token_topk(make_dictio
     dictionary = make_dictionary("batchtopk", k=4).eval()
     latents = dictionary(torch.randn(8, 16)).latents
     assert ((latents > 0).sum(-1) <= 4).all()
+
+
+def test_batchtopk_inference_threshold_matches_the_training_sparsity_after_a_short_run(make_dictionary):
+    """The threshold must track the end of training, not its start (a slow average kept L0 far above k)."""
+    from saekit.training.schedule import OptimConfig
+    from saekit.training.trainer import DictionaryTrainer
+
+    generator = torch.Generator().manual_seed(0)
+    features = torch.nn.functional.normalize(torch.randn(64, 16, generator=generator), dim=-1)
+    codes = torch.rand(100 * 256, 64, generator=generator) * (torch.rand(100 * 256, 64, generator=generator) < 0.05)
+    data = codes @ features
+    data = data / data.pow(2).sum(-1).mean().sqrt()
+    dictionary = make_dictionary("batchtopk", d_in=16, width=128, k=4)
+    trainer = DictionaryTrainer(dictionary, OptimConfig(lr=3e-3), total_steps=99)
+    for step in range(99):
+        trainer.train_step(data[step * 256:(step + 1) * 256])
+    held = data[-256:]
+    with torch.no_grad():
+        batch_fvu = (dictionary(held).reconstruction - held).pow(2).sum() / (held - held.mean(0)).pow(2).sum()
+        dictionary.eval()
+        output = dictionary(held)
+    l0 = (output.latents > 0).float().sum(-1).mean()
+    fvu = (output.reconstruction - held).pow(2).sum() / (held - held.mean(0)).pow(2).sum()
+    assert 3.0 <= l0 <= 5.5, l0
+    assert fvu <= batch_fvu + 0.05, (fvu, batch_fvu)
