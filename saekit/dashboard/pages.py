@@ -211,19 +211,19 @@ def _interpretation_section(interpretation: dict[str, Any] | None) -> str:
     """The latent's explanations and their scores (balanced accuracy and AUROC; chance 0.5 for both)."""
     if interpretation is None:
         return ""
-    labels = {"llm": "LLM explainer", "baseline": "no-LLM baseline"}
-    scorers = ("detection", "fuzzing", "embedding")
-    headers = ["explainer", "explanation"] + [f"{scorer} {metric}" for scorer in scorers
-                                              for metric in ("bal. acc.", "AUROC")]
+    explainers = {"llm": ("LLM explainer", "explanation"), "baseline": ("no-LLM baseline", "baseline")}
+    # The embedding scorer has no decision threshold, hence AUROC only.
+    columns = [("detection", "balanced_accuracy"), ("detection", "auroc"), ("fuzzing", "balanced_accuracy"),
+               ("fuzzing", "auroc"), ("embedding", "auroc")]
+    labels_of = {"balanced_accuracy": "bal. acc.", "auroc": "AUROC"}
+    headers = ["explainer", "explanation"] + [f"{scorer} {labels_of[metric]}" for scorer, metric in columns]
     rows = []
-    for explainer, label in labels.items():
+    for explainer, (label, text_key) in explainers.items():
         by_scorer = interpretation["scores"].get(explainer)
         if by_scorer is None:
             continue
-        cells = [fmt((by_scorer.get(scorer) or {}).get(metric))
-                 for scorer in scorers for metric in ("balanced_accuracy", "auroc")]
-        rows.append([esc(label), esc(interpretation.get("explanation" if explainer == "llm" else explainer) or
-                                    "\u2013"), *cells])
+        cells = [fmt((by_scorer.get(scorer) or {}).get(metric)) for scorer, metric in columns]
+        rows.append([esc(label), esc(interpretation.get(text_key) or "\u2013"), *cells])
     intruder = interpretation.get("intruder")
     intruder_line = (f"Intruder test accuracy {fmt(intruder['accuracy'])} (chance {fmt(intruder['chance'])}, "
                      f"{intruder['n']} trials). " if intruder else "")
