@@ -79,8 +79,6 @@ def run_explain(args: argparse.Namespace) -> int:
     from saekit.autointerp.pipeline import REPORT, run_autointerp
 
     config = config_from_args(args)
-    if config.backend.kind == "openai":
-        config.backend.openai.validate()
     if not store_exists(args.run_dir / ANALYSIS_DIR):
         print(f"no analysis in {args.run_dir}; running `saekit analyze` first")
         analyze_run(args.run_dir)
@@ -99,8 +97,6 @@ def run_control(args: argparse.Namespace) -> int:
     from saekit.autointerp.control import ControlConfig, randomized_control
 
     config = config_from_args(args)
-    if config.backend.kind == "openai":
-        config.backend.openai.validate()
     report = randomized_control(args.run_dir, ControlConfig(analysis_tokens=args.analysis_tokens, autointerp=config))
     print(report.read_text())
     print(f"report: {report}")

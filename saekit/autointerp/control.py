@@ -4,10 +4,10 @@ An SAE trained on a transformer with random weights should be much less interpre
 automated scores barely differ from the real run's, the scorer is being fooled (single-token
 features are the usual culprit). :func:`randomized_control` trains the run's recipe on the
 randomized model (name ``NAME-randomized``, its own activation cache directory, because the cache
-key does not record the randomization), analyses it with that model, explains and scores both
-runs with the same backend, and writes the side-by-side ``RUN_DIR/autointerp/control.md`` (and
-``control.json``). Both are analysed over the same number of tokens: the real run's existing analysis
-sets it (else ``analysis_tokens``).
+key comes from the run's TrainConfig, which does not record the randomization), analyses it with
+that model, explains and scores both runs with the same backend, and writes the side-by-side
+``RUN_DIR/autointerp/control.md`` (and ``control.json``). Both are analysed over the same number of
+tokens: the real run's existing analysis sets it (else ``analysis_tokens``).
 """
 
 from __future__ import annotations

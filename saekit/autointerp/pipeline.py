@@ -68,6 +68,8 @@ class AutointerpConfig:
         if self.latents is not None and self.latents < 1:
             raise SaekitError(f"the number of latents must be at least 1, got {self.latents}")
         self.split.validate()
+        if self.backend.kind == "openai":  # before any model loads: a bad URL or missing key fails at once
+            self.backend.openai.validate()
         return self
 
     def public(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from saekit.autointerp.pipeline import AutointerpConfig
 from saekit.autointerp.scorers import ScoringConfig
 from saekit.dictionaries.base import DictionaryConfig
 from saekit.dictionaries.registry import build_dictionary, save_dictionary
+from saekit.errors import SaekitError
 from saekit.io import write_json
 from saekit.training.config import TrainConfig
 
@@ -98,6 +99,11 @@ def test_parsers_and_config(monkeypatch):
     assert openai.model == "llama" and openai.api_key_env is None and openai.concurrency == 3
     assert openai.max_cost_usd == 0.5 and config.latents is None and config.split.negatives == "neighbours"
     assert config.scoring.top_logprobs == 0 and callable(args.handler)
+    monkeypatch.delenv("SAEKIT_NO_SUCH_KEY", raising=False)
+    missing_key = _parser().parse_args(["explain", "runs/x", "--backend", "openai", "--api-key-env",
+                                        "SAEKIT_NO_SUCH_KEY"])
+    with pytest.raises(SaekitError, match="SAEKIT_NO_SUCH_KEY"):  # refused before any model loads
+        config_from_args(missing_key)
     control = _parser().parse_args(["control", "runs/x", "--latents", "5", "--analysis-tokens", "1000"])
     assert control.analysis_tokens == 1000 and control.latents == 5
     for bad in (["explain", "r", "--latents", "0"], ["explain", "r", "--backend", "claude"],
