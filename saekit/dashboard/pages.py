@@ -45,9 +45,7 @@ class DashboardConfig:
 Interpretations = dict[int, dict[str, Any]]  # latent -> autointerp.pipeline.scores_for_dashboard's value
 
 
-def _balanced_accuracy(interpretation: dict[str, Any] | None, explainer: str, scorer: str) -> float | None:
-    if interpretation is None:
-        return None
+def _balanced_accuracy(interpretation: dict[str, Any], explainer: str, scorer: str) -> float | None:
     return ((interpretation["scores"].get(explainer) or {}).get(scorer) or {}).get("balanced_accuracy")
 
 
