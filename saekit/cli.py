@@ -14,6 +14,9 @@ from saekit.training.config import TrainConfig
 Handler = Callable[[argparse.Namespace], int]
 
 
+MATCH_L0_HELP = "compare architectures at this L0 (default: the TopK runs' median L0, else all runs')"
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     """Every TrainConfig field as an optional --flag (overrides the config file)."""
     for spec in fields(TrainConfig):
@@ -84,7 +87,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     widths = [int(w) for w in args.widths.split(",")] if args.widths else [None]
-    summary = run_sweep(config, args.grid, widths, args.runs_dir, resume=args.resume)
+    summary = run_sweep(config, args.grid, widths, args.runs_dir, resume=args.resume, match_l0=args.match_l0)
     out = Path(args.runs_dir) / config.name
     print(f"sweep of {len(summary['runs'])} dictionaries: {out / 'summary.md'}, {out / 'pareto.png'}")
     return 0
@@ -124,7 +127,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from saekit.evaluation.summary import summarize
 
-    summary = summarize(args.run_dirs, args.out)
+    summary = summarize(args.run_dirs, args.out, args.match_l0)
     print(f"summary of {len(summary['runs'])} runs: {args.out / 'summary.md'} and {args.out / 'summary.html'}")
     return 0
 
@@ -153,11 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="train a grid of architectures x sparsity x widths in one pass; compare")
     sweep.add_argument("--grid", required=True,
-                       help="e.g. 'topk:k=16,32;batchtopk:k=16,32;jumprelu:l0_coefficient=0.001;relu:l1_coefficient=2'")
+                       help="e.g. 'topk:k=16,32;jumprelu:l0_coefficient=0.0015;relu:l1_coefficient=0.1,0.15'")
     sweep.add_argument("--widths", help="comma-separated dictionary widths (default: the config's)")
     sweep.add_argument("--config", help="JSON file of TrainConfig fields shared by the grid")
     sweep.add_argument("--runs-dir", default="runs")
     sweep.add_argument("--resume", action="store_true")
+    sweep.add_argument("--match-l0", type=float, default=None, help=MATCH_L0_HELP)
     _add_config_flags(sweep)
     sweep.set_defaults(handler=_sweep)
 
@@ -179,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="compare evaluated runs: markdown + HTML with plots")
     report.add_argument("run_dirs", type=Path, nargs="+")
     report.add_argument("--out", type=Path, default=Path("runs/summary"))
+    report.add_argument("--match-l0", type=float, default=None, help=MATCH_L0_HELP)
     report.set_defaults(handler=_report)
 
     quick = sub.add_parser("quickstart", help="train and evaluate a TopK SAE on the default model (~10 min, CPU)")

@@ -53,7 +53,7 @@ class DictionaryConfig:
     width: int
     d_out: int | None = None  # None: an SAE reconstructing its own input; set (even = d_in): a transcoder
     k: int = 32  # TopK family: active latents per token
-    l1_coefficient: float = 5.0  # ReLU family: weight of the decoder-norm-weighted L1 penalty
+    l1_coefficient: float = 0.1  # ReLU family: weight of the decoder-norm-weighted L1 (see TrainConfig)
     extra: dict[str, Any] = field(default_factory=dict)  # architecture-specific settings
 
     @property

@@ -58,7 +58,8 @@ def load_splice_target(run_dir: Path, loaded: LoadedModel, device: str = "cpu") 
     mean = stats.get(f"mean.{write_site.name}")
     if mean is None:
         raise SaekitError(f"{run_dir / STATS_FILE} has no mean for {write_site}; the run is incomplete")
-    return SpliceTarget(dictionary.eval().requires_grad_(False), read_site, write_site, mean.to(device))
+    return SpliceTarget(dictionary.eval().requires_grad_(False), read_site, write_site, mean.to(device),
+                        load_run_config(run_dir).outlier_norm_factor)
 
 
 def _batches(contexts: Tensor, batch_size: int, desc: str) -> Iterator[Tensor]:

@@ -7,8 +7,16 @@ Formulas (sums over evaluated tokens t and dimensions j; x_t the target, x̂_t t
     fvu           = Σ_t ||x_t - x̂_t||² / Σ_t ||x_t - μ||²      (fraction of variance unexplained)
     explained_variance = 1 - fvu
 
-``legacy_fvu`` (flag) is the older per-token form: mean over tokens of ||x_t - x̂_t||² / ||x_t - μ||²,
-which over-weights tokens near the mean and is kept only for comparison with other tools.
+``fvu`` counts every spliced token. ``fvu_without_outliers`` applies the training rule instead: it
+leaves out tokens whose target norm exceeds ``outlier_norm_factor`` x the median norm of the
+evaluated tokens, and takes μ over the rest. The two can disagree completely: in SmolLM2-135M's
+residual stream about 0.1% of tokens have norms 100x the median and carry about 95% of
+Σ_t ||x_t - μ||², so ``fvu`` measures little but how well a dictionary copes with them.
+``outlier_variance_share`` says how much of the denominator they hold.
+
+``legacy_fvu_per_token_mean`` is the older per-token form: mean over tokens of
+||x_t - x̂_t||² / ||x_t - μ||², which over-weights tokens near the mean and is kept only for
+comparison with other tools.
 """
 
 from __future__ import annotations
@@ -24,51 +32,64 @@ L0_HISTOGRAM_EDGES = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 1 <<
 class ReconstructionMetrics:
     """Accumulates over batches; the result does not depend on how tokens are batched."""
 
-    def __init__(self, width: int, dense_threshold: float = 0.1) -> None:
+    def __init__(self, width: int, dense_threshold: float = 0.1, outlier_norm_factor: float | None = 10.0) -> None:
         self.width = width
         self.dense_threshold = dense_threshold
-        self.tokens = 0
-        self.squared_error = 0.0
-        self.legacy_ratio_sum = 0.0
-        self.target_sum: Tensor | None = None
-        self.target_squared_norm = 0.0
+        self.outlier_norm_factor = outlier_norm_factor
         self.fire_counts = torch.zeros(width, dtype=torch.long)
         self.l0_values: list[Tensor] = []
-        self._targets_for_legacy: list[tuple[Tensor, Tensor]] = []
+        # Per-token errors and targets: the outlier rule and the legacy form need statistics over
+        # all evaluated tokens (the median norm, the mean), known only at the end.
+        self.errors: list[Tensor] = []
+        self.targets: list[Tensor] = []
+
+    @property
+    def tokens(self) -> int:
+        return sum(e.numel() for e in self.errors)
 
     @torch.no_grad()
     def update(self, target: Tensor, reconstruction: Tensor, latents: Tensor) -> None:
         target = target.reshape(-1, target.shape[-1]).double()
         reconstruction = reconstruction.reshape(-1, reconstruction.shape[-1]).double()
         latents = latents.reshape(-1, latents.shape[-1])
-        error = (target - reconstruction).pow(2).sum(-1)
-        self.tokens += target.shape[0]
-        self.squared_error += error.sum().item()
-        self.target_sum = target.sum(0) if self.target_sum is None else self.target_sum + target.sum(0)
-        self.target_squared_norm += target.pow(2).sum().item()
+        self.errors.append((target - reconstruction).pow(2).sum(-1).cpu())
+        self.targets.append(target.cpu())
         active = latents != 0
         self.fire_counts += active.sum(0).cpu()
         self.l0_values.append(active.sum(-1).cpu())
-        # The legacy form needs the final mean, so keep (error, target) pairs; both are small per token.
-        self._targets_for_legacy.append((error.cpu(), target.cpu()))
+
+    def outlier_mask(self, target: Tensor) -> Tensor:
+        """[tokens] True where the target's norm exceeds the factor x the median norm (the training rule)."""
+        norms = target.norm(dim=-1)
+        if self.outlier_norm_factor is None:
+            return torch.zeros_like(norms, dtype=torch.bool)
+        return norms > self.outlier_norm_factor * norms.median()
 
     def result(self) -> dict[str, Any]:
-        assert self.target_sum is not None, "no tokens were evaluated"
-        mean = self.target_sum / self.tokens
-        total_variance = self.target_squared_norm - self.tokens * mean.pow(2).sum().item()
-        fvu = self.squared_error / total_variance
-        legacy = torch.cat([err / (tgt - mean.cpu()).pow(2).sum(-1) for err, tgt in self._targets_for_legacy])
+        assert self.errors, "no tokens were evaluated"
+        error, target = torch.cat(self.errors), torch.cat(self.targets)
+        deviation = (target - target.mean(0)).pow(2).sum(-1)
+        outlier = self.outlier_mask(target)
+        inlier_target = target[~outlier]
+        inlier_deviation = (inlier_target - inlier_target.mean(0)).pow(2).sum(-1)
+        fvu = (error.sum() / deviation.sum()).item()
         l0 = torch.cat(self.l0_values).float()
         density = self.fire_counts.double() / self.tokens
         histogram = torch.histogram(l0, torch.tensor(L0_HISTOGRAM_EDGES, dtype=torch.float))[0]
         return {
             "tokens": self.tokens,
-            "mse_per_token": self.squared_error / self.tokens,
-            "mse_per_element": self.squared_error / self.tokens / mean.numel(),
+            "mse_per_token": error.mean().item(),
+            "mse_per_element": error.mean().item() / target.shape[-1],
             "fvu": fvu,
             "explained_variance": 1 - fvu,
-            "legacy_fvu_per_token_mean": legacy.mean().item(),
-            "fvu_formula": "sum_t ||x_t - xhat_t||^2 / sum_t ||x_t - mean||^2 (mean per dimension over eval tokens)",
+            "fvu_without_outliers": (error[~outlier].sum() / inlier_deviation.sum()).item(),
+            "outlier_norm_factor": self.outlier_norm_factor,
+            "outlier_token_fraction": outlier.double().mean().item(),
+            "outlier_variance_share": (deviation[outlier].sum() / deviation.sum()).item(),
+            "outlier_error_share": (error[outlier].sum() / error.sum().clamp_min(1e-300)).item(),
+            "legacy_fvu_per_token_mean": (error / deviation).mean().item(),
+            "fvu_formula": "sum_t ||x_t - xhat_t||^2 / sum_t ||x_t - mean||^2 (mean per dimension over eval tokens); "
+                           "fvu_without_outliers: the same over tokens with norm <= factor x median norm",
             "l0_mean": l0.mean().item(),
             "l0_percentiles": {str(q): torch.quantile(l0, q / 100).item() for q in (5, 25, 50, 75, 95)},
             "l0_histogram": {"edges": list(L0_HISTOGRAM_EDGES[:-1]), "counts": histogram.long().tolist()},

@@ -27,6 +27,16 @@ def _loss_table(losses: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _outlier_lines(rec: dict[str, Any]) -> list[str]:
+    if rec.get("outlier_norm_factor") is None:  # no outlier rule, or metrics written before the split
+        return []
+    return [f"- FVU without outlier-norm tokens (norm > {rec['outlier_norm_factor']}x the median, the training "
+            f"rule): **{rec['fvu_without_outliers']:.4f}**. Those tokens are {rec['outlier_token_fraction']:.2%} "
+            f"of the evaluated tokens but hold {rec['outlier_variance_share']:.1%} of the variance and "
+            f"{rec['outlier_error_share']:.1%} of the squared error; where the share is large, the all-token "
+            "FVU above mostly measures them."]
+
+
 def _reconstruction_lines(site: str, rec: dict[str, Any]) -> list[str]:
     p = rec["l0_percentiles"]
     return [
@@ -35,6 +45,7 @@ def _reconstruction_lines(site: str, rec: dict[str, Any]) -> list[str]:
         f"- Fraction of variance unexplained (FVU): **{rec['fvu']:.4f}** "
         f"(explained variance {rec['explained_variance']:.4f}); formula: {rec['fvu_formula']}. "
         f"Legacy per-token-mean form: {rec['legacy_fvu_per_token_mean']:.4f}.",
+        *_outlier_lines(rec),
         f"- MSE per token (sum over dimensions): {rec['mse_per_token']:.4f}; per element: {rec['mse_per_element']:.6f}",
         f"- L0: mean {rec['l0_mean']:.2f}; 5/50/95th percentiles {p['5']:.0f} / {p['50']:.0f} / {p['95']:.0f}",
         f"- Dead latents (never fired on these tokens): {rec['dead_fraction']:.2%}; dense latents "

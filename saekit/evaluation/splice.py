@@ -54,10 +54,12 @@ class SpliceTarget:
     read_site: Site
     write_site: Site
     mean_activation: Tensor  # training mean at write_site, for mean-ablation
+    outlier_norm_factor: float | None = 10.0  # the run's training rule, for FVU without outliers
     metrics: ReconstructionMetrics = field(init=False)
 
     def __post_init__(self) -> None:
-        self.metrics = ReconstructionMetrics(self.dictionary.config.width)
+        self.metrics = ReconstructionMetrics(self.dictionary.config.width,
+                                             outlier_norm_factor=self.outlier_norm_factor)
 
     def reconstruct(self, x: Tensor) -> Tensor:
         output = self.dictionary(x.float())

@@ -76,8 +76,12 @@ def grid_configs(base: TrainConfig, grid: list[tuple[str, dict[str, Any]]],
 
 
 def run_sweep(base: TrainConfig, grid: str, widths: list[int | None], runs_dir: str | Path = "runs",
-              resume: bool = False, loaded: LoadedModel | None = None) -> dict[str, Any]:
-    """Train the grid in one pass, evaluate every point, write the sweep table and Pareto plots."""
+              resume: bool = False, loaded: LoadedModel | None = None,
+              match_l0: float | None = None) -> dict[str, Any]:
+    """Train the grid in one pass, evaluate every point, write the sweep table and Pareto plots.
+
+    ``match_l0`` is the L0 at which the summary compares architectures (see ``matched_l0``).
+    """
     configs = grid_configs(base, parse_grid(grid), widths)
     loaded = loaded or load_model(base.model, device=base.device)
     run_dirs = train_many(configs, runs_dir, resume=resume, loaded=loaded)
@@ -86,6 +90,6 @@ def run_sweep(base: TrainConfig, grid: str, widths: list[int | None], runs_dir: 
         write_json(run_dir / "metrics.json", metrics)
         write_text(run_dir / "report.md", render_report(metrics))
     out_dir = Path(runs_dir) / base.name
-    summary = summarize(run_dirs, out_dir)
+    summary = summarize(run_dirs, out_dir, match_l0)
     write_json(out_dir / "sweep.json", {"base": base.to_dict(), "grid": grid, "widths": widths, **summary})
     return summary

@@ -39,3 +39,36 @@ def test_metrics_do_not_depend_on_batch_size():
     whole, small, odd = _metrics(300), _metrics(7), _metrics(64)
     for key in ("fvu", "mse_per_token", "legacy_fvu_per_token_mean", "l0_mean", "dead_fraction"):
         assert abs(whole[key] - small[key]) < 1e-9 and abs(whole[key] - odd[key]) < 1e-9, key
+
+
+def _with_outliers():
+    """Mostly ordinary tokens plus a few with 100x the norm, as SmolLM2's residual stream has."""
+    target, reconstruction, latents = _data()
+    target[::50] *= 100  # 6 of 300 tokens
+    reconstruction[::50] = target[::50] * 0.5  # reconstructed badly: they dominate the all-token FVU
+    return target, reconstruction, latents
+
+
+def test_fvu_without_outliers_applies_the_training_rule():
+    target, reconstruction, latents = _with_outliers()
+    metrics = ReconstructionMetrics(width=16, outlier_norm_factor=10.0)
+    for t, r, z in zip(target.split(64), reconstruction.split(64), latents.split(64)):
+        metrics.update(t, r, z)
+    result = metrics.result()
+    inlier = torch.ones(300, dtype=torch.bool)
+    inlier[::50] = False
+    error = (target - reconstruction).pow(2).sum(-1)
+    kept = target[inlier]
+    expected = error[inlier].sum() / (kept - kept.mean(0)).pow(2).sum()
+    assert abs(result["fvu_without_outliers"] - expected.item()) < 1e-6
+    assert result["outlier_token_fraction"] == 6 / 300
+    assert result["outlier_variance_share"] > 0.9 and result["outlier_error_share"] > 0.99
+    assert result["fvu"] > 0.2 > 0.05 > result["fvu_without_outliers"]  # the all-token FVU is the outliers'
+
+
+def test_no_outlier_rule_keeps_every_token():
+    target, reconstruction, latents = _with_outliers()
+    metrics = ReconstructionMetrics(width=16, outlier_norm_factor=None)
+    metrics.update(target, reconstruction, latents)
+    result = metrics.result()
+    assert result["fvu_without_outliers"] == result["fvu"] and result["outlier_token_fraction"] == 0

@@ -1,0 +1,53 @@
+"""The sweep comparison at matched L0: interpolation, exact matches, and groups that miss the target."""
+
+import math
+
+import pytest
+
+from saekit.errors import SaekitError
+from saekit.evaluation.summary import default_match_l0, matched_l0, summarize
+
+
+def _row(run, architecture, l0, delta_ce, fvu_without_outliers=0.5, site="blocks.1.resid_post"):
+    return {"run": run, "site": site, "architecture": architecture, "width": 64, "l0": l0,
+            "fvu": 0.9, "fvu_without_outliers": fvu_without_outliers, "delta_ce": delta_ce, "kl": delta_ce / 2}
+
+
+ROWS = [
+    _row("topk-k20", "topk", 20.0, 0.8),
+    _row("relu-a", "relu", 10.0, 2.0, 0.6),
+    _row("relu-b", "relu", 40.0, 1.0, 0.2),
+    _row("relu-c", "relu", 160.0, 0.5, 0.1),
+    _row("gated-a", "gated", 100.0, 0.4),
+    _row("gated-b", "gated", 200.0, 0.3),
+]
+
+
+def test_interpolates_in_log_l0_between_the_bracketing_runs():
+    by_architecture = {m["architecture"]: m for m in matched_l0(ROWS, 20.0)}
+    relu = by_architecture["relu"]
+    # log(20) is halfway between log(10) and log(40), so the values are the midpoints.
+    assert relu["matched"] and relu["runs"] == ["relu-a", "relu-b"]
+    assert relu["delta_ce"] == pytest.approx(1.5) and relu["fvu_without_outliers"] == pytest.approx(0.4)
+    assert by_architecture["topk"]["runs"] == ["topk-k20"] and by_architecture["topk"]["delta_ce"] == 0.8
+    at_80 = {m["architecture"]: m for m in matched_l0(ROWS, 80.0)}["relu"]
+    assert at_80["delta_ce"] == pytest.approx(0.75) and at_80["runs"] == ["relu-b", "relu-c"]
+
+
+def test_a_group_that_never_reaches_the_target_is_marked_unmatched():
+    gated = {m["architecture"]: m for m in matched_l0(ROWS, 20.0)}["gated"]
+    assert not gated["matched"] and gated["delta_ce"] is None
+    assert gated["nearest_run"] == "gated-a" and math.isclose(gated["nearest_l0"], 100.0)
+
+
+def test_default_target_is_the_topk_l0_and_sites_are_kept_apart():
+    assert default_match_l0(ROWS) == 20.0
+    assert default_match_l0([r for r in ROWS if r["architecture"] != "topk"]) == 100.0
+    other_site = [*ROWS, _row("relu-z", "relu", 15.0, 9.0, site="blocks.2.resid_post")]
+    relu_rows = [m for m in matched_l0(other_site, 20.0) if m["architecture"] == "relu"]
+    assert {m["site"]: m["matched"] for m in relu_rows} == {"blocks.1.resid_post": True, "blocks.2.resid_post": False}
+
+
+def test_rejects_a_non_positive_target(tmp_path):
+    with pytest.raises(SaekitError, match="--match-l0 must be positive"):
+        summarize([tmp_path], tmp_path / "out", match_l0=0)
