@@ -10,6 +10,7 @@ interpolated (linearly in log L0) between its two runs that bracket the target. 
 from __future__ import annotations
 
 import base64
+import itertools
 import math
 import statistics
 from html import escape
@@ -20,6 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from saekit.errors import SaekitError  # noqa: E402
 from saekit.io import atomic_write, read_json, write_json, write_text  # noqa: E402
@@ -35,7 +37,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     compute = metrics.get("effective_compute", {})
     return {
         "run": run_dir.name, "site": site, "layer": parse_site(site).layer,
-        "architecture": run.get("architecture", "?"), "width": run.get("width") or run.get("expansion_factor"),
+        "architecture": run.get("architecture", "?"), "width": len(reconstruction["latent_density"]),
         "l0": reconstruction["l0_mean"], "fvu": reconstruction["fvu"],
         "fvu_without_outliers": reconstruction.get("fvu_without_outliers"),
         "outlier_variance_share": reconstruction.get("outlier_variance_share"),
@@ -52,6 +54,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 FIXED_L0_ARCHITECTURES = ("topk", "batchtopk")  # their k sets L0 directly
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # architectures with near-equal results stay distinguishable
 
 
 def fvu_key(rows: list[dict[str, Any]]) -> str:
@@ -106,14 +109,18 @@ def matched_l0(rows: list[dict[str, Any]], target: float, tolerance: float = 0.1
 def _scatter(ax: Any, rows: list[dict[str, Any]], y_key: str, ylabel: str, lower_is_better: bool = True) -> None:
     points = [(r["l0"], r[y_key] if lower_is_better else -r[y_key]) for r in rows]
     front = set(pareto_front(points))
-    for architecture in sorted({r["architecture"] for r in rows}):
+    for architecture, marker in zip(sorted({r["architecture"] for r in rows}), itertools.cycle(MARKERS)):
         chosen = [r for r in rows if r["architecture"] == architecture]
-        ax.scatter([r["l0"] for r in chosen], [r[y_key] for r in chosen], label=architecture)
+        ax.scatter([r["l0"] for r in chosen], [r[y_key] for r in chosen], label=architecture, marker=marker,
+                   alpha=0.8)
     frontier = sorted((rows[i]["l0"], rows[i][y_key]) for i in front)
     ax.plot([p[0] for p in frontier], [p[1] for p in frontier], "k--", linewidth=0.8, label="Pareto frontier")
     # L0 spans orders of magnitude across a sweep; a log axis keeps low-L0 runs readable.
     if min(r["l0"] for r in rows) > 0:
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # minor labels overlap on short ranges
     ax.set_xlabel("L0 (mean active latents per token)")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
@@ -167,8 +174,9 @@ def _markdown(rows: list[dict[str, Any]], matched: list[dict[str, Any]], plots: 
                      f"{r['kl']:.4f} | {compute} |")
     shares = [r["outlier_variance_share"] for r in rows if r.get("outlier_variance_share") is not None]
     if shares:
-        lines += ["", f"Outlier-norm tokens (the training rule) hold {min(shares):.1%} to {max(shares):.1%} of the "
-                      "evaluated variance; where that is large, compare the FVU without them."]
+        held = f"{min(shares):.1%}" if min(shares) == max(shares) else f"{min(shares):.1%} to {max(shares):.1%}"
+        lines += ["", f"Outlier-norm tokens (the training rule) hold {held} of the evaluated variance; where that "
+                      "is large, compare the FVU without them."]
     if matched:
         fvu = matched[0]["fvu_key"]
         lines += ["", f"## At matched L0 = {matched[0]['target_l0']:.1f}", "",
