@@ -71,15 +71,13 @@ from torch import Tensor
 
 from saekit.activations.source import ActivationSource, ActivationSpec, contexts_for, load_split, token_mask
 from saekit.data.contexts import take_contexts
-from saekit.dictionaries.base import DictionaryConfig
 from saekit.dictionaries.registry import build_dictionary
 from saekit.io import save_tensors, write_json
+from saekit.jobs.quickstart import QUICKSTART
 from saekit.models.hooks import capture
-from saekit.models.loading import DEFAULT_MODEL_DESCRIPTION, LoadedModel, load_model
-from saekit.quickstart import QUICKSTART
+from saekit.models.loading import DEFAULT_MODEL_DESCRIPTION, LoadedModel
 from saekit.training.config import TrainConfig
-from saekit.training.run import InputScaling, activation_spec
-from saekit.training.schedule import OptimConfig
+from saekit.training.run import InputScaling
 from saekit.training.trainer import DictionaryTrainer
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -234,17 +232,18 @@ class Plan:
 
     @property
     def context_length(self) -> int:
-        return self.config.context_length
+        return self.config.data.context_length
 
     @property
     def tokens_per_repeat(self) -> int:
-        return self.chunks_per_repeat * self.config.contexts_per_chunk * self.context_length
+        return self.chunks_per_repeat * self.config.data.contexts_per_chunk * self.context_length
 
     @staticmethod
     def build(args: argparse.Namespace) -> Plan:
-        contexts = contexts_for_tokens(args.tokens, QUICKSTART.context_length, QUICKSTART.model_batch_contexts)
-        per_chunk = min(QUICKSTART.contexts_per_chunk, contexts)
-        config = TrainConfig.from_dict({**QUICKSTART.to_dict(), "contexts_per_chunk": per_chunk}).validate()
+        contexts = contexts_for_tokens(args.tokens, QUICKSTART.data.context_length,
+                                       QUICKSTART.run.model_batch_contexts)
+        per_chunk = min(QUICKSTART.data.contexts_per_chunk, contexts)
+        config = QUICKSTART.updated(contexts_per_chunk=per_chunk).validate()
         return Plan(steps=args.steps, repeats=args.repeats, warmup_steps=args.warmup_steps,
                     threads=args.threads or available_cores(), chunks_per_repeat=math.ceil(contexts / per_chunk),
                     config=config)
@@ -254,7 +253,7 @@ def measure_generation(spec: ActivationSpec, loaded: LoadedModel, plan: Plan,
                        keep_site: str | None) -> tuple[dict[str, Any], list[Tensor]]:
     """saekit tokens/s of ``ActivationSource.chunk`` (no cache); returns the kept chunks of ``keep_site``."""
     source = ActivationSource(spec, cache_root=None, load=lambda: loaded,
-                              model_batch_contexts=plan.config.model_batch_contexts)
+                              model_batch_contexts=plan.config.run.model_batch_contexts)
     kept: list[Tensor] = []
 
     def take(index: int) -> None:
@@ -285,18 +284,14 @@ def training_data(chunks: list[Tensor], site: str, seed: int = 0) -> Tensor:
 def measure_training(data: Tensor, plan: Plan) -> dict[str, Any]:
     """saekit tokens/s of ``DictionaryTrainer.train_step`` on the quickstart's TopK dictionary."""
     config = plan.config
-    batch = config.batch_size
+    batch = config.optim.batch_size
     n_batches = data.shape[0] // batch
     if n_batches < 1:
         raise SystemExit(f"only {data.shape[0]} activation rows for a batch of {batch}; raise --tokens")
     batches = [data[i * batch:(i + 1) * batch] for i in range(n_batches)]
-    torch.manual_seed(config.seed)
-    d_in = data.shape[1]
-    dictionary = build_dictionary(DictionaryConfig(config.architecture, d_in, config.expansion_factor * d_in,
-                                                   k=config.k))
-    optim = OptimConfig(lr=config.lr, warmup_steps=config.warmup_steps, decay_fraction=config.decay_fraction,
-                        sparsity_warmup_fraction=config.sparsity_warmup_fraction,
-                        dead_window_tokens=config.dead_window_tokens)
+    torch.manual_seed(config.optim.seed)
+    dictionary = build_dictionary(config.dictionary.build_config(data.shape[1], None))
+    optim = config.optim
     total = max(config.total_steps, plan.warmup_steps + plan.repeats * plan.steps)
     trainer = DictionaryTrainer(dictionary, optim, total)
 
@@ -337,9 +332,10 @@ def export_model(loaded: LoadedModel, directory: Path) -> None:
 
 def same_contexts(loaded: LoadedModel, spec: ActivationSpec, plan: Plan) -> tuple[Tensor, Tensor]:
     """The token contexts of chunk 0's first model batch (warm-up) and of the timed chunks."""
-    per_chunk, per_batch = spec.contexts_per_chunk, plan.config.model_batch_contexts
+    per_chunk, per_batch = spec.data.contexts_per_chunk, plan.config.run.model_batch_contexts
     timed_contexts = plan.repeats * plan.chunks_per_repeat * per_chunk
-    contexts = take_contexts(contexts_for(loaded, load_split(spec).train, spec, spec.seed), per_chunk + timed_contexts)
+    data = spec.data
+    contexts = take_contexts(contexts_for(loaded, load_split(data).train, data, data.seed), per_chunk + timed_contexts)
     return contexts[:per_batch], contexts[per_chunk:]
 
 
@@ -350,14 +346,14 @@ def run_saelens(loaded: LoadedModel, spec: ActivationSpec, plan: Plan, train: Te
     warmup_tokens, tokens = same_contexts(loaded, spec, plan)
     adapter = loaded.adapter
     reference = capture(adapter, warmup_tokens, [adapter.site(site)])[adapter.site(site)]
-    keep = token_mask({site: reference}, spec.exclude_bos, spec.outlier_norm_factor)
+    keep = token_mask({site: reference}, spec.data.exclude_bos, spec.data.outlier_norm_factor)
     rows = reference[keep]
     if not torch.allclose(rows, first_chunk_rows[:rows.shape[0]], rtol=1e-4, atol=1e-4):
         raise SystemExit("the contexts rebuilt for SAELens do not give saekit's chunk 0; not comparing")
     settings = {
-        "d_in": train.shape[1], "width": plan.config.expansion_factor * train.shape[1], "k": plan.config.k,
-        "batch_size": plan.config.batch_size, "lr": lr,
-        "lr_warmup_steps": plan.config.warmup_steps, "steps": plan.steps, "warmup_steps": plan.warmup_steps,
+        "d_in": train.shape[1], "width": plan.config.dictionary.expansion_factor * train.shape[1],
+        "k": plan.config.dictionary.k, "batch_size": plan.config.optim.batch_size, "lr": lr,
+        "lr_warmup_steps": plan.config.optim.warmup_steps, "steps": plan.steps, "warmup_steps": plan.warmup_steps,
         "repeats": plan.repeats, "threads": plan.threads, "layer": adapter.site(site).layer,
         "n_layers": adapter.n_layers, "context_length": plan.context_length,
         "model_batch_contexts": plan.config.model_batch_contexts, "generation": True,
@@ -496,13 +492,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def load() -> None:
         nonlocal loaded
-        loaded = load_model(plan.config.model, device=plan.config.device)
+        loaded = plan.config.data.load_model(plan.config.run.device)
     load_seconds = timed(load)
     assert loaded is not None
     log(f"  loaded in {load_seconds:.0f} s")
     site = plan.config.site
     n_layers = loaded.adapter.n_layers
-    spec = activation_spec(plan.config)
+    spec = plan.config.activation_spec()
     all_sites = tuple(f"blocks.{i}.resid_post" for i in range(n_layers))
 
     saekit: dict[str, Any] = {}
@@ -511,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"activation generation at all {n_layers} layers' resid_post in one pass")
     saekit["all_layers"], _ = measure_generation(replace(spec, sites=all_sites), loaded, plan, keep_site=None)
     gc.collect()
-    train = training_data(chunks, site, seed=plan.config.seed)
+    train = training_data(chunks, site, seed=plan.config.optim.seed)
     log(f"SAE training on {train.shape[0]} cached activation rows: {plan.repeats} x {plan.steps} steps "
         f"after {plan.warmup_steps} warm-up steps")
     saekit["training"] = measure_training(train, plan)
@@ -536,12 +532,12 @@ def main(argv: list[str] | None = None) -> int:
                     "load_average_after": load_average()},
         "settings": {"model": DEFAULT_MODEL_DESCRIPTION, "site": site, "n_layers": n_layers,
                      "context_length": plan.context_length,
-                     "model_batch_contexts": plan.config.model_batch_contexts,
-                     "contexts_per_chunk": plan.config.contexts_per_chunk,
+                     "model_batch_contexts": plan.config.run.model_batch_contexts,
+                     "contexts_per_chunk": plan.config.data.contexts_per_chunk,
                      "tokens_per_generation_repeat": plan.tokens_per_repeat, "steps": plan.steps,
                      "warmup_steps": plan.warmup_steps, "repeats": plan.repeats,
-                     "batch_size": plan.config.batch_size, "k": plan.config.k,
-                     "expansion_factor": plan.config.expansion_factor},
+                     "batch_size": plan.config.optim.batch_size, "k": plan.config.dictionary.k,
+                     "expansion_factor": plan.config.dictionary.expansion_factor},
         "versions": {"saekit": package_version("saekit"), "torch": torch.__version__,
                      "transformers": package_version("transformers"), "python": platform.python_version(),
                      "saelens_venv": saelens_env},

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the Debian packages behind saekit's embedded default corpus (see saekit/data/corpus.py):
+# Install the Debian packages behind saekit's embedded default corpus (see saekit/data/debian.py):
 #   bible-kjv + bible-kjv-text  -> the `bible` command and the King James Bible text
 #   python3-doc                 -> /usr/share/doc/python3.X/html/_sources/**/*.rst.txt
 #   fortunes                    -> /usr/share/games/fortunes/*

@@ -9,10 +9,8 @@ resumed one, sees exactly the same data. The model is loaded only if some chunk 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
@@ -20,35 +18,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from saekit.activations.spec import CACHE_FORMAT_VERSION, ActivationSpec, DataConfig
 from saekit.data.contexts import iter_contexts
 from saekit.data.corpus import Document, load_corpus, split_documents
 from saekit.errors import SaekitError
 from saekit.io import load_tensors, save_tensors, write_json
 from saekit.models.hooks import capture
 from saekit.models.loading import LoadedModel
-
-CACHE_FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class ActivationSpec:
-    """Everything that determines the activations; its hash names the cache directory."""
-
-    model: str
-    sites: tuple[str, ...]
-    corpus: str = "default"
-    text_field: str = "text"
-    eval_fraction: float = 0.05
-    context_length: int = 128
-    seed: int = 0
-    exclude_bos: bool = True
-    outlier_norm_factor: float | None = 10.0  # drop tokens whose norm exceeds this x the chunk median
-    contexts_per_chunk: int = 64
-    randomize_weights: bool = False
-
-    def key(self) -> str:
-        payload = json.dumps({**asdict(self), "version": CACHE_FORMAT_VERSION}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -57,13 +33,13 @@ class CorpusSplit:
     eval: list[Document]
 
 
-def load_split(spec: ActivationSpec) -> CorpusSplit:
-    train, evaluation = split_documents(load_corpus(spec.corpus, spec.text_field), spec.eval_fraction, spec.seed)
+def load_split(data: DataConfig) -> CorpusSplit:
+    train, evaluation = split_documents(load_corpus(data.corpus, data.text_field), data.eval_fraction, data.seed)
     return CorpusSplit(train, evaluation)
 
 
-def contexts_for(loaded: LoadedModel, docs: list[Document], spec: ActivationSpec, seed: int) -> Iterator[Tensor]:
-    return iter_contexts(docs, loaded.tokenizer, spec.context_length, loaded.bos_token_id,
+def contexts_for(loaded: LoadedModel, docs: list[Document], data: DataConfig, seed: int) -> Iterator[Tensor]:
+    return iter_contexts(docs, loaded.tokenizer, data.context_length, loaded.bos_token_id,
                          loaded.eos_token_id, seed=seed)
 
 
@@ -93,7 +69,7 @@ class ActivationSource:
         self._contexts: Iterator[Tensor] | None = None
         self._next_context = 0
         if self.cache_dir is not None:
-            write_json(self.cache_dir / "manifest.json", {"format_version": CACHE_FORMAT_VERSION, **asdict(self.spec)})
+            write_json(self.cache_dir / "manifest.json", {"format_version": CACHE_FORMAT_VERSION, **spec.manifest()})
 
     @property
     def loaded(self) -> LoadedModel:
@@ -123,21 +99,21 @@ class ActivationSource:
 
     def _contexts_at(self, first: int, count: int) -> Tensor:
         if self._contexts is None or self._next_context != first:
-            split = load_split(self.spec)
-            self._contexts = islice(contexts_for(self.loaded, split.train, self.spec, self.spec.seed), first, None)
+            data = self.spec.data
+            self._contexts = islice(contexts_for(self.loaded, load_split(data).train, data, data.seed), first, None)
             self._next_context = first
         rows = list(islice(self._contexts, count))
         self._next_context += len(rows)
         if len(rows) < count:
             raise SaekitError(
-                f"training corpus {self.spec.corpus!r} ran out after {self._next_context} contexts of "
-                f"{self.spec.context_length} tokens; ask for fewer training tokens or give a larger corpus"
+                f"training corpus {self.spec.data.corpus!r} ran out after {self._next_context} contexts of "
+                f"{self.spec.data.context_length} tokens; ask for fewer training tokens or give a larger corpus"
             )
         return torch.stack(rows)
 
     @torch.no_grad()
     def _compute(self, index: int) -> dict[str, Tensor]:
-        count = self.spec.contexts_per_chunk
+        count = self.spec.data.contexts_per_chunk
         contexts = self._contexts_at(index * count, count)
         adapter = self.loaded.adapter
         sites = [adapter.site(name) for name in self.spec.sites]
@@ -145,7 +121,7 @@ class ActivationSource:
         for batch in contexts.split(self.model_batch_contexts):
             captured = capture(adapter, batch.to(self.loaded.device), sites)
             by_name = {site.name: captured[site] for site in sites}
-            keep = token_mask(by_name, self.spec.exclude_bos, self.spec.outlier_norm_factor)
+            keep = token_mask(by_name, self.spec.data.exclude_bos, self.spec.data.outlier_norm_factor)
             for name, value in by_name.items():
                 parts[name].append(value[keep].float().cpu())
         return {name: torch.cat(values) for name, values in parts.items()}

@@ -34,8 +34,8 @@ from saekit.dictionaries.base import Dictionary
 from saekit.dictionaries.registry import load_dictionary
 from saekit.errors import SaekitError
 from saekit.io import save_tensors, write_json
-from saekit.models.loading import LoadedModel, load_model
-from saekit.training.run import DICTIONARY_DIR, activation_spec, load_run_config
+from saekit.models.loading import LoadedModel
+from saekit.training.run import DICTIONARY_DIR, load_run_config
 
 
 @dataclass
@@ -137,13 +137,12 @@ def analyze_run(run_dir: str | Path, loaded: LoadedModel | None = None, config: 
     run_dir = Path(run_dir)
     run_config = load_run_config(run_dir)
     config = replace(config or AnalysisConfig(),
-                     mask=TokenMaskRule(run_config.exclude_bos, run_config.outlier_norm_factor))
-    dictionary, source = load_dictionary(run_dir / DICTIONARY_DIR, run_config.device)
-    loaded = loaded or load_model(run_config.model, device=run_config.device)
-    spec = activation_spec(run_config)
-    contexts, splits = analysis_contexts(loaded, spec, config.tokens)
+                     mask=TokenMaskRule(run_config.data.exclude_bos, run_config.data.outlier_norm_factor))
+    dictionary, source = load_dictionary(run_dir / DICTIONARY_DIR, run_config.run.device)
+    loaded = loaded or run_config.data.load_model(run_config.run.device)
+    contexts, splits = analysis_contexts(loaded, run_config.data, config.tokens)
     return analyze_dictionary(loaded, dictionary, source, contexts, run_dir / store.ANALYSIS_DIR, config,
                               extra={"run": run_config.name, "context_source": {
-                                  "corpus": run_config.corpus, "contexts_per_split": splits,
+                                  "corpus": run_config.data.corpus, "contexts_per_split": splits,
                                   "order": "eval split in its own seeded order; training split (separate seed) "
                                            "only if the eval split ran out"}})

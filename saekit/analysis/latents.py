@@ -17,7 +17,8 @@ from itertools import islice
 import torch
 from torch import Tensor
 
-from saekit.activations.source import ActivationSpec, contexts_for, load_split, token_mask
+from saekit.activations.source import contexts_for, load_split, token_mask
+from saekit.activations.spec import DataConfig
 from saekit.dictionaries.base import Dictionary
 from saekit.errors import SaekitError
 from saekit.models.hooks import capture
@@ -41,17 +42,17 @@ class LatentBatch:
     context_ids: Tensor  # [batch] rows of the context table
 
 
-def analysis_contexts(loaded: LoadedModel, spec: ActivationSpec, tokens: int) -> tuple[Tensor, dict[str, int]]:
+def analysis_contexts(loaded: LoadedModel, data: DataConfig, tokens: int) -> tuple[Tensor, dict[str, int]]:
     """Enough contexts to cover ``tokens`` counted (non-BOS) positions: eval split first, then training."""
-    n_contexts = max(1, math.ceil(tokens / (spec.context_length - 1)))
-    split = load_split(spec)
-    rows = list(islice(contexts_for(loaded, split.eval, spec, spec.seed + ANALYSIS_SEED_OFFSET), n_contexts))
+    n_contexts = max(1, math.ceil(tokens / (data.context_length - 1)))
+    split = load_split(data)
+    rows = list(islice(contexts_for(loaded, split.eval, data, data.seed + ANALYSIS_SEED_OFFSET), n_contexts))
     from_eval = len(rows)
     if len(rows) < n_contexts:
-        more = contexts_for(loaded, split.train, spec, spec.seed + 2 * ANALYSIS_SEED_OFFSET)
+        more = contexts_for(loaded, split.train, data, data.seed + 2 * ANALYSIS_SEED_OFFSET)
         rows.extend(islice(more, n_contexts - len(rows)))
     if not rows:
-        raise SaekitError(f"corpus {spec.corpus!r} yields no context of {spec.context_length} tokens to analyse")
+        raise SaekitError(f"corpus {data.corpus!r} yields no context of {data.context_length} tokens to analyse")
     return torch.stack(rows), {"eval": from_eval, "train": len(rows) - from_eval}
 
 

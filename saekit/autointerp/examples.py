@@ -276,17 +276,16 @@ def context_firing(run_dir: str | Path, analysis_dir: str | Path, loaded=None, b
     from saekit.analysis.latents import TokenMaskRule, latent_batches
     from saekit.analysis.store import AnalysisStore
     from saekit.dictionaries.registry import load_dictionary
-    from saekit.models.loading import load_model
     from saekit.training.run import DICTIONARY_DIR, load_run_config
 
     run_config = load_run_config(run_dir)
     store = AnalysisStore(analysis_dir)
-    dictionary, source = load_dictionary(Path(run_dir) / DICTIONARY_DIR, run_config.device)
-    loaded = loaded or load_model(run_config.model, device=run_config.device)
+    dictionary, source = load_dictionary(Path(run_dir) / DICTIONARY_DIR, run_config.run.device)
+    loaded = loaded or run_config.data.load_model(run_config.run.device)
     n_latents = len(store.latent_ids)
     if store.latent_ids != list(range(n_latents)):
         raise SaekitError("hard negatives need an analysis of the first N latents; rerun `saekit analyze`")
-    rule = TokenMaskRule(run_config.exclude_bos, run_config.outlier_norm_factor)
+    rule = TokenMaskRule(run_config.data.exclude_bos, run_config.data.outlier_norm_factor)
     rows = [batch.activations.amax(1) > 0 for batch in latent_batches(
         loaded, dictionary.eval(), source["site"], store.token_ids.long(), n_latents, batch_contexts, rule)]
     return torch.cat(rows)

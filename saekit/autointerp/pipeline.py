@@ -37,6 +37,7 @@ from saekit.autointerp.scorers import (
 from saekit.errors import SaekitError
 from saekit.io import read_json, write_json, write_text
 from saekit.models.loading import LoadedModel
+from saekit.render import markdown_table
 
 FORMAT_VERSION = 1
 AUTOINTERP_DIR = "autointerp"
@@ -197,17 +198,16 @@ def report_markdown(summary: dict[str, Any], manifest: dict[str, Any]) -> str:
         + (", ".join(f"{k}: {v}" for k, v in manifest["latents"]["skipped"].items()) or "none") + ".",
         "The baseline explains each latent by its most frequent activating tokens, with no LLM; "
         "it is scored by the same scorers and is the floor to read the LLM explainer against.", "",
-        "| scorer | metric | chance | " + " | ".join(header[n] for n in names) + " |",
-        "| --- | --- | --- | " + " | ".join("---" for _ in names) + " |",
     ]
+    rows = []
     for scorer in EXPLANATION_SCORERS:
         for metric in METRICS:
             cells = [(explainers[n]["scorers"].get(scorer) or {}).get(metric) for n in names]
             if all(c is None or c.get("mean") is None for c in cells):
                 continue
             chance = "0.5" if metric != "f1" else "-"
-            lines.append(f"| {scorer} | {metric.replace('_', ' ')} | {chance} | "
-                         + " | ".join(_fmt(c) for c in cells) + " |")
+            rows.append([scorer, metric.replace("_", " "), chance, *(_fmt(c) for c in cells)])
+    lines.append(markdown_table(["scorer", "metric", "chance", *(header[n] for n in names)], rows))
     if "intruder" in summary:
         intruder_row = summary["intruder"]
         lines += ["", f"Intruder test (no explanation; pick the 1 context of another latent among "

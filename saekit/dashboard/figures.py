@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from saekit.dashboard.html import esc, fmt
-from saekit.io import atomic_write
+from saekit.render import save_png
 
 DEAD_COLUMN_OFFSET = 0.75  # dead latents are drawn this far left of the lowest live log10 density
 
@@ -53,11 +52,6 @@ def svg_histogram(counts: Sequence[int], edges: Sequence[float], log_x: bool, wi
             f'role="img">{axis}{"".join(bars)}{"".join(ticks)}</svg>')
 
 
-def _save(figure: Figure, path: Path) -> None:
-    FigureCanvasAgg(figure)
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
-
-
 def density_figure(log10_density: np.ndarray, rule_threshold: float, path: Path) -> None:
     figure = Figure(figsize=(7, 3.6), layout="constrained")
     axes = figure.add_subplot()
@@ -70,7 +64,7 @@ def density_figure(log10_density: np.ndarray, rule_threshold: float, path: Path)
     axes.set_ylabel("latents")
     axes.set_title(f"Feature density ({len(live)} live, {dead} dead not shown)")
     axes.legend(loc="upper left", fontsize=8)
-    _save(figure, path)
+    save_png(figure, path, dpi=110)
 
 
 def _scatter_x(log10_density: np.ndarray) -> np.ndarray:
@@ -105,7 +99,7 @@ def density_bias_de_figure(log10_density: np.ndarray, bias: np.ndarray, de: np.n
     right.set_xlabel("log10 density")
     for axes in (left, right):
         axes.ticklabel_format(useOffset=False)
-    _save(figure, path)
+    save_png(figure, path, dpi=110)
 
 
 def geometry_figure(summary: dict[str, Any], path: Path) -> None:
@@ -132,4 +126,4 @@ def geometry_figure(summary: dict[str, Any], path: Path) -> None:
     axes.set_ylabel("fraction of latents")
     axes.set_title(f"Decoder geometry vs random unit vectors of the same shape {tuple(summary['shape'])}")
     axes.legend(fontsize=8, ncol=2)
-    _save(figure, path)
+    save_png(figure, path, dpi=110)

@@ -2,47 +2,26 @@
 
 Every string from a corpus or a tokenizer reaches a page only through :func:`esc` (text and
 attributes) or :func:`script_json` (data blocks, with ``<``, ``>`` and ``&`` written as JSON escapes so
-no ``</script>`` or ``<!--`` can ever appear inside the block). Pages never build markup from data in
-JavaScript with innerHTML; the index script uses textContent.
+no ``</script>`` or ``<!--`` can ever appear inside the block). Both are the primitives of
+:mod:`saekit.render` (``esc`` is :func:`saekit.render.escape_html`), where all of saekit's escaping
+lives. Pages never build markup from data in JavaScript with innerHTML; the index script uses textContent.
 """
 
 from __future__ import annotations
 
-import html
-import json
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from saekit.dashboard.assets import CSS
+from saekit.render import clean_json, escape_html, script_json
+
+__all__ = ["SHADE_RGB", "VISIBLE_WHITESPACE", "clean_json", "display_token", "esc", "fmt", "page", "script_json",
+           "table", "token_span"]
 
 VISIBLE_WHITESPACE = {"\n": "\u21b5", "\r": "\u240d", "\t": "\u2192"}
 SHADE_RGB = "255, 120, 0"
 
-
-def esc(text: Any) -> str:
-    """Escape text for HTML element content and quoted attribute values."""
-    return html.escape(str(text), quote=True)
-
-
-def clean_json(value: Any) -> Any:
-    """Replace NaN/inf (not valid JSON) by None, recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: clean_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean_json(v) for v in value]
-    return value
-
-
-def script_json(value: Any) -> str:
-    """JSON safe to place inside ``<script type="application/json">``: no markup-significant characters."""
-    text = json.dumps(clean_json(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    for char, escape in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e"), ("\u2028", "\\u2028"),
-                         ("\u2029", "\\u2029")):
-        text = text.replace(char, escape)
-    return text
+esc = escape_html  # the dashboard's name for it: text and quoted attribute values
 
 
 def display_token(text: str) -> str:

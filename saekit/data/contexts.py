@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from saekit.data.corpus import Document
+from saekit.data.document import Document
 from saekit.errors import SaekitError
 
 

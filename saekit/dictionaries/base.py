@@ -13,7 +13,9 @@ Architectures subclass :class:`Dictionary` and override ``activation`` and ``spa
 decoder-norm constraint, the optional skip connection and decoder orthogonality penalty, folding the
 input scaling into the weights, loss assembly) is shared here.
 
-Settings that only some architectures read live in ``DictionaryConfig.extra``. Each class declares
+Each architecture names the one sparsity setting it reads (``SPARSITY_SETTING``: ``k``,
+``l1_coefficient`` or ``l0_coefficient``, all typed fields of :class:`DictionaryConfig`). Other
+settings that only some architectures read live in ``DictionaryConfig.extra``. Each class declares
 the keys it understands with their defaults (``EXTRA_DEFAULTS``); an unknown key is an error, so a
 typo cannot silently train with the default. Keys every architecture accepts:
 
@@ -29,7 +31,7 @@ so evaluating under ``torch.no_grad()`` never moves them. Call ``.eval()`` for i
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -37,6 +39,7 @@ from torch import Tensor, nn
 
 from saekit.dictionaries.losses import orthogonality_penalty, squared_error
 from saekit.errors import SaekitError
+from saekit.settings import copy_setting, from_dict, setting, to_dict
 
 SHARED_EXTRA_DEFAULTS: dict[str, Any] = {
     "orthogonality_coefficient": 0.0,
@@ -44,17 +47,27 @@ SHARED_EXTRA_DEFAULTS: dict[str, Any] = {
 }
 
 
+SPARSITY_SETTINGS = ("k", "l1_coefficient", "l0_coefficient")
+
+
 @dataclass
 class DictionaryConfig:
-    """Shape and sparsity settings of one dictionary. Fields unused by an architecture are ignored."""
+    """Shape and sparsity settings of one built dictionary (what ``dictionary/config.json`` holds).
+
+    Each architecture reads one sparsity setting, named by its ``SPARSITY_SETTING``; the others are
+    carried but unused.
+    """
 
     architecture: str
     d_in: int
     width: int
     d_out: int | None = None  # None: an SAE reconstructing its own input; set (even = d_in): a transcoder
-    k: int = 32  # TopK family: active latents per token
-    l1_coefficient: float = 0.1  # ReLU family: weight of the decoder-norm-weighted L1 (see TrainConfig)
-    extra: dict[str, Any] = field(default_factory=dict)  # architecture-specific settings
+    k: int = setting(32, "TopK family: active latents per token")
+    l1_coefficient: float = setting(
+        0.1, "ReLU and gated family: weight of the decoder-norm-weighted L1, in units of inputs scaled to "
+        "E||x||^2 = 1 (Anthropic's lambda / sqrt(d)); on the default model 0.1 gives L0 ~ 140, 5 collapsed to 0.6")
+    l0_coefficient: float = setting(1e-3, "JumpReLU: weight of the mean L0 (reconstruction is ~ FVU at this scale)")
+    extra: dict[str, Any] = setting(help="architecture-specific settings (see each architecture)", factory=dict)
 
     @property
     def is_transcoder(self) -> bool:
@@ -67,15 +80,40 @@ class DictionaryConfig:
         return self.d_out if self.d_out is not None else self.d_in
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DictionaryConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise SaekitError(f"dictionary config has unknown fields {sorted(unknown)}; is it from a newer saekit?")
-        return cls(**data)
+        return from_dict(cls, upgrade_sparsity(data), "dictionary config")
+
+
+@dataclass
+class DictionarySettings:
+    """The ``dictionary`` section of a run config: what to build once the activation widths are known."""
+
+    architecture: str = setting("topk", "relu, gated, gated_rescale, topk, batchtopk or jumprelu")
+    expansion_factor: int = setting(8, "width = this x the input width, unless width is set")
+    width: int | None = setting(None, "number of latents (overrides expansion_factor)")
+    k: int = copy_setting(DictionaryConfig, "k")
+    l1_coefficient: float = copy_setting(DictionaryConfig, "l1_coefficient")
+    l0_coefficient: float = copy_setting(DictionaryConfig, "l0_coefficient")
+    extra: dict[str, Any] = copy_setting(DictionaryConfig, "extra")
+
+    def build_config(self, d_in: int, d_out: int | None) -> DictionaryConfig:
+        """The built dictionary's config; ``d_out`` set (even to d_in) makes a transcoder."""
+        return DictionaryConfig(architecture=self.architecture, d_in=d_in,
+                                width=self.width or self.expansion_factor * d_in, d_out=d_out, k=self.k,
+                                l1_coefficient=self.l1_coefficient, l0_coefficient=self.l0_coefficient,
+                                extra=dict(self.extra))
+
+
+def upgrade_sparsity(data: dict[str, Any]) -> dict[str, Any]:
+    """Older files kept JumpReLU's ``l0_coefficient`` in ``extra``; it is a typed field now."""
+    extra = data.get("extra")
+    if not isinstance(extra, dict) or "l0_coefficient" not in extra:
+        return dict(data)
+    extra = dict(extra)
+    return {**data, "l0_coefficient": extra.pop("l0_coefficient"), "extra": extra}
 
 
 @dataclass
@@ -91,7 +129,12 @@ class Dictionary(nn.Module):
     """Base class: shared parameters, encoding/decoding and loss assembly."""
 
     EXTRA_DEFAULTS: ClassVar[dict[str, Any]] = {}  # architecture-specific ``extra`` keys and defaults
-    USES_K: ClassVar[bool] = False  # whether ``config.k`` matters (validated by ``build_dictionary``)
+    SPARSITY_SETTING: ClassVar[str] = "l1_coefficient"  # the DictionaryConfig field that sets the sparsity
+
+    @classmethod
+    def fixed_l0(cls) -> bool:
+        """Whether the sparsity setting is the L0 itself (the TopK family: ``k``)."""
+        return cls.SPARSITY_SETTING == "k"
 
     W_skip: nn.Parameter | None
 

@@ -91,8 +91,8 @@ class _Step(torch.autograd.Function):
 class JumpReLUDictionary(Dictionary):
     """JumpReLU SAE with an L0 penalty; thresholds and bandwidth calibrated on the first training batch."""
 
+    SPARSITY_SETTING = "l0_coefficient"
     EXTRA_DEFAULTS: ClassVar[dict[str, Any]] = {
-        "l0_coefficient": 1e-3,  # weight of the mean L0 (with E||x||^2 = 1, reconstruction ~ FVU)
         "threshold_init_fraction": 1.0,  # theta_0 / RMS(pre-activations on the first batch)
         "bandwidth_fraction": 0.5,  # eps / RMS(pre-activations on the first batch)
     }
@@ -128,7 +128,7 @@ class JumpReLUDictionary(Dictionary):
 
     def sparsity_losses(self, pre: Tensor, latents: Tensor, sparsity_scale: float) -> dict[str, Tensor]:
         l0 = _Step.apply(pre, self.threshold, self.bandwidth).sum(-1).mean()
-        return {"l0": float(self.options["l0_coefficient"]) * sparsity_scale * l0}
+        return {"l0": self.config.l0_coefficient * sparsity_scale * l0}
 
     @torch.no_grad()
     def reset_latent_parameters(self, chosen: Tensor) -> list[tuple[nn.Parameter, tuple[Any, ...]]]:

@@ -40,7 +40,7 @@ def build_dictionary(config: DictionaryConfig) -> Dictionary:
         raise SaekitError(
             f"unknown architecture {config.architecture!r}; choose one of {sorted(ARCHITECTURES)}"
         )
-    if ARCHITECTURES[config.architecture].USES_K and not 0 < config.k <= config.width:
+    if ARCHITECTURES[config.architecture].fixed_l0() and not 0 < config.k <= config.width:
         raise SaekitError(f"k={config.k} must be between 1 and the width {config.width}")
     return ARCHITECTURES[config.architecture](config)
 

@@ -30,7 +30,7 @@ def scatter_top(values: Tensor, k: int, dim: int = -1) -> Tensor:
 class TopKDictionary(Dictionary):
     """L0 is fixed at k, so there is no sparsity penalty and no shrinkage."""
 
-    USES_K = True
+    SPARSITY_SETTING = "k"
     EXTRA_DEFAULTS: ClassVar[dict[str, Any]] = {
         "aux_k": 0,  # dead latents used by the auxiliary loss per token; 0 = off (Gao et al. use ~d_in / 2)
         "aux_k_coefficient": 1 / 32,

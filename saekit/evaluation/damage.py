@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saekit.render import markdown_inline, markdown_table
+
 
 def _text(tokenizer: Any, ids: Tensor) -> str:
     return tokenizer.decode(ids.tolist(), skip_special_tokens=True)
@@ -48,12 +50,17 @@ def token_damage(contexts: Tensor, delta: Tensor, tokenizer: Any, top: int = 15,
 
 
 def damage_markdown(damage: dict[str, Any], rows: int = 8) -> str:
-    def cell(text: str) -> str:
-        return repr(text).replace("|", "\\|")
-    lines = ["| token | count | mean ΔNLL | total ΔNLL |", "|---|---|---|---|"]
-    lines += [f"| {cell(r['token'])} | {r['count']} | {r['mean_delta_nats']:.3f} | {r['total_delta_nats']:.2f} |"
-              for r in damage["tokens_by_total_increase"][:rows]]
-    lines += ["", "Worst single predictions (context → token):", ""]
-    lines += [f"- {w['delta_nats']:+.2f} nats: …{cell(w['context'])} → {cell(w['token'])}"
+    """The tokens hurt most in total, and the worst single predictions with their contexts.
+
+    Tokens and contexts are corpus text: shown through ``repr`` (whitespace visible) and escaped by
+    :mod:`saekit.render`, so markup in the corpus stays text in the report.
+    """
+    table = markdown_table(
+        ["token", "count", "mean ΔNLL", "total ΔNLL"],
+        [(repr(r["token"]), r["count"], f"{r['mean_delta_nats']:.3f}", f"{r['total_delta_nats']:.2f}")
+         for r in damage["tokens_by_total_increase"][:rows]])
+    lines = [table, "", "Worst single predictions (context → token):", ""]
+    lines += [f"- {w['delta_nats']:+.2f} nats: …{markdown_inline(repr(w['context']))} → "
+              f"{markdown_inline(repr(w['token']))}"
               for w in damage["worst_positions"][:rows]]
     return "\n".join(lines)

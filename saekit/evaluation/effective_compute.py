@@ -9,33 +9,30 @@ performs like one trained with
     fraction = ((L_spliced - E) / (L_clean - E)) ** (-1 / gamma)
 
 of the compute that reaches ``L_clean``. The answer depends strongly on the irreducible loss ``E``, so this
-module also reports how the fraction moves when ``E`` does, a parameter-equivalent at the original model's
-token count, and can fit the law to a ``(params, tokens, loss)`` table of one's own model family.
+module also reports how the fraction moves when ``E`` does and a parameter-equivalent at the original model's
+token count. To use a law fitted to one's own model family, see :mod:`saekit.evaluation.scaling_fit`.
 """
 
 from __future__ import annotations
 
-import csv
-import itertools
+import argparse
+import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import torch
 
 from saekit.errors import SaekitError
 
 __all__ = [
     "PRESETS",
+    "LawLike",
     "ScalingLaw",
     "compute_fraction",
     "effective_compute_report",
-    "fit_scaling_law",
     "format_report_markdown",
     "get_law",
-    "load_table",
+    "law_name",
     "parameter_equivalent",
     "sensitivity_to_E",
 ]
@@ -136,12 +133,9 @@ def get_law(name_or_constants: LawLike) -> ScalingLaw:
     if isinstance(name_or_constants, ScalingLaw):
         return name_or_constants
     if isinstance(name_or_constants, str):
-        key = name_or_constants.strip().lower()
-        if key not in PRESETS:
-            raise SaekitError(
-                f"unknown scaling law {name_or_constants!r}; use one of {', '.join(sorted(PRESETS))} "
-                "or give a dict of E, A, B, alpha, beta"
-            )
+        key = _preset_key(name_or_constants)
+        if key is None:
+            raise SaekitError(f"{_unknown_law(name_or_constants)} or give a dict of E, A, B, alpha, beta")
         return PRESETS[key]
     if isinstance(name_or_constants, Mapping):
         given = dict(name_or_constants)
@@ -177,6 +171,31 @@ def get_law(name_or_constants: LawLike) -> ScalingLaw:
         f"cannot make a scaling law from {type(name_or_constants).__name__}; "
         f"pass a preset name ({', '.join(sorted(PRESETS))}) or a dict of E, A, B, alpha, beta"
     )
+
+
+def law_name(text: str) -> str:
+    """Argparse ``type=`` for ``--law``: the canonical preset name, or an error listing the valid ones.
+
+    Accepts exactly what :func:`get_law` accepts as a name, so a typo fails while parsing arguments,
+    before any model is loaded or evaluated.
+    """
+    key = _preset_key(text)
+    if key is None:
+        raise argparse.ArgumentTypeError(f"{_unknown_law(text)}, or fit your own with --law-table")
+    return key
+
+
+def _preset_key(text: str) -> str | None:
+    """The :data:`PRESETS` key that ``text`` names (case and surrounding spaces ignored), else ``None``."""
+    key = text.strip().lower()
+    return key if key in PRESETS else None
+
+
+def _unknown_law(text: str) -> str:
+    """One line saying ``text`` is no preset, with a close match if there is one, then the valid names."""
+    close = difflib.get_close_matches(text.strip().lower(), list(PRESETS), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown scaling law {text!r}{hint}; use one of {', '.join(sorted(PRESETS))}"
 
 
 def compute_fraction(law: LawLike, loss_clean: float, loss_spliced: float) -> float:
@@ -277,173 +296,6 @@ def sensitivity_to_E(
     ]
 
 
-def fit_scaling_law(
-    rows: Sequence[tuple[float, float, float]],
-    name: str = "fitted",
-    initial: LawLike | None = None,
-) -> ScalingLaw:
-    """Fit ``L(N, D) = E + A / N**alpha + B / D**beta`` to ``(params, tokens, loss)`` rows.
-
-    Follows Hoffmann et al. (2022): with ``E = exp(e)``, ``A = exp(a)``, ``B = exp(b)``, minimise the Huber
-    loss (delta 1e-3) between ``logsumexp(a - alpha log N, b - beta log D, e)`` and ``log L``, by L-BFGS
-    from a grid of starting points (plus ``initial`` if given), keeping the best. Needs at least 5 rows
-    spanning at least two parameter counts and two token counts.
-    """
-    table = _validate_rows(rows)
-    log_n = torch.tensor([math.log(row[0]) for row in table], dtype=torch.float64)
-    log_d = torch.tensor([math.log(row[1]) for row in table], dtype=torch.float64)
-    log_l = torch.tensor([math.log(row[2]) for row in table], dtype=torch.float64)
-    # Centre log N and log D so the amplitude and exponent of each term are not strongly coupled;
-    # a_c = a - alpha * mean(log N) is converted back after the fit.
-    n_mid = float(log_n.mean())
-    d_mid = float(log_d.mean())
-    x_n = log_n - n_mid
-    x_d = log_d - d_mid
-
-    starts = [
-        (e, a, b, alpha, beta)
-        for e, a, b, alpha, beta in itertools.product(
-            (-1.0, 0.0, 1.0), (0.0, 7.5, 15.0), (0.0, 7.5, 15.0), (0.2, 0.5, 1.0), (0.2, 0.5, 1.0)
-        )
-    ]
-    if initial is not None:
-        start_law = get_law(initial)
-        starts.append(
-            (
-                math.log(start_law.E) if start_law.E > 0 else -10.0,
-                math.log(start_law.A),
-                math.log(start_law.B),
-                start_law.alpha,
-                start_law.beta,
-            )
-        )
-    raw = torch.tensor(starts, dtype=torch.float64)
-    centred = raw.clone()
-    centred[:, 1] = raw[:, 1] - raw[:, 3] * n_mid
-    centred[:, 2] = raw[:, 2] - raw[:, 4] * d_mid
-
-    def objective(theta: torch.Tensor) -> torch.Tensor:
-        """Per-start Huber objective; theta has shape (starts, 5) in centred coordinates."""
-        e, a_c, b_c, alpha, beta = theta.unbind(dim=1)
-        terms = torch.stack(
-            (
-                a_c[:, None] - alpha[:, None] * x_n[None, :],
-                b_c[:, None] - beta[:, None] * x_d[None, :],
-                e[:, None].expand(-1, x_n.numel()),
-            )
-        )
-        predicted = torch.logsumexp(terms, dim=0)
-        huber = torch.nn.functional.huber_loss(
-            predicted, log_l.expand_as(predicted), reduction="none", delta=_HUBER_DELTA
-        )
-        return huber.sum(dim=1) / _HUBER_DELTA
-
-    # Stage 1: all starts together. The problems are independent, so the sum's gradient separates;
-    # L-BFGS on the sum is a cheap screen that moves every start towards its local basin.
-    screened = _lbfgs(objective, centred, max_iter=60)
-    with torch.no_grad():
-        values = objective(screened)
-    values = torch.where(torch.isfinite(values), values, torch.full_like(values, math.inf))
-    order = torch.argsort(values)
-    # Stage 2: refine the most promising starts one at a time and keep the best valid law.
-    best: tuple[float, torch.Tensor] | None = None
-    for index in order[: min(5, len(order))].tolist():
-        refined = _lbfgs(objective, screened[index : index + 1], max_iter=500)
-        with torch.no_grad():
-            value = float(objective(refined)[0])
-        e, a_c, b_c, alpha, beta = refined[0].tolist()
-        if not math.isfinite(value) or alpha <= 0 or beta <= 0:
-            continue
-        if best is None or value < best[0]:
-            best = (value, refined[0])
-    if best is None:
-        raise SaekitError(
-            "scaling-law fit found no law whose loss falls with both parameters and tokens; "
-            "give rows that span a wider range of params and tokens"
-        )
-    value, theta = best
-    e, a_c, b_c, alpha, beta = theta.tolist()
-    A = math.exp(a_c + alpha * n_mid)
-    B = math.exp(b_c + beta * d_mid)
-    if not (math.isfinite(A) and math.isfinite(B)):
-        raise SaekitError(
-            "scaling-law fit diverged (A or B overflowed); "
-            "give rows that span a wider range of params and tokens"
-        )
-    return ScalingLaw(
-        name=name,
-        E=math.exp(e),
-        A=A,
-        B=B,
-        alpha=alpha,
-        beta=beta,
-        source=(
-            f"fitted by saekit to {len(table)} (params, tokens, loss) rows: "
-            f"Huber loss (delta {_HUBER_DELTA:g}) on log-loss residuals, L-BFGS from {len(starts)} starts; "
-            f"final objective {value * _HUBER_DELTA:.3g}"
-        ),
-    )
-
-
-def load_table(path: str | Path) -> list[tuple[float, float, float]]:
-    """Read a CSV with header ``params,tokens,loss`` (any column order, extra columns ignored).
-
-    Blank lines and lines starting with ``#`` are skipped. Each value must be a positive finite number;
-    a bad row raises :class:`SaekitError` naming its line number.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SaekitError(
-            f"cannot read scaling table {path}: {exc.strerror or exc}; check the path"
-        ) from None
-    except UnicodeDecodeError:
-        raise SaekitError(f"scaling table {path} is not UTF-8 text; save it as a UTF-8 CSV") from None
-    lines = [
-        (number, line)
-        for number, line in enumerate(text.splitlines(), start=1)
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
-    if not lines:
-        raise SaekitError(
-            f"scaling table {path} is empty; give a header params,tokens,loss and one row per model"
-        )
-    header_line, header_text = lines[0]
-    header = [cell.strip().lower() for cell in next(csv.reader([header_text]))]
-    missing = [column for column in ("params", "tokens", "loss") if column not in header]
-    if missing:
-        raise SaekitError(
-            f"{path}:{header_line}: header lacks column(s) {', '.join(missing)}; "
-            "the first line must name params,tokens,loss"
-        )
-    positions = {column: header.index(column) for column in ("params", "tokens", "loss")}
-    rows: list[tuple[float, float, float]] = []
-    for number, line in lines[1:]:
-        cells = next(csv.reader([line]))
-        if len(cells) != len(header):
-            raise SaekitError(
-                f"{path}:{number}: row has {len(cells)} fields but the header has {len(header)}; "
-                "give one value per column"
-            )
-        values = []
-        for column in ("params", "tokens", "loss"):
-            cell = cells[positions[column]].strip()
-            try:
-                value = float(cell)
-            except ValueError:
-                value = math.nan
-            if not math.isfinite(value) or value <= 0:
-                raise SaekitError(
-                    f"{path}:{number}: {column} value {cell!r} is not a positive finite number; fix that row"
-                )
-            values.append(value)
-        rows.append((values[0], values[1], values[2]))
-    if not rows:
-        raise SaekitError(f"scaling table {path} has a header but no rows; add one row per model")
-    return rows
-
-
 def effective_compute_report(
     law: LawLike,
     loss_clean: float,
@@ -453,6 +305,9 @@ def effective_compute_report(
 ) -> dict[str, Any]:
     """Everything about one (clean, spliced) loss pair as a JSON-able dict.
 
+    ``law`` is anything :func:`get_law` takes: a preset name, a dict of constants, or a :class:`ScalingLaw`
+    such as :func:`saekit.evaluation.scaling_fit.law_from_table` returns. Losses at or below its floor ``E``
+    raise :class:`SaekitError` (a property of the data, so callers may report it instead of a number).
     Keys: ``law`` (name, constants, source), ``gamma``, ``loss_clean``, ``loss_spliced``, ``degradation``,
     ``compute_fraction``, ``sensitivity`` (see :func:`sensitivity_to_E`), ``parameter_equivalent`` (only
     when both ``params`` and ``tokens`` are given, else ``None``) and a one-line ``statement``.
@@ -549,67 +404,6 @@ def _fraction(E: float, gamma: float, loss_clean: float, loss_spliced: float, la
             f"floor E={E:.4g}, pick another law or fit one"
         )
     return math.exp(log_fraction)
-
-
-def _lbfgs(objective, theta0: torch.Tensor, max_iter: int) -> torch.Tensor:
-    theta = theta0.detach().clone().requires_grad_(True)
-    optimiser = torch.optim.LBFGS(
-        [theta],
-        lr=1.0,
-        max_iter=max_iter,
-        max_eval=int(max_iter * 1.5),
-        tolerance_grad=1e-12,
-        tolerance_change=1e-13,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure() -> torch.Tensor:
-        optimiser.zero_grad()
-        value = objective(theta).sum()
-        value.backward()
-        return value
-
-    optimiser.step(closure)
-    return theta.detach()
-
-
-def _validate_rows(rows: Sequence[tuple[float, float, float]]) -> list[tuple[float, float, float]]:
-    try:
-        items = list(rows)
-    except TypeError:
-        raise SaekitError("rows must be a sequence of (params, tokens, loss) tuples") from None
-    if len(items) < _MIN_FIT_ROWS:
-        raise SaekitError(
-            f"fitting a scaling law needs at least {_MIN_FIT_ROWS} (params, tokens, loss) rows, got "
-            f"{len(items)}; add more models/checkpoints"
-        )
-    table = []
-    for index, row in enumerate(items):
-        try:
-            params, tokens, loss = row
-        except (TypeError, ValueError):
-            raise SaekitError(
-                f"row {index} is {row!r}, not a (params, tokens, loss) triple; fix that row"
-            ) from None
-        values = []
-        for label, value in (("params", params), ("tokens", tokens), ("loss", loss)):
-            try:
-                number = float(value) if not isinstance(value, bool) else math.nan
-            except (TypeError, ValueError):
-                number = math.nan
-            if not math.isfinite(number) or number <= 0:
-                raise SaekitError(
-                    f"row {index}: {label}={value!r} is not a positive finite number; fix that row"
-                )
-            values.append(number)
-        table.append((values[0], values[1], values[2]))
-    if len({row[0] for row in table}) < 2 or len({row[1] for row in table}) < 2:
-        raise SaekitError(
-            "scaling-law rows must span at least two parameter counts and two token counts; "
-            "add models of other sizes or checkpoints at other token counts"
-        )
-    return table
 
 
 def _finite(value: Any, label: str) -> float:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from html import escape
 
 import torch
 
 from saekit.evaluation.splice import SpliceTarget, spliced_context
 from saekit.models.loading import LoadedModel
+from saekit.render import markdown_table
 
 DEFAULT_PROMPTS = (
     "In the beginning God created",
@@ -65,9 +65,6 @@ def side_by_side(
 
 
 def generations_markdown(rows: list[SideBySide]) -> str:
-    def cell(text: str) -> str:
-        # Markup in a sample stays text; quotes need no escaping outside attributes and read better raw.
-        return escape(text, quote=False).replace("|", "&#124;").replace("\n", " ⏎ ")
-    lines = ["| prompt | clean model | dictionary spliced in |", "|---|---|---|"]
-    lines += [f"| {cell(r.prompt)} | {cell(r.clean)} | {cell(r.spliced)} |" for r in rows]
-    return "\n".join(lines)
+    # Markup in a sample stays text (markdown_table escapes every cell); quotes stay raw and readable.
+    return markdown_table(["prompt", "clean model", "dictionary spliced in"],
+                          [(r.prompt, r.clean, r.spliced) for r in rows])

@@ -21,10 +21,10 @@ comparison with other tools.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
+
+from saekit.evaluation.results import ReconstructionResults
 
 L0_HISTOGRAM_EDGES = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 1 << 30)
 
@@ -65,7 +65,7 @@ class ReconstructionMetrics:
             return torch.zeros_like(norms, dtype=torch.bool)
         return norms > self.outlier_norm_factor * norms.median()
 
-    def result(self) -> dict[str, Any]:
+    def result(self) -> ReconstructionResults:
         assert self.errors, "no tokens were evaluated"
         error, target = torch.cat(self.errors), torch.cat(self.targets).double()
         deviation = (target - target.mean(0)).pow(2).sum(-1)
@@ -76,7 +76,7 @@ class ReconstructionMetrics:
         l0 = torch.cat(self.l0_values).float()
         density = self.fire_counts.double() / self.tokens
         histogram = torch.histogram(l0, torch.tensor(L0_HISTOGRAM_EDGES, dtype=torch.float))[0]
-        return {
+        return ReconstructionResults(**{
             "tokens": self.tokens,
             "mse_per_token": error.mean().item(),
             "mse_per_element": error.mean().item() / target.shape[-1],
@@ -97,4 +97,4 @@ class ReconstructionMetrics:
             "dense_fraction": (density > self.dense_threshold).double().mean().item(),
             "dense_threshold": self.dense_threshold,
             "latent_density": density.tolist(),
-        }
+        })

@@ -2,110 +2,108 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from saekit.evaluation.damage import damage_markdown
 from saekit.evaluation.effective_compute import format_report_markdown
 from saekit.evaluation.generation import SideBySide, generations_markdown
+from saekit.evaluation.results import CONDITIONS, EvaluationResults, LossResults, MeanSE, ReconstructionResults
+from saekit.render import markdown_table
 
 
-def _pm(value: dict[str, float], digits: int = 4) -> str:
-    return f"{value['mean']:.{digits}f} ± {value['se']:.{digits}f}"
+def _pm(value: MeanSE, digits: int = 4) -> str:
+    return f"{value.mean:.{digits}f} ± {value.se:.{digits}f}"
 
 
-def _loss_table(losses: dict[str, Any]) -> list[str]:
-    rows = [
-        ("clean model", "ce_clean", None, None),
-        ("dictionary spliced in", "ce_spliced", "delta_ce_spliced", "kl_spliced"),
-        ("site zero-ablated", "ce_zero", "delta_ce_zero", "kl_zero"),
-        ("site mean-ablated", "ce_mean", "delta_ce_mean", "kl_mean"),
-    ]
-    lines = ["| condition | CE (nats) | ΔCE vs clean | KL(clean ‖ condition) |", "|---|---|---|---|"]
-    for label, ce, delta, kl in rows:
-        lines.append(f"| {label} | {_pm(losses[ce])} | {_pm(losses[delta]) if delta else '-'} | "
-                     f"{_pm(losses[kl]) if kl else '-'} |")
-    return lines
+CONDITION_LABELS = {"clean": "clean model", "spliced": "dictionary spliced in", "zero": "site zero-ablated",
+                    "mean": "site mean-ablated"}
 
 
-def _outlier_lines(rec: dict[str, Any]) -> list[str]:
-    if rec.get("outlier_norm_factor") is None:  # no outlier rule, or metrics written before the split
+def _loss_table(losses: LossResults) -> list[str]:
+    rows = []
+    for condition in CONDITIONS:
+        clean = condition == "clean"
+        rows.append([CONDITION_LABELS[condition], _pm(losses.ce(condition)),
+                     "-" if clean else _pm(losses.delta_ce(condition)), "-" if clean else _pm(losses.kl(condition))])
+    return [markdown_table(["condition", "CE (nats)", "ΔCE vs clean", "KL(clean ‖ condition)"], rows)]
+
+
+def _outlier_lines(rec: ReconstructionResults) -> list[str]:
+    if rec.outlier_norm_factor is None:  # no outlier rule, or metrics written before the split
         return []
-    return [f"- FVU without outlier-norm tokens (norm > {rec['outlier_norm_factor']}x the median, the training "
-            f"rule): **{rec['fvu_without_outliers']:.4f}**. Those tokens are {rec['outlier_token_fraction']:.2%} "
-            f"of the evaluated tokens but hold {rec['outlier_variance_share']:.1%} of the variance and "
-            f"{rec['outlier_error_share']:.1%} of the squared error; where the share is large, the all-token "
+    return [f"- FVU without outlier-norm tokens (norm > {rec.outlier_norm_factor}x the median, the training "
+            f"rule): **{rec.fvu_without_outliers:.4f}**. Those tokens are {rec.outlier_token_fraction:.2%} "
+            f"of the evaluated tokens but hold {rec.outlier_variance_share:.1%} of the variance and "
+            f"{rec.outlier_error_share:.1%} of the squared error; where the share is large, the all-token "
             "FVU above mostly measures them."]
 
 
-def _reconstruction_lines(site: str, rec: dict[str, Any]) -> list[str]:
-    p = rec["l0_percentiles"]
+def _reconstruction_lines(site: str, rec: ReconstructionResults) -> list[str]:
+    p = rec.l0_percentiles
     return [
-        f"### Reconstruction and sparsity at `{site}` ({rec['tokens']} tokens)",
+        f"### Reconstruction and sparsity at `{site}` ({rec.tokens} tokens)",
         "",
-        f"- Fraction of variance unexplained (FVU): **{rec['fvu']:.4f}** "
-        f"(explained variance {rec['explained_variance']:.4f}); formula: {rec['fvu_formula']}. "
-        f"Legacy per-token-mean form: {rec['legacy_fvu_per_token_mean']:.4f}.",
+        f"- Fraction of variance unexplained (FVU): **{rec.fvu:.4f}** "
+        f"(explained variance {rec.explained_variance:.4f}); formula: {rec.fvu_formula}. "
+        f"Legacy per-token-mean form: {rec.legacy_fvu_per_token_mean:.4f}.",
         *_outlier_lines(rec),
-        f"- MSE per token (sum over dimensions): {rec['mse_per_token']:.4f}; per element: {rec['mse_per_element']:.6f}",
-        f"- L0: mean {rec['l0_mean']:.2f}; 5/50/95th percentiles {p['5']:.0f} / {p['50']:.0f} / {p['95']:.0f}",
-        f"- Dead latents (never fired on these tokens): {rec['dead_fraction']:.2%}; dense latents "
-        f"(fire on > {rec['dense_threshold']:.0%} of tokens): {rec['dense_fraction']:.2%}",
+        f"- MSE per token (sum over dimensions): {rec.mse_per_token:.4f}; per element: {rec.mse_per_element:.6f}",
+        f"- L0: mean {rec.l0_mean:.2f}; 5/50/95th percentiles {p['5']:.0f} / {p['50']:.0f} / {p['95']:.0f}",
+        f"- Dead latents (never fired on these tokens): {rec.dead_fraction:.2%}; dense latents "
+        f"(fire on > {rec.dense_threshold:.0%} of tokens): {rec.dense_fraction:.2%}",
         "",
     ]
 
 
-def render_report(metrics: dict[str, Any]) -> str:
-    losses = metrics["losses"]
+def render_report(metrics: EvaluationResults) -> str:
+    losses = metrics.losses
     lines = [
         "# saekit evaluation report",
         "",
-        f"Model: {metrics['model']}. Sites spliced jointly: {', '.join(f'`{s}`' for s in metrics['sites'])}. "
-        f"{metrics['eval_contexts']} held-out contexts of {metrics['context_length']} tokens "
-        f"({losses['contexts']} contexts scored). {metrics['bos_handling']}. ± values are standard errors "
+        f"Model: {metrics.model}. Sites spliced jointly: {', '.join(f'`{s}`' for s in metrics.sites)}. "
+        f"{metrics.eval_contexts} held-out contexts of {metrics.context_length} tokens "
+        f"({losses.contexts} contexts scored). {metrics.bos_handling}. ± values are standard errors "
         "over contexts (ΔCE paired by context).",
         "",
         "## Degradation of the model",
         "",
         *_loss_table(losses),
         "",
-        f"- ΔCE with the dictionary spliced in: **{losses['delta_ce_spliced']['mean']:.4f} nats**.",
-        f"- Loss recovered against a **zero-ablation** baseline: {losses['loss_recovered_vs_zero_ablation']:.2%}; "
-        f"against a **mean-ablation** baseline: {losses['loss_recovered_vs_mean_ablation']:.2%}. "
+        f"- ΔCE with the dictionary spliced in: **{losses.delta_ce_spliced.mean:.4f} nats**.",
+        f"- Loss recovered against a **zero-ablation** baseline: {losses.loss_recovered_vs_zero_ablation:.2%}; "
+        f"against a **mean-ablation** baseline: {losses.loss_recovered_vs_mean_ablation:.2%}. "
         "Loss recovered flatters: ablating a site destroys the model, so the denominator is huge. "
         "Read ΔCE and the effective compute below instead.",
         "",
     ]
-    compute = metrics.get("effective_compute", {})
+    compute = metrics.effective_compute
     if "error" in compute:
         lines += ["### Effective compute", "", f"Not reported: {compute['error']}", ""]
     elif compute:
         lines += [format_report_markdown(compute), ""]
-    if "alone" in metrics:
+    if metrics.is_joint:
         lines += _alone_lines(metrics)
-    if len(metrics["reconstruction"]) > 1:
+    if len(metrics.reconstruction) > 1:
         lines += ["In the joint splice each dictionary reads the activations of the model with the dictionaries "
                   "upstream of it already spliced in, so the reconstruction figures below are measured there and "
                   "differ from each dictionary alone (the FVU column above).", ""]
-    for site, rec in metrics["reconstruction"].items():
+    for site, rec in metrics.reconstruction.items():
         lines += _reconstruction_lines(site, rec)
-    if "token_damage" in metrics:
-        lines += ["## Where the splice hurts", "", damage_markdown(metrics["token_damage"]), ""]
-    if metrics.get("generations"):
-        rows = [SideBySide(**row) for row in metrics["generations"]]
+    if metrics.token_damage:
+        lines += ["## Where the splice hurts", "", damage_markdown(metrics.token_damage), ""]
+    if metrics.generations:
+        rows = [SideBySide(**row) for row in metrics.generations]
         lines += ["## The degraded model, side by side", "",
                   "Same prompts, same sampling seed (temperature 0.7), clean vs spliced:", "",
                   generations_markdown(rows), ""]
     return "\n".join(lines) + "\n"
 
 
-def _alone_lines(metrics: dict[str, Any]) -> list[str]:
-    joint = metrics["losses"]
-    lines = ["## Each dictionary alone vs all jointly", "",
-             "| spliced | ΔCE (nats) | KL | FVU |", "|---|---|---|---|"]
-    for run, alone in metrics["alone"].items():
-        losses, (rec,) = alone["losses"], alone["reconstruction"].values()
-        lines.append(f"| {alone['sites'][0]} alone ({run}) | {_pm(losses['delta_ce_spliced'])} | "
-                     f"{_pm(losses['kl_spliced'])} | {rec['fvu']:.4f} |")
-    lines.append(f"| all {len(metrics['alone'])} jointly | {_pm(joint['delta_ce_spliced'])} | "
-                 f"{_pm(joint['kl_spliced'])} | - |")
-    return lines + [""]
+def _alone_lines(metrics: EvaluationResults) -> list[str]:
+    joint = metrics.losses
+    rows = []
+    for run, alone in metrics.alone.items():
+        (rec,) = alone.reconstruction.values()
+        rows.append([f"{alone.sites[0]} alone ({run})", _pm(alone.losses.delta_ce_spliced),
+                     _pm(alone.losses.kl_spliced), f"{rec.fvu:.4f}"])
+    rows.append([f"all {len(metrics.alone)} jointly", _pm(joint.delta_ce_spliced), _pm(joint.kl_spliced), None])
+    return ["## Each dictionary alone vs all jointly", "",
+            markdown_table(["spliced", "ΔCE (nats)", "KL", "FVU"], rows), ""]

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from saekit.dictionaries.base import Dictionary
 from saekit.evaluation.reconstruction import ReconstructionMetrics
+from saekit.evaluation.results import BASELINES, CONDITIONS, LossResults, MeanSE
 from saekit.models.hooks import splice, splice_module
 from saekit.models.loading import LoadedModel
 from saekit.models.sites import Site
@@ -61,7 +61,8 @@ class SpliceTarget:
         self.metrics = ReconstructionMetrics(self.dictionary.config.width,
                                              outlier_norm_factor=self.outlier_norm_factor)
 
-    def reconstruct(self, x: Tensor) -> Tensor:
+    def reconstruct(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(reconstruction, latents) of these activations."""
         output = self.dictionary(x.float())
         return output.reconstruction, output.latents
 
@@ -71,8 +72,8 @@ def _context(loaded: LoadedModel, targets: list[SpliceTarget], mode: str) -> Abs
     adapter = loaded.adapter
     replacements = {t.write_site: keep_bos(_replacement(t, mode)) for t in targets if not _is_transcoding(t, mode)}
     transcoders = [t for t in targets if _is_transcoding(t, mode)]
-    return _stacked([lambda: splice(adapter, replacements)] + [
-        (lambda t=t: splice_module(adapter, t.read_site, t.write_site, _transcoder_replacement(t))) for t in transcoders
+    return _stacked([splice(adapter, replacements)] + [
+        splice_module(adapter, t.read_site, t.write_site, _transcoder_replacement(t)) for t in transcoders
     ])
 
 
@@ -106,30 +107,21 @@ def _replacement(target: SpliceTarget, mode: str) -> Replacement:
     return spliced
 
 
-class _stacked(AbstractContextManager):
-    def __init__(self, factories: list[Callable[[], AbstractContextManager]]) -> None:
-        self.factories = factories
-        self.entered: list[AbstractContextManager] = []
-
-    def __enter__(self) -> None:
-        for factory in self.factories:
-            manager = factory()
-            manager.__enter__()
-            self.entered.append(manager)
-
-    def __exit__(self, *exc: object) -> None:
-        for manager in reversed(self.entered):
-            manager.__exit__(*exc)
+@contextmanager
+def _stacked(managers: list[AbstractContextManager]) -> Iterator[None]:
+    """Enter every hook context; if one fails on entry, the ones already entered are exited (removed)."""
+    with ExitStack() as stack:
+        for manager in managers:
+            stack.enter_context(manager)
+        yield
 
 
 class LossComparison:
     """Per-context mean NLL and KL for each condition, for means and standard errors."""
 
-    CONDITIONS = ("clean", "spliced", "zero", "mean")
-
     def __init__(self) -> None:
-        self.nll: dict[str, list[Tensor]] = {c: [] for c in self.CONDITIONS}
-        self.kl: dict[str, list[Tensor]] = {c: [] for c in self.CONDITIONS if c != "clean"}
+        self.nll: dict[str, list[Tensor]] = {c: [] for c in CONDITIONS}
+        self.kl: dict[str, list[Tensor]] = {c: [] for c in CONDITIONS if c != "clean"}
         self.token_nll: dict[str, list[Tensor]] = {"clean": [], "spliced": []}
 
     def update(self, condition: str, nll: Tensor, kl: Tensor | None) -> None:
@@ -143,31 +135,27 @@ class LossComparison:
         """[contexts, seq-2] increase in NLL at each predicted token when the dictionary is spliced in."""
         return torch.cat(self.token_nll["spliced"]) - torch.cat(self.token_nll["clean"])
 
-    def result(self) -> dict[str, Any]:
+    def result(self) -> LossResults:
         per_context = {c: torch.cat(v) for c, v in self.nll.items()}
         clean = per_context["clean"]
-        out: dict[str, Any] = {"contexts": clean.numel()}
-        for condition, values in per_context.items():
-            out[f"ce_{condition}"] = _mean_se(values)
-        for condition in ("spliced", "zero", "mean"):
-            out[f"delta_ce_{condition}"] = _mean_se(per_context[condition] - clean)  # paired by context
-            out[f"kl_{condition}"] = _mean_se(torch.cat(self.kl[condition]))
-        spliced, ce_clean = out["ce_spliced"]["mean"], out["ce_clean"]["mean"]
-        for baseline in ("zero", "mean"):
-            ablated = out[f"ce_{baseline}"]["mean"]
-            out[f"loss_recovered_vs_{baseline}_ablation"] = 1 - (spliced - ce_clean) / (ablated - ce_clean)
-        return out
+        ce = {condition: _mean_se(values) for condition, values in per_context.items()}
+        others = [c for c in CONDITIONS if c != "clean"]
+        delta_ce = {c: _mean_se(per_context[c] - clean) for c in others}  # paired by context
+        kl = {c: _mean_se(torch.cat(self.kl[c])) for c in others}
+        spliced, ce_clean = ce["spliced"].mean, ce["clean"].mean
+        recovered = {b: 1 - (spliced - ce_clean) / (ce[b].mean - ce_clean) for b in BASELINES}
+        return LossResults.build(clean.numel(), ce, delta_ce, kl, recovered)
 
 
-def _mean_se(values: Tensor) -> dict[str, float]:
+def _mean_se(values: Tensor) -> MeanSE:
     n = values.numel()
     se = values.std().item() / math.sqrt(n) if n > 1 else float("nan")
-    return {"mean": values.mean().item(), "se": se}
+    return MeanSE(values.mean().item(), se)
 
 
 @torch.no_grad()
 def compare_losses(loaded: LoadedModel, targets: list[SpliceTarget], batches: Iterator[Tensor],
-                   comparison: LossComparison | None = None) -> dict[str, Any]:
+                   comparison: LossComparison | None = None) -> LossResults:
     """Run every condition on every batch; returns losses, KLs and loss recovered per baseline."""
     comparison = comparison if comparison is not None else LossComparison()
     return compare_losses_many(loaded, [targets], batches, [comparison])[0]
@@ -175,7 +163,7 @@ def compare_losses(loaded: LoadedModel, targets: list[SpliceTarget], batches: It
 
 @torch.no_grad()
 def compare_losses_many(loaded: LoadedModel, groups: list[list[SpliceTarget]], batches: Iterator[Tensor],
-                        comparisons: list[LossComparison] | None = None) -> list[dict[str, Any]]:
+                        comparisons: list[LossComparison] | None = None) -> list[LossResults]:
     """Like :func:`compare_losses` for several alternative splices of the same sites (a sweep).
 
     The clean, zero- and mean-ablated passes are shared: each batch costs 3 + len(groups) forwards.

@@ -13,7 +13,6 @@ import base64
 import itertools
 import math
 import statistics
-from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -23,26 +22,35 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
+from saekit.dictionaries.registry import ARCHITECTURES  # noqa: E402
 from saekit.errors import SaekitError  # noqa: E402
-from saekit.io import atomic_write, read_json, write_json, write_text  # noqa: E402
+from saekit.evaluation.results import EvaluationResults  # noqa: E402
+from saekit.io import read_json, write_json, write_text  # noqa: E402
 from saekit.models.sites import parse_site  # noqa: E402
+from saekit.render import escape_html, markdown_table, save_png  # noqa: E402
+from saekit.training.config import TrainConfig  # noqa: E402
+
+
+def load_results(run_dir: Path) -> EvaluationResults:
+    path = run_dir / "metrics.json"
+    return EvaluationResults.from_dict(read_json(path, "metrics (run `saekit evaluate` first)"), str(path))
 
 
 def run_row(run_dir: Path) -> dict[str, Any]:
-    metrics = read_json(run_dir / "metrics.json", "metrics (run `saekit evaluate` first)")
-    site = metrics["sites"][0].split("->")[-1]
-    (reconstruction,) = [v for k, v in metrics["reconstruction"].items() if k == site] or list(
-        metrics["reconstruction"].values())[:1]
-    run = metrics.get("run", {})
-    compute = metrics.get("effective_compute", {})
+    metrics = load_results(run_dir)
+    site = metrics.sites[0].split("->")[-1]
+    reconstruction = metrics.reconstruction.get(site) or next(iter(metrics.reconstruction.values()))
+    run = metrics.run
+    architecture = TrainConfig.from_dict(run, f"{run_dir}/metrics.json run").dictionary.architecture if run else "?"
+    compute, losses = metrics.effective_compute, metrics.losses
     return {
         "run": run_dir.name, "site": site, "layer": parse_site(site).layer,
-        "architecture": run.get("architecture", "?"), "width": len(reconstruction["latent_density"]),
-        "l0": reconstruction["l0_mean"], "fvu": reconstruction["fvu"],
-        "fvu_without_outliers": reconstruction.get("fvu_without_outliers"),
-        "outlier_variance_share": reconstruction.get("outlier_variance_share"),
-        "ce_clean": metrics["losses"]["ce_clean"]["mean"], "delta_ce": metrics["losses"]["delta_ce_spliced"]["mean"],
-        "delta_ce_se": metrics["losses"]["delta_ce_spliced"]["se"], "kl": metrics["losses"]["kl_spliced"]["mean"],
+        "architecture": architecture, "width": reconstruction.width,
+        "l0": reconstruction.l0_mean, "fvu": reconstruction.fvu,
+        "fvu_without_outliers": reconstruction.fvu_without_outliers,
+        "outlier_variance_share": reconstruction.outlier_variance_share,
+        "ce_clean": losses.ce_clean.mean, "delta_ce": losses.delta_ce_spliced.mean,
+        "delta_ce_se": losses.delta_ce_spliced.se, "kl": losses.kl_spliced.mean,
         "compute_fraction": compute.get("compute_fraction"), "law": compute.get("law", {}).get("name"),
     }
 
@@ -53,7 +61,6 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
             if not any((x2 <= x and y2 <= y) and (x2 < x or y2 < y) for x2, y2 in points)]
 
 
-FIXED_L0_ARCHITECTURES = ("topk", "batchtopk")  # their k sets L0 directly
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # architectures with near-equal results stay distinguishable
 
 
@@ -64,8 +71,13 @@ def fvu_key(rows: list[dict[str, Any]]) -> str:
 
 def default_match_l0(rows: list[dict[str, Any]]) -> float:
     """The L0 to compare at: the median L0 of the TopK-style runs (their k), else of all runs."""
-    fixed = [r["l0"] for r in rows if r["architecture"] in FIXED_L0_ARCHITECTURES]
+    fixed = [r["l0"] for r in rows if _fixed_l0(r["architecture"])]
     return statistics.median(fixed or [r["l0"] for r in rows])
+
+
+def _fixed_l0(architecture: str) -> bool:
+    """Whether the architecture's sparsity setting is its L0 (``k``), so its runs define the target."""
+    return architecture in ARCHITECTURES and ARCHITECTURES[architecture].fixed_l0()
 
 
 def _interpolate(low: dict[str, Any], high: dict[str, Any], target: float, key: str) -> float:
@@ -126,11 +138,6 @@ def _scatter(ax: Any, rows: list[dict[str, Any]], y_key: str, ylabel: str, lower
     ax.legend(fontsize=7)
 
 
-def _figure_png(figure: Any, path: Path) -> None:
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(figure)
-
-
 def plot_summary(rows: list[dict[str, Any]], out_dir: Path, target_l0: float | None = None) -> list[Path]:
     paths = []
     figure, ax = plt.subplots(figsize=(5, 3.5))
@@ -141,8 +148,7 @@ def plot_summary(rows: list[dict[str, Any]], out_dir: Path, target_l0: float | N
     ax.set_xlabel("layer")
     ax.set_ylabel("ΔCE spliced - clean (nats)")
     ax.legend(fontsize=7)
-    paths.append(out_dir / "delta_ce_by_layer.png")
-    _figure_png(figure, paths[-1])
+    paths.append(save_png(figure, out_dir / "delta_ce_by_layer.png", dpi=110, tight=True))
     figure, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     key = fvu_key(rows)
     _scatter(axes[0], rows, key, "FVU without outlier-norm tokens" if key == "fvu_without_outliers" else "FVU")
@@ -154,8 +160,7 @@ def plot_summary(rows: list[dict[str, Any]], out_dir: Path, target_l0: float | N
     if target_l0 is not None:
         for ax in axes:
             ax.axvline(target_l0, color="grey", linewidth=0.6, linestyle=":")
-    paths.append(out_dir / "pareto.png")
-    _figure_png(figure, paths[-1])
+    paths.append(save_png(figure, out_dir / "pareto.png", dpi=110, tight=True))
     return paths
 
 
@@ -164,14 +169,15 @@ def _optional(value: float | None, spec: str = ".4f") -> str:
 
 
 def _markdown(rows: list[dict[str, Any]], matched: list[dict[str, Any]], plots: list[Path]) -> str:
-    header = ("| run | site | architecture | L0 | FVU (all tokens) | FVU without outliers | ΔCE (nats) | KL "
-              "| effective compute |")
-    lines = ["# saekit summary", "", header, "|---|---|---|---|---|---|---|---|---|"]
+    header = ["run", "site", "architecture", "L0", "FVU (all tokens)", "FVU without outliers", "ΔCE (nats)", "KL",
+              "effective compute"]
+    table = []
     for r in rows:
         compute = f"{r['compute_fraction']:.3g}x ({r['law']})" if r["compute_fraction"] is not None else "-"
-        lines.append(f"| {r['run']} | {r['site']} | {r['architecture']} | {r['l0']:.1f} | {r['fvu']:.4f} | "
-                     f"{_optional(r.get('fvu_without_outliers'))} | {r['delta_ce']:.4f} ± {r['delta_ce_se']:.4f} | "
-                     f"{r['kl']:.4f} | {compute} |")
+        table.append([r["run"], r["site"], r["architecture"], f"{r['l0']:.1f}", f"{r['fvu']:.4f}",
+                      _optional(r.get("fvu_without_outliers")), f"{r['delta_ce']:.4f} ± {r['delta_ce_se']:.4f}",
+                      f"{r['kl']:.4f}", compute])
+    lines = ["# saekit summary", "", markdown_table(header, table)]
     shares = [r["outlier_variance_share"] for r in rows if r.get("outlier_variance_share") is not None]
     if shares:
         held = f"{min(shares):.1%}" if min(shares) == max(shares) else f"{min(shares):.1%} to {max(shares):.1%}"
@@ -182,13 +188,15 @@ def _markdown(rows: list[dict[str, Any]], matched: list[dict[str, Any]], plots: 
         lines += ["", f"## At matched L0 = {matched[0]['target_l0']:.1f}", "",
                   "Interpolated linearly in log L0 between each architecture's two runs that bracket the target "
                   "(a run within 10% of it is used as is). Unmatched: no runs on both sides; the nearest is named.",
-                  "", f"| site | architecture | width | ΔCE (nats) | KL | {fvu.replace('_', ' ')} | from runs |",
-                  "|---|---|---|---|---|---|---|"]
+                  ""]
+        table = []
         for m in matched:
             nearest = f"unmatched (nearest {m['nearest_run']}, L0 {m['nearest_l0']:.1f})"
             source = ", ".join(m["runs"]) if m["matched"] else nearest
-            lines.append(f"| {m['site']} | {m['architecture']} | {m['width']} | {_optional(m['delta_ce'])} | "
-                         f"{_optional(m['kl'])} | {_optional(m[fvu])} | {source} |")
+            table.append([m["site"], m["architecture"], m["width"], _optional(m["delta_ce"]), _optional(m["kl"]),
+                          _optional(m[fvu]), source])
+        lines.append(markdown_table(["site", "architecture", "width", "ΔCE (nats)", "KL", fvu.replace("_", " "),
+                                     "from runs"], table))
     lines += ["", *[f"![{p.stem}]({p.name})" for p in plots]]
     return "\n".join(lines) + "\n"
 
@@ -198,10 +206,10 @@ TABLE_KEYS = ("run", "site", "architecture", "l0", "fvu", "fvu_without_outliers"
 
 def _html(markdown_rows: list[dict[str, Any]], plots: list[Path]) -> str:
     cells = "".join(
-        "<tr>" + "".join(f"<td>{escape(str(r.get(k) if not isinstance(r.get(k), float) else round(r[k], 4)))}</td>"
+        "<tr>" + "".join(f"<td>{escape_html(r.get(k) if not isinstance(r.get(k), float) else round(r[k], 4))}</td>"
                          for k in TABLE_KEYS)
         + "</tr>" for r in markdown_rows)
-    images = "".join(f'<img alt="{escape(p.stem)}" src="data:image/png;base64,'
+    images = "".join(f'<img alt="{escape_html(p.stem)}" src="data:image/png;base64,'
                      f'{base64.b64encode(p.read_bytes()).decode()}">' for p in plots)
     head = "".join(f"<th>{h}</th>" for h in ("run", "site", "architecture", "L0", "FVU", "FVU without outliers",
                                              "ΔCE", "KL", "compute"))

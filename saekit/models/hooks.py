@@ -63,9 +63,17 @@ class _StopForward(Exception):
     """Raised inside a hook once every requested site has been captured."""
 
 
+Hook = tuple[Site, Callable[[Tensor], Tensor | None]]  # a site and what sees (or replaces) its tensor
+
+
 @contextmanager
-def _hooks(handles: list) -> Iterator[None]:
+def _hooked(hooks: list[Hook], adapter: ArchitectureAdapter) -> Iterator[None]:
+    """Register every (site, function) hook for the block; all are removed afterwards, also when one
+    fails to register (a bad site), so a failed splice never leaves hooks behind on the model."""
+    handles = []
     try:
+        for site, on_value in hooks:
+            handles.append(_register(_hook_point(adapter, site), on_value))
         yield
     finally:
         for handle in handles:
@@ -101,8 +109,7 @@ def capture(
                 raise _StopForward
         return record
 
-    handles = [_register(_hook_point(adapter, site), recorder(site)) for site in wanted]
-    with _hooks(handles):
+    with _hooked([(site, recorder(site)) for site in wanted], adapter):
         try:
             adapter.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         except _StopForward:
@@ -113,8 +120,7 @@ def capture(
 @contextmanager
 def splice(adapter: ArchitectureAdapter, replacements: dict[Site, Callable[[Tensor], Tensor]]) -> Iterator[None]:
     """Within the block, each site's activation x is replaced by ``replacements[site](x)``."""
-    handles = [_register(_hook_point(adapter, site), fn) for site, fn in replacements.items()]
-    with _hooks(handles):
+    with _hooked(list(replacements.items()), adapter):
         yield
 
 
@@ -133,9 +139,5 @@ def splice_module(
     def remember(value: Tensor) -> None:
         last_read["value"] = value
 
-    handles = [
-        _register(_hook_point(adapter, read_site), remember),
-        _register(_hook_point(adapter, write_site), lambda original: fn(last_read["value"], original)),
-    ]
-    with _hooks(handles):
+    with _hooked([(read_site, remember), (write_site, lambda original: fn(last_read["value"], original))], adapter):
         yield

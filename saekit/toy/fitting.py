@@ -1,7 +1,8 @@
 """Train any registry architecture on a synthetic world at a chosen L0, on the same samples every time.
 
-Architectures control sparsity differently: the TopK family through ``k`` (``USES_K``), JumpReLU
-through ``extra["l0_coefficient"]``, the ReLU/gated family through ``l1_coefficient``. For a penalty
+Architectures control sparsity differently (each names its setting in ``SPARSITY_SETTING``): the
+TopK family through ``k``, JumpReLU through ``l0_coefficient``, the ReLU/gated family through
+``l1_coefficient``. For a penalty
 knob, :func:`fit_at_l0` searches the coefficient with a few full training runs (a secant in
 log L0 vs log coefficient; L0 keeps falling late in training, so short probes mislead) and keeps the
 run whose L0 is closest to ``k``. Inputs are scaled to E||x||^2 = 1
@@ -29,7 +30,7 @@ StreamFactory = Callable[[], Iterator[Tensor]]  # a fresh, identical stream of r
 
 K_KNOB = "k"
 L1_KNOB = "l1_coefficient"
-L0_KNOB = "l0_coefficient"  # an ``extra`` setting (JumpReLU)
+L0_KNOB = "l0_coefficient"
 DEFAULT_PENALTY_START = {L1_KNOB: 0.7, L0_KNOB: 0.03}  # starting points for E||x||^2 = 1 inputs
 
 
@@ -66,19 +67,14 @@ def sparsity_knob(architecture: str) -> str:
     """Which setting controls this architecture's L0: ``k``, the L1 coefficient or the L0 coefficient."""
     if architecture not in ARCHITECTURES:
         raise SaekitError(f"unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}")
-    cls = ARCHITECTURES[architecture]
-    if cls.USES_K:
-        return K_KNOB
-    return L0_KNOB if L0_KNOB in cls.EXTRA_DEFAULTS else L1_KNOB
+    return ARCHITECTURES[architecture].SPARSITY_SETTING
 
 
 def dictionary_config(architecture: str, d: int, config: FitConfig, knob_value: float | None) -> DictionaryConfig:
     knob = sparsity_knob(architecture)
     dictionary_cfg = DictionaryConfig(architecture, d, config.width, k=config.k)
-    if knob == L1_KNOB and knob_value is not None:
-        dictionary_cfg.l1_coefficient = knob_value
-    elif knob == L0_KNOB and knob_value is not None:
-        dictionary_cfg.extra = {L0_KNOB: knob_value}
+    if knob != K_KNOB and knob_value is not None:
+        setattr(dictionary_cfg, knob, knob_value)
     return dictionary_cfg
 
 

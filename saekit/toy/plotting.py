@@ -1,4 +1,4 @@
-"""Headless figure helpers for the toy experiments: Agg-only figures written atomically as PNG."""
+"""Headless figure helpers for the toy experiments: Agg-only figures written atomically as PNG (by saekit.render)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from saekit.io import atomic_write
+from saekit import render
 
 
 def new_figure(width: float = 6.4, height: float = 4.8, ncols: int = 1) -> tuple[Figure, list]:
@@ -18,6 +18,7 @@ def new_figure(width: float = 6.4, height: float = 4.8, ncols: int = 1) -> tuple
     return figure, list(axes)
 
 
-def save_png(figure: Figure, path: str | Path) -> None:
+def save_png(figure: Figure, path: str | Path) -> Path:
+    """Lay the figure out tightly; write it as a 120-dpi PNG with :func:`saekit.render.save_png`, which closes it."""
     figure.tight_layout()
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+    return render.save_png(figure, path, dpi=120)

@@ -8,7 +8,6 @@ state; scaled weights, optimizer, counters), ``log.jsonl`` (one line per step), 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -20,15 +19,16 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saekit.activations.buffer import shuffled_batches
-from saekit.activations.source import ActivationSource, ActivationSpec
-from saekit.dictionaries.base import Dictionary, DictionaryConfig
+from saekit.activations.source import ActivationSource
+from saekit.activations.spec import ActivationSpec
+from saekit.dictionaries.base import Dictionary
 from saekit.dictionaries.registry import build_dictionary, save_dictionary
 from saekit.errors import SaekitError
 from saekit.io import read_json, save_tensors, write_json, write_text
-from saekit.models.loading import LoadedModel, load_model
+from saekit.models.loading import LoadedModel
+from saekit.settings import differences, flat_values
 from saekit.training.checkpoint import load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
 from saekit.training.config import TrainConfig
-from saekit.training.schedule import OptimConfig
 from saekit.training.trainer import DictionaryTrainer, NonFiniteLossError
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -38,20 +38,11 @@ STATS_FILE = "activation_stats.safetensors"
 DICTIONARY_DIR = "dictionary"
 
 
-def activation_spec(config: TrainConfig) -> ActivationSpec:
-    return ActivationSpec(
-        model=config.model, sites=config.sites, corpus=config.corpus, text_field=config.text_field,
-        eval_fraction=config.eval_fraction, context_length=config.context_length, seed=config.seed,
-        exclude_bos=config.exclude_bos, outlier_norm_factor=config.outlier_norm_factor,
-        contexts_per_chunk=config.contexts_per_chunk,
-    )
-
-
 def model_loader(config: TrainConfig, loaded: LoadedModel | None = None,
                  sites: tuple[str, ...] | None = None) -> Callable[[], LoadedModel]:
     """A loader that validates the sites against the model, loading it only when first called."""
     def load() -> LoadedModel:
-        model = loaded or load_model(config.model, device=config.device)
+        model = loaded or config.data.load_model(config.run.device)
         for name in sites or config.sites:
             model.adapter.site(name)
         return model
@@ -72,21 +63,6 @@ class InputScaling:
         return InputScaling(scale(chunk[site]), scale(chunk[target_site or site]))
 
 
-def _optim_config(config: TrainConfig) -> OptimConfig:
-    return OptimConfig(lr=config.lr, warmup_steps=config.warmup_steps, decay_fraction=config.decay_fraction,
-                       sparsity_warmup_fraction=config.sparsity_warmup_fraction,
-                       dead_window_tokens=config.dead_window_tokens, resample_every=config.resample_every,
-                       resample_density_threshold=config.resample_density_threshold,
-                       resample_holdout_fraction=config.resample_holdout_fraction, seed=config.seed)
-
-
-def _dictionary_config(config: TrainConfig, d_in: int, d_out: int) -> DictionaryConfig:
-    width = config.width or config.expansion_factor * d_in
-    return DictionaryConfig(architecture=config.architecture, d_in=d_in, width=width,
-                            d_out=d_out if config.target_site else None, k=config.k,
-                            l1_coefficient=config.l1_coefficient, extra=dict(config.extra))
-
-
 class RunState:
     """The dictionary, its trainer, the scaling and the running activation sums of one run."""
 
@@ -95,12 +71,13 @@ class RunState:
         self.scaling = InputScaling.estimate(first_chunk, config.site, config.target_site)
         d_in = first_chunk[config.site].shape[1]
         d_out = first_chunk[config.target_site or config.site].shape[1]
-        torch.manual_seed(config.seed)
-        self.dictionary: Dictionary = build_dictionary(_dictionary_config(config, d_in, d_out))
+        torch.manual_seed(config.optim.seed)
+        self.dictionary: Dictionary = build_dictionary(
+            config.dictionary.build_config(d_in, d_out if config.target_site else None))
         with torch.no_grad():  # start the decoder bias at the data mean: latents then model deviations
             self.dictionary.b_dec.copy_(first_chunk[config.target_site or config.site].mean(0)
                                         * self.scaling.output_scale)
-        self.trainer = DictionaryTrainer(self.dictionary, _optim_config(config), config.total_steps)
+        self.trainer = DictionaryTrainer(self.dictionary, config.optim, config.total_steps)
         self.activation_sums = {site: torch.zeros(first_chunk[site].shape[1], dtype=torch.float64)
                                 for site in config.sites}
 
@@ -142,8 +119,8 @@ class RunState:
         folded = build_dictionary(self.dictionary.config)
         folded.load_state_dict(self.dictionary.state_dict())
         folded.fold_input_scale(self.scaling.input_scale, self.scaling.output_scale)
-        source = {"model": self.config.model, "site": self.config.site, "target_site": self.config.target_site,
-                  "context_length": self.config.context_length, "input_scale": self.scaling.input_scale,
+        source = {"model": self.config.data.model, "site": self.config.site, "target_site": self.config.target_site,
+                  "context_length": self.config.data.context_length, "input_scale": self.scaling.input_scale,
                   "output_scale": self.scaling.output_scale, "trained_tokens": self.trainer.tokens_seen}
         save_dictionary(run_dir / DICTIONARY_DIR, folded, source)
         tokens = max(self.trainer.tokens_seen, 1)
@@ -155,8 +132,8 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
     config_path = run_dir / "config.json"
     if resume:
         saved = TrainConfig.from_file(config_path)
-        if saved.to_dict() != config.to_dict():
-            changed = sorted(k for k, v in config.to_dict().items() if saved.to_dict().get(k) != v)
+        if saved != config:
+            changed = differences(saved, config)
             raise SaekitError(f"--resume with a different config (changed: {changed}); resume with the saved one")
         return
     if (run_dir / CHECKPOINT_FILE).exists() or (run_dir / DICTIONARY_DIR).exists():
@@ -178,23 +155,26 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def _batches_from(source: ActivationSource, config: TrainConfig, skip: int) -> Iterator[dict[str, Tensor]]:
-    batches = shuffled_batches(source.chunks(), config.batch_size, config.shuffle_buffer_tokens, config.seed)
+    optim = config.optim
+    batches = shuffled_batches(source.chunks(), optim.batch_size, optim.shuffle_buffer_tokens, optim.seed)
     for index, batch in enumerate(batches):
         if index >= skip:  # replaying the skipped batches is what makes resume exact
             yield batch
 
 
-# Settings that decide the batch sequence: runs trained together from one forward must share them.
-SHARED_DATA_FIELDS = ("model", "corpus", "text_field", "eval_fraction", "context_length", "exclude_bos",
-                      "outlier_norm_factor", "contexts_per_chunk", "model_batch_contexts", "shuffle_buffer_tokens",
-                      "cache_dir", "train_tokens", "batch_size", "seed", "device")
+# Besides the data section, the settings that decide the batch sequence (flat names): runs trained
+# together from one forward must share them.
+BATCH_SEQUENCE_SETTINGS = ("train_tokens", "batch_size", "shuffle_buffer_tokens", "seed", "cache_dir",
+                           "model_batch_contexts", "device")
 
 
 def shared_activation_spec(configs: list[TrainConfig]) -> ActivationSpec:
     """One spec reading every config's sites, after checking the configs agree on the data."""
-    first = configs[0].to_dict()
+    first = flat_values(configs[0])
     for config in configs[1:]:
-        differing = [f for f in SHARED_DATA_FIELDS if config.to_dict()[f] != first[f]]
+        values = flat_values(config)
+        differing = [name for name in BATCH_SEQUENCE_SETTINGS if values[name] != first[name]]
+        differing += differences(config.data, configs[0].data)
         if differing:
             raise SaekitError(
                 f"runs trained in one pass must share data settings; {config.name} differs in {differing}"
@@ -203,7 +183,7 @@ def shared_activation_spec(configs: list[TrainConfig]) -> ActivationSpec:
     if len(set(names)) < len(names):
         raise SaekitError(f"run names must be unique, got {names}")
     sites = tuple(dict.fromkeys(site for c in configs for site in c.sites))
-    return dataclasses.replace(activation_spec(configs[0]), sites=sites)
+    return ActivationSpec(configs[0].data, sites)
 
 
 def train_many(configs: list[TrainConfig], runs_dir: str | Path = "runs", resume: bool = False,
@@ -220,7 +200,7 @@ def train_many(configs: list[TrainConfig], runs_dir: str | Path = "runs", resume
     for config, run_dir in zip(configs, run_dirs):
         _prepare_run_dir(config, run_dir, resume)
     loader = model_loader(configs[0], loaded, spec.sites)
-    source = ActivationSource(spec, configs[0].cache_dir, loader, configs[0].model_batch_contexts)
+    source = ActivationSource(spec, configs[0].run.cache_dir, loader, configs[0].run.model_batch_contexts)
     first_chunk = source.chunk(0)
     states = [RunState(config, first_chunk) for config in configs]
     if resume:
@@ -263,7 +243,7 @@ def _train_loop(states: list[RunState], run_dirs: list[Path], batches: Iterator[
             bar.update()
             bar.set_postfix(fvu=f"{record['fvu']:.3f}", l0=f"{record['l0']:.1f}")
             step = states[0].trainer.step
-            if step % config.checkpoint_every == 0 or step == config.total_steps:
+            if step % config.run.checkpoint_every == 0 or step == config.total_steps:
                 for state, run_dir in zip(states, run_dirs):
                     _append_density(run_dir, state.trainer.density_snapshot())
                     state.save(run_dir / CHECKPOINT_FILE)

@@ -4,22 +4,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saekit.settings import setting
+
 
 @dataclass
 class OptimConfig:
-    """Optimizer and schedule settings shared by every training entry point."""
+    """The ``optim`` section of a run config: how long, how fast, and how dead latents are handled."""
 
-    lr: float | None = None  # None: scale with width, 2e-4 / sqrt(width / 2**14), as sparsify does
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 20
-    decay_fraction: float = 0.2  # linear decay to zero over this last fraction of training
-    sparsity_warmup_fraction: float = 0.05  # L1/sparsity penalty ramps up over this first fraction
-    dead_window_tokens: int = 100_000  # a latent that has not fired for this many tokens is dead
-    normalize_decoder: bool = True
-    resample_every: int = 0  # steps between resamplings of dead/rare latents; 0 = never
-    resample_density_threshold: float = 0.0  # also resample latents firing on <= this fraction of tokens
-    resample_holdout_fraction: float = 0.0  # rare-latent experiment: this share of candidates is never resampled
-    seed: int = 0
+    train_tokens: int = setting(200_000, "training tokens (steps = train_tokens // batch_size)")
+    batch_size: int = setting(2048, "tokens per training step")
+    shuffle_buffer_tokens: int = setting(65_536, "tokens in the seeded shuffle buffer between chunks and batches")
+    lr: float | None = setting(None, "Adam learning rate (none: 2e-4 / sqrt(width / 2^14), as sparsify does)")
+    betas: tuple[float, float] = setting((0.9, 0.999), "Adam betas, as BETA1,BETA2")
+    warmup_steps: int = setting(20, "linear learning-rate warmup steps")
+    decay_fraction: float = setting(0.2, "linear decay to zero over this last fraction of training")
+    sparsity_warmup_fraction: float = setting(0.05, "the sparsity penalty ramps up over this first fraction")
+    dead_window_tokens: int = setting(100_000, "a latent that has not fired for this many tokens is dead")
+    normalize_decoder: bool = setting(True, "keep decoder rows unit-norm after every step")
+    resample_every: int = setting(0, "steps between resamplings of dead (and rare) latents; 0 = never")
+    resample_density_threshold: float = setting(0.0, "also resample latents firing on at most this share of tokens")
+    resample_holdout_fraction: float = setting(
+        0.0, "the rare-latent experiment: this share of resampling candidates is never resampled")
+    seed: int = setting(0, "seed of the initialisation, the batch shuffle and resampling")
+
+    @property
+    def total_steps(self) -> int:
+        return self.train_tokens // self.batch_size
 
     def resolved_lr(self, width: int) -> float:
         return self.lr if self.lr is not None else 2e-4 / (width / 2**14) ** 0.5

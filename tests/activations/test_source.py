@@ -1,15 +1,15 @@
 import pytest
 import torch
 
-from saekit.activations.source import ActivationSource, ActivationSpec, token_mask
+from saekit.activations.source import ActivationSource, token_mask
+from saekit.activations.spec import ActivationSpec, DataConfig
 from saekit.errors import SaekitError
 
 
 def _spec(tiny_model_dir, **overrides):
-    values = dict(model=str(tiny_model_dir), sites=("blocks.1.resid_post", "blocks.1.mlp_out"),
-                  context_length=16, contexts_per_chunk=8, outlier_norm_factor=None)
+    values = dict(model=str(tiny_model_dir), context_length=16, contexts_per_chunk=8, outlier_norm_factor=None)
     values.update(overrides)
-    return ActivationSpec(**values)
+    return ActivationSpec(DataConfig(**values), ("blocks.1.resid_post", "blocks.1.mlp_out"))
 
 
 def test_chunks_exclude_bos_and_are_cached(tiny_loaded, tiny_model_dir, tmp_path):
@@ -34,6 +34,10 @@ def test_chunks_exclude_bos_and_are_cached(tiny_loaded, tiny_model_dir, tmp_path
 def test_spec_changes_change_the_cache_key(tiny_model_dir):
     assert _spec(tiny_model_dir).key() != _spec(tiny_model_dir, context_length=32).key()
     assert _spec(tiny_model_dir).key() == _spec(tiny_model_dir).key()
+    # The randomized-weights control computes other activations, so it must never share a cache entry.
+    assert _spec(tiny_model_dir).key() != _spec(tiny_model_dir, randomize_weights=True).key()
+    assert _spec(tiny_model_dir, randomize_weights=True).key() != \
+        _spec(tiny_model_dir, randomize_weights=True, randomization_seed=1).key()
 
 
 def test_token_mask_drops_bos_and_outliers():

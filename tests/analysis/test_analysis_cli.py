@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from saekit.analysis.analyze import AnalysisConfig, analyze_run
-from saekit.analysis.cli import add_analysis_parsers, build_quick_dashboard
 from saekit.analysis.store import AnalysisStore
+from saekit.cli.analysis import add_analysis_parsers
 from saekit.dictionaries.base import DictionaryConfig
 from saekit.dictionaries.registry import build_dictionary, save_dictionary
 from saekit.io import write_json
+from saekit.jobs.dashboard import build_quick_dashboard
 from saekit.training.config import TrainConfig
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
@@ -26,13 +27,15 @@ def run_dir(tmp_path_factory, tiny_model_dir):
     corpus.mkdir()
     for i in range(12):
         (corpus / f"doc{i:02d}.txt").write_text(" ".join(WORDS[(i + j) % len(WORDS)] for j in range(120)))
-    config = TrainConfig(name="tiny", model=str(tiny_model_dir), site="blocks.1.resid_post", corpus=str(corpus),
-                         eval_fraction=0.3, context_length=16, width=64, k=4, cache_dir=None)
+    config = TrainConfig.from_flat(dict(
+        name="tiny", model=str(tiny_model_dir), site="blocks.1.resid_post", corpus=str(corpus),
+                         eval_fraction=0.3, context_length=16, width=64, k=4, cache_dir=None))
     run = root / "tiny"
     write_json(run / "config.json", config.to_dict())
     torch.manual_seed(2)
     dictionary = build_dictionary(DictionaryConfig("topk", 32, 64, k=4))
-    save_dictionary(run / "dictionary", dictionary, {"model": config.model, "site": config.site, "target_site": None})
+    save_dictionary(run / "dictionary", dictionary,
+                    {"model": config.data.model, "site": config.site, "target_site": None})
     return run
 
 

@@ -65,13 +65,15 @@ def tiny_run(tmp_path_factory, tiny_model_dir, tiny_loaded) -> Path:
     corpus.mkdir()
     for i in range(12):
         (corpus / f"doc{i:02d}.txt").write_text(" ".join(WORDS[(i * 7 + j * j) % len(WORDS)] for j in range(150)))
-    config = TrainConfig(name="tiny", model=str(tiny_model_dir), site="blocks.1.resid_post", corpus=str(corpus),
-                         eval_fraction=0.3, context_length=24, width=48, k=6, cache_dir=None)
+    config = TrainConfig.from_flat(dict(
+        name="tiny", model=str(tiny_model_dir), site="blocks.1.resid_post", corpus=str(corpus),
+                         eval_fraction=0.3, context_length=24, width=48, k=6, cache_dir=None))
     run = root / "runs" / "tiny"
     write_json(run / "config.json", config.to_dict())
     torch.manual_seed(4)
     dictionary = build_dictionary(DictionaryConfig("topk", 32, 48, k=6))
-    save_dictionary(run / "dictionary", dictionary, {"model": config.model, "site": config.site, "target_site": None})
+    save_dictionary(run / "dictionary", dictionary,
+                    {"model": config.data.model, "site": config.site, "target_site": None})
     examples = ExampleConfig(top=6, sample_reservoir=12, quantile_groups=2, per_quantile=3, negatives=4, seed=0)
     analyze_run(run, tiny_loaded, AnalysisConfig(tokens=600, latents=16, progress=False, examples=examples))
     return run

@@ -9,41 +9,43 @@ import pytest
 import torch
 from autointerp_fakes import FakeBackend
 
-from saekit.autointerp.cli import add_autointerp_parsers, config_from_args
-from saekit.autointerp.control import ControlConfig, control_train_config, randomized_control, runs_root
 from saekit.autointerp.examples import SplitConfig
 from saekit.autointerp.pipeline import AutointerpConfig
 from saekit.autointerp.scorers import ScoringConfig
+from saekit.cli.autointerp import add_autointerp_parsers, config_from_args
 from saekit.dictionaries.base import DictionaryConfig
 from saekit.dictionaries.registry import build_dictionary, save_dictionary
 from saekit.errors import SaekitError
 from saekit.io import write_json
+from saekit.jobs.control import ControlConfig, control_train_config, randomized_control, runs_root
+from saekit.settings import differences
 from saekit.training.config import TrainConfig
 
 SPLIT = SplitConfig(train_top=4, train_per_quantile=1, window=12, min_train=2, min_test_activating=1,
                     min_test_nonactivating=1)
 
 
-def test_control_config_keeps_the_recipe_with_its_own_name_and_cache(tmp_path):
-    config = TrainConfig(name="sweep/blocks.3.resid_post", cache_dir=".saekit_cache/")
-    twin = control_train_config(config)
-    assert twin.name == "sweep/blocks.3.resid_post-randomized" and twin.cache_dir == ".saekit_cache-randomized"
-    assert {k: v for k, v in twin.to_dict().items() if k not in ("name", "cache_dir")} == \
-        {k: v for k, v in config.to_dict().items() if k not in ("name", "cache_dir")}
-    assert control_train_config(TrainConfig(cache_dir=None)).cache_dir is None
+def test_control_config_keeps_the_recipe_with_its_own_name_and_cache_key(tmp_path):
+    config = TrainConfig.from_flat(dict(name="sweep/blocks.3.resid_post", cache_dir=".saekit_cache/"))
+    twin = control_train_config(config, seed=7)
+    assert twin.name == "sweep/blocks.3.resid_post-randomized" and twin.run.cache_dir == config.run.cache_dir
+    assert twin.data.randomize_weights and twin.data.randomization_seed == 7
+    assert differences(twin, config) == ["name", "randomization_seed", "randomize_weights"]
+    # The randomization is part of the data spec, so the twin's activations get their own cache key.
+    assert twin.activation_spec().key() != config.activation_spec().key()
     assert runs_root(tmp_path / "runs" / "sweep" / "blocks.3.resid_post", config) == tmp_path / "runs"
 
 
 def test_randomized_control_end_to_end(tmp_path, tiny_model_dir, tiny_loaded, tiny_run):
     real_config = json.loads((tiny_run / "config.json").read_text())
-    config = TrainConfig.from_dict({**real_config, "name": "real", "train_tokens": 1024, "batch_size": 256,
-                                    "contexts_per_chunk": 16, "model_batch_contexts": 16,
-                                    "shuffle_buffer_tokens": 512, "cache_dir": str(tmp_path / "cache")})
+    config = TrainConfig.from_dict(real_config).updated(
+        name="real", train_tokens=1024, batch_size=256, contexts_per_chunk=16, model_batch_contexts=16,
+        shuffle_buffer_tokens=512, cache_dir=str(tmp_path / "cache"))
     run = tmp_path / "runs" / "real"
     write_json(run / "config.json", config.to_dict())
     torch.manual_seed(5)
     save_dictionary(run / "dictionary", build_dictionary(DictionaryConfig("topk", 32, 48, k=6)),
-                    {"model": config.model, "site": config.site, "target_site": None})
+                    {"model": config.data.model, "site": config.site, "target_site": None})
     autointerp = AutointerpConfig(latents=3, split=SPLIT, progress=False, scoring=ScoringConfig(embedding=False))
     control = ControlConfig(analysis_tokens=300, autointerp=autointerp, progress=False)
     report = randomized_control(run, control, backend=FakeBackend(), subject=tiny_loaded)
@@ -51,7 +53,11 @@ def test_randomized_control_end_to_end(tmp_path, tiny_model_dir, tiny_loaded, ti
     twin = tmp_path / "runs" / "real-randomized"
     assert (twin / "dictionary").is_dir() and (twin / "analysis" / "analysis.json").is_file()
     assert json.loads((twin / "control.json").read_text())["randomized_weights"] is True
-    assert (tmp_path / "cache-randomized").is_dir()  # the control's activations never share the real cache
+    # The twin's config records the randomization, so its activations live under their own cache key.
+    twin_config = TrainConfig.from_file(twin / "config.json")
+    assert twin_config.data.randomize_weights and twin_config.run.cache_dir == config.run.cache_dir
+    key = twin_config.activation_spec().key()
+    assert key != config.activation_spec().key() and (tmp_path / "cache" / key / "manifest.json").is_file()
     analysed = [json.loads((d / "analysis" / "analysis.json").read_text())["config"]["tokens"] for d in (run, twin)]
     assert analysed == [300, 300]
     assert (twin / "autointerp" / "scores.json").is_file() and (run / "autointerp" / "scores.json").is_file()
@@ -68,7 +74,7 @@ def test_randomized_control_end_to_end(tmp_path, tiny_model_dir, tiny_loaded, ti
 
 
 def test_control_is_analysed_like_the_real_run(tiny_run, tmp_path):
-    from saekit.autointerp.control import _analysis_tokens
+    from saekit.jobs.control import _analysis_tokens
 
     assert _analysis_tokens(tiny_run / "analysis", ControlConfig(analysis_tokens=300)) == 600  # the fixture's
     assert _analysis_tokens(tmp_path / "no-analysis", ControlConfig(analysis_tokens=300)) == 300
@@ -81,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def test_cli_defaults_match_the_configs():
-    from saekit.autointerp import cli
+    from saekit.cli import autointerp as cli
 
     assert cli.DEFAULT_LATENTS == AutointerpConfig().latents
     assert cli.DEFAULT_ANALYSIS_TOKENS == ControlConfig().analysis_tokens

@@ -9,10 +9,10 @@ import shutil
 
 from autointerp_fakes import FakeBackend
 
-from saekit.analysis.cli import build_run_dashboard
 from saekit.autointerp.examples import SplitConfig
 from saekit.autointerp.pipeline import AutointerpConfig, run_autointerp, scores_for_dashboard
 from saekit.autointerp.scorers import ScoringConfig
+from saekit.jobs.dashboard import build_run_dashboard
 
 SPLIT = SplitConfig(train_top=4, train_per_quantile=1, window=12, min_train=2, min_test_activating=1,
                     min_test_nonactivating=1)

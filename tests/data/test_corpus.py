@@ -1,4 +1,4 @@
-"""Tests for saekit.data.corpus: the embedded default corpus, user files, and the train/eval split."""
+"""Tests for saekit.data.corpus and its readers: the default corpus (debian, rst), user files, train/eval split."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from saekit.data.corpus import (
     Document,
     corpus_summary,
     load_corpus,
-    rst_to_prose,
     split_documents,
 )
+from saekit.data.rst import rst_to_prose
 from saekit.errors import SaekitError
 
 

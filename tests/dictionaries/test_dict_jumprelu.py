@@ -10,8 +10,8 @@ from saekit.training.schedule import OptimConfig
 from saekit.training.trainer import fit_dictionary
 
 
-def _calibrated(make_dictionary, x, **extra):
-    dictionary = make_dictionary("jumprelu", extra=extra).train()
+def _calibrated(make_dictionary, x, **settings):
+    dictionary = make_dictionary("jumprelu", **settings).train()
     dictionary(x)  # the first training forward measures the pre-activation scale
     return dictionary
 
@@ -29,7 +29,7 @@ def test_initial_threshold_and_bandwidth_scale_with_the_input(make_dictionary):
 
 def test_calibration_fractions_are_settings(make_dictionary):
     x = torch.randn(256, 16)
-    dictionary = _calibrated(make_dictionary, x, threshold_init_fraction=0.01, bandwidth_fraction=0.002)
+    dictionary = _calibrated(make_dictionary, x, extra=dict(threshold_init_fraction=0.01, bandwidth_fraction=0.002))
     rms = dictionary.pre_activations(x).pow(2).mean().sqrt().item()
     assert math.isclose(dictionary.threshold[0].item(), 0.01 * rms, rel_tol=1e-5)
     assert math.isclose(dictionary.bandwidth.item(), 0.002 * rms, rel_tol=1e-5)
@@ -95,7 +95,7 @@ def _sparse_batches(d: int = 16, n_features: int = 32, seed: int = 0):
 
 
 def test_threshold_moves_during_a_short_training_run(make_dictionary):
-    dictionary = make_dictionary("jumprelu", width=64, extra={"l0_coefficient": 0.02})
+    dictionary = make_dictionary("jumprelu", width=64, l0_coefficient=0.02)
     batches = _sparse_batches()
     dictionary.train()(next(batches))  # calibrate first, so "before" is the starting threshold
     before = dictionary.log_threshold.detach().clone()

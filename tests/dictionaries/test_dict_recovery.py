@@ -28,7 +28,7 @@ SETTINGS = {  # architecture -> DictionaryConfig keyword arguments
     "gated_rescale": {"l1_coefficient": 0.4},
     "topk": {"k": 8, "extra": {"aux_k": 32}},
     "batchtopk": {"k": 8, "extra": {"aux_k": 32}},
-    "jumprelu": {"extra": {"l0_coefficient": 0.015}},
+    "jumprelu": {"l0_coefficient": 0.015},
 }
 
 

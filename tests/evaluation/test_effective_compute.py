@@ -1,9 +1,9 @@
-"""Tests for saekit.evaluation.effective_compute: the compute-fraction formula, its inverses, the law fit."""
+"""Tests for saekit.evaluation.effective_compute: the compute-fraction formula, its inverses, law names."""
 
 from __future__ import annotations
 
+import argparse
 import json
-import math
 
 import numpy as np
 import pytest
@@ -14,10 +14,9 @@ from saekit.evaluation.effective_compute import (
     ScalingLaw,
     compute_fraction,
     effective_compute_report,
-    fit_scaling_law,
     format_report_markdown,
     get_law,
-    load_table,
+    law_name,
     parameter_equivalent,
     sensitivity_to_E,
 )
@@ -172,80 +171,44 @@ def test_get_law_bad_constants(constants, pattern):
         get_law(constants)
 
 
-# --- fit_scaling_law / load_table -------------------------------------------------------------------
-
-TRUE_LAW = ScalingLaw("truth", E=1.9, A=600.0, B=900.0, alpha=0.36, beta=0.31)
+# --- law_name ---------------------------------------------------------------------------------------
 
 
-def _table(law, rng, noise):
-    return [
-        (n, d, law.loss(n, d) * math.exp(rng.normal(0.0, noise)))
-        for n in np.logspace(7, 10, 6)
-        for d in np.logspace(9, 12, 5)
-    ]
+@pytest.mark.parametrize("text, expected", [("chinchilla", "chinchilla"), (" Besiroglu ", "besiroglu")])
+def test_law_name_accepts_what_get_law_accepts(text, expected):
+    assert law_name(text) == expected
+    assert get_law(law_name(text)) is get_law(text) is PRESETS[expected]
 
 
-@pytest.fixture(scope="module")
-def fitted():
-    rng = np.random.default_rng(0)
-    return fit_scaling_law(_table(TRUE_LAW, rng, 1e-4), name="fam")
+def test_law_name_rejects_typo_with_suggestion_and_valid_names():
+    with pytest.raises(argparse.ArgumentTypeError) as info:
+        law_name("chinchila")
+    message = str(info.value)
+    assert "'chinchila'" in message
+    assert "did you mean 'chinchilla'?" in message
+    assert "besiroglu, chinchilla" in message
+    assert "\n" not in message
 
 
-def test_fit_recovers_constants(fitted):
-    assert fitted.name == "fam"
-    assert fitted.E == pytest.approx(TRUE_LAW.E, abs=0.05)
-    assert fitted.alpha == pytest.approx(TRUE_LAW.alpha, abs=0.05)
-    assert fitted.beta == pytest.approx(TRUE_LAW.beta, abs=0.05)
-    assert "30" in fitted.source
+def test_law_name_without_close_match_has_no_suggestion():
+    with pytest.raises(argparse.ArgumentTypeError) as info:
+        law_name("kaplan")
+    assert "did you mean" not in str(info.value)
+    assert "besiroglu, chinchilla" in str(info.value)
 
 
-def test_fit_predicts_held_out_points(fitted):
-    rng = np.random.default_rng(1)
-    for _ in range(20):
-        n, d = 10 ** rng.uniform(7, 10), 10 ** rng.uniform(9, 12)
-        assert fitted.loss(n, d) == pytest.approx(TRUE_LAW.loss(n, d), rel=0.01)
+def test_law_name_fails_argparse_before_anything_runs():
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    parser.add_argument("--law", type=law_name, default="chinchilla")
+    assert parser.parse_args([]).law == "chinchilla"
+    assert parser.parse_args(["--law", "BESIROGLU"]).law == "besiroglu"
+    with pytest.raises(argparse.ArgumentError, match="did you mean 'chinchilla'"):
+        parser.parse_args(["--law", "chinchila"])
 
 
-def test_fit_needs_five_rows():
-    rows = _table(TRUE_LAW, np.random.default_rng(0), 0.0)[:4]
-    with pytest.raises(SaekitError, match="at least 5"):
-        fit_scaling_law(rows)
-
-
-def test_fit_needs_spread():
-    rows = [(1e8, d, TRUE_LAW.loss(1e8, d)) for d in np.logspace(9, 12, 6)]
-    with pytest.raises(SaekitError, match="two parameter counts"):
-        fit_scaling_law(rows)
-
-
-def test_load_table_roundtrip(tmp_path):
-    path = tmp_path / "family.csv"
-    path.write_text("# my models\nparams,tokens,loss\n1e8,2e9,3.5\n\n4e8,8e9,3.1\n", encoding="utf-8")
-    assert load_table(path) == [(1e8, 2e9, 3.5), (4e8, 8e9, 3.1)]
-
-
-def test_load_table_bad_row_names_line(tmp_path):
-    path = tmp_path / "family.csv"
-    path.write_text("params,tokens,loss\n1e8,2e9,3.5\n4e8,lots,3.1\n", encoding="utf-8")
-    with pytest.raises(SaekitError, match=r"family\.csv:3: tokens"):
-        load_table(path)
-
-
-def test_load_table_negative_and_short_rows(tmp_path):
-    path = tmp_path / "t.csv"
-    path.write_text("params,tokens,loss\n1e8,2e9,-3.5\n", encoding="utf-8")
-    with pytest.raises(SaekitError, match=r":2: loss"):
-        load_table(path)
-    path.write_text("params,tokens,loss\n1e8,2e9\n", encoding="utf-8")
-    with pytest.raises(SaekitError, match=r":2: row has 2 fields"):
-        load_table(path)
-
-
-def test_load_table_bad_header(tmp_path):
-    path = tmp_path / "t.csv"
-    path.write_text("n,d,loss\n1e8,2e9,3.5\n", encoding="utf-8")
-    with pytest.raises(SaekitError, match="params, tokens"):
-        load_table(path)
+def test_get_law_typo_suggests_too():
+    with pytest.raises(SaekitError, match="did you mean 'besiroglu'"):
+        get_law("besiroglou")
 
 
 # --- report -----------------------------------------------------------------------------------------
@@ -264,6 +227,15 @@ def test_report_is_json_and_consistent():
         "of one reaching 3.000 (law: chinchilla, E=1.69"
     )
     assert "\n" not in report["statement"]
+
+
+def test_report_accepts_a_law_object_and_records_its_constants():
+    law = ScalingLaw("mine", E=2.0, A=100.0, B=200.0, alpha=0.3, beta=0.2, source="my notes")
+    report = effective_compute_report(law, 3.0, 3.1)
+    assert report["law"] == {"name": "mine", "E": 2.0, "A": 100.0, "B": 200.0, "alpha": 0.3, "beta": 0.2,
+                             "source": "my notes"}
+    assert report["compute_fraction"] == pytest.approx((1.1 / 1.0) ** (-1 / (0.3 * 0.2 / 0.5)), rel=1e-12)
+    assert "(law: mine, E=2," in report["statement"]
 
 
 def test_report_without_params_and_with_only_one():

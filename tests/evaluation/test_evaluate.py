@@ -8,6 +8,7 @@ import pytest
 
 from saekit.errors import SaekitError
 from saekit.evaluation.evaluate import evaluate_run
+from saekit.evaluation.results import EvaluationResults
 from saekit.training.config import TrainConfig
 from saekit.training.run import train_run
 
@@ -15,17 +16,19 @@ from saekit.training.run import train_run
 @pytest.fixture(scope="module")
 def tiny_run(tiny_loaded, tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("eval-runs")
-    config = TrainConfig(name="tiny", model=str(tiny_model_dir), site="blocks.1.resid_post", context_length=16,
+    config = TrainConfig.from_flat(dict(
+        name="tiny", model=str(tiny_model_dir), site="blocks.1.resid_post", context_length=16,
                          contexts_per_chunk=16, expansion_factor=4, k=4, train_tokens=2048, batch_size=256,
                          shuffle_buffer_tokens=512, cache_dir=str(root / "cache"), eval_tokens=280,
-                         eval_batch_contexts=4)
+                         eval_batch_contexts=4))
     return train_run(config, root / "runs", loaded=tiny_loaded, progress=False)
 
 
 def test_evaluate_writes_metrics_and_report(tiny_run, tiny_loaded):
     metrics = evaluate_run(tiny_run, loaded=tiny_loaded)
     saved = json.loads((tiny_run / "metrics.json").read_text())
-    assert saved["losses"]["ce_clean"]["mean"] == pytest.approx(metrics["losses"]["ce_clean"]["mean"])
+    assert saved["losses"]["ce_clean"]["mean"] == pytest.approx(metrics.losses.ce_clean.mean)
+    assert EvaluationResults.from_dict(saved) == metrics  # the JSON holds every field, and only those
     assert saved["eval_contexts"] == 20  # ceil(280 / (16 - 2))
     assert saved["reconstruction"]["blocks.1.resid_post"]["tokens"] == 20 * 15
     report = (tiny_run / "report.md").read_text()
@@ -61,9 +64,9 @@ def test_cli_prints_one_line_and_exits_nonzero(tmp_path):
 
 def test_report_has_damage_and_generations(tiny_run, tiny_loaded):
     metrics = evaluate_run(tiny_run, loaded=tiny_loaded, generations=2)
-    damage = metrics["token_damage"]
+    damage = metrics.token_damage
     assert damage["worst_positions"][0]["delta_nats"] >= damage["worst_positions"][-1]["delta_nats"]
-    assert len(metrics["generations"]) == 2 and metrics["generations"][0]["prompt"]
+    assert len(metrics.generations) == 2 and metrics.generations[0]["prompt"]
     report = (tiny_run / "report.md").read_text()
     assert "Where the splice hurts" in report and "side by side" in report
 
@@ -73,19 +76,18 @@ def test_joint_evaluation_and_summary(tiny_run, tiny_loaded, tiny_model_dir, tmp
     from saekit.evaluation.summary import pareto_front, summarize
     from saekit.training.run import load_run_config
 
-    layer0 = TrainConfig.from_dict({**load_run_config(tiny_run).to_dict(), "name": "tiny0",
-                                    "site": "blocks.0.resid_post"})
+    layer0 = load_run_config(tiny_run).updated(name="tiny0", site="blocks.0.resid_post")
     run0 = train_run(layer0, tiny_run.parent, loaded=tiny_loaded, progress=False)
     metrics = evaluate_joint([run0, tiny_run], tmp_path / "joint", loaded=tiny_loaded)
-    assert set(metrics["reconstruction"]) == {"blocks.0.resid_post", "blocks.1.resid_post"}
-    assert len(metrics["alone"]) == 2
-    alone_deltas = [a["losses"]["delta_ce_spliced"]["mean"] for a in metrics["alone"].values()]
-    assert metrics["losses"]["contexts"] == next(iter(metrics["alone"].values()))["losses"]["contexts"]
+    assert set(metrics.reconstruction) == {"blocks.0.resid_post", "blocks.1.resid_post"}
+    assert len(metrics.alone) == 2
+    alone_deltas = [a.losses.delta_ce_spliced.mean for a in metrics.alone.values()]
+    assert metrics.losses.contexts == next(iter(metrics.alone.values())).losses.contexts
     report = (tmp_path / "joint" / "report.md").read_text()
     assert "jointly" in report and "upstream of it already spliced in" in report
     # The most upstream dictionary reads clean activations in the joint splice too: same FVU as alone.
-    alone0 = metrics["alone"][str(run0)]["reconstruction"]["blocks.0.resid_post"]["fvu"]
-    assert metrics["reconstruction"]["blocks.0.resid_post"]["fvu"] == pytest.approx(alone0, rel=1e-5)
+    alone0 = metrics.alone[str(run0)].reconstruction["blocks.0.resid_post"].fvu
+    assert metrics.reconstruction["blocks.0.resid_post"].fvu == pytest.approx(alone0, rel=1e-5)
     assert all(isinstance(d, float) for d in alone_deltas)
     for run in (run0, tiny_run):  # the summary reads each run's own metrics.json
         evaluate_run(run, loaded=tiny_loaded, generations=0)
@@ -94,3 +96,20 @@ def test_joint_evaluation_and_summary(tiny_run, tiny_loaded, tiny_model_dir, tmp
     assert (tmp_path / "summary" / "pareto.png").stat().st_size > 1000
     assert "data:image/png;base64" in (tmp_path / "summary" / "summary.html").read_text()
     assert pareto_front([(1, 5), (2, 3), (3, 4), (0.5, 9)]) == [0, 1, 3]
+
+
+def test_evaluate_cli_with_a_fitted_law_table(tiny_run, tmp_path):
+    from saekit.evaluation.effective_compute import get_law
+
+    law = get_law("chinchilla")
+    table = tmp_path / "family.csv"
+    rows = [(n, d, law.loss(n, d)) for n in (1e7, 3e7, 1e8, 3e8) for d in (1e9, 3e9, 1e10)]
+    table.write_text("params,tokens,loss\n" + "".join(f"{n},{d},{loss}\n" for n, d, loss in rows))
+    result = subprocess.run([sys.executable, "-m", "saekit", "evaluate", str(tiny_run), "--eval-tokens", "140",
+                             "--law-table", str(table)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    compute = json.loads((tiny_run / "metrics.json").read_text())["effective_compute"]
+    # The law used is the fit to the table (which recovers the law the rows came from), not a preset.
+    assert compute["law"]["name"] == "fit:family.csv"
+    assert compute["law"]["alpha"] == pytest.approx(law.alpha, rel=1e-4)
+    assert compute["law"]["beta"] == pytest.approx(law.beta, rel=1e-4)

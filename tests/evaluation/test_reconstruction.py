@@ -26,19 +26,20 @@ def test_matches_brute_force_formulas():
     result = _metrics(batch_size=300)
     error = (target - reconstruction).pow(2).sum(-1)
     expected_fvu = error.sum() / (target - target.mean(0)).pow(2).sum()
-    assert abs(result["fvu"] - expected_fvu.item()) < 1e-5
-    assert abs(result["mse_per_token"] - error.mean().item()) < 1e-4
+    assert abs(result.fvu - expected_fvu.item()) < 1e-5
+    assert abs(result.mse_per_token - error.mean().item()) < 1e-4
     legacy = (error / (target - target.mean(0)).pow(2).sum(-1)).mean()
-    assert abs(result["legacy_fvu_per_token_mean"] - legacy.item()) < 1e-4
-    assert abs(result["l0_mean"] - (latents > 0).sum(-1).float().mean().item()) < 1e-6
-    assert result["dead_fraction"] == 1 / 16 and result["dense_fraction"] >= 1 / 16
-    assert sum(result["l0_histogram"]["counts"]) == 300
+    assert abs(result.legacy_fvu_per_token_mean - legacy.item()) < 1e-4
+    assert abs(result.l0_mean - (latents > 0).sum(-1).float().mean().item()) < 1e-6
+    assert result.dead_fraction == 1 / 16 and result.dense_fraction >= 1 / 16
+    assert sum(result.l0_histogram["counts"]) == 300
 
 
 def test_metrics_do_not_depend_on_batch_size():
     whole, small, odd = _metrics(300), _metrics(7), _metrics(64)
     for key in ("fvu", "mse_per_token", "legacy_fvu_per_token_mean", "l0_mean", "dead_fraction"):
-        assert abs(whole[key] - small[key]) < 1e-9 and abs(whole[key] - odd[key]) < 1e-9, key
+        assert abs(getattr(whole, key) - getattr(small, key)) < 1e-9, key
+        assert abs(getattr(whole, key) - getattr(odd, key)) < 1e-9, key
 
 
 def _with_outliers():
@@ -60,10 +61,10 @@ def test_fvu_without_outliers_applies_the_training_rule():
     error = (target - reconstruction).pow(2).sum(-1)
     kept = target[inlier]
     expected = error[inlier].sum() / (kept - kept.mean(0)).pow(2).sum()
-    assert abs(result["fvu_without_outliers"] - expected.item()) < 1e-6
-    assert result["outlier_token_fraction"] == 6 / 300
-    assert result["outlier_variance_share"] > 0.9 and result["outlier_error_share"] > 0.99
-    assert result["fvu"] > 0.2 > 0.05 > result["fvu_without_outliers"]  # the all-token FVU is the outliers'
+    assert abs(result.fvu_without_outliers - expected.item()) < 1e-6
+    assert result.outlier_token_fraction == 6 / 300
+    assert result.outlier_variance_share > 0.9 and result.outlier_error_share > 0.99
+    assert result.fvu > 0.2 > 0.05 > result.fvu_without_outliers  # the all-token FVU is the outliers'
 
 
 def test_no_outlier_rule_keeps_every_token():
@@ -71,4 +72,4 @@ def test_no_outlier_rule_keeps_every_token():
     metrics = ReconstructionMetrics(width=16, outlier_norm_factor=None)
     metrics.update(target, reconstruction, latents)
     result = metrics.result()
-    assert result["fvu_without_outliers"] == result["fvu"] and result["outlier_token_fraction"] == 0
+    assert result.fvu_without_outliers == result.fvu and result.outlier_token_fraction == 0

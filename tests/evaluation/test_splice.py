@@ -26,11 +26,35 @@ def test_compare_losses_orders_conditions(tiny_loaded):
     ids = torch.randint(3, 1000, (4, 12))
     ids[:, 0] = tiny_loaded.bos_token_id
     result = compare_losses(tiny_loaded, [target], iter(ids.split(2)))
-    assert result["contexts"] == 4
-    assert result["kl_spliced"]["mean"] > 0
-    assert abs(result["delta_ce_spliced"]["mean"] - (result["ce_spliced"]["mean"] - result["ce_clean"]["mean"])) < 1e-6
+    assert result.contexts == 4
+    assert result.kl_spliced.mean > 0
+    assert abs(result.delta_ce_spliced.mean - (result.ce_spliced.mean - result.ce_clean.mean)) < 1e-6
     # The reconstruction metrics saw every non-BOS token exactly once.
-    assert target.metrics.result()["tokens"] == 4 * 11
-    zero_only = result["loss_recovered_vs_zero_ablation"]
-    assert zero_only == 1 - result["delta_ce_spliced"]["mean"] / result["delta_ce_zero"]["mean"] or abs(
-        zero_only - (1 - result["delta_ce_spliced"]["mean"] / result["delta_ce_zero"]["mean"])) < 1e-6
+    assert target.metrics.result().tokens == 4 * 11
+    zero_only = result.loss_recovered_vs_zero_ablation
+    assert zero_only == 1 - result.delta_ce_spliced.mean / result.delta_ce_zero.mean or abs(
+        zero_only - (1 - result.delta_ce_spliced.mean / result.delta_ce_zero.mean)) < 1e-6
+
+
+def _hook_count(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_a_splice_that_fails_on_entry_leaves_no_hooks(tiny_loaded):
+    import pytest
+
+    from saekit.evaluation.splice import spliced_context
+    from saekit.models.sites import Site
+
+    adapter = tiny_loaded.adapter
+    good = SpliceTarget(build_dictionary(DictionaryConfig("topk", 32, 64, k=4)).eval(),
+                        adapter.site("blocks.0.resid_post"), adapter.site("blocks.0.resid_post"), torch.zeros(32))
+    # A transcoder whose write site does not exist (layer 9 of a 2-layer model): its hooks fail to
+    # register after the SAE's (and its own read hook) were already registered.
+    bad = SpliceTarget(build_dictionary(DictionaryConfig("topk", 32, 64, d_out=32, k=4)).eval(),
+                       adapter.site("blocks.1.mlp_in"), Site(9, "mlp_out"), torch.zeros(32))
+    before = _hook_count(tiny_loaded.model)
+    with pytest.raises(IndexError):
+        with spliced_context(tiny_loaded, [good, bad]):
+            pass
+    assert _hook_count(tiny_loaded.model) == before

@@ -1,4 +1,4 @@
-"""Tests for saekit.toy.experiments and saekit.toy.cli: the parser, and tiny end-to-end experiment runs."""
+"""Tests for saekit.toy.experiments and saekit.cli.toy: the parser, and tiny end-to-end experiment runs."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from saekit.cli.toy import add_toy_parser, run_toy
 from saekit.errors import SaekitError
 from saekit.toy import experiments
-from saekit.toy.cli import add_toy_parser, run_toy
 from saekit.toy.experiments import RecoveryConfig, ToyRunConfig, run_experiment, run_recovery
 from saekit.toy.worlds import AnimalsWorldConfig, SparseWorldConfig
 

@@ -166,7 +166,7 @@ def test_every_registry_architecture_has_a_sparsity_knob():
     for name, cls in ARCHITECTURES.items():
         knob = sparsity_knob(name)
         assert knob in (K_KNOB, L1_KNOB, L0_KNOB)
-        assert (knob == K_KNOB) == bool(cls.USES_K)
+        assert knob == cls.SPARSITY_SETTING and (knob == K_KNOB) == cls.fixed_l0()
 
 
 def test_next_penalty_moves_the_coefficient_the_right_way():

@@ -9,10 +9,11 @@ from saekit.dictionaries.base import DictionaryConfig
 from saekit.dictionaries.registry import build_dictionary
 from saekit.errors import SaekitError
 from saekit.io import load_tensors
+from saekit.jobs.sweep import run_sweep
 from saekit.training.config import TrainConfig
 from saekit.training.run import DENSITY_FILE, train_many, train_run
 from saekit.training.schedule import OptimConfig
-from saekit.training.sweep import grid_configs, parse_grid, run_sweep
+from saekit.training.sweep import grid_configs, parse_grid
 from saekit.training.trainer import DictionaryTrainer
 
 
@@ -22,7 +23,7 @@ def _config(tiny_model_dir, tmp_path, **overrides) -> TrainConfig:
                   shuffle_buffer_tokens=1024, checkpoint_every=4, cache_dir=str(tmp_path / "cache"),
                   outlier_norm_factor=None, eval_tokens=140, eval_batch_contexts=5)
     values.update(overrides)
-    return TrainConfig(**values)
+    return TrainConfig.from_flat(values)
 
 
 def test_one_pass_for_several_sites_equals_separate_runs(tiny_loaded, tiny_model_dir, tmp_path):
@@ -48,8 +49,10 @@ def test_grid_parsing():
     grid = parse_grid("topk:k=2,4; relu:l1_coefficient=0.5;jumprelu:l0_coefficient=1e-3")
     assert grid == [("topk", {"k": 2}), ("topk", {"k": 4}), ("relu", {"l1_coefficient": 0.5}),
                     ("jumprelu", {"l0_coefficient": 1e-3})]
-    configs = grid_configs(TrainConfig(name="s"), grid, [None, 1024])
-    assert len(configs) == 8 and configs[3].extra == {"l0_coefficient": 1e-3} and configs[7].width == 1024
+    configs = grid_configs(TrainConfig.from_flat(dict(name="s")), grid, [None, 1024])
+    assert len(configs) == 8 and configs[3].dictionary.l0_coefficient == 1e-3 and configs[7].dictionary.width == 1024
+    assert configs[3].dictionary.extra == {}  # a typed sparsity setting, not an extra one
+    assert grid_configs(TrainConfig(), [("topk", {"aux_k": 64})], [None])[0].dictionary.extra == {"aux_k": 64}
     assert configs[0].name == "s/topk-k2"
     with pytest.raises(SaekitError, match="unknown architecture"):
         parse_grid("magic:k=1")

@@ -13,6 +13,7 @@ import torch
 from saekit.dictionaries.registry import load_dictionary
 from saekit.errors import SaekitError
 from saekit.io import load_tensors
+from saekit.settings import flat_values
 from saekit.training.config import TrainConfig
 from saekit.training.run import CHECKPOINT_FILE, LOG_FILE, read_checkpoint_step, train_run
 
@@ -23,7 +24,7 @@ def _config(tiny_model_dir, tmp_path, **overrides) -> TrainConfig:
                   batch_size=256, shuffle_buffer_tokens=1024, checkpoint_every=4, warmup_steps=2,
                   cache_dir=str(tmp_path / "cache"), eval_tokens=256)
     values.update(overrides)
-    return TrainConfig(**values)
+    return TrainConfig.from_flat(values)
 
 
 def test_run_writes_folded_dictionary_stats_and_log(tiny_loaded, tiny_model_dir, tmp_path):
@@ -39,8 +40,7 @@ def test_run_writes_folded_dictionary_stats_and_log(tiny_loaded, tiny_model_dir,
     assert stats["mean.blocks.1.resid_post"].shape == (32,)
     # The folded dictionary takes raw activations: its reconstruction error is small relative to the norm.
     from saekit.activations.source import ActivationSource
-    from saekit.training.run import activation_spec
-    source = ActivationSource(activation_spec(config), config.cache_dir, lambda: tiny_loaded)
+    source = ActivationSource(config.activation_spec(), config.run.cache_dir, lambda: tiny_loaded)
     raw = source.chunk(0)["blocks.1.resid_post"]
     with torch.no_grad():
         output = dictionary(raw)
@@ -50,8 +50,8 @@ def test_run_writes_folded_dictionary_stats_and_log(tiny_loaded, tiny_model_dir,
 
 def _cli(config: TrainConfig, runs_dir, *extra):
     args = [sys.executable, "-m", "saekit", "train", "--runs-dir", str(runs_dir)]
-    for key, value in config.to_dict().items():
-        if key != "extra" and value is not None:
+    for key, value in flat_values(config).items():
+        if key not in ("extra", "betas") and value is not None:
             args += ["--" + key.replace("_", "-"), str(value)]
     return args + list(extra)
 
@@ -128,7 +128,7 @@ def test_empty_corpus(tiny_loaded, tiny_model_dir, tmp_path):
 def test_config_file_unknown_key(tmp_path):
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"site": "blocks.1.resid_post", "learning_rate": 1e-3}))
-    with pytest.raises(SaekitError, match=r"unknown config keys \['learning_rate'\]"):
+    with pytest.raises(SaekitError, match=r"unknown keys \['learning_rate'\]"):
         TrainConfig.from_file(path)
     path.write_text("{not json")
     with pytest.raises(SaekitError, match="is corrupt"):

@@ -1,14 +1,20 @@
-"""The ``saekit`` command line: one subcommand per pipeline job; errors print one line and exit 1."""
+"""The ``saekit`` command line: one subcommand per pipeline job; errors print one line and exit 1.
+
+The bottom of the import graph. Handlers import their stage or job when called, so ``saekit --help``
+and bad flags answer without loading torch-heavy modules.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import fields
 from pathlib import Path
 
+from saekit.cli.argtypes import positive_int
 from saekit.errors import SaekitError
+from saekit.evaluation.effective_compute import law_name
+from saekit.settings import add_flags, flags_given, updated
 from saekit.training.config import TrainConfig
 
 Handler = Callable[[argparse.Namespace], int]
@@ -17,43 +23,10 @@ Handler = Callable[[argparse.Namespace], int]
 MATCH_L0_HELP = "compare architectures at this L0 (default: the TopK runs' median L0, else all runs')"
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """Every TrainConfig field as an optional --flag (overrides the config file)."""
-    for spec in fields(TrainConfig):
-        if spec.name == "extra":
-            continue
-        flag = "--" + spec.name.replace("_", "-")
-        default_type = type(spec.default) if spec.default is not None else str
-        if default_type is bool:
-            parser.add_argument(flag, dest=spec.name, type=_parse_bool, default=None, metavar="BOOL")
-        elif spec.name in ("lr", "outlier_norm_factor"):
-            parser.add_argument(flag, dest=spec.name, type=_optional_float, default=None)
-        elif spec.name in ("width",):
-            parser.add_argument(flag, dest=spec.name, type=int, default=None)
-        else:
-            parser.add_argument(flag, dest=spec.name, type=default_type, default=None)
-
-
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _optional_float(text: str) -> float | None:
-    return None if text.lower() in ("none", "off") else float(text)
-
-
 def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """The --config file (or ``base``, or the defaults) with every setting flag given applied."""
     config = TrainConfig.from_file(args.config) if getattr(args, "config", None) else (base or TrainConfig())
-    values = config.to_dict()
-    for spec in fields(TrainConfig):
-        given = getattr(args, spec.name, None)
-        if given is not None:
-            values[spec.name] = None if given == "none" and spec.name in ("target_site", "cache_dir") else given
-    return TrainConfig.from_dict(values).validate()
+    return updated(config, "command line", **flags_given(args)).validate()
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -63,8 +36,7 @@ def _train(args: argparse.Namespace) -> int:
     configs = [config]
     if args.sites:
         sites = expand_sites(args.sites, config.model)
-        configs = [TrainConfig.from_dict({**config.to_dict(), "site": site, "name": f"{config.name}/{site}"})
-                   for site in sites]
+        configs = [config.updated(site=site, name=f"{config.name}/{site}") for site in sites]
     for run_dir in train_many(configs, args.runs_dir, resume=args.resume):
         print(f"trained: {run_dir}")
     return 0
@@ -74,7 +46,7 @@ def expand_sites(text: str, model: str) -> list[str]:
     """Comma-separated site names; ``blocks.*.kind`` means that kind at every layer of the model."""
     names = [name.strip() for name in text.split(",") if name.strip()]
     if any("*" in name for name in names):
-        from saekit.models.loading import load_model_config
+        from saekit.models.loading import load_model_config  # reads the config file alone, no weights
 
         n_layers = int(load_model_config(model).num_hidden_layers)
         names = [expanded for name in names
@@ -83,7 +55,7 @@ def expand_sites(text: str, model: str) -> list[str]:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from saekit.training.sweep import run_sweep
+    from saekit.jobs.sweep import run_sweep
 
     config = config_from_args(args)
     widths = [int(w) for w in args.widths.split(",")] if args.widths else [None]
@@ -95,29 +67,30 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from saekit.evaluation.evaluate import evaluate_joint, evaluate_run
+    from saekit.evaluation.scaling_fit import resolve_law
 
+    law = resolve_law(args.law, args.law_table)  # a bad table fails here, before any model loads
     if len(args.run_dirs) == 1:
-        metrics = evaluate_run(args.run_dirs[0], eval_tokens=args.eval_tokens, law=args.law)
+        metrics = evaluate_run(args.run_dirs[0], eval_tokens=args.eval_tokens, law=law)
         report = args.run_dirs[0] / "report.md"
     else:
         out = args.out or Path("runs") / ("joint-" + "-".join(d.name for d in args.run_dirs))
-        metrics = evaluate_joint(args.run_dirs, out, eval_tokens=args.eval_tokens, law=args.law)
+        metrics = evaluate_joint(args.run_dirs, out, eval_tokens=args.eval_tokens, law=law)
         report = out / "report.md"
-    losses = metrics["losses"]
-    print(f"clean CE {losses['ce_clean']['mean']:.4f}, spliced CE {losses['ce_spliced']['mean']:.4f}, "
-          f"delta CE {losses['delta_ce_spliced']['mean']:.4f} nats; report: {report}")
+    losses = metrics.losses
+    print(f"clean CE {losses.ce_clean.mean:.4f}, spliced CE {losses.ce_spliced.mean:.4f}, "
+          f"delta CE {losses.delta_ce_spliced.mean:.4f} nats; report: {report}")
     return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
     from saekit.evaluation.evaluate import load_splice_target
     from saekit.evaluation.generation import DEFAULT_PROMPTS, generations_markdown, side_by_side
-    from saekit.models.loading import load_model
     from saekit.training.run import load_run_config
 
     config = load_run_config(args.run_dirs[0])
-    loaded = load_model(config.model, device=config.device)
-    targets = [load_splice_target(d, loaded, config.device) for d in args.run_dirs]
+    loaded = config.data.load_model(config.run.device)
+    targets = [load_splice_target(d, loaded, config.run.device) for d in args.run_dirs]
     rows = side_by_side(loaded, targets, args.prompt or DEFAULT_PROMPTS, args.max_new_tokens, args.temperature,
                         args.seed)
     print(generations_markdown(rows))
@@ -133,7 +106,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    from saekit.quickstart import run_quickstart
+    from saekit.jobs.quickstart import run_quickstart
 
     run_dir = run_quickstart(args.runs_dir, args.name, fresh=args.fresh)
     print((run_dir / "report.md").read_text())
@@ -146,29 +119,34 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a dictionary on a model's activations")
-    train.add_argument("--config", help="JSON file of TrainConfig fields (flags override it)")
-    train.add_argument("--runs-dir", default="runs")
+    train.add_argument("--config", help="JSON run config (a run's config.json; flags override it)")
+    train.add_argument("--runs-dir", default="runs", help="where run directories go [runs]")
     train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     train.add_argument("--sites", help="train one dictionary per site from one forward pass: comma-separated, "
                        "blocks.*.resid_post = every layer; runs go to RUNS_DIR/NAME/SITE")
-    _add_config_flags(train)
+    add_flags(train, TrainConfig)
     train.set_defaults(handler=_train)
 
     sweep = sub.add_parser("sweep", help="train a grid of architectures x sparsity x widths in one pass; compare")
     sweep.add_argument("--grid", required=True,
                        help="e.g. 'topk:k=16,32;jumprelu:l0_coefficient=0.0015;relu:l1_coefficient=0.1,0.15'")
     sweep.add_argument("--widths", help="comma-separated dictionary widths (default: the config's)")
-    sweep.add_argument("--config", help="JSON file of TrainConfig fields shared by the grid")
-    sweep.add_argument("--runs-dir", default="runs")
-    sweep.add_argument("--resume", action="store_true")
+    sweep.add_argument("--config", help="JSON run config shared by the grid (flags override it)")
+    sweep.add_argument("--runs-dir", default="runs", help="where run directories go [runs]")
+    sweep.add_argument("--resume", action="store_true", help="continue every grid point from its last checkpoint")
     sweep.add_argument("--match-l0", type=float, default=None, help=MATCH_L0_HELP)
-    _add_config_flags(sweep)
+    add_flags(sweep, TrainConfig)
     sweep.set_defaults(handler=_sweep)
 
     evaluate = sub.add_parser("evaluate", help="evaluate runs: one alone, or several spliced jointly and alone")
     evaluate.add_argument("run_dirs", type=Path, nargs="+")
-    evaluate.add_argument("--eval-tokens", type=int, default=None)
-    evaluate.add_argument("--law", default="chinchilla", help="scaling-law preset for effective compute")
+    evaluate.add_argument("--eval-tokens", type=positive_int, default=None,
+                          help="held-out tokens (default: the run's eval_tokens)")
+    evaluate.add_argument("--law", type=law_name, default="chinchilla",
+                          help="scaling-law preset for effective compute: chinchilla (default) or besiroglu")
+    evaluate.add_argument("--law-table", type=Path, default=None, metavar="CSV",
+                          help="fit the scaling law to your own model family: a CSV with columns params,tokens,loss "
+                               "(one row per trained model); replaces --law")
     evaluate.add_argument("--out", type=Path, default=None, help="output directory of a joint evaluation")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -198,9 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     """Subcommands that live in their own stage packages register themselves here."""
-    from saekit.analysis.cli import add_analysis_parsers
-    from saekit.autointerp.cli import add_autointerp_parsers
-    from saekit.toy.cli import add_toy_parser
+    from saekit.cli.analysis import add_analysis_parsers
+    from saekit.cli.autointerp import add_autointerp_parsers
+    from saekit.cli.toy import add_toy_parser
 
     add_analysis_parsers(sub)
     add_autointerp_parsers(sub)

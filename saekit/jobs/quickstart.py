@@ -5,23 +5,22 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from saekit.analysis.cli import build_quick_dashboard
 from saekit.evaluation.evaluate import evaluate_run
-from saekit.models.loading import load_model
+from saekit.jobs.dashboard import build_quick_dashboard
 from saekit.training.config import TrainConfig
 from saekit.training.run import CHECKPOINT_FILE, train_run
 
-QUICKSTART = TrainConfig(
-    name="quickstart",
-    model="default",
-    site="blocks.14.resid_post",  # the middle of SmolLM2-135M's 30 layers
-    architecture="topk",
-    expansion_factor=8,
-    k=32,
-    train_tokens=200_704,
-    batch_size=2048,
-    eval_tokens=8192,
-)
+QUICKSTART = TrainConfig.from_flat({
+    "name": "quickstart",
+    "model": "default",
+    "site": "blocks.14.resid_post",  # the middle of SmolLM2-135M's 30 layers
+    "architecture": "topk",
+    "expansion_factor": 8,
+    "k": 32,
+    "train_tokens": 200_704,
+    "batch_size": 2048,
+    "eval_tokens": 8192,
+})
 
 QUICK_DASHBOARD_TOKENS = 8192
 QUICK_DASHBOARD_LATENTS = 500
@@ -29,11 +28,11 @@ QUICK_DASHBOARD_LATENTS = 500
 
 def run_quickstart(runs_dir: str | Path = "runs", name: str = "quickstart", fresh: bool = False) -> Path:
     """Train (resuming an interrupted quickstart if there is one) and evaluate; returns the run directory."""
-    config = TrainConfig.from_dict({**QUICKSTART.to_dict(), "name": name})
+    config = QUICKSTART.updated(name=name)
     run_dir = Path(runs_dir) / name
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
-    loaded = load_model(config.model, device=config.device)
+    loaded = config.data.load_model(config.run.device)
     resume = (run_dir / CHECKPOINT_FILE).exists()
     train_run(config, runs_dir, resume=resume, loaded=loaded)
     evaluate_run(run_dir, loaded=loaded)

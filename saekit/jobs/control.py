@@ -3,8 +3,8 @@
 An SAE trained on a transformer with random weights should be much less interpretable; if its
 automated scores barely differ from the real run's, the scorer is being fooled (single-token
 features are the usual culprit). :func:`randomized_control` trains the run's recipe on the
-randomized model (name ``NAME-randomized``, its own activation cache directory, because the cache
-key comes from the run's TrainConfig, which does not record the randomization), analyses it with
+randomized model (name ``NAME-randomized``; its config's data section says ``randomize_weights``,
+so its activations get their own cache key, and evaluating it loads the randomized model), analyses it with
 that model, explains and scores both runs with the same backend, and writes the side-by-side
 ``RUN_DIR/autointerp/control.md`` (and ``control.json``). Both are analysed over the same number of
 tokens: the real run's existing analysis sets it (else ``analysis_tokens``).
@@ -12,10 +12,12 @@ tokens: the real run's existing analysis sets it (else ``analysis_tokens``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saekit.analysis.analyze import AnalysisConfig, analyze_run
+from saekit.analysis.store import ANALYSIS_DIR, MANIFEST, store_exists
 from saekit.autointerp.backends import Backend, make_backend
 from saekit.autointerp.pipeline import (
     AUTOINTERP_DIR,
@@ -30,6 +32,7 @@ from saekit.errors import SaekitError
 from saekit.io import read_json, write_json, write_text
 from saekit.models.loading import LoadedModel
 from saekit.training.config import TrainConfig
+from saekit.training.run import CHECKPOINT_FILE, DICTIONARY_DIR, load_run_config, train_run
 
 CONTROL_MARKER = "control.json"
 
@@ -45,10 +48,9 @@ class ControlConfig:
     progress: bool = True
 
 
-def control_train_config(config: TrainConfig, suffix: str = "-randomized") -> TrainConfig:
-    """The same recipe under a new name, with a separate activation cache (None stays None: no cache)."""
-    cache_dir = None if config.cache_dir is None else str(config.cache_dir).rstrip("/") + suffix
-    return replace(config, name=config.name + suffix, cache_dir=cache_dir)
+def control_train_config(config: TrainConfig, suffix: str = "-randomized", seed: int = 0) -> TrainConfig:
+    """The same recipe under a new name, on the model with re-initialised weights."""
+    return config.updated(name=config.name + suffix, randomize_weights=True, randomization_seed=seed)
 
 
 def runs_root(run_dir: Path, config: TrainConfig) -> Path:
@@ -61,17 +63,17 @@ def runs_root(run_dir: Path, config: TrainConfig) -> Path:
 
 def train_control(run_dir: str | Path, config: ControlConfig, randomized: LoadedModel) -> Path:
     """Train (or resume, or reuse) the randomized-weights twin of ``run_dir``; returns its directory."""
-    from saekit.training.run import CHECKPOINT_FILE, DICTIONARY_DIR, load_run_config, train_run
-
     run_dir = Path(run_dir)
     real = load_run_config(run_dir)
-    twin = control_train_config(real, config.suffix)
+    twin = control_train_config(real, config.suffix, config.randomization_seed)
     control_dir = runs_root(run_dir, real) / twin.name
     marker = {"randomized_weights": True, "randomization_seed": config.randomization_seed,
-              "control_of": str(run_dir), "model": real.model, "cache_dir": twin.cache_dir}
+              "control_of": str(run_dir), "model": real.data.model}
     marker_path = control_dir / CONTROL_MARKER
     if marker_path.is_file():
-        if read_json(marker_path, "control marker") != marker:
+        found = read_json(marker_path, "control marker")
+        found.pop("cache_dir", None)  # older markers named the suffixed cache directory the key replaces
+        if found != marker:
             raise SaekitError(f"{control_dir} holds a control made differently; delete it to rebuild the control")
     elif control_dir.is_dir() and any(control_dir.iterdir()):
         raise SaekitError(f"{control_dir} exists and is not a randomized control; move it or rename the run")
@@ -128,8 +130,6 @@ def comparison_markdown(rows: dict[str, Any], real_model: str, control_dir: Path
 
 def _analysis_tokens(real_analysis: Path, config: ControlConfig) -> int:
     """Tokens to analyse the control with: as many as the real run's existing analysis used (equal terms)."""
-    from saekit.analysis.store import MANIFEST, store_exists
-
     if store_exists(real_analysis):
         return int(read_json(real_analysis / MANIFEST, "analysis manifest")["config"]["tokens"])
     return config.analysis_tokens
@@ -142,21 +142,17 @@ def randomized_control(run_dir: str | Path, config: ControlConfig | None = None,
     ``subject`` is the run's real model (loaded if needed); ``explainer_model`` the local backend's
     model (it may be the same object when the run uses the default model). Returns the report path.
     """
-    from saekit.analysis.analyze import AnalysisConfig, analyze_run
-    from saekit.analysis.store import ANALYSIS_DIR, store_exists
-    from saekit.models.loading import load_model
-    from saekit.training.run import load_run_config
-
     config = config or ControlConfig()
     run_dir = Path(run_dir)
     real = load_run_config(run_dir)
     analysis = AnalysisConfig(tokens=_analysis_tokens(run_dir / ANALYSIS_DIR, config), progress=config.progress)
-    randomized = load_model(real.model, device=real.device, randomize_weights=True, seed=config.randomization_seed)
+    twin_data = control_train_config(real, config.suffix, config.randomization_seed).data
+    randomized = twin_data.load_model(real.run.device)
     control_dir = train_control(run_dir, config, randomized)
     if not store_exists(control_dir / ANALYSIS_DIR):
         analyze_run(control_dir, randomized, analysis)
     if not store_exists(run_dir / ANALYSIS_DIR):
-        subject = subject or load_model(real.model, device=real.device)
+        subject = subject or real.data.load_model(real.run.device)
         analyze_run(run_dir, subject, analysis)
     own_backend = backend is None
     backend = backend or make_backend(config.autointerp.backend, explainer_model)

@@ -10,8 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from saekit.argtypes import latent_count, non_negative_float, positive_int
 from saekit.autointerp.backends import BackendChoice, LocalConfig, OpenAIConfig
+from saekit.cli.argtypes import latent_count, non_negative_float, positive_int
 
 if TYPE_CHECKING:
     from saekit.autointerp.pipeline import AutointerpConfig
@@ -73,28 +73,22 @@ def config_from_args(args: argparse.Namespace) -> AutointerpConfig:
 
 def run_explain(args: argparse.Namespace) -> int:
     """``saekit explain RUN_DIR``: analyse first if needed, then explain and score; prints the report."""
-    from saekit.analysis.analyze import analyze_run
-    from saekit.analysis.cli import DASHBOARD_DIR, build_run_dashboard
-    from saekit.analysis.store import ANALYSIS_DIR, store_exists
-    from saekit.autointerp.pipeline import REPORT, run_autointerp
+    from saekit.autointerp.pipeline import REPORT
+    from saekit.jobs.explain import explain_run
 
-    config = config_from_args(args)
-    if not store_exists(args.run_dir / ANALYSIS_DIR):
-        print(f"no analysis in {args.run_dir}; running `saekit analyze` first")
-        analyze_run(args.run_dir)
-    out = run_autointerp(args.run_dir, config)
-    print((out / REPORT).read_text())
-    dashboard = args.run_dir / DASHBOARD_DIR
-    if (dashboard / "index.html").is_file():  # rebuilt as it was (same page count), now with explanations
-        pages = len(list((dashboard / "features").glob("*.html"))) or None
-        print(f"dashboard with explanations: {build_run_dashboard(args.run_dir, max_latents=pages) / 'index.html'}")
-    print(f"scores: {out / 'scores.json'}; manifest: {out / 'manifest.json'}")
+    result = explain_run(args.run_dir, config_from_args(args))
+    if result.analysed:
+        print(f"there was no analysis in {args.run_dir}; ran `saekit analyze` first")
+    print((result.autointerp_dir / REPORT).read_text())
+    if result.dashboard is not None:
+        print(f"dashboard with explanations: {result.dashboard / 'index.html'}")
+    print(f"scores: {result.autointerp_dir / 'scores.json'}; manifest: {result.autointerp_dir / 'manifest.json'}")
     return 0
 
 
 def run_control(args: argparse.Namespace) -> int:
     """``saekit control RUN_DIR``: the randomized-weights control, side by side with the real run."""
-    from saekit.autointerp.control import ControlConfig, randomized_control
+    from saekit.jobs.control import ControlConfig, randomized_control
 
     config = config_from_args(args)
     report = randomized_control(args.run_dir, ControlConfig(analysis_tokens=args.analysis_tokens, autointerp=config))

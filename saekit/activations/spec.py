@@ -1,0 +1,59 @@
+"""What determines a run's activations (and nothing else): the data config, and the cache key it gives.
+
+:class:`DataConfig` is the ``data`` section of a run config: the model (and whether its weights are
+randomized), the corpus and its train/eval split, the context length and the token filters. Together
+with the sites read (:class:`ActivationSpec`) it decides every activation bit for bit, so its hash
+names the activation cache directory: two runs share cached chunks exactly when they would compute
+the same ones, and the randomized-weights control gets its own chunks without any special case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from saekit.models.loading import LoadedModel, load_model
+from saekit.settings import setting, to_dict
+
+CACHE_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The model, corpus and token filters that decide the activations."""
+
+    model: str = setting("default", "the model: 'default' (embedded SmolLM2-135M), a .gguf file, a local "
+                         "Hugging Face directory or a hub id")
+    randomize_weights: bool = setting(False, "re-initialise the model's weights (the randomized-weights control)")
+    randomization_seed: int = setting(0, "seed of the re-initialisation when randomize_weights is on")
+    corpus: str = setting("default", "the text: 'default' (Debian corpus), a .txt file, a directory of .txt "
+                          "files, a .jsonl file, or hf:NAME[:CONFIG][:SPLIT]")
+    text_field: str = setting("text", "the text field of a .jsonl or hf: corpus")
+    eval_fraction: float = setting(0.05, "share of documents held out for evaluation (split by document hash)")
+    context_length: int = setting(128, "tokens per context, BOS included")
+    seed: int = setting(0, "seed of the train/eval split and the context order", flag="data_seed")
+    exclude_bos: bool = setting(True, "leave BOS positions out of training and of every metric")
+    outlier_norm_factor: float | None = setting(
+        10.0, "drop tokens whose norm exceeds this many times the chunk median (none: keep all)")
+    contexts_per_chunk: int = setting(64, "contexts per cached activation chunk")
+
+    def load_model(self, device: str = "cpu") -> LoadedModel:
+        """The model these activations come from, randomized when the config says so."""
+        return load_model(self.model, device=device, randomize_weights=self.randomize_weights,
+                          seed=self.randomization_seed)
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """A data config and the sites read from it: everything that determines the activations."""
+
+    data: DataConfig
+    sites: tuple[str, ...]
+
+    def key(self) -> str:
+        payload = json.dumps({**self.manifest(), "version": CACHE_FORMAT_VERSION}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def manifest(self) -> dict:
+        return {**to_dict(self.data), "sites": list(self.sites)}

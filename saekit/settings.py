@@ -1,0 +1,349 @@
+"""Documented settings dataclasses: one field, one default, one help line, one flat name.
+
+Every configuration in saekit is a dataclass whose fields are declared with :func:`setting`, which
+stores the field's help text beside its default. From that one declaration this module derives
+everything else, so nothing is written twice:
+
+- the JSON form (:func:`to_dict`) and typed loading from JSON (:func:`from_dict`: unknown keys and
+  values of the wrong type are one-line errors naming the field, checked before any work starts);
+- a flat name for every leaf field (:func:`flat_fields`: ``lr``, ``k``, ``site``...), which is what
+  CLI flags, sweep grids and old flat ``config.json`` files use (:func:`from_flat`, :func:`updated`);
+- the CLI flags themselves, with their help lines (:func:`add_flags`, :func:`flags_given`).
+
+A nested dataclass field is a section (``data``, ``optim``...); its fields' flat names are their own
+names unless a field sets ``flag=`` (two sections may not claim the same flat name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
+from typing import Any, TypeVar, Union
+
+from saekit.errors import SaekitError
+
+T = TypeVar("T")
+NONE_WORDS = ("none", "off", "null")
+
+
+def setting(default: Any = MISSING, help: str = "", *, flag: str | None = None,
+            factory: Callable[[], Any] | None = None) -> Any:
+    """A dataclass field with its help line (and optionally another flat name than its own)."""
+    metadata = {"help": help, "flag": flag}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def copy_setting(cls: type, name: str, **changes: Any) -> Any:
+    """The same default and help as ``cls``'s field ``name`` (a default stated once, used twice)."""
+    source = next(f for f in fields(cls) if f.name == name)
+    metadata = {**source.metadata, **changes}
+    if source.default_factory is not MISSING:
+        return field(default_factory=source.default_factory, metadata=metadata)
+    return field(default=source.default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class FlatField:
+    """A leaf setting: where it lives (``path``), its flat name, its type and help."""
+
+    path: tuple[str, ...]
+    flat: str
+    annotation: Any
+    help: str
+    default: Any
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.flat.replace("_", "-")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _section_type(annotation: Any) -> type | None:
+    return annotation if isinstance(annotation, type) and is_dataclass(annotation) else None
+
+
+def _default(spec: Field) -> Any:
+    return spec.default_factory() if spec.default_factory is not MISSING else spec.default
+
+
+def flat_fields(cls: type, prefix: tuple[str, ...] = ()) -> list[FlatField]:
+    """Every leaf field of ``cls`` and its sections, with its flat name; clashing names are a bug."""
+    found: list[FlatField] = []
+    hints = _hints(cls)
+    for spec in fields(cls):
+        section = _section_type(hints[spec.name])
+        if section is not None:
+            found += flat_fields(section, prefix + (spec.name,))
+            continue
+        flat = spec.metadata.get("flag") or spec.name
+        found.append(FlatField(prefix + (spec.name,), flat, hints[spec.name], spec.metadata.get("help", ""),
+                               _default(spec) if spec.default is not MISSING or spec.default_factory is not MISSING
+                               else MISSING))
+    if not prefix:
+        names = [f.flat for f in found]
+        clashes = sorted({n for n in names if names.count(n) > 1})
+        if clashes:
+            raise TypeError(f"{cls.__name__}: flat setting names {clashes} are claimed twice; give one a flag=")
+    return found
+
+
+def flat_index(cls: type) -> dict[str, FlatField]:
+    return {f.flat: f for f in flat_fields(cls)}
+
+
+# ---- typed values --------------------------------------------------------------------------------
+def _union_members(annotation: Any) -> tuple[Any, ...] | None:
+    origin = typing.get_origin(annotation)
+    if origin is Union or (hasattr(types, "UnionType") and isinstance(annotation, types.UnionType)):
+        return typing.get_args(annotation)
+    return None
+
+
+def type_name(annotation: Any) -> str:
+    members = _union_members(annotation)
+    if members is not None:
+        return " or ".join(type_name(m) for m in members)
+    if annotation is type(None):
+        return "null"
+    origin = typing.get_origin(annotation)
+    if origin in (tuple, dict, list):
+        return f"a {origin.__name__}"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def check_value(value: Any, annotation: Any, where: str) -> Any:
+    """``value`` as ``annotation`` (ints widen to float, lists to tuples), or a one-line SaekitError."""
+    members = _union_members(annotation)
+    if members is not None:
+        for member in members:
+            try:
+                return check_value(value, member, where)
+            except SaekitError:
+                continue
+        raise _type_error(value, annotation, where)
+    if annotation is Any:
+        return value
+    section = _section_type(annotation)
+    if section is not None:
+        return value if isinstance(value, section) else from_dict(section, value, where)
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise _type_error(value, annotation, where)
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        items = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)) or len(value) != len(items):
+            raise _type_error(value, annotation, where)
+        return tuple(check_value(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, items)))
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise _type_error(value, annotation, where)
+        item = typing.get_args(annotation)[1] if typing.get_args(annotation) else Any
+        return {k: check_value(v, item, f"{where}[{k!r}]") for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(value, annotation, where)
+        (item,) = typing.get_args(annotation) or (Any,)
+        return [check_value(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise _type_error(value, annotation, where)
+    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, str) and isinstance(value, annotation) and not isinstance(value, bool):
+        return value
+    raise _type_error(value, annotation, where)
+
+
+def _type_error(value: Any, annotation: Any, where: str) -> SaekitError:
+    return SaekitError(f"{where} must be {type_name(annotation)}, got {value!r}")
+
+
+# ---- dicts <-> dataclasses -----------------------------------------------------------------------
+def to_dict(obj: Any) -> dict[str, Any]:
+    """The JSON form: sections nested, tuples as lists."""
+    return json_safe(dataclasses.asdict(obj))
+
+
+def json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], where: str) -> T:
+    """Build ``cls`` from its JSON form, checking every key and type; ``where`` names the source."""
+    if not isinstance(data, Mapping):
+        raise SaekitError(f"{where} must be a JSON object, got {type(data).__name__}")
+    hints = _hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SaekitError(f"{where}: unknown keys {unknown}; valid keys: {', '.join(sorted(known))}")
+    values = {}
+    for name, value in data.items():
+        section = _section_type(hints[name])
+        label = f"{where}: {name}"
+        values[name] = from_dict(section, value, label) if section else check_value(value, hints[name], label)
+    missing = [f.name for f in fields(cls) if f.name not in values and f.default is MISSING
+               and f.default_factory is MISSING]
+    if missing:
+        raise SaekitError(f"{where}: missing keys {missing}")
+    return cls(**values)
+
+
+def from_flat(cls: type[T], flat: Mapping[str, Any], where: str, base: T | None = None) -> T:
+    """``cls`` (or ``base`` updated) from flat names: ``{"lr": 1e-3, "site": ...}``."""
+    nested = to_dict(base) if base is not None else to_dict(cls())
+    index = flat_index(cls)
+    for name, value in flat.items():
+        if name not in index:
+            close = ", ".join(sorted(index))
+            raise SaekitError(f"{where}: unknown setting {name!r}; valid settings: {close}")
+        *sections, leaf = index[name].path
+        target = nested
+        for section in sections:
+            target = target[section]
+        target[leaf] = json_safe(value)
+    return from_dict(cls, nested, where)
+
+
+def updated(config: T, where: str = "settings", **flat: Any) -> T:
+    """A copy of ``config`` with flat-named settings changed, type-checked like a file."""
+    return from_flat(type(config), flat, where, base=config)
+
+
+def flat_values(config: Any) -> dict[str, Any]:
+    """Every leaf setting of ``config`` under its flat name."""
+    values = {}
+    for spec in flat_fields(type(config)):
+        value = config
+        for part in spec.path:
+            value = getattr(value, part)
+        values[spec.flat] = value
+    return values
+
+
+def differences(a: Any, b: Any) -> list[str]:
+    """Flat names of the settings that differ between two configs of one class."""
+    left, right = flat_values(a), flat_values(b)
+    return sorted(name for name in left if left[name] != right[name])
+
+
+# ---- CLI flags -----------------------------------------------------------------------------------
+DEST_PREFIX = "setting:"
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One optional flag per leaf setting of ``cls``, typed from its annotation, help from its field."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for spec in flat_fields(cls):
+        if spec.flat in skip:
+            continue
+        section = spec.path[0] if len(spec.path) > 1 else "run identity"
+        if section not in groups:
+            groups[section] = parser.add_argument_group(f"{section} settings (override --config; defaults in [])")
+        group = groups[section]
+        default = "" if spec.default is MISSING else f" [{_show(spec.default)}]"
+        kwargs: dict[str, Any] = {"dest": DEST_PREFIX + spec.flat, "default": None,
+                                  "help": f"{spec.help}{default}".replace("%", "%%")}
+        if typing.get_origin(spec.annotation) is dict:
+            kwargs.update(action="append", type=_key_value, metavar="KEY=VALUE")
+        else:
+            kwargs.update(type=_parser_for(spec.annotation), metavar=_metavar(spec.annotation))
+        group.add_argument(spec.flag, **kwargs)
+
+
+def flags_given(args: argparse.Namespace) -> dict[str, Any]:
+    """The flat settings the user passed on the command line (dict settings merged from KEY=VALUE)."""
+    given = {}
+    for dest, value in vars(args).items():
+        if dest.startswith(DEST_PREFIX) and value is not None:
+            name = dest[len(DEST_PREFIX):]
+            given[name] = dict(value) if isinstance(value, list) else value
+    return given
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return "none" if value is None else str(value)
+
+
+def _metavar(annotation: Any) -> str:
+    if typing.get_origin(annotation) is tuple:
+        return ",".join(type_name(t).upper() for t in typing.get_args(annotation))
+    members = _union_members(annotation)
+    real = [m for m in members if m is not type(None)] if members else [annotation]
+    base = type_name(real[0]).upper() if len(real) == 1 else "VALUE"
+    return base + ("|none" if members and type(None) in members else "")
+
+
+def _parser_for(annotation: Any) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return check_value(parse_scalar(text, annotation), annotation, "value")
+        except SaekitError:
+            raise argparse.ArgumentTypeError(f"expected {type_name(annotation)}, got {text!r}") from None
+    return parse
+
+
+def parse_scalar(text: str, annotation: Any) -> Any:
+    """The text of a flag as the value its annotation asks for (best effort; checked afterwards)."""
+    members = _union_members(annotation)
+    if members is not None:
+        if type(None) in members and text.strip().lower() in NONE_WORDS:
+            return None
+        for member in (m for m in members if m is not type(None)):
+            value = parse_scalar(text, member)
+            if not isinstance(value, str) or member is str:
+                return value
+        return text
+    if typing.get_origin(annotation) is tuple:
+        return [parse_scalar(part, t) for part, t in zip(text.split(","), typing.get_args(annotation))]
+    if annotation is bool:
+        lowered = text.lower()
+        return {"1": True, "true": True, "yes": True, "on": True,
+                "0": False, "false": False, "no": False, "off": False}.get(lowered, text)
+    if annotation in (int, float):
+        return _number(text)
+    return text
+
+
+def _number(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    lowered = value.strip().lower()
+    parsed: Any = {"true": True, "false": False}.get(lowered, _number(value.strip()))
+    return key.strip(), parsed
+
+
+def iter_sections(config: Any) -> Iterator[tuple[str, Any]]:
+    """(name, value) of each section of a settings object."""
+    for spec in fields(config):
+        value = getattr(config, spec.name)
+        if is_dataclass(value):
+            yield spec.name, value

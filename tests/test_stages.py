@@ -1,0 +1,44 @@
+"""The stage order holds in the code, a planted back-import is caught, and ARCHITECTURE.md shows the table."""
+
+import shutil
+from pathlib import Path
+
+import saekit
+from saekit.stages import BEGIN, END, STAGES, import_edges, markdown_table, violations
+
+PACKAGE = Path(saekit.__file__).parent
+ROOT = PACKAGE.parent
+
+
+def test_the_tree_keeps_the_stage_order():
+    assert violations(PACKAGE) == []
+
+
+def test_every_package_is_a_stage():
+    packages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert packages == {stage.name for stage in STAGES}
+
+
+def test_a_planted_function_level_back_import_is_caught(tmp_path):
+    copy = tmp_path / "saekit"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    contexts = copy / "data" / "contexts.py"
+    contexts.write_text(contexts.read_text() + "\n\ndef _sneaky():\n    from saekit.jobs.quickstart import QUICKSTART\n"
+                        "    return QUICKSTART\n")
+    found = violations(copy)
+    assert len(found) == 1 and "data imports jobs" in found[0] and "contexts.py" in found[0]
+    assert ("data", "jobs") in {(source, target) for source, target, _, _ in import_edges(copy)}
+
+
+def test_a_module_level_import_of_a_later_stage_is_caught(tmp_path):
+    copy = tmp_path / "saekit"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    trainer = copy / "training" / "trainer.py"
+    trainer.write_text("from saekit.evaluation.splice import SpliceTarget  # noqa\n" + trainer.read_text())
+    assert [v for v in violations(copy) if "training imports evaluation" in v]
+
+
+def test_architecture_md_holds_the_generated_table():
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    section = text[text.index(BEGIN):text.index(END) + len(END)]
+    assert section == markdown_table(), "run `python -m saekit.stages ARCHITECTURE.md` to regenerate it"
