@@ -4,7 +4,7 @@ import shutil
 from pathlib import Path
 
 import saekit
-from saekit.stages import BEGIN, END, STAGES, import_edges, markdown_table, violations
+from saekit.stages import BEGIN, END, STAGES, import_edges, stage_table_markdown, violations
 
 PACKAGE = Path(saekit.__file__).parent
 ROOT = PACKAGE.parent
@@ -41,4 +41,4 @@ def test_a_module_level_import_of_a_later_stage_is_caught(tmp_path):
 def test_architecture_md_holds_the_generated_table():
     text = (ROOT / "ARCHITECTURE.md").read_text()
     section = text[text.index(BEGIN):text.index(END) + len(END)]
-    assert section == markdown_table(), "run `python -m saekit.stages ARCHITECTURE.md` to regenerate it"
+    assert section == stage_table_markdown(), "run `python -m saekit.stages ARCHITECTURE.md` to regenerate it"

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from saekit.errors import SaekitError
+from saekit.render import markdown_table
 
 __all__ = [
     "PRESETS",
@@ -380,9 +381,8 @@ def format_report_markdown(report: Mapping[str, Any]) -> str:
                 f"{equivalent['params_equivalent']:.3g} params "
                 f"({equivalent['params_ratio']:.3g}x the original {equivalent['params']:.3g})"
             )
-    lines += ["", "| E | compute fraction |", "|---:|---:|"]
-    for row in report["sensitivity"]:
-        lines.append(f"| {row['E']:.4g} | {_fmt_fraction(row['compute_fraction'])} |")
+    rows = [(f"{row['E']:.4g}", _fmt_fraction(row["compute_fraction"])) for row in report["sensitivity"]]
+    lines += ["", markdown_table(("E", "compute fraction"), rows, align=("right", "right"))]
     return "\n".join(lines) + "\n"
 
 

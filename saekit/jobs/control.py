@@ -31,6 +31,7 @@ from saekit.autointerp.pipeline import (
 from saekit.errors import SaekitError
 from saekit.io import read_json, write_json, write_text
 from saekit.models.loading import LoadedModel
+from saekit.render import markdown_table
 from saekit.training.config import TrainConfig
 from saekit.training.run import CHECKPOINT_FILE, DICTIONARY_DIR, load_run_config, train_run
 
@@ -117,12 +118,11 @@ def comparison_markdown(rows: dict[str, Any], real_model: str, control_dir: Path
         f"and scored by **{real_model}**. If the randomized control scores about as well as the real run, "
         "the scorers are being fooled (often by single-token features) and the real scores mean little.",
         f"Latents scored: real {real['latents']}, randomized {control['latents']}.", "",
-        "| scorer / metric | chance | real: LLM | real: baseline | randomized: LLM | randomized: baseline |",
-        "| --- | --- | --- | --- | --- | --- |",
+        markdown_table(
+            ("scorer / metric", "chance", "real: LLM", "real: baseline", "randomized: LLM", "randomized: baseline"),
+            [(label, row["chance"], row["real"]["llm"], row["real"]["baseline"], row["randomized"]["llm"],
+              row["randomized"]["baseline"]) for label, row in rows.items()]),
     ]
-    for label, row in rows.items():
-        lines.append(f"| {label} | {row['chance']} | {row['real']['llm']} | {row['real']['baseline']} | "
-                     f"{row['randomized']['llm']} | {row['randomized']['baseline']} |")
     lines += ["", "The intruder test needs no explanation (its row is under the LLM columns). "
                   "The baseline explains by most frequent activating tokens, with no LLM.", ""]
     return "\n".join(lines)
