@@ -88,27 +88,16 @@ def test_load_table_column_order_and_extra_columns(tmp_path):
     assert load_table(path) == [(1e8, 2e9, 3.5)]
 
 
-def test_load_table_bad_row_names_line(tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ("params,tokens,loss\n1e8,2e9,3.5\n4e8,lots,3.1\n", r"family\.csv:3: tokens"),  # a bad row names its line
+    ("params,tokens,loss\n1e8,2e9,-3.5\n", r":2: loss"),  # a negative loss
+    ("params,tokens,loss\n1e8,2e9\n", r":2: row has 2 fields"),  # a short row
+    ("n,d,loss\n1e8,2e9,3.5\n", "params, tokens"),  # a bad header
+])
+def test_load_table_rejects_bad_rows_and_headers(tmp_path, text, message):
     path = tmp_path / "family.csv"
-    path.write_text("params,tokens,loss\n1e8,2e9,3.5\n4e8,lots,3.1\n", encoding="utf-8")
-    with pytest.raises(SaekitError, match=r"family\.csv:3: tokens"):
-        load_table(path)
-
-
-def test_load_table_negative_and_short_rows(tmp_path):
-    path = tmp_path / "t.csv"
-    path.write_text("params,tokens,loss\n1e8,2e9,-3.5\n", encoding="utf-8")
-    with pytest.raises(SaekitError, match=r":2: loss"):
-        load_table(path)
-    path.write_text("params,tokens,loss\n1e8,2e9\n", encoding="utf-8")
-    with pytest.raises(SaekitError, match=r":2: row has 2 fields"):
-        load_table(path)
-
-
-def test_load_table_bad_header(tmp_path):
-    path = tmp_path / "t.csv"
-    path.write_text("n,d,loss\n1e8,2e9,3.5\n", encoding="utf-8")
-    with pytest.raises(SaekitError, match="params, tokens"):
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(SaekitError, match=message):
         load_table(path)
 
 
