@@ -35,7 +35,7 @@ def _train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     configs = [config]
     if args.sites:
-        sites = expand_sites(args.sites, config.model)
+        sites = expand_sites(args.sites, config.data.model)
         configs = [config.updated(site=site, name=f"{config.name}/{site}") for site in sites]
     for run_dir in train_many(configs, args.runs_dir, resume=args.resume):
         print(f"trained: {run_dir}")

@@ -135,3 +135,13 @@ def test_resampling_resets_architecture_parameters_and_their_adam_moments():
     assert torch.allclose(dictionary.log_threshold[:10].detach(), others.median().expand(10))
     for moment in ("exp_avg", "exp_avg_sq"):
         assert moments[moment][:10].abs().sum() == 0 and moments[moment][10:].abs().sum() > 0
+
+
+def test_cli_sites_wildcard_expands_over_the_model_layers(tiny_model_dir, tmp_path, capsys):
+    from saekit.cli import expand_sites, main
+
+    assert expand_sites("blocks.*.resid_post,blocks.0.mlp_out", str(tiny_model_dir)) == [
+        "blocks.0.resid_post", "blocks.1.resid_post", "blocks.0.mlp_out"]
+    # The handler expands against the configured model, then checks each site before any training.
+    code = main(["train", "--model", str(tiny_model_dir), "--sites", "blocks.*.bogus", "--runs-dir", str(tmp_path)])
+    assert code == 1 and "unknown site 'blocks.0.bogus'" in capsys.readouterr().err
