@@ -20,7 +20,7 @@ import argparse
 import dataclasses
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar, Union
 
@@ -72,6 +72,7 @@ def _section_type(annotation: Any) -> type | None:
 
 
 def _default(spec: Field) -> Any:
+    """The field's default value (MISSING when it has none)."""
     return spec.default_factory() if spec.default_factory is not MISSING else spec.default
 
 
@@ -86,8 +87,7 @@ def flat_fields(cls: type, prefix: tuple[str, ...] = ()) -> list[FlatField]:
             continue
         flat = spec.metadata.get("flag") or spec.name
         found.append(FlatField(prefix + (spec.name,), flat, hints[spec.name], spec.metadata.get("help", ""),
-                               _default(spec) if spec.default is not MISSING or spec.default_factory is not MISSING
-                               else MISSING))
+                               _default(spec)))
     if not prefix:
         names = [f.flat for f in found]
         clashes = sorted({n for n in names if names.count(n) > 1})
@@ -193,11 +193,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str) -> T:
     unknown = sorted(set(data) - known)
     if unknown:
         raise SaekitError(f"{where}: unknown keys {unknown}; valid keys: {', '.join(sorted(known))}")
-    values = {}
-    for name, value in data.items():
-        section = _section_type(hints[name])
-        label = f"{where}: {name}"
-        values[name] = from_dict(section, value, label) if section else check_value(value, hints[name], label)
+    values = {name: check_value(value, hints[name], f"{where}: {name}") for name, value in data.items()}
     missing = [f.name for f in fields(cls) if f.name not in values and f.default is MISSING
                and f.default_factory is MISSING]
     if missing:
@@ -341,9 +337,7 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
-def iter_sections(config: Any) -> Iterator[tuple[str, Any]]:
-    """(name, value) of each section of a settings object."""
-    for spec in fields(config):
-        value = getattr(config, spec.name)
-        if is_dataclass(value):
-            yield spec.name, value
+def section_names(cls: type) -> list[str]:
+    """The fields of ``cls`` that are sections (nested settings dataclasses)."""
+    hints = _hints(cls)
+    return [spec.name for spec in fields(cls) if _section_type(hints[spec.name]) is not None]

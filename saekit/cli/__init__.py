@@ -1,7 +1,6 @@
 """The ``saekit`` command line: one subcommand per pipeline job; errors print one line and exit 1.
 
-The bottom of the import graph. Handlers import their stage or job when called, so ``saekit --help``
-and bad flags answer without loading torch-heavy modules.
+The bottom of the import graph. Each handler imports the stage or job it runs when it is called.
 """
 
 from __future__ import annotations
@@ -175,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
-    """Subcommands that live in their own stage packages register themselves here."""
+    """The analysis, autointerp and toy subcommands, each defined in its own ``saekit/cli`` module."""
     from saekit.cli.analysis import add_analysis_parsers
     from saekit.cli.autointerp import add_autointerp_parsers
     from saekit.cli.toy import add_toy_parser

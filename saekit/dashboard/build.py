@@ -15,10 +15,10 @@ from tqdm.auto import tqdm
 
 from saekit.analysis.store import AnalysisStore
 from saekit.dashboard import figures
-from saekit.dashboard.html import clean_json
 from saekit.dashboard.neuronpedia import FIELDS_NOTE, feature_json, model_slug
 from saekit.dashboard.pages import DashboardConfig, Interpretations, feature_page, index_page, overview_page
 from saekit.io import write_text
+from saekit.render import clean_json
 
 FIGURES = {  # title -> file under figures/
     "Feature density (log10)": "density.png",

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from saekit.dashboard.html import esc, fmt
+from saekit.dashboard.html import fmt
+from saekit.render import escape_html as esc
 from saekit.render import save_png
 
 DEAD_COLUMN_OFFSET = 0.75  # dead latents are drawn this far left of the lowest live log10 density

@@ -2,9 +2,9 @@
 
 Every string from a corpus or a tokenizer reaches a page only through :func:`esc` (text and
 attributes) or :func:`script_json` (data blocks, with ``<``, ``>`` and ``&`` written as JSON escapes so
-no ``</script>`` or ``<!--`` can ever appear inside the block). Both are the primitives of
-:mod:`saekit.render` (``esc`` is :func:`saekit.render.escape_html`), where all of saekit's escaping
-lives. Pages never build markup from data in JavaScript with innerHTML; the index script uses textContent.
+no ``</script>`` or ``<!--`` can ever appear inside the block). Both come from
+:mod:`saekit.render` (``esc`` is ``escape_html``), where all of saekit's escaping lives. Pages never
+build markup from data in JavaScript with innerHTML; the index script uses textContent.
 """
 
 from __future__ import annotations
@@ -13,15 +13,11 @@ import math
 from collections.abc import Iterable, Sequence
 
 from saekit.dashboard.assets import CSS
-from saekit.render import clean_json, escape_html, script_json
-
-__all__ = ["SHADE_RGB", "VISIBLE_WHITESPACE", "clean_json", "display_token", "esc", "fmt", "page", "script_json",
-           "table", "token_span"]
+from saekit.render import escape_html as esc
 
 VISIBLE_WHITESPACE = {"\n": "\u21b5", "\r": "\u240d", "\t": "\u2192"}
 SHADE_RGB = "255, 120, 0"
 
-esc = escape_html  # the dashboard's name for it: text and quoted attribute values
 
 
 def display_token(text: str) -> str:

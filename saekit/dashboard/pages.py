@@ -14,7 +14,9 @@ from typing import Any
 from saekit.analysis.store import AnalysisStore, Example
 from saekit.dashboard.assets import INDEX_SCRIPT
 from saekit.dashboard.figures import svg_histogram
-from saekit.dashboard.html import display_token, esc, fmt, page, script_json, table, token_span
+from saekit.dashboard.html import display_token, fmt, page, table, token_span
+from saekit.render import escape_html as esc
+from saekit.render import script_json
 
 INDEX_COLUMNS = [  # key, header, kind (int/num/text): the index table and its filterable statistics
     ("id", "latent", "int"), ("log10_density", "log10 density", "num"), ("max", "max act", "num"),

@@ -47,9 +47,6 @@ SHARED_EXTRA_DEFAULTS: dict[str, Any] = {
 }
 
 
-SPARSITY_SETTINGS = ("k", "l1_coefficient", "l0_coefficient")
-
-
 @dataclass
 class DictionaryConfig:
     """Shape and sparsity settings of one built dictionary (what ``dictionary/config.json`` holds).

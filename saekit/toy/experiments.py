@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from saekit.dictionaries.registry import ARCHITECTURES
 from saekit.errors import SaekitError
 from saekit.io import write_json, write_text
+from saekit.render import markdown_table
 from saekit.toy.fitting import FitConfig, FitResult, fit_at_l0
 from saekit.toy.plotting import new_figure, save_png
 from saekit.toy.recovery import (
@@ -28,7 +29,6 @@ from saekit.toy.recovery import (
     reference_dictionaries,
     sparse_world_report,
 )
-from saekit.toy.report import markdown_table
 from saekit.toy.superposition import (
     PHASES,
     SUPERPOSITION,

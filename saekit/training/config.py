@@ -24,10 +24,8 @@ from saekit.dictionaries.base import DictionarySettings, upgrade_sparsity
 from saekit.dictionaries.registry import ARCHITECTURES
 from saekit.errors import SaekitError
 from saekit.io import read_json
-from saekit.settings import flat_index, from_dict, from_flat, setting, to_dict, updated
+from saekit.settings import flat_index, from_dict, from_flat, section_names, setting, to_dict, updated
 from saekit.training.schedule import OptimConfig
-
-SECTIONS = ("data", "dictionary", "optim", "run")
 
 
 @dataclass
@@ -117,9 +115,9 @@ def _at_least(minimum: int, **values: int) -> None:
 
 def is_flat_config(data: dict[str, Any]) -> bool:
     """A config from before sections: no section object, and some key that only a flat config has."""
-    if any(isinstance(data.get(section), dict) for section in SECTIONS):
+    if any(isinstance(data.get(section), dict) for section in section_names(TrainConfig)):
         return False
-    return bool(set(data) & (set(flat_index(TrainConfig)) | {"seed"}) - {"name", "site", "target_site"})
+    return bool(set(data) & set(flat_index(TrainConfig)) - {"name", "site", "target_site"})
 
 
 def flat_from_legacy(data: dict[str, Any]) -> dict[str, Any]:

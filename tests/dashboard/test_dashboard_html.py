@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 
-from saekit.dashboard.html import clean_json, display_token, esc, page, script_json, table, token_span
+from saekit.dashboard.html import display_token, page, table, token_span
+from saekit.render import clean_json, script_json
+from saekit.render import escape_html as esc
 
 
 def test_esc_escapes_markup_and_quotes():
