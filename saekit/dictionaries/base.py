@@ -140,7 +140,7 @@ class Dictionary(nn.Module):
         if config.width < 1 or config.d_in < 1 or config.output_dim < 1:
             raise SaekitError(f"dictionary sizes must be positive, got d_in={config.d_in} width={config.width}")
         self.config = config
-        self.options = self._resolve_options(config)
+        self.options = self.resolve_options(config.architecture, config.extra)
         direction = torch.randn(config.width, config.output_dim)
         direction = direction / direction.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(direction)
@@ -175,15 +175,16 @@ class Dictionary(nn.Module):
         return min(1.0, ratio**0.5 if self.config.is_transcoder else ratio)
 
     @classmethod
-    def _resolve_options(cls, config: DictionaryConfig) -> dict[str, Any]:
+    def resolve_options(cls, architecture: str, extra: dict[str, Any]) -> dict[str, Any]:
+        """The ``extra`` settings with their defaults filled in; an unknown key is an error."""
         defaults = {**SHARED_EXTRA_DEFAULTS, **cls.EXTRA_DEFAULTS}
-        unknown = set(config.extra) - set(defaults)
+        unknown = set(extra) - set(defaults)
         if unknown:
             raise SaekitError(
-                f"architecture {config.architecture!r} does not understand extra settings {sorted(unknown)}; "
+                f"architecture {architecture!r} does not understand extra settings {sorted(unknown)}; "
                 f"it accepts {sorted(defaults)}"
             )
-        return {**defaults, **config.extra}
+        return {**defaults, **extra}
 
     # ---- the architecture-specific part -------------------------------------------------------
     def activation(self, pre: Tensor) -> Tensor:

@@ -69,6 +69,7 @@ class TrainConfig:
         if dictionary.architecture not in ARCHITECTURES:
             raise SaekitError(f"unknown architecture {dictionary.architecture!r}; "
                               f"choose one of {sorted(ARCHITECTURES)}")
+        ARCHITECTURES[dictionary.architecture].resolve_options(dictionary.architecture, dictionary.extra)
         _at_least(1, batch_size=optim.batch_size, expansion_factor=dictionary.expansion_factor,
                   checkpoint_every=run.checkpoint_every, eval_tokens=run.eval_tokens,
                   model_batch_contexts=run.model_batch_contexts, eval_batch_contexts=run.eval_batch_contexts,

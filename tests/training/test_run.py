@@ -109,6 +109,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_loaded, tiny_model_d
     (dict(site="blocks.7.resid_post"), "out of range: the model has layers 0..1"),
     (dict(site="blocks.1.residual"), "unknown site"),
     (dict(architecture="sparse-magic"), "unknown architecture"),
+    (dict(extra={"aux_kk": 64}), r"does not understand extra settings \['aux_kk'\]"),
     (dict(train_tokens=10), "less than one batch"),
 ])
 def test_bad_config_is_one_line(tiny_loaded, tiny_model_dir, tmp_path, overrides, message):
