@@ -17,7 +17,7 @@ from pathlib import Path
 
 from saekit.render import markdown_table
 
-CORE = ("errors", "io", "settings", "render", "stages")  # top-level modules below every stage
+CORE = ("errors", "io", "settings", "render", "stages", "provenance", "locks")  # top-level modules below every stage
 
 
 @dataclass(frozen=True)

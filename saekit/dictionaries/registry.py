@@ -20,6 +20,7 @@ from saekit.dictionaries.relu import ReLUDictionary
 from saekit.dictionaries.topk import TopKDictionary
 from saekit.errors import SaekitError
 from saekit.io import load_tensors, read_json, save_tensors, write_json
+from saekit.provenance import fingerprint_files
 
 ARCHITECTURES: dict[str, type[Dictionary]] = {
     "relu": ReLUDictionary,
@@ -75,5 +76,19 @@ def load_dictionary(directory: str | Path, device: str | torch.device = "cpu") -
         raise SaekitError(
             f"weights in {directory / WEIGHTS_FILE} do not match its config (expected {expected}, found {found})"
         )
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise SaekitError(f"weights in {directory / WEIGHTS_FILE} hold NaN or infinite values "
+                          f"({', '.join(sorted(bad))}); the dictionary diverged: retrain it with a lower lr, "
+                          "or restore it")
     dictionary.load_state_dict(state)
     return dictionary.to(device), meta.get("source", {})
+
+
+def dictionary_fingerprint(directory: str | Path) -> str:
+    """The fingerprint of a saved dictionary (its weights and config files): what outputs record they came from."""
+    directory = Path(directory)
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        if not (directory / name).is_file():
+            raise SaekitError(f"dictionary file not found: {directory / name}")
+    return fingerprint_files(directory / WEIGHTS_FILE, directory / CONFIG_FILE)
