@@ -1,9 +1,17 @@
-"""Atomic file writing and safe (no-pickle) serialization helpers shared by every stage."""
+"""Atomic file and directory writing and safe (no-pickle) serialization helpers shared by every stage.
+
+Temporary files and directories are named ``.{target}.saekit-tmp.{pid}.{random}``: a write killed
+midway leaves one behind, and the next write of the same target (or :func:`remove_stale_temporaries`
+over a directory) recognises it as saekit's by the name and as abandoned by its writer's PID being
+gone, and removes it. Nothing else is ever deleted by that sweep.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -14,12 +22,54 @@ from safetensors.torch import load_file, save_file
 
 from saekit.errors import SaekitError
 
+TEMP_MARK = ".saekit-tmp."
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.saekit-tmp\.(?P<pid>\d+)\.[A-Za-z0-9_]+$")
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}{TEMP_MARK}{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(directory: str | Path, target: str | None = None) -> list[Path]:
+    """Remove temporaries in ``directory`` (of ``target`` only, if given) whose writing process is gone."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    pattern = f".{target}{TEMP_MARK}*" if target is not None else f".*{TEMP_MARK}*"
+    removed = []
+    for candidate in directory.glob(pattern):
+        match = _TEMP_NAME.match(candidate.name)
+        if match and (target is None or match["target"] == target) and not _pid_alive(int(match["pid"])):
+            _remove(candidate)
+            removed.append(candidate)
+    return removed
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` and move the result onto ``path`` only once it is complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
@@ -28,6 +78,31 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_directory(path: str | Path, build: Callable[[Path], None]) -> Path:
+    """Build a directory with ``build(tmp_dir)``, then put it in place of ``path``.
+
+    The existing ``path`` stays untouched until the new one is complete: a failed or killed build
+    leaves the old output as it was (and a temporary that the next call removes).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent, path.name)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
+    try:
+        build(tmp)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
+            os.replace(path, old / path.name)  # two renames; between them a kill leaves the old one beside
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
 
 
 def _umask() -> int:
