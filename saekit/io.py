@@ -92,6 +92,7 @@ def replace_directory(path: str | Path, build: Callable[[Path], None]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
     try:
         build(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the directory the mode mkdir() would
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
             os.replace(path, old / path.name)  # two renames; between them a kill leaves the old one beside

@@ -8,7 +8,10 @@ everything else, so nothing is written twice:
   values of the wrong type are one-line errors naming the field, checked before any work starts);
 - a flat name for every leaf field (:func:`flat_fields`: ``lr``, ``k``, ``site``...), which is what
   CLI flags, sweep grids and old flat ``config.json`` files use (:func:`from_flat`, :func:`updated`);
-- the CLI flags themselves, with their help lines (:func:`add_flags`, :func:`flags_given`).
+- the CLI flags themselves, with their help lines (:func:`add_flags`, :func:`flags_given`);
+- range and value checks (a :class:`Rule` per field: ``minimum=1``, ``above=0``, ``check=...``), run
+  when a config is built from JSON or flags and again by :func:`check_rules`, so a bad value is one
+  line naming the field, the value and what is allowed, before any work starts.
 
 A nested dataclass field is a section (``data``, ``optim``...); its fields' flat names are their own
 names unless a field sets ``flag=`` (two sections may not claim the same flat name).
@@ -30,19 +33,95 @@ T = TypeVar("T")
 NONE_WORDS = ("none", "off", "null")
 
 
+@dataclass(frozen=True)
+class Rule:
+    """What a setting allows beyond its type: a numeric range and/or a check of the value.
+
+    ``minimum``/``maximum`` are inclusive bounds, ``above``/``below`` exclusive ones. ``check`` returns
+    None for a good value or a short description of what is allowed; ``invalid`` lists values the
+    check refuses (the schema-driven fault tests use them, with values just outside the bounds).
+    A tuple setting applies the rule to each item; None (for an optional setting) is always allowed.
+    """
+
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None
+    below: float | None = None
+    check: Callable[[Any], str | None] | None = None
+    invalid: tuple[Any, ...] = ()
+
+    def problem(self, value: Any) -> str | None:
+        """None when ``value`` is allowed, else what is allowed."""
+        if isinstance(value, tuple):
+            return next((p for p in map(self.problem, value) if p is not None), None)
+        if value is None:
+            return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not self._in_range(value):
+            return self.describe_range()
+        return self.check(value) if self.check is not None else None
+
+    def _in_range(self, value: float) -> bool:
+        return ((self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
+                and (self.above is None or value > self.above) and (self.below is None or value < self.below))
+
+    def describe_range(self) -> str:
+        parts = [f">= {self.minimum:g}" if self.minimum is not None else "",
+                 f"> {self.above:g}" if self.above is not None else "",
+                 f"<= {self.maximum:g}" if self.maximum is not None else "",
+                 f"< {self.below:g}" if self.below is not None else ""]
+        return " and ".join(p for p in parts if p)
+
+    def invalid_examples(self, annotation: Any) -> list[Any]:
+        """Values of the right type that this rule refuses: just past each bound, and ``invalid``."""
+        integer = int in (_union_members(annotation) or (annotation,)) or _tuple_items(annotation) is int
+        step = 1 if integer else 1e-3
+        found: list[Any] = []
+        for bound, sign, inclusive in ((self.minimum, -1, True), (self.above, -1, False),
+                                       (self.maximum, 1, True), (self.below, 1, False)):
+            if bound is not None:
+                found.append(bound + sign * step if inclusive else bound)
+        found = [int(v) if integer else float(v) for v in found] + list(self.invalid)
+        if _tuple_items(annotation) is not None:
+            length = len(typing.get_args(annotation))
+            found = [(v,) * length for v in found]
+        return found
+
+
+def non_empty(value: Any) -> str | None:
+    """A :class:`Rule` check: text with something in it."""
+    return None if str(value).strip() else "a non-empty string"
+
+
+NON_EMPTY = {"check": non_empty, "invalid": ("", "  ")}  # setting(..., **NON_EMPTY)
+
+
+def _tuple_items(annotation: Any) -> Any:
+    """The item type of a homogeneous tuple annotation, else None."""
+    if typing.get_origin(annotation) is not tuple:
+        return None
+    items = set(typing.get_args(annotation))
+    return items.pop() if len(items) == 1 else None
+
+
 def setting(default: Any = MISSING, help: str = "", *, flag: str | None = None,
-            factory: Callable[[], Any] | None = None) -> Any:
-    """A dataclass field with its help line (and optionally another flat name than its own)."""
-    metadata = {"help": help, "flag": flag}
+            factory: Callable[[], Any] | None = None, minimum: float | None = None, maximum: float | None = None,
+            above: float | None = None, below: float | None = None, check: Callable[[Any], str | None] | None = None,
+            invalid: tuple[Any, ...] = ()) -> Any:
+    """A dataclass field with its help line, its allowed values, and optionally another flat name than its own."""
+    bounds = (minimum, maximum, above, below)
+    rule = Rule(*bounds, check, invalid) if any(b is not None for b in bounds) or check is not None else None
+    metadata = {"help": help, "flag": flag, "rule": rule}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
-def copy_setting(cls: type, name: str, **changes: Any) -> Any:
-    """The same default and help as ``cls``'s field ``name`` (a default stated once, used twice)."""
+def copy_setting(cls: type, name: str, default: Any = MISSING, **changes: Any) -> Any:
+    """``cls``'s field ``name`` again: its default (unless ``default`` is given), help and rule, stated once."""
     source = next(f for f in fields(cls) if f.name == name)
     metadata = {**source.metadata, **changes}
+    if default is not MISSING:
+        return field(default=default, metadata=metadata)
     if source.default_factory is not MISSING:
         return field(default_factory=source.default_factory, metadata=metadata)
     return field(default=source.default, metadata=metadata)
@@ -57,6 +136,7 @@ class FlatField:
     annotation: Any
     help: str
     default: Any
+    rule: Rule | None = None
 
     @property
     def flag(self) -> str:
@@ -87,7 +167,7 @@ def flat_fields(cls: type, prefix: tuple[str, ...] = ()) -> list[FlatField]:
             continue
         flat = spec.metadata.get("flag") or spec.name
         found.append(FlatField(prefix + (spec.name,), flat, hints[spec.name], spec.metadata.get("help", ""),
-                               _default(spec)))
+                               _default(spec), spec.metadata.get("rule")))
     if not prefix:
         names = [f.flat for f in found]
         clashes = sorted({n for n in names if names.count(n) > 1})
@@ -166,6 +246,22 @@ def check_value(value: Any, annotation: Any, where: str) -> Any:
     raise _type_error(value, annotation, where)
 
 
+def _enforce(rule: Rule | None, value: Any, where: str) -> None:
+    problem = rule.problem(value) if rule is not None else None
+    if problem is not None:
+        raise SaekitError(f"{where} must be {problem}, got {value!r}")
+
+
+def check_rules(config: Any, where: str = "config") -> None:
+    """Check every field of ``config`` (and its sections) against its rule; a one-line SaekitError on the first."""
+    for spec in fields(config):
+        value = getattr(config, spec.name)
+        if is_dataclass(value) and not isinstance(value, type):
+            check_rules(value, f"{where}: {spec.name}")
+        else:
+            _enforce(spec.metadata.get("rule"), value, f"{where}: {spec.name}")
+
+
 def _type_error(value: Any, annotation: Any, where: str) -> SaekitError:
     return SaekitError(f"{where} must be {type_name(annotation)}, got {value!r}")
 
@@ -194,6 +290,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str) -> T:
     if unknown:
         raise SaekitError(f"{where}: unknown keys {unknown}; valid keys: {', '.join(sorted(known))}")
     values = {name: check_value(value, hints[name], f"{where}: {name}") for name, value in data.items()}
+    rules = {spec.name: spec.metadata.get("rule") for spec in fields(cls)}
+    for name, value in values.items():
+        _enforce(rules[name], value, f"{where}: {name}")
     missing = [f.name for f in fields(cls) if f.name not in values and f.default is MISSING
                and f.default_factory is MISSING]
     if missing:
@@ -254,6 +353,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] 
             groups[section] = parser.add_argument_group(f"{section} settings (override --config; defaults in [])")
         group = groups[section]
         default = "" if spec.default is MISSING else f" [{_show(spec.default)}]"
+        if spec.rule is not None and spec.rule.describe_range():
+            default += f" ({spec.rule.describe_range()})"
         kwargs: dict[str, Any] = {"dest": DEST_PREFIX + spec.flat, "default": None,
                                   "help": f"{spec.help}{default}".replace("%", "%%")}
         if typing.get_origin(spec.annotation) is dict:

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 
 from saekit.models.loading import LoadedModel, load_model
-from saekit.settings import setting, to_dict
+from saekit.settings import NON_EMPTY, setting, to_dict
 
 CACHE_FORMAT_VERSION = 1
 
@@ -24,19 +24,21 @@ class DataConfig:
     """The model, corpus and token filters that decide the activations."""
 
     model: str = setting("default", "the model: 'default' (embedded SmolLM2-135M), a .gguf file, a local "
-                         "Hugging Face directory or a hub id")
+                         "Hugging Face directory or a hub id", **NON_EMPTY)
     randomize_weights: bool = setting(False, "re-initialise the model's weights (the randomized-weights control)")
-    randomization_seed: int = setting(0, "seed of the re-initialisation when randomize_weights is on")
+    randomization_seed: int = setting(0, "seed of the re-initialisation when randomize_weights is on",
+                                     minimum=0)
     corpus: str = setting("default", "the text: 'default' (Debian corpus), a .txt file, a directory of .txt "
-                          "files, a .jsonl file, or hf:NAME[:CONFIG][:SPLIT]")
-    text_field: str = setting("text", "the text field of a .jsonl or hf: corpus")
-    eval_fraction: float = setting(0.05, "share of documents held out for evaluation (split by document hash)")
-    context_length: int = setting(128, "tokens per context, BOS included")
-    seed: int = setting(0, "seed of the train/eval split and the context order", flag="data_seed")
+                          "files, a .jsonl file, or hf:NAME[:CONFIG][:SPLIT]", **NON_EMPTY)
+    text_field: str = setting("text", "the text field of a .jsonl or hf: corpus", **NON_EMPTY)
+    eval_fraction: float = setting(0.05, "share of documents held out for evaluation (split by document hash)",
+                                   above=0, below=1)
+    context_length: int = setting(128, "tokens per context, BOS included", minimum=2)
+    seed: int = setting(0, "seed of the train/eval split and the context order", flag="data_seed", minimum=0)
     exclude_bos: bool = setting(True, "leave BOS positions out of training and of every metric")
     outlier_norm_factor: float | None = setting(
-        10.0, "drop tokens whose norm exceeds this many times the chunk median (none: keep all)")
-    contexts_per_chunk: int = setting(64, "contexts per cached activation chunk")
+        10.0, "drop tokens whose norm exceeds this many times the chunk median (none: keep all)", above=1)
+    contexts_per_chunk: int = setting(64, "contexts per cached activation chunk", minimum=1)
 
     def load_model(self, device: str = "cpu") -> LoadedModel:
         """The model these activations come from, randomized when the config says so."""

@@ -3,7 +3,9 @@
 One streamed pass over the analysis contexts feeds the statistics accumulator and the example
 collector; then decoder geometry (no model needed) and logit weights (model weights only) are
 computed, token strings decoded, and everything is written to ``RUN_DIR/analysis/`` (see
-:mod:`saekit.analysis.store`), the manifest last so a partial store is never mistaken for a whole one.
+:mod:`saekit.analysis.store`). The store is built in a temporary directory beside it and swapped in
+only when complete (:func:`saekit.io.replace_directory`), so a failed or killed analysis leaves the
+previous store exactly as it was; :func:`analyze_run` holds the run directory's lock meanwhile.
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ from saekit.analysis.statistics import (
     finish_statistics,
 )
 from saekit.dictionaries.base import Dictionary
-from saekit.dictionaries.registry import load_dictionary
+from saekit.dictionaries.registry import dictionary_fingerprint, load_dictionary
 from saekit.errors import SaekitError
-from saekit.io import save_tensors, write_json
+from saekit.io import replace_directory, save_tensors, write_json
+from saekit.locks import exclusive
 from saekit.models.loading import LoadedModel
+from saekit.provenance import fingerprint_json
+from saekit.settings import to_dict
 from saekit.training.run import DICTIONARY_DIR, load_run_config
 
 
@@ -86,7 +91,6 @@ def _write_logits(loaded: LoadedModel, dictionary: Dictionary, source: dict, n_l
                   out_dir: Path) -> tuple[dict[str, Any], Tensor]:
     write_site = source.get("target_site") or source["site"]
     reason = logit_skip_reason(loaded, write_site, dictionary.config.output_dim)
-    (out_dir / store.LOGITS_TENSORS).unlink(missing_ok=True)
     if reason is not None:
         return {"computed": False, "note": reason}, torch.empty(0, dtype=torch.long)
     weights = logit_weights(loaded, dictionary.W_dec[:n_latents], config.logits, config.progress)
@@ -96,15 +100,11 @@ def _write_logits(loaded: LoadedModel, dictionary: Dictionary, source: dict, n_l
 
 
 @torch.no_grad()
-def analyze_dictionary(
-    loaded: LoadedModel, dictionary: Dictionary, source: dict[str, Any], contexts: Tensor, out_dir: str | Path,
-    config: AnalysisConfig | None = None, extra: dict[str, Any] | None = None,
-) -> Path:
-    """Analyse ``dictionary`` (reading ``source['site']`` of ``loaded``) on ``contexts``; write the store."""
-    config = config or AnalysisConfig()
-    out_dir = Path(out_dir)
-    (out_dir / store.MANIFEST).unlink(missing_ok=True)
-    dictionary = dictionary.eval()
+def _write_store(
+    out_dir: Path, loaded: LoadedModel, dictionary: Dictionary, source: dict[str, Any], contexts: Tensor,
+    config: AnalysisConfig, provenance: dict[str, Any],
+) -> None:
+    """Run the analysis and write every store file into ``out_dir`` (a fresh temporary directory)."""
     n_latents = config.n_latents(dictionary.config.width)
     latent_ids = torch.arange(n_latents)
     started = time.perf_counter()
@@ -127,22 +127,48 @@ def analyze_dictionary(
         "target_site": source.get("target_site"), "dictionary": dictionary.config.to_dict(),
         "latents_analysed": n_latents, "contexts": int(contexts.shape[0]), "context_length": int(contexts.shape[1]),
         "tokens_counted": stats.tokens, "logits": logits, "seconds": {"stream": pass_seconds},
-        "example_kinds": list(KINDS), "config": asdict(config), **(extra or {}),
+        "example_kinds": list(KINDS), "config": asdict(config), **provenance,
     })
-    return out_dir
+
+
+def analyze_dictionary(
+    loaded: LoadedModel, dictionary: Dictionary, source: dict[str, Any], contexts: Tensor, out_dir: str | Path,
+    config: AnalysisConfig | None = None, extra: dict[str, Any] | None = None, *,
+    dictionary_fingerprint: str | None = None, data_fingerprint: str | None = None,
+) -> Path:
+    """Analyse ``dictionary`` (reading ``source['site']`` of ``loaded``) on ``contexts``; write the store.
+
+    The fingerprints (of the saved dictionary and of the data settings) go into the manifest so readers
+    can refuse a store made from other inputs; None (no run directory to take them from) is recorded as
+    unknown. The whole store replaces ``out_dir`` only once complete.
+    """
+    config = config or AnalysisConfig()
+    provenance = {**(extra or {}), store.DICTIONARY_FINGERPRINT: dictionary_fingerprint,
+                  store.DATA_FINGERPRINT: data_fingerprint}
+    dictionary = dictionary.eval()
+    return replace_directory(out_dir, lambda tmp: _write_store(tmp, loaded, dictionary, source, contexts, config,
+                                                               provenance))
 
 
 def analyze_run(run_dir: str | Path, loaded: LoadedModel | None = None, config: AnalysisConfig | None = None) -> Path:
-    """Analyse a trained run's dictionary on held-out contexts; writes and returns ``RUN_DIR/analysis``."""
+    """Analyse a trained run's dictionary on held-out contexts; writes and returns ``RUN_DIR/analysis``.
+
+    Holds the run directory's lock throughout, so a second writer fails at once naming this one.
+    """
     run_dir = Path(run_dir)
-    run_config = load_run_config(run_dir)
-    config = replace(config or AnalysisConfig(),
-                     mask=TokenMaskRule(run_config.data.exclude_bos, run_config.data.outlier_norm_factor))
-    dictionary, source = load_dictionary(run_dir / DICTIONARY_DIR, run_config.run.device)
-    loaded = loaded or run_config.data.load_model(run_config.run.device)
-    contexts, splits = analysis_contexts(loaded, run_config.data, config.tokens)
-    return analyze_dictionary(loaded, dictionary, source, contexts, run_dir / store.ANALYSIS_DIR, config,
-                              extra={"run": run_config.name, "context_source": {
-                                  "corpus": run_config.data.corpus, "contexts_per_split": splits,
-                                  "order": "eval split in its own seeded order; training split (separate seed) "
-                                           "only if the eval split ran out"}})
+    run_config = load_run_config(run_dir)  # first: it refuses a missing run dir, which the lock would create
+    with exclusive(run_dir):
+        config = replace(config or AnalysisConfig(),
+                         mask=TokenMaskRule(run_config.data.exclude_bos, run_config.data.outlier_norm_factor))
+        # Fingerprinted before loading, under the lock: the files the store claims are the ones analysed.
+        fingerprint = dictionary_fingerprint(run_dir / DICTIONARY_DIR)
+        dictionary, source = load_dictionary(run_dir / DICTIONARY_DIR, run_config.run.device)
+        loaded = loaded or run_config.data.load_model(run_config.run.device)
+        contexts, splits = analysis_contexts(loaded, run_config.data, config.tokens)
+        return analyze_dictionary(
+            loaded, dictionary, source, contexts, run_dir / store.ANALYSIS_DIR, config,
+            extra={"run": run_config.name, "context_source": {
+                "corpus": run_config.data.corpus, "contexts_per_split": splits,
+                "order": "eval split in its own seeded order; training split (separate seed) "
+                         "only if the eval split ran out"}},
+            dictionary_fingerprint=fingerprint, data_fingerprint=fingerprint_json(to_dict(run_config.data)))

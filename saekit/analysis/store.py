@@ -10,6 +10,11 @@ Layout (everything a dashboard needs; no model is loaded to read it):
 * ``contexts.safetensors``: ``token_ids`` [n_contexts, ctx_len] int32 and ``counted`` (uint8 mask);
 * ``examples.safetensors``: the ragged example table (see :class:`ExampleTable`);
 * ``tokens.json``: decoded strings of every token id that appears in the contexts or logit lists.
+
+The manifest records ``dictionary_fingerprint`` (of the run's ``dictionary/``) and ``data_fingerprint``
+(of the run config's data section); :func:`open_run_store` refuses a store whose dictionary fingerprint
+is not the run's current one, so a store copied from another run, or left from before a retrain, is
+never paired with the wrong decoder. Stores from before fingerprints (no key) are accepted as they are.
 """
 
 from __future__ import annotations
@@ -21,8 +26,12 @@ from typing import Any
 from torch import Tensor
 
 from saekit.analysis.examples import KINDS, ExampleTable
+from saekit.dictionaries.base import DictionaryConfig
+from saekit.dictionaries.registry import CONFIG_FILE, dictionary_fingerprint
 from saekit.errors import SaekitError
 from saekit.io import load_tensors, read_json
+from saekit.provenance import fingerprint_files, require_same
+from saekit.training.run import DICTIONARY_DIR
 
 FORMAT_VERSION = 1
 ANALYSIS_DIR = "analysis"
@@ -33,6 +42,7 @@ LOGITS_TENSORS = "logits.safetensors"
 CONTEXTS_TENSORS = "contexts.safetensors"
 EXAMPLES_TENSORS = "examples.safetensors"
 TOKENS_JSON = "tokens.json"
+DICTIONARY_FINGERPRINT, DATA_FINGERPRINT = "dictionary_fingerprint", "data_fingerprint"  # manifest keys
 
 
 @dataclass
@@ -59,6 +69,8 @@ class AnalysisStore:
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise SaekitError(f"{self.directory / MANIFEST} has format_version {self.manifest.get('format_version')!r}"
                               f"; this saekit reads {FORMAT_VERSION}; rerun `saekit analyze`")
+        # Identifies this exact store (the manifest holds settings and timings): what a dashboard records.
+        self.fingerprint: str = fingerprint_files(self.directory / MANIFEST)
         self.stats_summary: dict[str, Any] = read_json(self.directory / STATS_JSON, "analysis statistics")
         self.stats = load_tensors(self.directory / STATS_TENSORS, "analysis statistics")
         self.geometry_summary: dict[str, Any] = read_json(self.directory / GEOMETRY_JSON, "decoder geometry")
@@ -73,6 +85,26 @@ class AnalysisStore:
         self.strings: dict[int, str] = {int(k): v for k, v in strings.items()}
         self.latent_ids: list[int] = self.stats["latent_ids"].tolist()
         self.position: dict[int, int] = {latent: i for i, latent in enumerate(self.latent_ids)}
+
+    @property
+    def dictionary_fingerprint(self) -> str | None:
+        """The fingerprint of the dictionary this store was made from; None for stores from older saekit."""
+        return self.manifest.get(DICTIONARY_FINGERPRINT)
+
+    def check_shape(self, width: int, d_model: int, against: str, fix: str) -> None:
+        """Refuse to pair this store with a decoder of ``width`` latents of dimension ``d_model``.
+
+        The fingerprint check catches other dictionaries; this catches older stores without one.
+        """
+        recorded = self.manifest.get("dictionary") or {}
+        store_width = recorded.get("width")
+        store_dim = recorded.get("d_out") or recorded.get("d_in")
+        fits = (store_width in (None, width) and store_dim in (None, d_model)
+                and all(latent < width for latent in self.latent_ids))
+        if not fits:
+            raise SaekitError(
+                f"analysis store {self.directory} does not fit {against} (the store has {store_width or '?'} "
+                f"latents of dimension {store_dim or '?'}, that decoder {width} of dimension {d_model}); {fix}")
 
     def token_string(self, token_id: int) -> str:
         return self.strings.get(int(token_id), f"<{int(token_id)}>")
@@ -111,3 +143,27 @@ def store_exists(directory: str | Path) -> bool:
              TOKENS_JSON)
     return all((directory / name).is_file() for name in names)
 
+
+def analyze_fix(run_dir: str | Path) -> str:
+    """The advice every stale-store message ends with."""
+    return f"rerun `saekit analyze {run_dir}`"
+
+
+def open_run_store(run_dir: str | Path) -> AnalysisStore:
+    """Open ``RUN_DIR/analysis``, refusing (one line) a store made from another dictionary than the run's.
+
+    The fingerprint is compared from the manifest alone, before the store's tensors are read; a store
+    without one (older saekit) is accepted, then checked against the decoder's shape.
+    """
+    run_dir = Path(run_dir)
+    directory = run_dir / ANALYSIS_DIR
+    dictionary_dir = run_dir / DICTIONARY_DIR
+    manifest = read_json(directory / MANIFEST, "analysis manifest")
+    recorded = manifest.get(DICTIONARY_FINGERPRINT) if isinstance(manifest, dict) else None
+    require_same(f"analysis store {directory}", recorded, dictionary_fingerprint(dictionary_dir),
+                 analyze_fix(run_dir))
+    store = AnalysisStore(directory)
+    meta = read_json(dictionary_dir / CONFIG_FILE, "dictionary config")
+    config = DictionaryConfig.from_dict(meta.get("dictionary", {}) if isinstance(meta, dict) else {})
+    store.check_shape(config.width, config.output_dim, f"the dictionary in {dictionary_dir}", analyze_fix(run_dir))
+    return store

@@ -10,6 +10,12 @@ characters, scaled up by the largest provider-count/estimate ratio seen; every a
 allowed). The API key is read from the environment variable whose *name* is configured; the key
 itself is never stored, logged or put in a cache key.
 
+A dead endpoint must not look like a finished run: :meth:`OpenAICompatibleBackend.probe` sends one
+free ``GET BASE_URL/models`` before any work (any HTTP answer proves the host is up; 401/403 is an
+auth error; no answer is "unreachable"), and once ``max_connection_failures`` requests in a row have
+given up without ever getting an HTTP response (refused, DNS failure, unreachable host), every
+request raises :class:`~saekit.errors.SaekitError` so the run stops instead of recording n/a scores.
+
 :class:`LocalBackend` answers with an installed transformers model (by default the embedded
 SmolLM2-135M-Instruct) through :class:`~saekit.autointerp.local.ChatModel`: greedy, in one worker
 thread, free.
@@ -24,6 +30,7 @@ import http.client
 import json
 import math
 import os
+import socket
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -137,10 +144,17 @@ class OpenAIConfig:
     output_price_per_1m: float = 0.0  # USD per million completion tokens
     max_cost_usd: float | None = None  # stop issuing requests once this would be exceeded
     max_tokens_field: str = "max_tokens"  # some endpoints want "max_completion_tokens"
+    # Stop the run once this many requests in a row gave up without any HTTP response (each after
+    # its own retries, so a blip shorter than one request's backoff schedule never stops a run).
+    max_connection_failures: int = 3
+    probe_timeout_s: float = 10.0  # the GET /models sent before the first request
 
     def validate(self) -> OpenAIConfig:
         if self.concurrency < 1 or self.max_retries < 0 or self.timeout_s <= 0:
             raise SaekitError("concurrency must be >= 1, max_retries >= 0 and timeout_s > 0")
+        if self.max_connection_failures < 1 or self.probe_timeout_s <= 0:
+            raise SaekitError(f"max connection failures must be >= 1 and the probe timeout > 0, got "
+                              f"{self.max_connection_failures} and {self.probe_timeout_s}")
         if self.max_cost_usd is not None and self.max_cost_usd < 0:
             raise SaekitError(f"max cost must be >= 0 USD, got {self.max_cost_usd}")
         if not self.base_url.startswith(("http://", "https://")):
@@ -177,6 +191,66 @@ def _error_message(body: bytes) -> str:
         return body.decode("utf-8", "replace")[:200]
 
 
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines included) made one space: messages stay one line."""
+    return " ".join(str(text).split())
+
+
+def connection_failure(err: BaseException) -> str | None:
+    """Why no connection could be made ("connection refused", ...), or None if ``err`` is not that kind.
+
+    ``urlopen`` wraps in ``URLError`` only what fails while connecting and sending; errors while
+    waiting for the answer (a reset, a read timeout) come raw and mean the host was reached. Timeouts
+    are left out even when connecting: one slow request must stay an ordinary, retried failure.
+    """
+    reason = err.reason if isinstance(err, urllib.error.URLError) else None
+    if not isinstance(reason, OSError) or isinstance(reason, (TimeoutError, socket.timeout)):
+        return None
+    return one_line(reason.strerror or reason).lower() or type(reason).__name__
+
+
+def unreachable_message(base_url: str, reason: str) -> str:
+    return (f"cannot reach the autointerp endpoint {base_url.rstrip('/')} ({reason}); check --base-url and "
+            f"that the server is running")
+
+
+def _auth_message(base_url: str, status: int, detail: str, api_key_env: str | None) -> str:
+    where = f"the autointerp endpoint {base_url.rstrip('/')} refused the request (HTTP {status}: {detail})"
+    if api_key_env is None:
+        return f"{where}; it needs an API key: pass --api-key-env NAME, the variable holding it"
+    return f"{where}; check the API key in the environment variable {api_key_env}"
+
+
+def _probe_failure(err: BaseException, timeout_s: float) -> str:
+    """A short reason for a probe that got no HTTP answer."""
+    if isinstance(err, (TimeoutError, socket.timeout)) or (
+            isinstance(err, urllib.error.URLError) and isinstance(err.reason, (TimeoutError, socket.timeout))):
+        return f"no answer within {timeout_s:g} s"
+    return connection_failure(err) or one_line(getattr(err, "reason", None) or err) or type(err).__name__
+
+
+def probe_endpoint(config: OpenAIConfig, headers: dict[str, str]) -> None:
+    """``GET BASE_URL/models``: any HTTP answer but 401/403 passes; raises SaekitError otherwise.
+
+    It costs nothing (no tokens) and most servers answer it; a 404 or 405 from one that does not
+    serve ``/models`` still proves the host is up, which is all this checks.
+    """
+    url = config.base_url.rstrip("/") + "/models"
+    request = urllib.request.Request(url, headers=headers, method="GET")
+    try:
+        with urllib.request.urlopen(request, timeout=config.probe_timeout_s) as response:
+            response.read()
+        return
+    except urllib.error.HTTPError as err:
+        if err.code not in (401, 403):
+            return
+        detail = _error_message(err.read())
+        raise SaekitError(_auth_message(config.base_url, err.code, one_line(detail), config.api_key_env)) from None
+    except (OSError, http.client.HTTPException) as err:  # URLError, timeouts, resets, bad status lines
+        reason = _probe_failure(err, config.probe_timeout_s)
+    raise SaekitError(unreachable_message(config.base_url, reason))
+
+
 def parse_chat_response(data: dict[str, Any]) -> tuple[str, list[tuple[str, float]] | None, dict[str, int]]:
     """Answer text, first-token alternatives (or None) and usage from an OpenAI chat-completions response."""
     try:
@@ -208,6 +282,17 @@ class OpenAICompatibleBackend:
         self._reserved = 0.0
         self._prompt_token_ratio = 1.0  # largest (provider-counted / estimated) prompt tokens seen
         self._sleep = sleep
+        self._probed = False
+        self._connection_failures = 0  # requests in a row that gave up without any HTTP response
+        self._unreachable: str | None = None  # set once that reaches the limit: every request then stops
+
+    def probe(self) -> None:
+        """Check once, before the first request, that the endpoint answers (see :func:`probe_endpoint`)."""
+        if not self._probed:
+            headers = self._headers()
+            headers.pop("Content-Type")
+            probe_endpoint(self.config, headers)
+            self._probed = True
 
     def settings(self) -> dict[str, Any]:
         return {"backend": "openai-compatible", "endpoint": self.config.base_url.rstrip("/"),
@@ -276,17 +361,32 @@ class OpenAICompatibleBackend:
             finally:
                 self._reserved -= estimate
 
+    def _check_reachable(self) -> None:
+        if self._unreachable is not None:  # a fresh error each time: one instance raised twice grows its traceback
+            raise SaekitError(self._unreachable)
+
+    def _count_connection_failure(self, reason: str) -> None:
+        """One more request in a row got no HTTP response; at the limit, stop this and every later request."""
+        self._connection_failures += 1
+        if self._connection_failures >= self.config.max_connection_failures:
+            self._unreachable = unreachable_message(self.config.base_url, reason)
+            self._check_reachable()
+
     async def _complete_with_retries(self, request: ChatRequest) -> Completion:
         loop = asyncio.get_running_loop()
         payload = self._payload(request)
-        last = "no attempt"
+        last, refused = "no attempt", None
         for attempt in range(self.config.max_retries + 1):
+            self._check_reachable()
             wait = None
             try:
                 status, body, headers = await loop.run_in_executor(self._pool, self._post, payload)
             except (OSError, http.client.HTTPException) as err:  # URLError, timeouts, resets
                 last = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
+                reason = connection_failure(err)  # None: a timeout or reset, so not "unreachable"
+                refused = reason if reason and refused is not False else False
             else:
+                refused, self._connection_failures = False, 0  # any HTTP answer: the host is up
                 if status == 200:
                     return self._completion(request, body)
                 last = f"HTTP {status}: {_error_message(body)}"
@@ -298,6 +398,8 @@ class OpenAICompatibleBackend:
             self.usage.retries += 1
             delay = self.config.backoff_s * 2 ** attempt if wait is None else wait
             await self._sleep(min(delay, self.config.backoff_max_s))
+        if refused:  # every attempt of this request failed to connect
+            self._count_connection_failure(refused)
         raise BackendError(f"gave up after {self.config.max_retries + 1} attempts; last error {last}")
 
     def _completion(self, request: ChatRequest, body: bytes) -> Completion:

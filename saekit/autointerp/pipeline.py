@@ -6,6 +6,10 @@ intruder test scores the latent itself. All LLM traffic goes through the respons
 (``autointerp/cache`` by default), so a rerun, or a run resumed after a kill, re-sends nothing that
 had finished. ``scores.json`` holds everything per latent; ``manifest.json`` says how it was made;
 ``report.md`` gives means next to their chance levels and the baseline, and names the model.
+
+A run never ends as a silent success on a dead endpoint: a backend with a ``probe()`` (the HTTP one)
+is probed before the first latent; a backend that finds its endpoint gone mid-run raises
+SaekitError; and a run in which every request failed writes its (missing) scores, then raises.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from saekit.autointerp.backends import Backend, BackendChoice, make_backend
+from saekit.autointerp.backends import Backend, BackendChoice, make_backend, one_line
 from saekit.autointerp.cache import CachedClient, ResponseCache
 from saekit.autointerp.examples import ExampleSet, LatentExamples, SplitConfig, StoreExamples, context_firing
 from saekit.autointerp.explain import ExplainConfig, Explanation, baseline_explanation, llm_explanation
@@ -236,10 +240,41 @@ def _backend_config(backend: Backend) -> dict[str, Any]:
     return config.public() if hasattr(config, "public") else {}
 
 
+def probe_backend(backend: Backend) -> None:
+    """Let a backend that talks to an endpoint check it answers (raises SaekitError); others have no probe."""
+    probe = getattr(backend, "probe", None)  # the local backend and test doubles have none
+    if callable(probe):
+        probe()
+
+
+def _record_errors(record: dict[str, Any]) -> list[str]:
+    """Every error message a latent's record holds, explanations first."""
+    errors = [x["error"] for x in record.get("explanations", {}).values() if x.get("error")]
+    for result in [*(s for by in record.get("scores", {}).values() for s in by.values()), record.get("intruder")]:
+        errors += (result or {}).get("errors", [])
+    return errors
+
+
+def _raise_if_nothing_answered(client: CachedClient, records: list[dict[str, Any]], scores: Path) -> None:
+    """A run whose every request failed is an error (its records, all missing, are already written)."""
+    stats = client.stats
+    if stats.calls == 0 or stats.errors < stats.calls or stats.cache_hits:
+        return
+    errors = [e for r in records for e in _record_errors(r)]
+    last = one_line(errors[-1])[:300] if errors else "unknown"
+    raise SaekitError(f"every one of the {stats.errors} autointerp requests failed (last error: {last}); "
+                      f"their scores are recorded as missing in {scores}")
+
+
 def score_examples(example_set: ExampleSet, out_dir: str | Path, config: AutointerpConfig, backend: Backend,
                    source: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Explain and score ``example_set`` with ``backend``; write scores, manifest and report to ``out_dir``."""
+    """Explain and score ``example_set`` with ``backend``; write scores, manifest and report to ``out_dir``.
+
+    Raises SaekitError, before anything is sent, if the backend's endpoint does not answer its probe,
+    and after writing, if every request of the run failed.
+    """
     config.validate()
+    probe_backend(backend)  # first: a mistyped --base-url fails before prompts, cache or embedder load
     out_dir = Path(out_dir)
     prompts = load_prompts(config.prompts_dir)
     cache = ResponseCache(config.cache_dir or out_dir / CACHE_DIR)
@@ -269,6 +304,7 @@ def score_examples(example_set: ExampleSet, out_dir: str | Path, config: Autoint
                                   "summary": summary, "latents": records})
     write_json(out_dir / MANIFEST, manifest)
     write_text(out_dir / REPORT, report_markdown(summary, manifest))
+    _raise_if_nothing_answered(client, records, out_dir / SCORES)
     return {"summary": summary, "manifest": manifest, "latents": records}
 
 

@@ -39,9 +39,12 @@ def add_analysis_parsers(subparsers: argparse._SubParsersAction) -> None:
     analyze.set_defaults(handler=_analyze)
 
     dashboard = subparsers.add_parser("dashboard", help="build a static HTML dashboard from RUN_DIR/analysis "
-                                                        "(runs analyze first if it is missing)")
+                                                        "(runs analyze first if it is missing; refuses an "
+                                                        "analysis made from another dictionary)")
     dashboard.add_argument("run_dir", type=Path)
-    dashboard.add_argument("--out", type=Path, default=None, help="output directory (default RUN_DIR/dashboard)")
+    dashboard.add_argument("--out", type=Path, default=None,
+                           help="output directory (default RUN_DIR/dashboard); a rebuild replaces it whole, "
+                                "so it must be new, empty or an earlier dashboard")
     dashboard.add_argument("--max-latents", type=positive_int, default=None,
                            help="feature pages for the first N analysed latents (default all; the index lists all)")
     dashboard.add_argument("--no-neuronpedia", action="store_true",

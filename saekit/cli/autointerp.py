@@ -35,6 +35,9 @@ def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
                         help=f"explain the first N explainable latents (default {DEFAULT_LATENTS})")
     parser.add_argument("--concurrency", type=positive_int, default=OpenAIConfig.concurrency,
                         help="requests in flight at once (openai backend)")
+    parser.add_argument("--max-connection-failures", type=positive_int, default=OpenAIConfig.max_connection_failures,
+                        metavar="N", help="stop the run once N requests in a row got no answer from the endpoint "
+                                          f"(openai backend; default {OpenAIConfig.max_connection_failures})")
     parser.add_argument("--max-cost", type=non_negative_float, default=None, metavar="USD",
                         help="stop sending requests before the estimated spend passes this")
     parser.add_argument("--input-price", type=non_negative_float, default=0.0, metavar="USD",
@@ -61,6 +64,7 @@ def config_from_args(args: argparse.Namespace) -> AutointerpConfig:
     api_key_env = None if str(args.api_key_env).lower() in ("", "none") else args.api_key_env
     openai = OpenAIConfig(base_url=args.base_url, model=args.model or OpenAIConfig.model, api_key_env=api_key_env,
                           concurrency=args.concurrency, max_cost_usd=args.max_cost,
+                          max_connection_failures=args.max_connection_failures,
                           input_price_per_1m=args.input_price, output_price_per_1m=args.output_price)
     local = LocalConfig(model=args.model or LocalConfig.model)
     config = AutointerpConfig(latents=args.latents, backend=BackendChoice(args.backend, local, openai),

@@ -2,7 +2,11 @@
 
 Output: ``index.html`` (sortable, searchable table of all analysed latents), ``features/<id>.html``
 (one page per latent, for the first ``max_latents``), ``overview.html`` with ``figures/*.png``, and
-``neuronpedia/<id>.json`` + ``neuronpedia/FIELDS.md`` (see :mod:`saekit.dashboard.neuronpedia`).
+``neuronpedia/<id>.json`` + ``neuronpedia/FIELDS.md`` (see :mod:`saekit.dashboard.neuronpedia`), and
+``manifest.json``: what the site was made from (the analysis store's and the dictionary's fingerprints).
+
+The whole site is built in a temporary directory and swapped in when complete, so a failed rebuild
+leaves the previous site as it was, never half old and half new.
 """
 
 from __future__ import annotations
@@ -17,8 +21,16 @@ from saekit.analysis.store import AnalysisStore
 from saekit.dashboard import figures
 from saekit.dashboard.neuronpedia import FIELDS_NOTE, feature_json, model_slug
 from saekit.dashboard.pages import DashboardConfig, Interpretations, feature_page, index_page, overview_page
-from saekit.io import write_text
+from saekit.errors import SaekitError
+from saekit.io import replace_directory, write_json, write_text
+from saekit.provenance import require_same
 from saekit.render import clean_json
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+# Everything a build writes at the top level: a rebuild replaces the directory whole, so an existing
+# output holding anything else is refused rather than deleted.
+SITE_ENTRIES = frozenset({"index.html", "overview.html", "features", "figures", "neuronpedia", MANIFEST})
 
 FIGURES = {  # title -> file under figures/
     "Feature density (log10)": "density.png",
@@ -43,34 +55,37 @@ def page_latents(store: AnalysisStore, max_latents: int | None) -> list[int]:
     return store.latent_ids if max_latents is None else store.latent_ids[:max(0, max_latents)]
 
 
-def remove_stale(directory: Path, suffix: str, keep: set[int]) -> None:
-    """Delete per-latent files (``<id><suffix>``) of an earlier build that this build does not rewrite."""
-    if not directory.is_dir():
+def require_replaceable(out_dir: Path) -> None:
+    """Refuse an output directory holding anything a build does not write (a rebuild would delete it)."""
+    if not out_dir.exists():
         return
-    for path in directory.iterdir():
-        stem = path.name[:-len(suffix)] if path.name.endswith(suffix) else ""
-        if stem.isdigit() and int(stem) not in keep:
-            path.unlink()
+    if not out_dir.is_dir():
+        raise SaekitError(f"dashboard output {out_dir} is not a directory; choose another --out")
+    foreign = sorted(path.name for path in out_dir.iterdir() if path.name not in SITE_ENTRIES)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise SaekitError(f"dashboard output {out_dir} holds files saekit did not write ({shown}); a rebuild "
+                          "replaces the whole directory, so choose a new or empty --out, or move them away")
 
 
-def build_dashboard(
-    analysis_dir: str | Path, out_dir: str | Path, config: DashboardConfig | None = None,
-    decoder: Tensor | None = None, progress: bool = True, interpretations: Interpretations | None = None,
-) -> Path:
-    """Write the site into ``out_dir``; ``decoder`` (W_dec) adds Neuronpedia's neuron-alignment fields.
+def site_manifest(store: AnalysisStore, config: DashboardConfig, pages: list[int], interpretations: Interpretations,
+                  dictionary_fingerprint: str | None) -> dict:
+    """What ``manifest.json`` records: the inputs of the site, and the settings a rebuild repeats."""
+    return {
+        "format_version": FORMAT_VERSION, "analysis": str(store.directory), "analysis_fingerprint": store.fingerprint,
+        "dictionary_fingerprint": dictionary_fingerprint or store.dictionary_fingerprint,
+        "data_fingerprint": store.manifest.get("data_fingerprint"), "model": store.manifest.get("model"),
+        "site": store.manifest.get("site"), "latents_indexed": len(store.latent_ids), "pages": len(pages),
+        "max_latents": config.max_latents, "neuronpedia": config.neuronpedia,
+        "interpreted_latents": len(interpretations),
+    }
 
-    ``interpretations`` (latent -> explanations and scores, from ``saekit explain``) adds an
-    explanation section to feature pages and sortable score columns to the index.
-    """
-    config = config or DashboardConfig()
-    interpretations = interpretations or {}
-    store = AnalysisStore(analysis_dir)
-    out_dir = Path(out_dir)
+
+def _write_site(store: AnalysisStore, out_dir: Path, config: DashboardConfig, decoder: Tensor | None, progress: bool,
+                interpretations: Interpretations, dictionary_fingerprint: str | None) -> None:
     pages = page_latents(store, config.max_latents)
     page_set = set(pages)
     model_id = config.model_id or model_slug(store.manifest["model"])
-    remove_stale(out_dir / "features", ".html", page_set)
-    remove_stale(out_dir / "neuronpedia", ".json", page_set if config.neuronpedia else set())
     for latent in tqdm(pages, desc="dashboard pages", unit="page", disable=not progress):
         html = feature_page(store, latent, page_set, config, interpretations.get(latent))
         write_text(out_dir / "features" / f"{latent}.html", html)
@@ -82,5 +97,31 @@ def build_dashboard(
         write_text(out_dir / "neuronpedia" / "FIELDS.md", f"# Neuronpedia-shaped feature JSON\n\n{FIELDS_NOTE}")
     write_text(out_dir / "overview.html", overview_page(store, _figures(store, out_dir)))
     write_text(out_dir / "index.html", index_page(store, pages, config, interpretations))
-    return out_dir
+    write_json(out_dir / MANIFEST, site_manifest(store, config, pages, interpretations, dictionary_fingerprint))
 
+
+def build_dashboard(
+    analysis: str | Path | AnalysisStore, out_dir: str | Path, config: DashboardConfig | None = None,
+    decoder: Tensor | None = None, progress: bool = True, interpretations: Interpretations | None = None,
+    dictionary_fingerprint: str | None = None,
+) -> Path:
+    """Write the site into ``out_dir`` (replacing an earlier build whole); returns ``out_dir``.
+
+    ``analysis`` is the store (or its directory). ``decoder`` (W_dec) adds Neuronpedia's
+    neuron-alignment fields and must fit the store's shape. ``interpretations`` (latent -> explanations
+    and scores, from ``saekit explain``) adds an explanation section to feature pages and sortable
+    score columns to the index. ``dictionary_fingerprint`` (the decoder's dictionary) is checked against
+    the one the store recorded and written to ``manifest.json``.
+    """
+    config = config or DashboardConfig()
+    interpretations = interpretations or {}
+    store = analysis if isinstance(analysis, AnalysisStore) else AnalysisStore(analysis)
+    out_dir = Path(out_dir)
+    fix = "rerun `saekit analyze` on the run it belongs to"
+    if dictionary_fingerprint is not None:
+        require_same(f"analysis store {store.directory}", store.dictionary_fingerprint, dictionary_fingerprint, fix)
+    if decoder is not None:
+        store.check_shape(decoder.shape[0], decoder.shape[1], "the decoder given", fix)
+    require_replaceable(out_dir)
+    return replace_directory(out_dir, lambda site: _write_site(store, site, config, decoder, progress,
+                                                               interpretations, dictionary_fingerprint))

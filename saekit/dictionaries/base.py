@@ -47,6 +47,13 @@ SHARED_EXTRA_DEFAULTS: dict[str, Any] = {
 }
 
 
+def known_architecture(name: str) -> str | None:
+    """A :class:`~saekit.settings.Rule` check: a registered architecture name."""
+    from saekit.dictionaries.registry import ARCHITECTURES  # the registry imports this module
+
+    return None if name in ARCHITECTURES else f"one of {', '.join(sorted(ARCHITECTURES))}"
+
+
 @dataclass
 class DictionaryConfig:
     """Shape and sparsity settings of one built dictionary (what ``dictionary/config.json`` holds).
@@ -55,15 +62,19 @@ class DictionaryConfig:
     carried but unused.
     """
 
-    architecture: str
-    d_in: int
-    width: int
-    d_out: int | None = None  # None: an SAE reconstructing its own input; set (even = d_in): a transcoder
-    k: int = setting(32, "TopK family: active latents per token")
+    architecture: str = setting(help="the architecture's registered name", check=known_architecture,
+                                invalid=("banana",))
+    d_in: int = setting(help="input width", minimum=1)
+    width: int = setting(help="number of latents", minimum=1)
+    d_out: int | None = setting(None, "None: an SAE reconstructing its own input; set (even = d_in): a transcoder",
+                                minimum=1)
+    k: int = setting(32, "TopK family: active latents per token", minimum=1)
     l1_coefficient: float = setting(
         0.1, "ReLU and gated family: weight of the decoder-norm-weighted L1, in units of inputs scaled to "
-        "E||x||^2 = 1 (Anthropic's lambda / sqrt(d)); on the default model 0.1 gives L0 ~ 140, 5 collapsed to 0.6")
-    l0_coefficient: float = setting(1e-3, "JumpReLU: weight of the mean L0 (reconstruction is ~ FVU at this scale)")
+        "E||x||^2 = 1 (Anthropic's lambda / sqrt(d)); on the default model 0.1 gives L0 ~ 140, 5 collapsed to 0.6",
+        minimum=0)
+    l0_coefficient: float = setting(1e-3, "JumpReLU: weight of the mean L0 (reconstruction is ~ FVU at this scale)",
+                                    minimum=0)
     extra: dict[str, Any] = setting(help="architecture-specific settings (see each architecture)", factory=dict)
 
     @property
@@ -88,9 +99,11 @@ class DictionaryConfig:
 class DictionarySettings:
     """The ``dictionary`` section of a run config: what to build once the activation widths are known."""
 
-    architecture: str = setting("topk", "relu, gated, gated_rescale, topk, batchtopk or jumprelu")
-    expansion_factor: int = setting(8, "width = this x the input width, unless width is set")
-    width: int | None = setting(None, "number of latents (overrides expansion_factor)")
+    architecture: str = copy_setting(DictionaryConfig, "architecture", default="topk",
+                                     help="relu, gated, gated_rescale, topk, batchtopk or jumprelu")
+    expansion_factor: int = setting(8, "width = this x the input width, unless width is set", minimum=1)
+    width: int | None = copy_setting(DictionaryConfig, "width", default=None,
+                                     help="number of latents (overrides expansion_factor)")
     k: int = copy_setting(DictionaryConfig, "k")
     l1_coefficient: float = copy_setting(DictionaryConfig, "l1_coefficient")
     l0_coefficient: float = copy_setting(DictionaryConfig, "l0_coefficient")

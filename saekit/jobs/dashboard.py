@@ -1,20 +1,35 @@
-"""A run's dashboard: analyse the run if needed, gather its explanations, build the static site."""
+"""A run's dashboard: analyse the run if needed, gather its explanations, build the static site.
+
+A missing analysis store is made first, as it always was; a store made from another dictionary
+(copied from another run, or left from before a retrain) is refused with one line asking for
+``saekit analyze`` instead of being redone silently, since an analysis can take many minutes.
+"""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from saekit.analysis.analyze import AnalysisConfig, analyze_run
-from saekit.analysis.store import ANALYSIS_DIR, store_exists
+from saekit.analysis.store import ANALYSIS_DIR, open_run_store, store_exists
 from saekit.autointerp.pipeline import scores_for_dashboard
-from saekit.dashboard.build import build_dashboard
+from saekit.dashboard.build import MANIFEST, build_dashboard
 from saekit.dashboard.pages import DashboardConfig
-from saekit.dictionaries.registry import load_dictionary
+from saekit.dictionaries.registry import dictionary_fingerprint, load_dictionary
 from saekit.errors import SaekitError
+from saekit.io import read_json
+from saekit.locks import exclusive
 from saekit.models.loading import LoadedModel
 from saekit.training.run import DICTIONARY_DIR
 
 DASHBOARD_DIR = "dashboard"
+
+
+def run_lock(run_dir: Path) -> AbstractContextManager[None]:
+    """The run directory's writer lock; refuses a missing run dir first (the lock would create it)."""
+    if not run_dir.is_dir():
+        raise SaekitError(f"run directory not found: {run_dir}")
+    return exclusive(run_dir)
 
 
 def build_run_dashboard(run_dir: Path, out: Path | None = None, max_latents: int | None = None,
@@ -22,23 +37,32 @@ def build_run_dashboard(run_dir: Path, out: Path | None = None, max_latents: int
                         neuronpedia: bool = True) -> Path:
     """Build ``RUN_DIR/dashboard`` (or ``out``) from the analysis store, analysing first if it is missing.
 
-    Explanations and scores from ``saekit explain`` (``RUN_DIR/autointerp``) are shown when present.
+    A store made from another dictionary is refused before anything is written. Explanations and
+    scores from ``saekit explain`` (``RUN_DIR/autointerp``) are shown when present.
     """
-    analysis_dir = run_dir / ANALYSIS_DIR
-    if not store_exists(analysis_dir):
-        analyze_run(run_dir, loaded, config)
-    dictionary, _ = load_dictionary(run_dir / DICTIONARY_DIR)
-    dashboard = DashboardConfig(max_latents=max_latents, neuronpedia=neuronpedia)
-    return build_dashboard(analysis_dir, out or run_dir / DASHBOARD_DIR, dashboard, decoder=dictionary.W_dec.detach(),
-                           interpretations=scores_for_dashboard(run_dir))
+    run_dir = Path(run_dir)
+    with run_lock(run_dir):
+        if not store_exists(run_dir / ANALYSIS_DIR):
+            analyze_run(run_dir, loaded, config)
+        store = open_run_store(run_dir)
+        dictionary, _ = load_dictionary(run_dir / DICTIONARY_DIR)
+        dashboard = DashboardConfig(max_latents=max_latents, neuronpedia=neuronpedia)
+        return build_dashboard(store, out or run_dir / DASHBOARD_DIR, dashboard, decoder=dictionary.W_dec.detach(),
+                               interpretations=scores_for_dashboard(run_dir),
+                               dictionary_fingerprint=dictionary_fingerprint(run_dir / DICTIONARY_DIR))
 
 
 def rebuild_existing_dashboard(run_dir: Path) -> Path | None:
-    """Rebuild a run's dashboard as it was (same page count), e.g. after new explanations; None if it has none."""
+    """Rebuild a run's dashboard as it was (same pages, same Neuronpedia choice); None if it has none."""
+    run_dir = Path(run_dir)
     dashboard = run_dir / DASHBOARD_DIR
     if not (dashboard / "index.html").is_file():
         return None
-    pages = len(list((dashboard / "features").glob("*.html"))) or None
+    if (dashboard / MANIFEST).is_file():
+        recorded = read_json(dashboard / MANIFEST, "dashboard manifest")
+        return build_run_dashboard(run_dir, max_latents=recorded.get("max_latents"),
+                                   neuronpedia=bool(recorded.get("neuronpedia", True)))
+    pages = len(list((dashboard / "features").glob("*.html"))) or None  # a site from before manifests
     return build_run_dashboard(run_dir, max_latents=pages)
 
 
@@ -49,5 +73,6 @@ def build_quick_dashboard(run_dir: str | Path, loaded_model: LoadedModel, tokens
     if tokens < 1:
         raise SaekitError(f"tokens must be positive, got {tokens}")
     config = AnalysisConfig(tokens=tokens)
-    analyze_run(run_dir, loaded_model, config)  # always fresh: the run may have been retrained
-    return build_run_dashboard(run_dir, max_latents=max_latents, loaded=loaded_model, config=config)
+    with run_lock(run_dir):
+        analyze_run(run_dir, loaded_model, config)  # always fresh: the run may have been retrained
+        return build_run_dashboard(run_dir, max_latents=max_latents, loaded=loaded_model, config=config)

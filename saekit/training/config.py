@@ -15,38 +15,82 @@ and the flat ``config.json`` of saekit before sections existed all use the field
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+
+import torch
 
 from saekit.activations.spec import ActivationSpec, DataConfig
 from saekit.dictionaries.base import DictionarySettings, upgrade_sparsity
 from saekit.dictionaries.registry import ARCHITECTURES
 from saekit.errors import SaekitError
 from saekit.io import read_json
-from saekit.settings import flat_index, from_dict, from_flat, section_names, setting, to_dict, updated
+from saekit.models.sites import parse_site
+from saekit.settings import (
+    NON_EMPTY,
+    check_rules,
+    flat_index,
+    from_dict,
+    from_flat,
+    section_names,
+    setting,
+    to_dict,
+    updated,
+)
 from saekit.training.schedule import OptimConfig
+
+DEVICE_PATTERN = re.compile(r"^(cpu|mps|(cuda|xpu)(:\d+)?)$")
+
+
+def device_name(value: str) -> str | None:
+    """A rule check: a torch device name this code can run on (availability is checked by ``validate``)."""
+    return None if DEVICE_PATTERN.match(value) else "cpu, cuda, cuda:N, xpu, xpu:N or mps"
+
+
+def site_name(value: str) -> str | None:
+    """A rule check: ``blocks.{layer}.{kind}`` (the layer is checked against the model before it loads)."""
+    try:
+        parse_site(value)
+    except SaekitError:
+        return "blocks.<layer>.<kind> with kind resid_pre, attn_out, mlp_in, mlp_act, mlp_out or resid_post"
+    return None
+
+
+def run_name(value: str) -> str | None:
+    """A rule check: a relative path below --runs-dir (no '..', no absolute path, no empty part)."""
+    parts = PurePosixPath(value).parts
+    if not value.strip() or value.startswith(("/", "~")) or "\\" in value or any(p in ("..", ".") for p in parts) \
+            or "//" in value or value.endswith("/"):
+        return "a relative name below --runs-dir such as 'my-run' or 'sweep/topk-32' (no '..', no leading '/')"
+    return None
 
 
 @dataclass
 class RunSettings:
     """The ``run`` section: where and how the run executes; none of it changes what is learned."""
 
-    device: str = setting("cpu", "torch device: cpu, cuda, cuda:1, mps")
-    cache_dir: str | None = setting(".saekit_cache", "activation cache directory (none: compute in memory)")
-    model_batch_contexts: int = setting(16, "contexts per model forward when computing activations")
-    checkpoint_every: int = setting(25, "steps between checkpoints (and latent-density snapshots)")
-    eval_tokens: int = setting(8192, "held-out tokens for evaluation")
-    eval_batch_contexts: int = setting(8, "contexts per model forward when evaluating")
+    device: str = setting("cpu", "torch device: cpu, cuda, cuda:1, mps", check=device_name,
+                          invalid=("banana", "cuda:x"))
+    cache_dir: str | None = setting(".saekit_cache", "activation cache directory (none: compute in memory)",
+                                    **NON_EMPTY)
+    model_batch_contexts: int = setting(16, "contexts per model forward when computing activations", minimum=1)
+    checkpoint_every: int = setting(25, "steps between checkpoints (and latent-density snapshots)", minimum=1)
+    eval_tokens: int = setting(8192, "held-out tokens for evaluation", minimum=1)
+    eval_batch_contexts: int = setting(8, "contexts per model forward when evaluating", minimum=1)
 
 
 @dataclass
 class TrainConfig:
     """Everything a training run needs; saved as ``config.json`` in the run directory."""
 
-    name: str = setting("run", "run directory name under --runs-dir (may hold '/')")
-    site: str = setting("blocks.14.resid_post", "the input site, blocks.{layer}.{kind}")
-    target_site: str | None = setting(None, "a transcoder's target site (e.g. site=mlp_in, target_site=mlp_out)")
+    name: str = setting("run", "run directory name under --runs-dir (may hold '/')", check=run_name,
+                        invalid=("", "../elsewhere", "/absolute"))
+    site: str = setting("blocks.14.resid_post", "the input site, blocks.{layer}.{kind}", check=site_name,
+                        invalid=("blocks.x.resid_post", "blocks.0.banana"))
+    target_site: str | None = setting(None, "a transcoder's target site (e.g. site=mlp_in, target_site=mlp_out)",
+                                      check=site_name, invalid=("mlp_out",))
     data: DataConfig = field(default_factory=DataConfig)
     dictionary: DictionarySettings = field(default_factory=DictionarySettings)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -64,25 +108,17 @@ class TrainConfig:
         return ActivationSpec(self.data, self.sites)
 
     def validate(self) -> TrainConfig:
-        """Ranges and names, checked before any model loads (types are checked on construction)."""
-        optim, dictionary, run = self.optim, self.dictionary, self.run
-        if dictionary.architecture not in ARCHITECTURES:
-            raise SaekitError(f"unknown architecture {dictionary.architecture!r}; "
-                              f"choose one of {sorted(ARCHITECTURES)}")
+        """Every rule, then what spans fields or needs the machine, before any model loads."""
+        check_rules(self)
+        dictionary = self.dictionary
         ARCHITECTURES[dictionary.architecture].resolve_options(dictionary.architecture, dictionary.extra)
-        _at_least(1, batch_size=optim.batch_size, expansion_factor=dictionary.expansion_factor,
-                  checkpoint_every=run.checkpoint_every, eval_tokens=run.eval_tokens,
-                  model_batch_contexts=run.model_batch_contexts, eval_batch_contexts=run.eval_batch_contexts,
-                  contexts_per_chunk=self.data.contexts_per_chunk, k=dictionary.k)
-        _at_least(2, context_length=self.data.context_length)
-        if dictionary.width is not None:
-            _at_least(1, width=dictionary.width)
-        if optim.lr is not None and not optim.lr > 0:
-            raise SaekitError(f"lr must be positive, got {optim.lr}")
+        if dictionary.width is not None and ARCHITECTURES[dictionary.architecture].fixed_l0() \
+                and dictionary.k > dictionary.width:
+            raise SaekitError(f"k={dictionary.k} is more than the width {dictionary.width}; lower k or raise width")
         if self.total_steps < 1:
-            raise SaekitError(f"train_tokens={optim.train_tokens} is less than one batch of {optim.batch_size}")
-        if not 0 < self.data.eval_fraction < 1:
-            raise SaekitError(f"eval_fraction must be between 0 and 1, got {self.data.eval_fraction}")
+            raise SaekitError(f"train_tokens={self.optim.train_tokens} is less than one batch of "
+                              f"{self.optim.batch_size}; raise train_tokens or lower batch_size")
+        check_device(self.run.device)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,10 +144,20 @@ class TrainConfig:
         return cls.from_dict(read_json(path, "config file"), str(path))
 
 
-def _at_least(minimum: int, **values: int) -> None:
-    for name, value in values.items():
-        if value < minimum:
-            raise SaekitError(f"{name} must be at least {minimum}, got {value}")
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have, with one line saying which it has."""
+    kind, _, index = device.partition(":")
+    backends = {"cuda": torch.cuda, "xpu": getattr(torch, "xpu", None)}
+    if kind in backends:
+        backend = backends[kind]
+        count = backend.device_count() if backend is not None and backend.is_available() else 0
+        if count == 0:
+            raise SaekitError(f"device {device!r} is not available on this machine (no {kind} device found); "
+                              "use --device cpu")
+        if index and int(index) >= count:
+            raise SaekitError(f"device {device!r} does not exist: this machine has {kind}:0..{kind}:{count - 1}")
+    elif kind == "mps" and not torch.backends.mps.is_available():
+        raise SaekitError("device 'mps' is not available on this machine; use --device cpu")
 
 
 def is_flat_config(data: dict[str, Any]) -> bool:

@@ -11,21 +11,28 @@ from saekit.settings import setting
 class OptimConfig:
     """The ``optim`` section of a run config: how long, how fast, and how dead latents are handled."""
 
-    train_tokens: int = setting(200_000, "training tokens (steps = train_tokens // batch_size)")
-    batch_size: int = setting(2048, "tokens per training step")
-    shuffle_buffer_tokens: int = setting(65_536, "tokens in the seeded shuffle buffer between chunks and batches")
-    lr: float | None = setting(None, "Adam learning rate (none: 2e-4 / sqrt(width / 2^14), as sparsify does)")
-    betas: tuple[float, float] = setting((0.9, 0.999), "Adam betas, as BETA1,BETA2")
-    warmup_steps: int = setting(20, "linear learning-rate warmup steps")
-    decay_fraction: float = setting(0.2, "linear decay to zero over this last fraction of training")
-    sparsity_warmup_fraction: float = setting(0.05, "the sparsity penalty ramps up over this first fraction")
-    dead_window_tokens: int = setting(100_000, "a latent that has not fired for this many tokens is dead")
+    train_tokens: int = setting(200_000, "training tokens (steps = train_tokens // batch_size)", minimum=1)
+    batch_size: int = setting(2048, "tokens per training step", minimum=1)
+    shuffle_buffer_tokens: int = setting(65_536, "tokens in the seeded shuffle buffer between chunks and batches",
+                                         minimum=1)
+    lr: float | None = setting(None, "Adam learning rate (none: 2e-4 / sqrt(width / 2^14), as sparsify does)",
+                                above=0)
+    betas: tuple[float, float] = setting((0.9, 0.999), "Adam betas, as BETA1,BETA2", minimum=0, below=1)
+    warmup_steps: int = setting(20, "linear learning-rate warmup steps", minimum=0)
+    decay_fraction: float = setting(0.2, "linear decay to zero over this last fraction of training", minimum=0,
+                                   maximum=1)
+    sparsity_warmup_fraction: float = setting(0.05, "the sparsity penalty ramps up over this first fraction",
+                                             minimum=0, maximum=1)
+    dead_window_tokens: int = setting(100_000, "a latent that has not fired for this many tokens is dead",
+                                      minimum=1)
     normalize_decoder: bool = setting(True, "keep decoder rows unit-norm after every step")
-    resample_every: int = setting(0, "steps between resamplings of dead (and rare) latents; 0 = never")
-    resample_density_threshold: float = setting(0.0, "also resample latents firing on at most this share of tokens")
+    resample_every: int = setting(0, "steps between resamplings of dead (and rare) latents; 0 = never", minimum=0)
+    resample_density_threshold: float = setting(0.0, "also resample latents firing on at most this share of tokens",
+                                                 minimum=0, maximum=1)
     resample_holdout_fraction: float = setting(
-        0.0, "the rare-latent experiment: this share of resampling candidates is never resampled")
-    seed: int = setting(0, "seed of the initialisation, the batch shuffle and resampling")
+        0.0, "the rare-latent experiment: this share of resampling candidates is never resampled",
+        minimum=0, below=1)
+    seed: int = setting(0, "seed of the initialisation, the batch shuffle and resampling", minimum=0)
 
     @property
     def total_steps(self) -> int:

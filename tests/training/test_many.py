@@ -144,4 +144,4 @@ def test_cli_sites_wildcard_expands_over_the_model_layers(tiny_model_dir, tmp_pa
         "blocks.0.resid_post", "blocks.1.resid_post", "blocks.0.mlp_out"]
     # The handler expands against the configured model, then checks each site before any training.
     code = main(["train", "--model", str(tiny_model_dir), "--sites", "blocks.*.bogus", "--runs-dir", str(tmp_path)])
-    assert code == 1 and "unknown site 'blocks.0.bogus'" in capsys.readouterr().err
+    assert code == 1 and "site must be blocks.<layer>.<kind>" in capsys.readouterr().err
