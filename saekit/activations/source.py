@@ -9,6 +9,7 @@ resumed one, sees exactly the same data. The model is loaded only if some chunk 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -22,7 +23,7 @@ from saekit.activations.spec import CACHE_FORMAT_VERSION, ActivationSpec, DataCo
 from saekit.data.contexts import iter_contexts
 from saekit.data.corpus import Document, load_corpus, split_documents
 from saekit.errors import SaekitError
-from saekit.io import load_tensors, save_tensors, write_json
+from saekit.io import load_tensors, read_json, remove_stale_temporaries, save_tensors, write_json
 from saekit.models.hooks import capture
 from saekit.models.loading import LoadedModel
 
@@ -69,7 +70,21 @@ class ActivationSource:
         self._contexts: Iterator[Tensor] | None = None
         self._next_context = 0
         if self.cache_dir is not None:
-            write_json(self.cache_dir / "manifest.json", {"format_version": CACHE_FORMAT_VERSION, **spec.manifest()})
+            self._claim_cache_dir()
+
+    def _claim_cache_dir(self) -> None:
+        """Record the spec in the entry's manifest, or check it is the recorded one (a copied-in entry is not)."""
+        manifest_path = self.cache_dir / "manifest.json"
+        manifest = {"format_version": CACHE_FORMAT_VERSION, **self.spec.manifest()}
+        if manifest_path.is_file():
+            recorded = read_json(manifest_path, "activation cache manifest")
+            if recorded != json.loads(json.dumps(manifest)):
+                raise SaekitError(f"activation cache entry {self.cache_dir} holds activations of other settings "
+                                  f"than this run's; delete that directory (it is rebuilt) or choose another "
+                                  "--cache-dir")
+        else:
+            write_json(manifest_path, manifest)
+        remove_stale_temporaries(self.cache_dir)
 
     @property
     def loaded(self) -> LoadedModel:

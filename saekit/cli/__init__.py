@@ -9,8 +9,9 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
-from saekit.cli.argtypes import positive_int
+from saekit.cli.argtypes import non_negative_float, non_negative_int, positive_int
 from saekit.errors import SaekitError
 from saekit.evaluation.effective_compute import law_name
 from saekit.settings import add_flags, flags_given, updated
@@ -113,8 +114,19 @@ def _quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block): what was wrong, and where help is.
+
+    Subcommand parsers inherit the class, so every ``saekit`` command reports bad flags this way.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="saekit", description=__doc__)
+    parser = OneLineParser(prog="saekit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a dictionary on a model's activations")
@@ -152,9 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate = sub.add_parser("generate", help="sample the same prompts from the clean and spliced model")
     generate.add_argument("run_dirs", type=Path, nargs="+")
     generate.add_argument("--prompt", action="append", help="a prompt (repeatable); default: a built-in set")
-    generate.add_argument("--max-new-tokens", type=int, default=32)
-    generate.add_argument("--temperature", type=float, default=0.7)
-    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--max-new-tokens", type=positive_int, default=32)
+    generate.add_argument("--temperature", type=non_negative_float, default=0.7, help="0: greedy")
+    generate.add_argument("--seed", type=non_negative_int, default=0)
     generate.set_defaults(handler=_generate)
 
     report = sub.add_parser("report", help="compare evaluated runs: markdown + HTML with plots")

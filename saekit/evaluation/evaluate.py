@@ -25,6 +25,7 @@ from saekit.evaluation.report import render_report
 from saekit.evaluation.results import EvaluationResults, LossResults
 from saekit.evaluation.splice import LossComparison, SpliceTarget, compare_losses_many
 from saekit.io import load_tensors, write_json, write_text
+from saekit.locks import exclusive
 from saekit.models.loading import (
     DEFAULT_MODEL,
     DEFAULT_MODEL_PARAMS,
@@ -137,21 +138,25 @@ def _effective_compute(config: TrainConfig, losses: LossResults, law: LawLike) -
 
 def evaluate_run(run_dir: str | Path, loaded: LoadedModel | None = None, eval_tokens: int | None = None,
                  law: LawLike = "chinchilla", generations: int = 4) -> EvaluationResults:
-    """Evaluate one run and write metrics.json and report.md beside it."""
+    """Evaluate one run and write metrics.json and report.md beside it (holding the run's lock throughout)."""
     run_dir = Path(run_dir)
-    return write_run_evaluation(run_dir, evaluate_runs([run_dir], loaded, eval_tokens, law, generations))
+    load_run_config(run_dir)  # a missing run is one line, not a lock directory created for it
+    with exclusive(run_dir):
+        return write_run_evaluation(run_dir, evaluate_runs([run_dir], loaded, eval_tokens, law, generations))
 
 
 def write_run_evaluation(run_dir: Path, results: EvaluationResults) -> EvaluationResults:
     """Record the run's config in its results and write ``metrics.json`` and ``report.md`` beside it."""
     results.run = load_run_config(run_dir).to_dict()
-    write_evaluation(run_dir, results)
+    with exclusive(run_dir):
+        write_evaluation(run_dir, results)
     return results
 
 
 def write_evaluation(out_dir: Path, results: EvaluationResults) -> None:
-    write_json(out_dir / "metrics.json", results.to_dict())
+    # The report first: metrics.json is what other commands read, so it is the last file to change.
     write_text(out_dir / "report.md", render_report(results))
+    write_json(out_dir / "metrics.json", results.to_dict())
 
 
 def evaluate_joint(run_dirs: list[Path], out_dir: str | Path, loaded: LoadedModel | None = None,
@@ -162,5 +167,6 @@ def evaluate_joint(run_dirs: list[Path], out_dir: str | Path, loaded: LoadedMode
     loaded = loaded or first.data.load_model(first.run.device)
     joint = evaluate_runs(run_dirs, loaded, eval_tokens, law)
     joint.alone = {str(d): evaluate_runs([d], loaded, eval_tokens, law, generations=0) for d in run_dirs}
-    write_evaluation(out_dir, joint)
+    with exclusive(out_dir, "evaluation output"):
+        write_evaluation(out_dir, joint)
     return joint

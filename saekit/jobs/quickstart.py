@@ -7,6 +7,7 @@ from pathlib import Path
 
 from saekit.evaluation.evaluate import evaluate_run
 from saekit.jobs.dashboard import build_quick_dashboard
+from saekit.locks import LOCK_FILE, exclusive
 from saekit.training.config import TrainConfig
 from saekit.training.run import CHECKPOINT_FILE, train_run
 
@@ -30,11 +31,23 @@ def run_quickstart(runs_dir: str | Path = "runs", name: str = "quickstart", fres
     """Train (resuming an interrupted quickstart if there is one) and evaluate; returns the run directory."""
     config = QUICKSTART.updated(name=name)
     run_dir = Path(runs_dir) / name
-    if fresh and run_dir.exists():
-        shutil.rmtree(run_dir)
-    loaded = config.data.load_model(config.run.device)
-    resume = (run_dir / CHECKPOINT_FILE).exists()
-    train_run(config, runs_dir, resume=resume, loaded=loaded)
-    evaluate_run(run_dir, loaded=loaded)
-    build_quick_dashboard(run_dir, loaded, tokens=QUICK_DASHBOARD_TOKENS, max_latents=QUICK_DASHBOARD_LATENTS)
+    with exclusive(run_dir):  # held from the start: --fresh must not delete a run another process is writing
+        if fresh:
+            _discard_contents(run_dir)
+        loaded = config.data.load_model(config.run.device)
+        resume = (run_dir / CHECKPOINT_FILE).exists()
+        train_run(config, runs_dir, resume=resume, loaded=loaded)
+        evaluate_run(run_dir, loaded=loaded)
+        build_quick_dashboard(run_dir, loaded, tokens=QUICK_DASHBOARD_TOKENS, max_latents=QUICK_DASHBOARD_LATENTS)
     return run_dir
+
+
+def _discard_contents(run_dir: Path) -> None:
+    """Everything in the run directory but the lock this process holds on it."""
+    for entry in run_dir.iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()

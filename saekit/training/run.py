@@ -4,6 +4,11 @@ Layout of ``runs/<name>/``: ``config.json`` (the TrainConfig), ``checkpoint.safe
 state; scaled weights, optimizer, counters), ``log.jsonl`` (one line per step), ``dictionary/``
 (final weights with the input scaling folded in, ready for raw activations) and
 ``activation_stats.safetensors`` (per-site mean of the training activations, for mean-ablation).
+
+One process writes a run directory at a time (``saekit.locks.exclusive``; a second gets one line naming
+the first), and the activation cache entry being filled is locked the same way. A checkpoint records
+the config it was written under and is refused by any other run; a partial last log line (what a kill
+leaves) is dropped and that step redone; the dictionary directory is swapped in whole.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from saekit.activations.spec import ActivationSpec
 from saekit.dictionaries.base import Dictionary
 from saekit.dictionaries.registry import build_dictionary, save_dictionary
 from saekit.errors import SaekitError
-from saekit.io import read_json, save_tensors, write_json, write_text
-from saekit.models.loading import LoadedModel
+from saekit.io import read_json, remove_stale_temporaries, replace_directory, save_tensors, write_json, write_text
+from saekit.locks import exclusive
+from saekit.models.loading import LoadedModel, load_model_config
+from saekit.models.sites import parse_site
 from saekit.settings import differences, flat_values
 from saekit.training.checkpoint import load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
 from saekit.training.config import TrainConfig
@@ -100,19 +107,36 @@ class RunState:
         tensors.update(optimizer)
         tensors.update({f"trainer.{name}": value for name, value in self.trainer.state_tensors().items()})
         tensors.update({f"sums.{site}": total for site, total in self.activation_sums.items()})
-        meta = {**self.trainer.state_scalars(), "scaling": vars(self.scaling), "optimizer": optimizer_meta}
+        meta = {**self.trainer.state_scalars(), "scaling": vars(self.scaling), "optimizer": optimizer_meta,
+                "config": self.config.to_dict()}
         save_checkpoint(path, tensors, meta)
 
     def restore(self, path: Path) -> None:
         tensors, meta = load_checkpoint(path)
+        self._check_provenance(path, meta)
         prefix = "dictionary."
-        self.dictionary.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        weights = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            self.dictionary.load_state_dict(weights)
+        except RuntimeError as err:  # missing keys or other shapes: not this run's dictionary
+            raise SaekitError(f"checkpoint {path} does not hold this run's dictionary ({str(err).splitlines()[0]}); "
+                              "delete it to restart the run") from err
         names = [name for name, _ in self.dictionary.named_parameters()]
         restore_optimizer(self.trainer.optimizer, names, tensors, meta["optimizer"])
         prefix = "trainer."
         self.trainer.load_state({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, meta)
         self.scaling = InputScaling(**meta["scaling"])
         self.activation_sums = {site: tensors[f"sums.{site}"] for site in self.config.sites}
+
+    def _check_provenance(self, path: Path, meta: dict) -> None:
+        """Refuse a checkpoint written under another config (checkpoints from before this record none)."""
+        if "config" not in meta:
+            return
+        written = TrainConfig.from_dict(meta["config"], f"config recorded in {path}")
+        if written != self.config:
+            raise SaekitError(f"checkpoint {path} was written by another run (its config differs in "
+                              f"{differences(written, self.config)}); delete it to restart this run, or put it "
+                              "back in its own run directory")
 
     def save_outputs(self, run_dir: Path) -> None:
         """The folded dictionary (raw activations in, raw reconstruction out) and the activation means."""
@@ -122,7 +146,7 @@ class RunState:
         source = {"model": self.config.data.model, "site": self.config.site, "target_site": self.config.target_site,
                   "context_length": self.config.data.context_length, "input_scale": self.scaling.input_scale,
                   "output_scale": self.scaling.output_scale, "trained_tokens": self.trainer.tokens_seen}
-        save_dictionary(run_dir / DICTIONARY_DIR, folded, source)
+        replace_directory(run_dir / DICTIONARY_DIR, lambda tmp: save_dictionary(tmp, folded, source))
         tokens = max(self.trainer.tokens_seen, 1)
         save_tensors(run_dir / STATS_FILE, {f"mean.{site}": (total / tokens).float()
                                             for site, total in self.activation_sums.items()})
@@ -147,10 +171,26 @@ def _append_density(run_dir: Path, snapshot: dict) -> None:
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint we resume from (they will be redone)."""
+    """Drop log lines written after the checkpoint we resume from (they will be redone).
+
+    A kill can leave the last line half-written: it is dropped like any other line after the
+    checkpoint. A line that does not parse anywhere else means the file was damaged otherwise.
+    """
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            line_step = record["step"]
+        except (ValueError, KeyError, TypeError):
+            if number == len(lines):
+                break  # the partial write of a killed process
+            raise SaekitError(f"line {number} of {path} is not a log record; remove the line (or the file) "
+                              "and resume") from None
+        if line_step <= step:
+            kept.append(line)
     write_text(path, "".join(line + "\n" for line in kept))
 
 
@@ -196,11 +236,32 @@ def train_many(configs: list[TrainConfig], runs_dir: str | Path = "runs", resume
     for config in configs:
         config.validate()
     spec = shared_activation_spec(configs)
+    if loaded is None:
+        check_sites_exist(spec)
     run_dirs = [Path(runs_dir) / config.name for config in configs]
-    for config, run_dir in zip(configs, run_dirs):
-        _prepare_run_dir(config, run_dir, resume)
-    loader = model_loader(configs[0], loaded, spec.sites)
-    source = ActivationSource(spec, configs[0].run.cache_dir, loader, configs[0].run.model_batch_contexts)
+    with ExitStack() as locks:
+        for run_dir in run_dirs:
+            locks.enter_context(exclusive(run_dir))
+        source = ActivationSource(spec, configs[0].run.cache_dir, model_loader(configs[0], loaded, spec.sites),
+                                  configs[0].run.model_batch_contexts)
+        if source.cache_dir is not None:
+            locks.enter_context(exclusive(source.cache_dir, "activation cache entry"))
+        for config, run_dir in zip(configs, run_dirs):
+            remove_stale_temporaries(run_dir)
+            _prepare_run_dir(config, run_dir, resume)
+        _train_prepared(configs, run_dirs, source, resume, progress)
+    return run_dirs
+
+
+def check_sites_exist(spec: ActivationSpec) -> None:
+    """Check each site's layer against the model's config (no weights are read), before the model loads."""
+    n_layers = getattr(load_model_config(spec.data.model), "num_hidden_layers", None)
+    for name in spec.sites:
+        parse_site(name, n_layers)
+
+
+def _train_prepared(configs: list[TrainConfig], run_dirs: list[Path], source: ActivationSource, resume: bool,
+                    progress: bool) -> None:
     first_chunk = source.chunk(0)
     states = [RunState(config, first_chunk) for config in configs]
     if resume:
@@ -216,7 +277,6 @@ def train_many(configs: list[TrainConfig], runs_dir: str | Path = "runs", resume
     _train_loop(states, run_dirs, _batches_from(source, configs[0], step), progress)
     for state, run_dir in zip(states, run_dirs):
         state.save_outputs(run_dir)
-    return run_dirs
 
 
 def train_run(config: TrainConfig, runs_dir: str | Path = "runs", resume: bool = False,
