@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
-from saekit.models.loading import LoadedModel, load_model
+from saekit.errors import SaekitError
+from saekit.models.loading import LoadedModel, check_model_spec, load_model
 from saekit.settings import NON_EMPTY, setting, to_dict
 
 CACHE_FORMAT_VERSION = 1
@@ -39,6 +41,14 @@ class DataConfig:
     outlier_norm_factor: float | None = setting(
         10.0, "drop tokens whose norm exceeds this many times the chunk median (none: keep all)", above=1)
     contexts_per_chunk: int = setting(64, "contexts per cached activation chunk", minimum=1)
+
+    def check_paths(self) -> None:
+        """The model and corpus files named here exist (checked before anything loads)."""
+        check_model_spec(self.model)
+        if self.corpus != "default" and not self.corpus.startswith("hf:") \
+                and not Path(self.corpus).expanduser().exists():
+            raise SaekitError(f"corpus not found: {self.corpus}; give 'default', a .txt/.jsonl file, a directory "
+                              "or hf:NAME")
 
     def load_model(self, device: str = "cpu") -> LoadedModel:
         """The model these activations come from, randomized when the config says so."""

@@ -80,6 +80,11 @@ def _source(spec: str) -> tuple[str, dict]:
     return spec, {}  # a hub id such as "gpt2" or "EleutherAI/pythia-70m"
 
 
+def check_model_spec(spec: str) -> None:
+    """Fail now (one line) if ``spec`` names a local file or directory that is not there; reads nothing."""
+    _source(spec)
+
+
 def load_model_config(spec: str = DEFAULT_MODEL) -> PretrainedConfig:
     """The model's config alone (layer count, widths) without loading its weights."""
     location, kwargs = _source(spec)

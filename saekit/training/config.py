@@ -119,6 +119,7 @@ class TrainConfig:
             raise SaekitError(f"train_tokens={self.optim.train_tokens} is less than one batch of "
                               f"{self.optim.batch_size}; raise train_tokens or lower batch_size")
         check_device(self.run.device)
+        self.data.check_paths()
         return self
 
     def to_dict(self) -> dict[str, Any]:
