@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -20,9 +22,13 @@ from saekit.evaluation.generation import SideBySide, generations_markdown  # noq
 from saekit.evaluation.report import render_report  # noqa: E402
 from saekit.evaluation.results import EvaluationResults  # noqa: E402
 from saekit.render import (  # noqa: E402
+    LINE_BREAK,
+    NEWLINE_MARK,
+    Markup,
     escape_html,
     format_cell,
     markdown_cell,
+    markdown_code,
     markdown_inline,
     markdown_table,
     save_png,
@@ -165,3 +171,122 @@ def test_generations_keep_their_format():
         "|---|---|---|",
         '| A "quoted" &lt;b&gt; | line1 ⏎ line2 &#124; x | ok &amp; done |',
     ]
+
+
+# Classic HTML / markdown injections, as a corpus, a tokenizer or an LLM could produce them.
+PAYLOADS = [
+    SCRIPT,
+    "</style>",
+    "<img src=x onerror=alert(1)>",
+    "<svg/onload=alert(1)>",
+    '"><script>alert(1)</script>',
+    '<a href="javascript:alert(1)">x</a>',
+    "[x](javascript:alert(1))",
+    "![t](http://e/x.png)",
+    "[x]: http://evil.example/",
+    "[text][ref] and [^1]",
+    "`code`",
+    "```js",
+    "**bold** and *em*",
+    "__bold__ and _em_",
+    "~~strike~~",
+    "<!--",
+    "-->",
+    "&lt;script&gt;",  # already escaped: must show as written, not decode to a tag
+    "&#60;script&#62; &amp",
+    "a | b",
+    "x\n| a | b |\n|---|---|",  # a newline starting a table
+    "\n# title",
+    "# title",
+    "> quote",
+    "- item",
+    "1. item",
+    "    indented code",
+    "line\r\nnext\rmore",
+    "a\u2028b\u2029c\x85d\x0be",
+    "<https://evil.example>",
+    "see https://evil.example/x and www.evil.example",
+    "\\[not a link](x) \\",
+    "data:text/html,<script>alert(1)</script>",
+]
+ENTITY = re.compile(r"&(?:amp|lt|gt|#\d+);")
+
+
+def _shown(text: str) -> str:
+    """What a renderer shows for ``text`` placed on one line: line breaks as the ⏎ mark."""
+    return LINE_BREAK.sub(NEWLINE_MARK, text)
+
+
+def _assert_inert(out: str, payload: str) -> None:
+    """No renderer (CommonMark / GFM / python-markdown) can read any markup into ``out``."""
+    assert len(out.splitlines()) == 1 and not LINE_BREAK.search(out)
+    assert not set("<>[]`*~") & set(out), out
+    assert "](" not in out and "://" not in out and "www." not in out.lower()
+    assert not re.search(r"(?<![^\W_])_|_(?![^\W_])", out)  # an underscore only inside a word
+    assert not re.search(r"\\(?![^\W_]| )", out)  # no backslash escapes the next character
+    assert all(ENTITY.match(out, m.start()) for m in re.finditer("&", out))  # every & starts a reference
+    assert html.unescape(out) == _shown(payload)  # and it shows exactly the text
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_inline_text_from_data_forms_no_markup(payload):
+    out = markdown_inline(payload)
+    _assert_inert(out, payload)
+    assert not re.match(r"[ \t]*(#|[-+=](\s|$)|\d+[.)](\s|$))|[ \t]{4}|\t", out)  # safe at a line start
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_a_table_cell_from_data_forms_no_markup_and_keeps_the_row(payload):
+    out = markdown_cell(payload)
+    _assert_inert(out, payload)
+    assert "|" not in out
+    table = markdown_table([payload, "n"], [[payload, 1], ["ok", payload]])
+    lines = table.splitlines()
+    assert len(lines) == 4 and all(line.count("|") == 3 for line in lines)
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_a_code_span_shows_the_text_literally(payload):
+    out = markdown_code(payload)
+    fence = re.match("`+", out).group()
+    inner = out[len(fence):-len(fence)]
+    assert out.endswith(fence) and fence not in inner and len(out.splitlines()) == 1
+    assert inner.strip() == _shown(payload).strip() or not payload.strip()
+
+
+TAG = re.compile(r"</?([a-z0-9]+)[^>]*>")
+
+
+def _render(text: str) -> tuple[set[str], str]:
+    """``text`` rendered by a CommonMark renderer with GFM tables and strikethrough: its tags and its text."""
+    markdown_it = pytest.importorskip("markdown_it")  # the structural tests above hold without it
+    rendered = markdown_it.MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(text)
+    return {m.group(1) for m in TAG.finditer(rendered)}, html.unescape(TAG.sub("", rendered))
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_rendered_by_a_markdown_renderer_the_payload_is_only_text(payload):
+    tags, text = _render(markdown_inline(payload))  # alone, so at the start of a line
+    assert tags <= {"p"} and text.strip() == _shown(payload).strip()
+    tags, text = _render(f"- before {markdown_inline(payload)} after")
+    assert tags == {"ul", "li"} and text.strip() == f"before {_shown(payload)} after"
+    tags, text = _render(f"| a | b |\n|---|---|\n| {markdown_cell(payload)} | 1 |\n")
+    assert tags == {"table", "thead", "tbody", "tr", "th", "td"}
+    assert text.split() == ["a", "b", *_shown(payload).split(), "1"]
+    tags, text = _render(f"in {markdown_code(payload)} code")
+    assert tags == {"p", "code"} and text == f"in {_shown(payload)} code\n"
+
+
+def test_words_numbers_and_repr_stay_readable():
+    for text in ("resid_post", "blocks.1.resid_post", "-0.5", "1.5e-3", "12.5%", "'a\\nb'", "x - y", "(n=3)",
+                 "C:\\runs\\x", 'say "hi"', "a | b"):
+        assert markdown_inline(text) == text
+    assert markdown_cell("-") == "-" and markdown_inline("-") == "&#45;"  # a cell holds no list marker
+    assert markdown_inline("https://x.org") == "https:&#47;&#47;x.org"
+
+
+def test_a_markup_cell_goes_in_as_it_is():
+    table = markdown_table(["package", "text"], [[markdown_code("saekit/data"), "`x`"]])
+    assert table.splitlines()[-1] == "| `saekit/data` | &#96;x&#96; |"
+    assert isinstance(markdown_code("a"), Markup) and markdown_code("a`b") == "``a`b``"
+    assert markdown_code("`x`") == "`` `x` ``"

@@ -41,7 +41,7 @@ from saekit.autointerp.scorers import (
 from saekit.errors import SaekitError
 from saekit.io import read_json, write_json, write_text
 from saekit.models.loading import LoadedModel
-from saekit.render import markdown_table
+from saekit.render import markdown_inline, markdown_table
 
 FORMAT_VERSION = 1
 AUTOINTERP_DIR = "autointerp"
@@ -196,10 +196,10 @@ def report_markdown(summary: dict[str, Any], manifest: dict[str, Any]) -> str:
     header = {"llm": "LLM explainer", "baseline": "no-LLM baseline"}
     lines = [
         "# Automated interpretability", "",
-        f"Explanations and scores produced by **{backend['description']}**"
+        f"Explanations and scores produced by **{markdown_inline(backend['description'])}**"
         + (" (a 135M-parameter model: expect modest scores)" if "135M" in backend["description"] else "") + ".",
         f"Latents scored: {summary['latents']} of {manifest['latents']['examined']} examined; skipped: "
-        + (", ".join(f"{k}: {v}" for k, v in manifest["latents"]["skipped"].items()) or "none") + ".",
+        + (", ".join(f"{k}: {markdown_inline(v)}" for k, v in manifest["latents"]["skipped"].items()) or "none") + ".",
         "The baseline explains each latent by its most frequent activating tokens, with no LLM; "
         "it is scored by the same scorers and is the floor to read the LLM explainer against.", "",
     ]
@@ -219,7 +219,7 @@ def report_markdown(summary: dict[str, Any], manifest: dict[str, Any]) -> str:
                       f"chance {intruder_row['chance']:.3f}."]
     usage = manifest["usage"]
     lines += ["", "Explained: " + ", ".join(f"{header[n]} {explainers[n]['explained']}" for n in names) + ".",
-              f"Embedding scorer: {manifest['embedding']}.",
+              f"Embedding scorer: {markdown_inline(manifest['embedding'])}.",
               f"LLM requests this run: {usage['requests']} sent, {usage['cache_hits']} answered from the cache, "
               f"{usage['failures']} failed; tokens {usage['prompt_tokens']} in / {usage['completion_tokens']} out; "
               f"estimated cost ${usage['cost_usd']:.4f}.",

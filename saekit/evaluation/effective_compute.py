@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from saekit.errors import SaekitError
-from saekit.render import markdown_table
+from saekit.render import markdown_code, markdown_inline, markdown_table
 
 __all__ = [
     "PRESETS",
@@ -361,20 +361,20 @@ def format_report_markdown(report: Mapping[str, Any]) -> str:
     lines = [
         "### Effective compute",
         "",
-        report["statement"],
+        markdown_inline(report["statement"]),
         "",
         f"- Compute fraction: **{_fmt_fraction(report['compute_fraction'])}x**",
         (
-            f"- Law `{law['name']}`: L(N, D) = {law['E']:.4g} + {law['A']:.4g}/N^{law['alpha']:.4g} "
+            f"- Law {markdown_code(law['name'])}: L(N, D) = {law['E']:.4g} + {law['A']:.4g}/N^{law['alpha']:.4g} "
             f"+ {law['B']:.4g}/D^{law['beta']:.4g} (gamma = {report['gamma']:.4g})"
         ),
     ]
     if law.get("source"):
-        lines.append(f"- Source: {law['source']}")
+        lines.append(f"- Source: {markdown_inline(law['source'])}")
     equivalent = report.get("parameter_equivalent")
     if equivalent is not None:
         if equivalent.get("params_equivalent") is None:
-            lines.append(f"- Parameter equivalent: none ({equivalent.get('reason')})")
+            lines.append(f"- Parameter equivalent: none ({markdown_inline(equivalent.get('reason'))})")
         else:
             lines.append(
                 f"- Parameter equivalent at {equivalent['tokens']:.3g} tokens: "

@@ -1,4 +1,9 @@
-"""Render an evaluation's metrics as a short markdown report a person reads."""
+"""Render an evaluation's metrics as a short markdown report a person reads.
+
+Text read from ``metrics.json`` that saekit did not compose (the model name, site and run names, error
+messages, corpus text in the damage and generation sections) goes through :mod:`saekit.render`'s markdown
+helpers; headings, labels and numbers are written as they are.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from saekit.evaluation.damage import damage_markdown
 from saekit.evaluation.effective_compute import format_report_markdown
 from saekit.evaluation.generation import SideBySide, generations_markdown
 from saekit.evaluation.results import CONDITIONS, EvaluationResults, LossResults, MeanSE, ReconstructionResults
-from saekit.render import markdown_table
+from saekit.render import markdown_code, markdown_inline, markdown_table
 
 
 def _pm(value: MeanSE, digits: int = 4) -> str:
@@ -39,10 +44,10 @@ def _outlier_lines(rec: ReconstructionResults) -> list[str]:
 def _reconstruction_lines(site: str, rec: ReconstructionResults) -> list[str]:
     p = rec.l0_percentiles
     return [
-        f"### Reconstruction and sparsity at `{site}` ({rec.tokens} tokens)",
+        f"### Reconstruction and sparsity at {markdown_code(site)} ({rec.tokens} tokens)",
         "",
         f"- Fraction of variance unexplained (FVU): **{rec.fvu:.4f}** "
-        f"(explained variance {rec.explained_variance:.4f}); formula: {rec.fvu_formula}. "
+        f"(explained variance {rec.explained_variance:.4f}); formula: {markdown_inline(rec.fvu_formula)}. "
         f"Legacy per-token-mean form: {rec.legacy_fvu_per_token_mean:.4f}.",
         *_outlier_lines(rec),
         f"- MSE per token (sum over dimensions): {rec.mse_per_token:.4f}; per element: {rec.mse_per_element:.6f}",
@@ -58,9 +63,10 @@ def render_report(metrics: EvaluationResults) -> str:
     lines = [
         "# saekit evaluation report",
         "",
-        f"Model: {metrics.model}. Sites spliced jointly: {', '.join(f'`{s}`' for s in metrics.sites)}. "
+        f"Model: {markdown_inline(metrics.model)}. "
+        f"Sites spliced jointly: {', '.join(markdown_code(s) for s in metrics.sites)}. "
         f"{metrics.eval_contexts} held-out contexts of {metrics.context_length} tokens "
-        f"({losses.contexts} contexts scored). {metrics.bos_handling}. ± values are standard errors "
+        f"({losses.contexts} contexts scored). {markdown_inline(metrics.bos_handling)}. ± values are standard errors "
         "over contexts (ΔCE paired by context).",
         "",
         "## Degradation of the model",
@@ -76,7 +82,7 @@ def render_report(metrics: EvaluationResults) -> str:
     ]
     compute = metrics.effective_compute
     if "error" in compute:
-        lines += ["### Effective compute", "", f"Not reported: {compute['error']}", ""]
+        lines += ["### Effective compute", "", f"Not reported: {markdown_inline(compute['error'])}", ""]
     elif compute:
         lines += [format_report_markdown(compute), ""]
     if metrics.is_joint:

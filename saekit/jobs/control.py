@@ -31,7 +31,7 @@ from saekit.autointerp.pipeline import (
 from saekit.errors import SaekitError
 from saekit.io import read_json, write_json, write_text
 from saekit.models.loading import LoadedModel
-from saekit.render import markdown_table
+from saekit.render import markdown_inline, markdown_table
 from saekit.training.config import TrainConfig
 from saekit.training.run import CHECKPOINT_FILE, DICTIONARY_DIR, load_run_config, train_run
 
@@ -112,11 +112,13 @@ def comparison(real: dict[str, Any], control: dict[str, Any]) -> dict[str, Any]:
 
 def comparison_markdown(rows: dict[str, Any], real_model: str, control_dir: Path, real: dict[str, Any],
                         control: dict[str, Any]) -> str:
+    """``control.md``: the run path and the scoring model's name are data, escaped by :mod:`saekit.render`."""
     lines = [
         "# Randomized-weights control", "",
-        f"The same recipe trained on the model with re-initialised weights ({control_dir}); both runs explained "
-        f"and scored by **{real_model}**. If the randomized control scores about as well as the real run, "
-        "the scorers are being fooled (often by single-token features) and the real scores mean little.",
+        f"The same recipe trained on the model with re-initialised weights ({markdown_inline(control_dir)}); both "
+        f"runs explained and scored by **{markdown_inline(real_model)}**. If the randomized control scores about "
+        "as well as the real run, the scorers are being fooled (often by single-token features) and the real "
+        "scores mean little.",
         f"Latents scored: real {real['latents']}, randomized {control['latents']}.", "",
         markdown_table(
             ("scorer / metric", "chance", "real: LLM", "real: baseline", "randomized: LLM", "randomized: baseline"),

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from saekit.dictionaries.registry import ARCHITECTURES
 from saekit.errors import SaekitError
 from saekit.io import write_json, write_text
-from saekit.render import markdown_table
+from saekit.render import markdown_inline, markdown_table
 from saekit.toy.fitting import FitConfig, FitResult, fit_at_l0
 from saekit.toy.plotting import new_figure, save_png
 from saekit.toy.recovery import (
@@ -352,7 +352,7 @@ def _scatter_sets(ax, points: dict[str, dict], key: str) -> None:
 
 
 def recovery_summary(data: dict) -> str:
-    failures = [f"- {world}: {name} failed to train: {message}"
+    failures = [f"- {world}: {name} failed to train: {markdown_inline(message)}"  # an exception's text
                 for world in ("sparse", "animals") for name, message in data[world]["failures"].items()]
     sections = ["# Recovery of ground-truth features", sparse_summary(data["sparse"]), animals_summary(data["animals"])]
     return "\n\n".join(sections + (["## Failures\n\n" + "\n".join(failures)] if failures else [])) + "\n"
