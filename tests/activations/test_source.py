@@ -57,3 +57,17 @@ def test_corpus_too_small(tiny_loaded, tiny_model_dir, tmp_path):
     source = ActivationSource(spec, None, lambda: tiny_loaded)
     with pytest.raises(SaekitError, match="ran out"):
         source.chunk(0)
+
+
+def test_bfloat16_model_gives_float32_activations_close_to_float32s(tiny_model_dir, tmp_path):
+    """The model dtype is part of the cache key; bf16 activations are stored as float32 and stay close."""
+    full, half = _spec(tiny_model_dir), _spec(tiny_model_dir, model_dtype="bfloat16")
+    assert full.key() != half.key()
+    chunks = {}
+    for name, spec in (("float32", full), ("bfloat16", half)):
+        loaded = spec.data.load_model()
+        assert next(loaded.model.parameters()).dtype == getattr(torch, name)
+        chunks[name] = ActivationSource(spec, None, lambda loaded=loaded: loaded).chunk(0)["blocks.1.resid_post"]
+    assert chunks["bfloat16"].dtype == torch.float32
+    relative = (chunks["bfloat16"] - chunks["float32"]).norm() / chunks["float32"].norm()
+    assert 0 < relative < 0.02  # bf16 rounding (8 bits of mantissa) through two layers, not a different model
