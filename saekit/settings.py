@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -40,6 +41,7 @@ class Rule:
     ``minimum``/``maximum`` are inclusive bounds, ``above``/``below`` exclusive ones. ``check`` returns
     None for a good value or a short description of what is allowed; ``invalid`` lists values the
     check refuses (the schema-driven fault tests use them, with values just outside the bounds).
+    A float must also be finite: ``inf`` would pass a lower bound, and ``nan`` compares false to any.
     A tuple setting applies the rule to each item; None (for an optional setting) is always allowed.
     """
 
@@ -56,6 +58,8 @@ class Rule:
             return next((p for p in map(self.problem, value) if p is not None), None)
         if value is None:
             return None
+        if isinstance(value, float) and not math.isfinite(value):
+            return " ".join(p for p in ("a finite number", self.describe_range()) if p)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not self._in_range(value):
             return self.describe_range()
         return self.check(value) if self.check is not None else None
@@ -65,22 +69,27 @@ class Rule:
                 and (self.above is None or value > self.above) and (self.below is None or value < self.below))
 
     def describe_range(self) -> str:
-        parts = [f">= {self.minimum:g}" if self.minimum is not None else "",
-                 f"> {self.above:g}" if self.above is not None else "",
-                 f"<= {self.maximum:g}" if self.maximum is not None else "",
-                 f"< {self.below:g}" if self.below is not None else ""]
+        parts = [f">= {_bound(self.minimum)}" if self.minimum is not None else "",
+                 f"> {_bound(self.above)}" if self.above is not None else "",
+                 f"<= {_bound(self.maximum)}" if self.maximum is not None else "",
+                 f"< {_bound(self.below)}" if self.below is not None else ""]
         return " and ".join(p for p in parts if p)
 
     def invalid_examples(self, annotation: Any) -> list[Any]:
-        """Values of the right type that this rule refuses: just past each bound, and ``invalid``."""
-        integer = int in (_union_members(annotation) or (annotation,)) or _tuple_items(annotation) is int
+        """Values of the right type that this rule refuses: just past each bound, ``inf`` and ``nan`` for a
+        float, and ``invalid``."""
+        kinds = _union_members(annotation) or (_tuple_items(annotation) or annotation,)
+        integer = int in kinds
         step = 1 if integer else 1e-3
         found: list[Any] = []
         for bound, sign, inclusive in ((self.minimum, -1, True), (self.above, -1, False),
                                        (self.maximum, 1, True), (self.below, 1, False)):
             if bound is not None:
                 found.append(bound + sign * step if inclusive else bound)
-        found = [int(v) if integer else float(v) for v in found] + list(self.invalid)
+        found = [int(v) if integer else float(v) for v in found]
+        if float in kinds:
+            found += [math.inf, math.nan]
+        found += list(self.invalid)
         if _tuple_items(annotation) is not None:
             length = len(typing.get_args(annotation))
             found = [(v,) * length for v in found]
@@ -93,6 +102,14 @@ def non_empty(value: Any) -> str | None:
 
 
 NON_EMPTY = {"check": non_empty, "invalid": ("", "  ")}  # setting(..., **NON_EMPTY)
+# A seed: torch takes any 64-bit value, but seeds are combined (seed * 1_000_003 + step, seed + 17), so
+# 32 bits keep every derived seed in range; a larger one would fail only after the model has loaded.
+SEED = {"minimum": 0, "maximum": 2**32 - 1}  # setting(..., **SEED)
+
+
+def _bound(value: float) -> str:
+    """A bound as a person reads it: 4294967295, not 4.29497e+09; 0.001 as it is."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def _tuple_items(annotation: Any) -> Any:
@@ -195,7 +212,12 @@ def type_name(annotation: Any) -> str:
     if annotation is type(None):
         return "null"
     origin = typing.get_origin(annotation)
-    if origin in (tuple, dict, list):
+    if origin is tuple:  # JSON writes a tuple as a list: say how long, and of what
+        items = typing.get_args(annotation)
+        kinds = {type_name(t) for t in items}
+        return f"a list of {len(items)} {kinds.pop()}s" if len(kinds) == 1 else \
+            f"a list [{', '.join(type_name(t) for t in items)}]"
+    if origin in (dict, list):
         return f"a {origin.__name__}"
     return getattr(annotation, "__name__", str(annotation))
 
@@ -394,7 +416,8 @@ def _parser_for(annotation: Any) -> Callable[[str], Any]:
         try:
             return check_value(parse_scalar(text, annotation), annotation, "value")
         except SaekitError:
-            raise argparse.ArgumentTypeError(f"expected {type_name(annotation)}, got {text!r}") from None
+            expected = _metavar(annotation) if typing.get_origin(annotation) is tuple else type_name(annotation)
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
     return parse
 
 
@@ -410,7 +433,10 @@ def parse_scalar(text: str, annotation: Any) -> Any:
                 return value
         return text
     if typing.get_origin(annotation) is tuple:
-        return [parse_scalar(part, t) for part, t in zip(text.split(","), typing.get_args(annotation))]
+        parts, items = text.split(","), typing.get_args(annotation)
+        if len(parts) != len(items):
+            return parts  # the wrong number of items: refused by check_value, never cut to fit
+        return [parse_scalar(part, t) for part, t in zip(parts, items)]
     if annotation is bool:
         lowered = text.lower()
         return {"1": True, "true": True, "yes": True, "on": True,

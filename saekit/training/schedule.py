@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saekit.settings import setting
+from saekit.settings import SEED, setting
 
 
 @dataclass
@@ -32,7 +32,7 @@ class OptimConfig:
     resample_holdout_fraction: float = setting(
         0.0, "the rare-latent experiment: this share of resampling candidates is never resampled",
         minimum=0, below=1)
-    seed: int = setting(0, "seed of the initialisation, the batch shuffle and resampling", minimum=0)
+    seed: int = setting(0, "seed of the initialisation, the batch shuffle and resampling", **SEED)
 
     @property
     def total_steps(self) -> int:
