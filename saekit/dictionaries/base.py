@@ -31,6 +31,7 @@ so evaluating under ``torch.no_grad()`` never moves them. Call ``.eval()`` for i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -38,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from saekit.dictionaries.losses import orthogonality_penalty, squared_error
+from saekit.dictionaries.sparse import SparseLatents
 from saekit.errors import SaekitError
 from saekit.settings import copy_setting, from_dict, setting, to_dict
 
@@ -126,13 +128,69 @@ def upgrade_sparsity(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "l0_coefficient": extra.pop("l0_coefficient"), "extra": extra}
 
 
-@dataclass
-class DictionaryOutput:
-    """What a forward pass returns: latents, reconstruction, and named loss terms (``loss`` is the total)."""
+def _extra_kind_problem(value: Any, default: Any) -> str | None:
+    """None when ``value`` is of the kind of ``default`` (a bool, a whole number, a finite number), else that kind.
 
-    latents: Tensor
-    reconstruction: Tensor
-    losses: dict[str, Tensor]
+    Lenient where a sweep grid can only write numbers: 0/1 for a bool, 256.0 for a whole number.
+    """
+    number = not isinstance(value, bool) and (isinstance(value, int) or (isinstance(value, float)
+                                                                        and math.isfinite(value)))
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) or (number and value in (0, 1)) else "true or false"
+    if isinstance(default, int):
+        return None if number and (isinstance(value, int) or value.is_integer()) else "a whole number"
+    if isinstance(default, float):
+        return None if number else "a finite number"
+    return None
+
+
+class DictionaryOutput:
+    """What a forward pass returns: latents, reconstruction, and named loss terms (``loss`` is the total).
+
+    The TopK family's forward keeps only the active latents (``sparse``); ``latents``, the dense
+    [..., width] tensor, is then built on first access (and kept), so callers that need it still get
+    it while a training step, which reads only ``firing()`` and ``mean_l0()``, never builds it.
+    """
+
+    __slots__ = ("_latents", "reconstruction", "losses", "sparse")
+
+    def __init__(self, latents: Tensor | None, reconstruction: Tensor, losses: dict[str, Tensor],
+                 sparse: SparseLatents | None = None) -> None:
+        if latents is None and sparse is None:
+            raise ValueError("a DictionaryOutput needs dense or sparse latents")
+        self._latents = latents
+        self.reconstruction = reconstruction
+        self.losses = losses
+        self.sparse = sparse
+
+    @property
+    def latents(self) -> Tensor:
+        if self._latents is None:
+            self._latents = self.sparse.dense()
+        return self._latents
+
+    @property
+    def active_values(self) -> Tensor | None:
+        """The active latents' values, flat (``sparse.rows`` / ``active_indices`` say where); None if dense."""
+        return None if self.sparse is None else self.sparse.values
+
+    @property
+    def active_indices(self) -> Tensor | None:
+        """The latent index of each active value; None when the forward was dense."""
+        return None if self.sparse is None else self.sparse.columns
+
+    def firing(self) -> Tensor:
+        """Per latent, the number of tokens on which it is positive (long, [width], on the latents' device)."""
+        if self.sparse is not None:
+            return self.sparse.firing()
+        latents = self._latents.detach()
+        return (latents.reshape(-1, latents.shape[-1]) > 0).sum(0)
+
+    def mean_l0(self) -> Tensor:
+        """Mean over tokens of the number of positive latents (a float32 scalar tensor)."""
+        if self.sparse is not None:
+            return self.sparse.mean_l0()
+        return (self._latents.detach() > 0).sum(-1).float().mean()
 
 
 class Dictionary(nn.Module):
@@ -189,7 +247,8 @@ class Dictionary(nn.Module):
 
     @classmethod
     def resolve_options(cls, architecture: str, extra: dict[str, Any]) -> dict[str, Any]:
-        """The ``extra`` settings with their defaults filled in; an unknown key is an error."""
+        """The ``extra`` settings with their defaults filled in; an unknown key, or a value of another
+        kind than the key's default (text for a number...), is a one-line error before anything is built."""
         defaults = {**SHARED_EXTRA_DEFAULTS, **cls.EXTRA_DEFAULTS}
         unknown = set(extra) - set(defaults)
         if unknown:
@@ -197,6 +256,11 @@ class Dictionary(nn.Module):
                 f"architecture {architecture!r} does not understand extra settings {sorted(unknown)}; "
                 f"it accepts {sorted(defaults)}"
             )
+        for key, value in extra.items():
+            expected = _extra_kind_problem(value, defaults[key])
+            if expected is not None:
+                raise SaekitError(f"architecture {architecture!r}: extra setting {key!r} must be {expected}, "
+                                  f"got {value!r}")
         return {**defaults, **extra}
 
     # ---- the architecture-specific part -------------------------------------------------------
@@ -249,15 +313,18 @@ class Dictionary(nn.Module):
     def encode(self, x: Tensor) -> Tensor:
         return self.activation(self.pre_activations(x))
 
-    def decode(self, latents: Tensor) -> Tensor:
-        """Latents -> output space (without the skip connection, which needs the input)."""
+    def decode(self, latents: Tensor | SparseLatents) -> Tensor:
+        """Latents (dense, or the TopK family's sparse form) -> output space (without the skip connection,
+        which needs the input)."""
+        if isinstance(latents, SparseLatents):
+            return latents.decode(self.W_dec) + self.b_dec
         return latents @ self.W_dec + self.b_dec
 
     def skip(self, x: Tensor) -> Tensor | None:
         """The linear skip path's contribution to the reconstruction (None when there is none)."""
         return None if self.W_skip is None else x @ self.W_skip
 
-    def reconstruct(self, x: Tensor, latents: Tensor) -> Tensor:
+    def reconstruct(self, x: Tensor, latents: Tensor | SparseLatents) -> Tensor:
         decoded = self.decode(latents)
         skipped = self.skip(x)
         return decoded if skipped is None else decoded + skipped
@@ -273,17 +340,34 @@ class Dictionary(nn.Module):
         """
         pre = self.pre_activations(x)
         latents = self.activation(pre)
-        reconstruction = self.reconstruct(x, latents)
+        return self.assemble_output(x, target, pre, latents, self.reconstruct(x, latents),
+                                    sparsity_scale=sparsity_scale, dead_mask=dead_mask)
+
+    def assemble_output(
+        self, x: Tensor, target: Tensor | None, pre: Tensor, latents: Tensor | SparseLatents,
+        reconstruction: Tensor, *, sparsity_scale: float, dead_mask: Tensor | None,
+    ) -> DictionaryOutput:
+        """The loss terms and the output of a forward whose latents and reconstruction are computed.
+
+        With sparse latents (the TopK family) the loss hooks get ``latents=None`` and a ``pre`` without
+        gradient: the TopK family's hooks read neither, and building the dense latents here would undo
+        the point of the sparse forward.
+        """
+        sparse = latents if isinstance(latents, SparseLatents) else None
+        dense = None if sparse is not None else latents
+        # Under autocast a low-precision reconstruction would make the losses low precision too.
+        if reconstruction.dtype != x.dtype and x.is_floating_point():
+            reconstruction = reconstruction.to(x.dtype)
         losses: dict[str, Tensor] = {}
         # A transcoder called without its target (splicing it into a model) has nothing to compare with.
         if target is not None or not self.config.is_transcoder:
             target = x if target is None else target
             losses["reconstruction"] = squared_error(reconstruction, target)
-            losses.update(self.auxiliary_losses(x, target, pre, latents, reconstruction, dead_mask))
-        losses.update(self.sparsity_losses(pre, latents, sparsity_scale))
+            losses.update(self.auxiliary_losses(x, target, pre, dense, reconstruction, dead_mask))
+        losses.update(self.sparsity_losses(pre, dense, sparsity_scale))
         losses.update(self.decoder_losses())
         losses["loss"] = sum(losses.values(), torch.zeros((), device=x.device, dtype=reconstruction.dtype))
-        return DictionaryOutput(latents=latents, reconstruction=reconstruction, losses=losses)
+        return DictionaryOutput(dense, reconstruction, losses, sparse=sparse)
 
     def decoder_losses(self) -> dict[str, Tensor]:
         """Penalties on the decoder alone (currently the optional orthogonality term)."""

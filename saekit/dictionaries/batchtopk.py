@@ -12,7 +12,9 @@ sets the average's decay (the first training step sets it directly). It is updat
 ``forward`` during training (see ``Dictionary.learning``), so the trainer needs no extra call.
 Before any training step it is negative (unset) and eval falls back to per-token TopK.
 
-Inherits the optional auxiliary-K loss of :class:`TopKDictionary`.
+Inherits the optional auxiliary-K loss of :class:`TopKDictionary` and its sparse forward: in training
+the kept entries are flat (token, latent, value) triples, a varying number per token; the eval
+threshold path stays dense.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from saekit.dictionaries.base import DictionaryConfig
+from saekit.dictionaries.base import Dictionary, DictionaryConfig, DictionaryOutput
+from saekit.dictionaries.sparse import top_k_over_batch, top_k_over_batch_bounded
 from saekit.dictionaries.topk import TopKDictionary, scatter_top
 
 UNSET = -1.0
@@ -45,10 +48,41 @@ class BatchTopKDictionary(TopKDictionary):
     def __init__(self, config: DictionaryConfig) -> None:
         super().__init__(config)
         self.register_buffer("threshold", torch.tensor(UNSET))
+        # Candidates per token for the CPU's two-stage batch top-k; doubled whenever a token needed more.
+        self.candidates_per_token = 4 * config.k
 
     @property
     def threshold_is_set(self) -> bool:
         return bool(self.threshold >= 0)
+
+    def forward(
+        self, x: Tensor, target: Tensor | None = None, *, sparsity_scale: float = 1.0,
+        dead_mask: Tensor | None = None,
+    ) -> DictionaryOutput:
+        """Sparse in training (and in eval before the threshold is set); the threshold path is dense."""
+        if not self.training and self.threshold_is_set:
+            return Dictionary.forward(self, x, target, sparsity_scale=sparsity_scale, dead_mask=dead_mask)
+        return super().forward(x, target, sparsity_scale=sparsity_scale, dead_mask=dead_mask)
+
+    def select_active(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        if not self.training:  # eval before any training step: per-token TopK, as ``activation``
+            return super().select_active(pre)
+        selected, rows, columns, offsets = self._batch_top(pre, min(self.config.k * pre.shape[0], pre.numel()))
+        if self.learning:
+            self._update_threshold(selected.relu())
+        return selected, rows, columns, offsets
+
+    def _batch_top(self, pre: Tensor, count: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The batch's top ``count`` entries: in two stages on the CPU while that is cheaper, else one flat top-k.
+
+        On other devices the flat top-k is one kernel and the two-stage check would wait for the device.
+        """
+        while pre.device.type == "cpu" and 4 * self.candidates_per_token <= pre.shape[-1]:
+            found = top_k_over_batch_bounded(pre, count, self.candidates_per_token)
+            if found is not None:
+                return found
+            self.candidates_per_token *= 2
+        return top_k_over_batch(pre, count)
 
     def activation(self, pre: Tensor) -> Tensor:
         if not self.training:
@@ -63,16 +97,19 @@ class BatchTopKDictionary(TopKDictionary):
         return latents
 
     @torch.no_grad()
-    def _update_threshold(self, latents: Tensor) -> None:
-        kept = latents[latents > 0]
-        if kept.numel() == 0:  # nothing positive was kept: no information about the threshold
+    def _update_threshold(self, kept: Tensor) -> None:
+        """Move the threshold towards the smallest positive entry of ``kept`` (dense latents or the kept values).
+
+        Written with ``where`` rather than branches on tensor values so a training step never waits for
+        the device; nothing positive kept means no information, and the threshold stays.
+        """
+        if kept.numel() == 0:
             return
-        smallest = kept.min().to(self.threshold.dtype)
-        if not self.threshold_is_set:
-            self.threshold.copy_(smallest)
-            return
+        positive = kept > 0
+        smallest = torch.where(positive, kept, torch.inf).min().to(self.threshold.dtype)
         momentum = float(self.options["threshold_momentum"])
-        self.threshold.mul_(momentum).add_((1 - momentum) * smallest)
+        moved = torch.where(self.threshold >= 0, self.threshold * momentum + (1 - momentum) * smallest, smallest)
+        self.threshold.copy_(torch.where(positive.any(), moved, self.threshold))
 
     def fold_thresholds(self, output_scale: float) -> None:
         if self.threshold_is_set:

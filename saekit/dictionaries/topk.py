@@ -8,6 +8,13 @@ centring inside those pre-activations also uses the decoder bias with its gradie
 auxiliary term reaches only dead latents' encoder columns, encoder biases and decoder rows. It is
 weighted by ``aux_k_coefficient`` (1/32 by default) and reduced like the main loss (sum over the
 feature dimension, mean over tokens); it is exactly zero while no latent is dead.
+
+The forward is sparse (:mod:`saekit.dictionaries.sparse`): the pre-activations are computed densely
+without autograd to choose the top k, then only the chosen entries carry a gradient and are decoded
+(``embedding_bag``), so neither the forward nor the backward builds a [tokens, width] tensor beyond
+the pre-activations. ``DictionaryOutput.latents`` is built from the entries only when read.
+``encode`` still returns dense latents. Above ``SPARSE_MAX_ACTIVE_SHARE`` of the latents active per
+token the dense forward is the cheaper one and is used instead.
 """
 
 from __future__ import annotations
@@ -17,8 +24,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from saekit.dictionaries.base import Dictionary
+from saekit.dictionaries.base import Dictionary, DictionaryOutput
 from saekit.dictionaries.losses import squared_error
+from saekit.dictionaries.sparse import SparseLatents, selected_preactivations, top_k_per_token
 
 
 def scatter_top(values: Tensor, k: int, dim: int = -1) -> Tensor:
@@ -36,11 +44,40 @@ class TopKDictionary(Dictionary):
         "aux_k_coefficient": 1 / 32,
     }
 
+    # The sparse forward pays below this share of active latents per token (measured crossover of the
+    # encoder gradient's cost, see saekit.dictionaries.sparse).
+    SPARSE_MAX_ACTIVE_SHARE: ClassVar[float] = 0.25
+
     def activation(self, pre: Tensor) -> Tensor:
         return scatter_top(pre, self.config.k)
 
+    def uses_sparse_forward(self) -> bool:
+        """Whether ``forward`` keeps the active latents sparse (k at most the share above of the width)."""
+        return self.config.k <= self.SPARSE_MAX_ACTIVE_SHARE * self.config.width
+
+    def forward(
+        self, x: Tensor, target: Tensor | None = None, *, sparsity_scale: float = 1.0,
+        dead_mask: Tensor | None = None,
+    ) -> DictionaryOutput:
+        """As :meth:`Dictionary.forward`, with the latents kept sparse (see the module docstring)."""
+        if not self.uses_sparse_forward():
+            return super().forward(x, target, sparsity_scale=sparsity_scale, dead_mask=dead_mask)
+        with torch.no_grad():  # only the selected entries get a gradient, through the function below
+            pre = self.pre_activations(x)
+        tokens_x = x.reshape(-1, x.shape[-1])
+        selected, rows, columns, offsets = self.select_active(pre.reshape(-1, pre.shape[-1]))
+        values = selected_preactivations(selected, tokens_x, self.b_pre, self.W_enc, self.b_enc, rows, columns,
+                                         offsets).relu()
+        sparse = SparseLatents(values, rows, columns, offsets, pre.shape)
+        return self.assemble_output(x, target, pre, sparse, self.reconstruct(x, sparse),
+                                    sparsity_scale=sparsity_scale, dead_mask=dead_mask)
+
+    def select_active(self, pre: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The entries to keep of ``pre`` [tokens, width] (no gradient): (selected, rows, columns, offsets)."""
+        return top_k_per_token(pre, self.config.k)
+
     def auxiliary_losses(
-        self, x: Tensor, target: Tensor, pre: Tensor, latents: Tensor, reconstruction: Tensor,
+        self, x: Tensor, target: Tensor, pre: Tensor, latents: Tensor | None, reconstruction: Tensor,
         dead_mask: Tensor | None,
     ) -> dict[str, Tensor]:
         if int(self.options["aux_k"]) <= 0:

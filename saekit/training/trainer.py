@@ -3,18 +3,27 @@
 ``DictionaryTrainer`` owns the optimizer and the per-latent firing statistics. It is used by the
 run orchestration (``saekit.training.run``: checkpoints, resume, logs) and directly by code that
 trains on in-memory data such as the synthetic feature worlds (:func:`fit_dictionary`).
+
+A step waits for the device once: the firing counters live on the dictionary's device and are
+updated there (from the TopK family's sparse latents when it has them), and the logged scalars are
+kept as device tensors until one copy to the host, which also serves the NaN check. Adam is the
+fused implementation where the device has one; ``autocast_dtype`` runs the forward in mixed
+precision (fp32 master weights, moments and losses); ``compile`` compiles the dictionary's forward.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from saekit.dictionaries.base import Dictionary
+from saekit.dictionaries.base import Dictionary, DictionaryOutput
 from saekit.errors import SaekitError
 from saekit.training.schedule import OptimConfig, lr_multiplier, sparsity_multiplier
 
@@ -23,28 +32,105 @@ class NonFiniteLossError(SaekitError):
     """The loss became NaN or infinite."""
 
 
-class DictionaryTrainer:
-    """Adam with warmup/decay, decoder-norm constraint, L1 warmup, and dead-latent tracking."""
+# Mixed precision without loss scaling: bfloat16 has fp32's exponent range, float16 would need a GradScaler.
+AUTOCAST_DTYPES = (torch.bfloat16,)
 
-    def __init__(self, dictionary: Dictionary, config: OptimConfig, total_steps: int) -> None:
+
+def _adam_variant_works(sample: Tensor, options: dict[str, bool]) -> bool:
+    """Whether Adam with ``options`` (fused / foreach) steps a parameter like ``sample`` on its device.
+
+    Fused Adam checks its device only at the first step, so constructing it proves nothing: this
+    steps a one-element stand-in instead.
+    """
+    probe = torch.zeros(1, dtype=sample.dtype, device=sample.device, requires_grad=True)
+    probe.grad = torch.ones_like(probe)
+    try:
+        torch.optim.Adam([probe], **options).step()
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        return False
+    return True
+
+
+def build_adam(parameters: Iterable[nn.Parameter], lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
+    """Fused Adam where every parameter's device and dtype support it, else multi-tensor (foreach), else plain.
+
+    The three give the same updates to float tolerance (tests/training/test_trainer_lean.py). A
+    checkpoint keeps its optimizer's variant in its param groups; restoring one into this optimizer
+    keeps this optimizer's variant (a load_state_dict pre-hook), so a run resumed on other hardware
+    still gets the fastest Adam there.
+    """
+    params = list(parameters)
+    samples = {(p.device, p.dtype): p for p in params}.values()
+    for options in ({"fused": True}, {"foreach": True}):
+        if all(_adam_variant_works(sample, options) for sample in samples):
+            break
+    else:
+        options = {"foreach": False}
+    optimizer = torch.optim.Adam(params, lr=lr, betas=betas, **options)
+    variant = {key: optimizer.defaults[key] for key in ("fused", "foreach")}
+
+    def keep_variant(_: torch.optim.Optimizer, state: dict[str, Any]) -> dict[str, Any]:
+        return {**state, "param_groups": [{**group, **variant} for group in state["param_groups"]]}
+
+    optimizer.register_load_state_dict_pre_hook(keep_variant)
+    optimizer.register_load_state_dict_post_hook(_match_state_layouts)
+    return optimizer
+
+
+def _match_state_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give restored moments their parameter's memory layout (strides).
+
+    A checkpoint stores moments contiguous, but a parameter need not be (the tied initialisation
+    makes W_enc a transposed copy of the decoder). Fused Adam walks parameter, gradient and moments
+    as flat memory, so a moment laid out differently from its parameter is silently updated at the
+    wrong positions: a resumed run then diverged from the uninterrupted one (tests/training/test_run.py).
+    """
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            for key, value in state.items():
+                if not isinstance(value, Tensor) or value.shape != parameter.shape:
+                    continue  # the step count
+                if value.stride() != parameter.stride():
+                    state[key] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
+
+
+class DictionaryTrainer:
+    """Adam with warmup/decay, decoder-norm constraint, L1 warmup, and dead-latent tracking.
+
+    ``autocast_dtype`` (only ``torch.bfloat16``; None = fp32): the forward runs under
+    ``torch.autocast`` on the input's device type; weights, Adam moments, the loss terms and the logged
+    metrics stay fp32. ``compile``: the dictionary's forward goes through ``torch.compile`` (the
+    first step falls back to eager, with a warning, where compiling fails on this machine).
+    """
+
+    def __init__(self, dictionary: Dictionary, config: OptimConfig, total_steps: int, *,
+                 autocast_dtype: torch.dtype | None = None, compile: bool = False) -> None:
+        if autocast_dtype is not None and autocast_dtype not in AUTOCAST_DTYPES:
+            raise SaekitError(f"autocast dtype {autocast_dtype} is not supported: use torch.bfloat16 or none "
+                              "(float16 would need loss scaling)")
         self.dictionary = dictionary
         self.config = config
         self.total_steps = total_steps
+        self.autocast_dtype = autocast_dtype
         self.base_lr = config.resolved_lr(dictionary.config.width)
-        self.optimizer = torch.optim.Adam(dictionary.parameters(), lr=self.base_lr, betas=config.betas)
+        self.optimizer = build_adam(dictionary.parameters(), self.base_lr, config.betas)
+        self._compiled, self._compile_proven = (_compile_forward(dictionary) if compile else None), False
         width = dictionary.config.width
+        device = dictionary.W_dec.device
         self.step = 0
         self.tokens_seen = 0
+        # The counters live on the dictionary's device, so updating them never waits for it.
         # Tokens since each latent last fired: the dead-latent criterion over a token window.
-        self.tokens_since_fired = torch.zeros(width, dtype=torch.long)
-        self.fire_counts = torch.zeros(width, dtype=torch.long)
+        self.tokens_since_fired = torch.zeros(width, dtype=torch.long, device=device)
+        self.fire_counts = torch.zeros(width, dtype=torch.long, device=device)
         # Firing since the last resampling (its density criterion) and since the last density snapshot.
-        self.resample_window = torch.zeros(width, dtype=torch.long)
+        self.resample_window = torch.zeros(width, dtype=torch.long, device=device)
         self.resample_window_tokens = 0
-        self.snapshot_window = torch.zeros(width, dtype=torch.long)
+        self.snapshot_window = torch.zeros(width, dtype=torch.long, device=device)
         self.snapshot_window_tokens = 0
         # The rare-latent experiment's held-out latents (never resampled), chosen at the first resampling.
-        self.holdout_mask = torch.zeros(width, dtype=torch.bool)
+        self.holdout_mask = torch.zeros(width, dtype=torch.bool, device=device)
         self.holdout_chosen = False
         self.resampled_total = 0
 
@@ -53,14 +139,17 @@ class DictionaryTrainer:
                        "resampled_total")
 
     def state_tensors(self) -> dict[str, Tensor]:
-        return {name: getattr(self, name) for name in self.COUNTER_TENSORS}
+        """The counters on the CPU (what a checkpoint stores)."""
+        return {name: getattr(self, name).cpu() for name in self.COUNTER_TENSORS}
 
     def state_scalars(self) -> dict[str, int | bool]:
         return {name: getattr(self, name) for name in self.COUNTER_SCALARS}
 
     def load_state(self, tensors: dict[str, Tensor], scalars: dict[str, int | bool]) -> None:
+        """Restore counters saved by :meth:`state_tensors` / :meth:`state_scalars`, onto the dictionary's device."""
+        device = self.dictionary.W_dec.device
         for name in self.COUNTER_TENSORS:
-            setattr(self, name, tensors[name].clone())
+            setattr(self, name, tensors[name].to(device, copy=True))
         for name in self.COUNTER_SCALARS:
             setattr(self, name, scalars[name])
 
@@ -68,32 +157,74 @@ class DictionaryTrainer:
         return self.tokens_since_fired >= self.config.dead_window_tokens
 
     def train_step(self, x: Tensor, target: Tensor | None = None) -> dict[str, float]:
-        """One step on a batch of (scaled) activations; returns the logged scalars."""
+        """One step on a batch of (scaled) activations; returns the logged scalars.
+
+        The scalars are read from the device in one copy, after the backward and before the optimizer
+        step, so a NaN or infinite loss raises :class:`NonFiniteLossError` with the weights, the Adam
+        state and the counters as they were before this step.
+        """
         cfg = self.config
         lr = self.base_lr * lr_multiplier(self.step, self.total_steps, cfg.warmup_steps, cfg.decay_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         sparsity_scale = sparsity_multiplier(self.step, self.total_steps, cfg.sparsity_warmup_fraction)
-        output = self.dictionary(x, target, sparsity_scale=sparsity_scale, dead_mask=self.dead_mask())
+        with self._precision(x):
+            output = self._forward(x, target, sparsity_scale=sparsity_scale, dead_mask=self.dead_mask())
         loss = output.losses["loss"]
-        if not math.isfinite(loss.item()):
-            raise NonFiniteLossError(f"loss became {loss.item()} at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.normalize_decoder:
             self.dictionary.remove_parallel_decoder_gradient()
+        n_tokens = x.numel() // x.shape[-1]
+        fired, since_fired = self._firing(output, n_tokens)
+        names, values = self._scalars(x, target, output, since_fired)
+        host = dict(zip(names, torch.stack([v.to(self._host_dtype()) for v in values]).tolist()))
+        if not math.isfinite(host["loss"]):
+            raise NonFiniteLossError(f"loss became {host['loss']} at step {self.step}")
         self.optimizer.step()
         if cfg.normalize_decoder:
             self.dictionary.normalize_decoder()
-        record = self._record(x, target, output.latents.detach(), output.reconstruction.detach(),
-                              output.losses, lr, sparsity_scale)
+        self._count(fired, since_fired, n_tokens)
+        record: dict[str, float] = {name: host[name] for name in output.losses}
+        record.update(step=self.step, tokens=self.tokens_seen, lr=lr, sparsity_scale=sparsity_scale,
+                      fvu=host["fvu"], l0=host["l0"], dead_fraction=host["dead_fraction"])
         if cfg.resample_every and self.step % cfg.resample_every == 0 and self.step < self.total_steps:
             record["resampled"] = self.resample(x, target)
         return record
 
+    def _precision(self, x: Tensor) -> contextlib.AbstractContextManager:
+        """The forward's autocast context (a no-op without ``autocast_dtype``)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype)
+
+    def _forward(self, x: Tensor, target: Tensor | None, **kwargs: Any) -> DictionaryOutput:
+        """The dictionary's forward, compiled when asked and compiling works here."""
+        if self._compiled is not None:
+            try:
+                output = self._compiled(x, target, **kwargs)
+            except SaekitError:
+                raise
+            except Exception as err:  # no compiler, an op dynamo cannot trace...: eager is always correct
+                if self._compile_proven:
+                    raise
+                warnings.warn(f"torch.compile failed ({type(err).__name__}: {str(err)[:200]}); training eagerly",
+                              stacklevel=3)
+                self._compiled = None
+            else:
+                self._compile_proven = True
+                return output
+        return self.dictionary(x, target, **kwargs)
+
+    def _host_dtype(self) -> torch.dtype:
+        # float64 holds every fp32 value exactly, so the record equals per-value .item(); MPS has no float64.
+        return torch.float32 if self.dictionary.W_dec.device.type == "mps" else torch.float64
+
     def resample_candidates(self) -> Tensor:
-        density = self.resample_window.double() / max(self.resample_window_tokens, 1)
-        return self.dead_mask() | (density <= self.config.resample_density_threshold)
+        # The density in float64 on the CPU (MPS has no float64); resampling is rare, the copy is cheap.
+        density = self.resample_window.cpu().double() / max(self.resample_window_tokens, 1)
+        rare = (density <= self.config.resample_density_threshold).to(self.tokens_since_fired.device)
+        return self.dead_mask() | rare
 
     @torch.no_grad()
     def resample(self, x: Tensor, target: Tensor | None) -> int:
@@ -127,7 +258,9 @@ class DictionaryTrainer:
         indices = candidates.nonzero().flatten()
         generator = torch.Generator().manual_seed(self.config.seed + 17)
         keep = int(round(len(indices) * self.config.resample_holdout_fraction))
-        self.holdout_mask[indices[torch.randperm(len(indices), generator=generator)[:keep]]] = True
+        # The permutation comes from a CPU generator, so the choice is the same on every device.
+        order = torch.randperm(len(indices), generator=generator)[:keep].to(indices.device)
+        self.holdout_mask[indices[order]] = True
         self.holdout_chosen = True
 
     def _reinitialise(self, chosen: Tensor, inputs: Tensor, errors: Tensor) -> None:
@@ -148,48 +281,61 @@ class DictionaryTrainer:
     def density_snapshot(self) -> dict[str, object]:
         """Per-latent firing density since the last snapshot (histogram + held-out latents), then reset."""
         tokens = max(self.snapshot_window_tokens, 1)
-        density = self.snapshot_window.double() / tokens
+        window, holdout = self.snapshot_window.cpu(), self.holdout_mask.cpu()  # torch.histogram is CPU-only
+        density = window.double() / tokens
         log_density = density.clamp_min(1e-10).log10()
         edges = torch.arange(-10.0, 0.5, 0.5, dtype=torch.float64)
         histogram = torch.histogram(log_density, edges)[0].long().tolist()
         snapshot = {
             "step": self.step, "window_tokens": self.snapshot_window_tokens,
-            "dead_in_window": int((self.snapshot_window == 0).sum()),
+            "dead_in_window": int((window == 0).sum()),
             "log10_density_histogram": {"edges": edges.tolist(), "counts": histogram,
                                         "note": "latents that never fired in the window are counted at -10"},
             "resampled_total": self.resampled_total,
         }
-        if self.holdout_mask.any():
-            held = self.holdout_mask.nonzero().flatten()
+        if holdout.any():
+            held = holdout.nonzero().flatten()
             snapshot["holdout"] = {"latents": held.tolist(), "density": density[held].tolist()}
         self.snapshot_window.zero_()
         self.snapshot_window_tokens = 0
         return snapshot
 
-    def _record(self, x: Tensor, target: Tensor | None, latents: Tensor, reconstruction: Tensor,
-                losses: dict[str, Tensor], lr: float, sparsity_scale: float) -> dict[str, float]:
-        n_tokens = latents.shape[0]
-        fired = (latents > 0).sum(0).cpu()
+    def _firing(self, output: DictionaryOutput, n_tokens: int) -> tuple[Tensor, Tensor]:
+        """This batch's firing per latent and the tokens-since-fired it leads to (device tensors, not yet kept).
+
+        From the sparse latents when the forward has them (an ``index_add_`` over the active entries),
+        else from the dense latents; never a host sync.
+        """
+        fired = output.firing()
+        if fired.device != self.tokens_since_fired.device:  # the dictionary moved after the trainer was built
+            for name in self.COUNTER_TENSORS:
+                setattr(self, name, getattr(self, name).to(fired.device))
+        since_fired = torch.where(fired > 0, 0, self.tokens_since_fired + n_tokens)
+        return fired, since_fired
+
+    def _count(self, fired: Tensor, since_fired: Tensor, n_tokens: int) -> None:
+        """Keep a step's firing (after its loss was found finite)."""
         self.fire_counts += fired
         self.resample_window += fired
         self.snapshot_window += fired
+        self.tokens_since_fired.copy_(since_fired)
         self.resample_window_tokens += n_tokens
         self.snapshot_window_tokens += n_tokens
-        self.tokens_since_fired += n_tokens
-        self.tokens_since_fired[fired > 0] = 0
         self.step += 1
         self.tokens_seen += n_tokens
+
+    def _scalars(self, x: Tensor, target: Tensor | None, output: DictionaryOutput,
+                 since_fired: Tensor) -> tuple[list[str], list[Tensor]]:
+        """The logged scalars as device tensors: the loss terms, fvu, l0, and the dead fraction after this step."""
         target = x if target is None else target
+        reconstruction = output.reconstruction.detach()
         residual_variance = (reconstruction - target).pow(2).sum()
         total_variance = (target - target.mean(0)).pow(2).sum()
-        record = {name: value.item() for name, value in losses.items()}
-        record.update(
-            step=self.step, tokens=self.tokens_seen, lr=lr, sparsity_scale=sparsity_scale,
-            fvu=(residual_variance / total_variance).item(),
-            l0=(latents > 0).sum(-1).float().mean().item(),
-            dead_fraction=self.dead_mask().float().mean().item(),
-        )
-        return record
+        dead = (since_fired >= self.config.dead_window_tokens).float().mean()
+        names = [*output.losses, "fvu", "l0", "dead_fraction"]
+        values = [*(value.detach() for value in output.losses.values()), residual_variance / total_variance,
+                  output.mean_l0(), dead]
+        return names, values
 
 
 def fit_dictionary(
@@ -205,3 +351,12 @@ def fit_dictionary(
         x, target = (batch, None) if isinstance(batch, Tensor) else batch
         log.append(trainer.train_step(x, target))
     return log
+
+
+def _compile_forward(dictionary: Dictionary) -> Callable[..., DictionaryOutput] | None:
+    """``torch.compile`` of the dictionary (sharing its parameters), or None where compile is unavailable."""
+    try:
+        return torch.compile(dictionary)
+    except (RuntimeError, ImportError) as err:  # e.g. a Python version dynamo does not support
+        warnings.warn(f"torch.compile is not available ({err}); training eagerly", stacklevel=3)
+        return None
