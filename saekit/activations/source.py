@@ -9,7 +9,9 @@ resumed one, sees exactly the same data. The model is loaded only if some chunk 
 
 from __future__ import annotations
 
+import itertools
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -19,6 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from saekit.activations.prefetch import prefetched
 from saekit.activations.spec import CACHE_FORMAT_VERSION, ActivationSpec, DataConfig
 from saekit.data.contexts import iter_contexts
 from saekit.data.corpus import Document, load_corpus, split_documents
@@ -69,6 +72,9 @@ class ActivationSource:
         self.model_batch_contexts = model_batch_contexts
         self._contexts: Iterator[Tensor] | None = None
         self._next_context = 0
+        # What computing chunks cost (cache reads excluded): the forward-only rate a run reports.
+        self.forward_tokens = 0
+        self.forward_seconds = 0.0
         if self.cache_dir is not None:
             self._claim_cache_dir()
 
@@ -98,21 +104,33 @@ class ActivationSource:
     def chunk(self, index: int) -> dict[str, Tensor]:
         path = self.chunk_path(index)
         if path is not None and path.is_file():
-            return load_tensors(path, "activation cache chunk")
-        activations = self._compute(index)
-        if path is not None:
-            save_tensors(path, activations)
+            activations = load_tensors(path, "activation cache chunk")
+        else:
+            activations = self._compute(index)
+            if path is not None:
+                save_tensors(path, activations)
         return activations
 
-    def chunks(self, start: int = 0, progress: bool = True) -> Iterator[dict[str, Tensor]]:
-        index = start
+    def chunks(self, start: int = 0, progress: bool = True, prefetch: int = 0,
+               step: int = 1) -> Iterator[dict[str, Tensor]]:
+        """Chunks ``start, start + step, ...`` without end; with ``prefetch`` > 0, that many are made ahead.
+
+        Prefetching runs the model (or the cache read) on a background thread while the caller trains
+        on the chunk it has, so the two overlap; the sequence is the same either way. ``step`` lets a
+        process of a group read only its own share of the chunks.
+        """
+        indices = itertools.count(start, step)
+        produced = (self.chunk(index) for index in indices)
+        if prefetch > 0:
+            produced = prefetched(produced, prefetch)
         with tqdm(desc="activation chunks", unit="chunk", disable=not progress) as bar:
-            while True:
-                yield self.chunk(index)
+            for chunk in produced:
+                yield chunk
                 bar.update()
-                index += 1
 
     def _contexts_at(self, first: int, count: int) -> Tensor:
+        if self._contexts is not None and first > self._next_context:  # skipping ahead: another rank's share
+            self._next_context += sum(1 for _ in islice(self._contexts, first - self._next_context))
         if self._contexts is None or self._next_context != first:
             data = self.spec.data
             self._contexts = islice(contexts_for(self.loaded, load_split(data).train, data, data.seed), first, None)
@@ -130,6 +148,7 @@ class ActivationSource:
     def _compute(self, index: int) -> dict[str, Tensor]:
         count = self.spec.data.contexts_per_chunk
         contexts = self._contexts_at(index * count, count)
+        started = time.perf_counter()
         adapter = self.loaded.adapter
         sites = [adapter.site(name) for name in self.spec.sites]
         parts: dict[str, list[Tensor]] = {name: [] for name in self.spec.sites}
@@ -138,5 +157,10 @@ class ActivationSource:
             by_name = {site.name: captured[site] for site in sites}
             keep = token_mask(by_name, self.spec.data.exclude_bos, self.spec.data.outlier_norm_factor)
             for name, value in by_name.items():
-                parts[name].append(value[keep].float().cpu())
-        return {name: torch.cat(values) for name, values in parts.items()}
+                parts[name].append(value[keep].float())  # left on the model's device: the dictionary trains there
+        chunk = {name: torch.cat(values) for name, values in parts.items()}
+        if chunk and next(iter(chunk.values())).device.type == "cuda":
+            torch.cuda.synchronize()  # so the time below is the forward's, not its launch's
+        self.forward_seconds += time.perf_counter() - started
+        self.forward_tokens += contexts.numel()
+        return chunk

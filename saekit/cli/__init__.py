@@ -30,6 +30,7 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
 
 
 def _train(args: argparse.Namespace) -> int:
+    from saekit.training.distributed import join_group, leave_group
     from saekit.training.run import train_many
 
     config = config_from_args(args)
@@ -37,8 +38,12 @@ def _train(args: argparse.Namespace) -> int:
     if args.sites:
         sites = expand_sites(args.sites, config.data.model)
         configs = [config.updated(site=site, name=f"{config.name}/{site}") for site in sites]
-    for run_dir in train_many(configs, args.runs_dir, resume=args.resume):
-        print(f"trained: {run_dir}")
+    group = join_group(config.run.device, args.distribute)  # None unless started by torchrun
+    try:
+        for run_dir in train_many(configs, args.runs_dir, resume=args.resume, group=group):
+            print(f"trained: {run_dir}")
+    finally:
+        leave_group(group)
     return 0
 
 
@@ -135,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     train.add_argument("--sites", help="train one dictionary per site from one forward pass: comma-separated, "
                        "blocks.*.resid_post = every layer; runs go to RUNS_DIR/NAME/SITE")
+    train.add_argument("--distribute", choices=("data", "sites"), default="data",
+                       help="under torchrun: 'data' splits every batch over the processes (one run, or several "
+                       "stepping together), 'sites' deals the runs (--sites) out to the processes [data]")
     add_flags(train, TrainConfig)
     train.set_defaults(handler=_train)
 

@@ -13,7 +13,10 @@ leaves) is dropped and that step redone; the dictionary directory is swapped in 
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -32,17 +35,23 @@ from saekit.errors import SaekitError
 from saekit.io import read_json, remove_stale_temporaries, replace_directory, save_tensors, write_json, write_text
 from saekit.locks import exclusive
 from saekit.models.loading import LoadedModel, load_model_config
+from saekit.models.precision import resolve_autocast
 from saekit.models.sites import parse_site
 from saekit.settings import differences, flat_values
 from saekit.training.checkpoint import load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
 from saekit.training.config import TrainConfig
+from saekit.training.distributed import ProcessGroup
 from saekit.training.trainer import DictionaryTrainer, NonFiniteLossError
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
+# Runs trained together keep their checkpoint before last: a kill between two runs' (or two processes')
+# checkpoints leaves them one interval apart, and the one ahead then resumes from this one.
+PREVIOUS_CHECKPOINT_FILE = "checkpoint.previous.safetensors"
 LOG_FILE = "log.jsonl"
 DENSITY_FILE = "density.jsonl"  # per-checkpoint latent-density snapshots (and the rare-latent experiment)
 STATS_FILE = "activation_stats.safetensors"
 DICTIONARY_DIR = "dictionary"
+THROUGHPUT_FILE = "throughput.json"  # where the last training session's time went
 
 
 def model_loader(config: TrainConfig, loaded: LoadedModel | None = None,
@@ -73,34 +82,44 @@ class InputScaling:
 class RunState:
     """The dictionary, its trainer, the scaling and the running activation sums of one run."""
 
-    def __init__(self, config: TrainConfig, first_chunk: dict[str, Tensor]) -> None:
+    def __init__(self, config: TrainConfig, first_chunk: dict[str, Tensor], group: ProcessGroup | None = None) -> None:
         self.config = config
         self.scaling = InputScaling.estimate(first_chunk, config.site, config.target_site)
         d_in = first_chunk[config.site].shape[1]
         d_out = first_chunk[config.target_site or config.site].shape[1]
         torch.manual_seed(config.optim.seed)
+        # Built on the CPU (the same initial weights on every device), then moved where it trains.
         self.dictionary: Dictionary = build_dictionary(
-            config.dictionary.build_config(d_in, d_out if config.target_site else None))
+            config.dictionary.build_config(d_in, d_out if config.target_site else None)).to(config.run.device)
         with torch.no_grad():  # start the decoder bias at the data mean: latents then model deviations
             self.dictionary.b_dec.copy_(first_chunk[config.target_site or config.site].mean(0)
                                         * self.scaling.output_scale)
-        self.trainer = DictionaryTrainer(self.dictionary, config.optim, config.total_steps)
-        self.activation_sums = {site: torch.zeros(first_chunk[site].shape[1], dtype=torch.float64)
-                                for site in config.sites}
+        self.trainer = DictionaryTrainer(self.dictionary, config.optim, config.total_steps,
+                                         autocast_dtype=resolve_autocast(config.optim.autocast, config.run.device),
+                                         compile=config.run.compile, group=group)
+        # Summed where the batches are (no copy per step); float64, which MPS lacks.
+        sums_dtype = torch.float32 if torch.device(config.run.device).type == "mps" else torch.float64
+        self.activation_sums = {site: torch.zeros(first_chunk[site].shape[1], dtype=sums_dtype,
+                                                  device=config.run.device) for site in config.sites}
 
     def record_batch(self, batch: dict[str, Tensor]) -> None:
         for site, total in self.activation_sums.items():
-            total += batch[site].sum(0, dtype=torch.float64)
+            total += batch[site].sum(0, dtype=total.dtype)
 
     def step(self, batch: dict[str, Tensor]) -> dict[str, float]:
         config = self.config
+        device = self.dictionary.W_dec.device
+        batch = {site: value.to(device, non_blocking=True) for site, value in batch.items()}
         x = batch[config.site] * self.scaling.input_scale
         target = batch[config.target_site] * self.scaling.output_scale if config.target_site else None
         record = self.trainer.train_step(x, target)
         self.record_batch(batch)
         return record
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, keep_previous: bool = False) -> None:
+        """Write the checkpoint; ``keep_previous`` first moves the last one aside (runs that resume together)."""
+        if keep_previous and path.exists():
+            os.replace(path, path.with_name(PREVIOUS_CHECKPOINT_FILE))
         names = [name for name, _ in self.dictionary.named_parameters()]
         optimizer, optimizer_meta = optimizer_tensors(self.trainer.optimizer, names)
         tensors = {f"dictionary.{name}": value for name, value in self.dictionary.state_dict().items()}
@@ -126,7 +145,8 @@ class RunState:
         prefix = "trainer."
         self.trainer.load_state({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, meta)
         self.scaling = InputScaling(**meta["scaling"])
-        self.activation_sums = {site: tensors[f"sums.{site}"] for site in self.config.sites}
+        self.activation_sums = {site: tensors[f"sums.{site}"].to(self.activation_sums[site])
+                                for site in self.config.sites}
 
     def _check_provenance(self, path: Path, meta: dict) -> None:
         """Refuse a checkpoint written under another config (checkpoints from before this record none)."""
@@ -141,14 +161,14 @@ class RunState:
     def save_outputs(self, run_dir: Path) -> None:
         """The folded dictionary (raw activations in, raw reconstruction out) and the activation means."""
         folded = build_dictionary(self.dictionary.config)
-        folded.load_state_dict(self.dictionary.state_dict())
+        folded.load_state_dict({name: value.cpu() for name, value in self.dictionary.state_dict().items()})
         folded.fold_input_scale(self.scaling.input_scale, self.scaling.output_scale)
         source = {"model": self.config.data.model, "site": self.config.site, "target_site": self.config.target_site,
                   "context_length": self.config.data.context_length, "input_scale": self.scaling.input_scale,
                   "output_scale": self.scaling.output_scale, "trained_tokens": self.trainer.tokens_seen}
         replace_directory(run_dir / DICTIONARY_DIR, lambda tmp: save_dictionary(tmp, folded, source))
         tokens = max(self.trainer.tokens_seen, 1)
-        save_tensors(run_dir / STATS_FILE, {f"mean.{site}": (total / tokens).float()
+        save_tensors(run_dir / STATS_FILE, {f"mean.{site}": (total.cpu().double() / tokens).float()
                                             for site, total in self.activation_sums.items()})
 
 
@@ -160,7 +180,7 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
             changed = differences(saved, config)
             raise SaekitError(f"--resume with a different config (changed: {changed}); resume with the saved one")
         return
-    if (run_dir / CHECKPOINT_FILE).exists() or (run_dir / DICTIONARY_DIR).exists():
+    if any((run_dir / name).exists() for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, DICTIONARY_DIR)):
         raise SaekitError(f"run directory {run_dir} already holds a run; pass --resume or choose another --name")
     write_json(config_path, config.to_dict())
 
@@ -194,9 +214,19 @@ def _truncate_log(path: Path, step: int) -> None:
     write_text(path, "".join(line + "\n" for line in kept))
 
 
-def _batches_from(source: ActivationSource, config: TrainConfig, skip: int) -> Iterator[dict[str, Tensor]]:
+def chunk_sequence(source: ActivationSource, config: TrainConfig,
+                   group: ProcessGroup | None) -> Iterator[dict[str, Tensor]]:
+    """The one-process chunk sequence; under torchrun each rank computes its share and the group gathers."""
+    prefetch, progress = config.run.prefetch_chunks, group is None or group.is_writer
+    if group is None:
+        return source.chunks(prefetch=prefetch, progress=progress)
+    own = source.chunks(start=group.rank, step=group.world_size, prefetch=prefetch, progress=progress)
+    return group.gather_chunks(own)
+
+
+def _batches_from(chunks: Iterator[dict[str, Tensor]], config: TrainConfig, skip: int) -> Iterator[dict[str, Tensor]]:
     optim = config.optim
-    batches = shuffled_batches(source.chunks(), optim.batch_size, optim.shuffle_buffer_tokens, optim.seed)
+    batches = shuffled_batches(chunks, optim.batch_size, optim.shuffle_buffer_tokens, optim.seed)
     for index, batch in enumerate(batches):
         if index >= skip:  # replaying the skipped batches is what makes resume exact
             yield batch
@@ -205,7 +235,7 @@ def _batches_from(source: ActivationSource, config: TrainConfig, skip: int) -> I
 # Besides the data section, the settings that decide the batch sequence (flat names): runs trained
 # together from one forward must share them.
 BATCH_SEQUENCE_SETTINGS = ("train_tokens", "batch_size", "shuffle_buffer_tokens", "seed", "cache_dir",
-                           "model_batch_contexts", "device")
+                           "model_batch_contexts", "device", "prefetch_chunks")
 
 
 def shared_activation_spec(configs: list[TrainConfig]) -> ActivationSpec:
@@ -227,30 +257,55 @@ def shared_activation_spec(configs: list[TrainConfig]) -> ActivationSpec:
 
 
 def train_many(configs: list[TrainConfig], runs_dir: str | Path = "runs", resume: bool = False,
-               loaded: LoadedModel | None = None, progress: bool = True) -> list[Path]:
+               loaded: LoadedModel | None = None, progress: bool = True,
+               group: ProcessGroup | None = None) -> list[Path]:
     """Train several dictionaries from one model forward per batch (layers, sites, or a sweep grid).
 
     Each run keeps its own directory, optimizer state, checkpoint and log; they step together on
-    the same batches, so one run's resume is everyone's.
+    the same batches, so one run's resume is everyone's. Under torchrun (``group``) the ranks share
+    the forward and split the steps (``saekit.training.distributed``); this returns the directories
+    this rank wrote.
     """
     for config in configs:
         config.validate()
     spec = shared_activation_spec(configs)
+    check_group(configs, group)
     if loaded is None:
         check_sites_exist(spec)
+    owned = [index for index in range(len(configs)) if group is None or group.owns(index)]
+    writes = group is None or not group.data_parallel or group.is_writer
+    configs = [configs[index] for index in owned]
     run_dirs = [Path(runs_dir) / config.name for config in configs]
     with ExitStack() as locks:
-        for run_dir in run_dirs:
-            locks.enter_context(exclusive(run_dir))
+        if writes:
+            for run_dir in run_dirs:
+                locks.enter_context(exclusive(run_dir))
         source = ActivationSource(spec, configs[0].run.cache_dir, model_loader(configs[0], loaded, spec.sites),
                                   configs[0].run.model_batch_contexts)
-        if source.cache_dir is not None:
+        if source.cache_dir is not None and (group is None or group.is_writer):
             locks.enter_context(exclusive(source.cache_dir, "activation cache entry"))
-        for config, run_dir in zip(configs, run_dirs):
-            remove_stale_temporaries(run_dir)
-            _prepare_run_dir(config, run_dir, resume)
-        _train_prepared(configs, run_dirs, source, resume, progress)
-    return run_dirs
+        if writes:
+            for config, run_dir in zip(configs, run_dirs):
+                remove_stale_temporaries(run_dir)
+                _prepare_run_dir(config, run_dir, resume)
+        if group is not None:
+            group.barrier()  # the writers have checked and written the run directories
+        _train_prepared(configs, run_dirs, source, resume, progress and writes, group)
+    return run_dirs if writes else []
+
+
+def check_group(configs: list[TrainConfig], group: ProcessGroup | None) -> None:
+    """What a torchrun group needs of the runs: a batch that splits evenly, or a run for every rank."""
+    if group is None:
+        return
+    if group.data_parallel:
+        uneven = [c.name for c in configs if c.optim.batch_size % group.world_size]
+        if uneven:
+            raise SaekitError(f"batch_size={configs[0].optim.batch_size} does not split over {group.world_size} "
+                              f"processes (runs {uneven}); choose a multiple of {group.world_size}")
+    elif len(configs) < group.world_size:
+        raise SaekitError(f"--distribute sites deals runs out to processes, but there are {len(configs)} runs for "
+                          f"{group.world_size} processes; give more --sites or start fewer processes")
 
 
 def check_sites_exist(spec: ActivationSpec) -> None:
@@ -261,22 +316,27 @@ def check_sites_exist(spec: ActivationSpec) -> None:
 
 
 def _train_prepared(configs: list[TrainConfig], run_dirs: list[Path], source: ActivationSource, resume: bool,
-                    progress: bool) -> None:
-    first_chunk = source.chunk(0)
-    states = [RunState(config, first_chunk) for config in configs]
+                    progress: bool, group: ProcessGroup | None = None) -> None:
+    timing = LoopTiming(started=time.perf_counter(),  # from the first chunk: its forward is part of the run
+                        group_runs=len(configs) if group is None or group.data_parallel else group.world_size)
+    chunks = chunk_sequence(source, configs[0], group)
+    first_chunk = next(chunks)  # for the input scaling, then trained on like the rest
+    states = [RunState(config, first_chunk, group) for config in configs]
     if resume:
+        for state, checkpoint in zip(states, common_checkpoints(run_dirs, group)):
+            state.restore(checkpoint)
+    step = states[0].trainer.step
+    writes = group is None or not group.data_parallel or group.is_writer
+    if writes:
+        for run_dir in run_dirs:
+            _truncate_log(run_dir / LOG_FILE, step)
+            _truncate_log(run_dir / DENSITY_FILE, step)
+    batches = _batches_from(itertools.chain([first_chunk], chunks), configs[0], step)
+    _train_loop(states, run_dirs if writes else [], batches, progress, timing)
+    if writes:
         for state, run_dir in zip(states, run_dirs):
-            state.restore(run_dir / CHECKPOINT_FILE)
-    steps = {state.trainer.step for state in states}
-    if len(steps) > 1:
-        raise SaekitError(f"runs were checkpointed at different steps {sorted(steps)}; resume them separately")
-    step = steps.pop()
-    for run_dir in run_dirs:
-        _truncate_log(run_dir / LOG_FILE, step)
-        _truncate_log(run_dir / DENSITY_FILE, step)
-    _train_loop(states, run_dirs, _batches_from(source, configs[0], step), progress)
-    for state, run_dir in zip(states, run_dirs):
-        state.save_outputs(run_dir)
+            state.save_outputs(run_dir)
+            write_json(run_dir / THROUGHPUT_FILE, throughput_record(timing, source, state, len(states), group))
 
 
 def train_run(config: TrainConfig, runs_dir: str | Path = "runs", resume: bool = False,
@@ -285,37 +345,116 @@ def train_run(config: TrainConfig, runs_dir: str | Path = "runs", resume: bool =
     return train_many([config], runs_dir, resume, loaded, progress)[0]
 
 
+@dataclass
+class LoopTiming:
+    """Where a training loop's wall time went (this process, this session: a resumed run counts anew)."""
+
+    started: float
+    steps: int = 0
+    tokens: int = 0
+    wall_seconds: float = 0.0
+    step_seconds: float = 0.0  # inside the dictionaries' steps
+    wait_seconds: float = 0.0  # waiting for the next batch: the activations not ready in time
+    group_runs: int = 1  # runs trained together across the processes of a site-parallel group
+
+
+def throughput_record(timing: LoopTiming, source: ActivationSource, state: RunState, dictionaries: int,
+                      group: ProcessGroup | None = None) -> dict:
+    """End-to-end tokens/s beside the model-forward-only and dictionary-step-only rates."""
+    def rate(tokens: float, seconds: float) -> float | None:
+        return tokens / seconds if seconds > 0 else None
+    return {
+        "tokens_trained_this_session": timing.tokens, "steps_this_session": timing.steps,
+        "wall_seconds": timing.wall_seconds, "end_to_end_tokens_per_s": rate(timing.tokens, timing.wall_seconds),
+        "waiting_for_activations_seconds": timing.wait_seconds,
+        "dictionary_steps_seconds": timing.step_seconds, "dictionaries_trained_together": dictionaries,
+        "dictionary_steps_tokens_per_s": rate(timing.tokens * dictionaries, timing.step_seconds),
+        "model_forward_tokens": source.forward_tokens, "model_forward_seconds": source.forward_seconds,
+        "model_forward_tokens_per_s": rate(source.forward_tokens, source.forward_seconds),
+        "prefetch_chunks": state.config.run.prefetch_chunks, "model_dtype": state.config.data.model_dtype,
+        "autocast": str(state.trainer.autocast_dtype).removeprefix("torch.") if state.trainer.autocast_dtype
+        else "none",
+        "device": state.config.run.device, "torch_threads": torch.get_num_threads(),
+        "processes": 1 if group is None else group.world_size,
+        "distribute": None if group is None else group.mode,
+        "note": "model_forward counts the tokens run through the model (BOS included) for chunks computed in "
+                "this session, cache reads excluded; with prefetching the forward overlaps the steps, so the "
+                "parts can add up to more than the wall time",
+    }
+
+
 def _train_loop(states: list[RunState], run_dirs: list[Path], batches: Iterator[dict[str, Tensor]],
-                progress: bool) -> None:
+                progress: bool, timing: LoopTiming) -> None:
     config = states[0].config
+    together = len(states) > 1 or (timing.group_runs > 1)
     label = config.name if len(states) == 1 else f"{len(states)} dictionaries"
     bar = tqdm(total=config.total_steps, initial=states[0].trainer.step, desc=f"training {label}",
                unit="step", disable=not progress)
     with ExitStack() as stack:
         stack.enter_context(bar)
+        # A data-parallel rank other than 0 steps with no directory: rank 0 writes for the group.
         logs = [stack.enter_context(open(d / LOG_FILE, "a", encoding="utf-8")) for d in run_dirs]
         while states[0].trainer.step < config.total_steps:
+            waited = time.perf_counter()
             batch = next(batches)
-            for state, run_dir, log in zip(states, run_dirs, logs):
-                record = _step_or_stop(state, batch, run_dir / CHECKPOINT_FILE)
-                log.write(json.dumps(record) + "\n")
-                log.flush()
+            stepped = time.perf_counter()
+            timing.wait_seconds += stepped - waited
+            for index, state in enumerate(states):
+                checkpoint = run_dirs[index] / CHECKPOINT_FILE if run_dirs else None
+                record = _step_or_stop(state, batch, checkpoint)
+                if run_dirs:
+                    logs[index].write(json.dumps(record) + "\n")
+                    logs[index].flush()
+            timing.step_seconds += time.perf_counter() - stepped
+            timing.steps += 1
+            timing.tokens += config.optim.batch_size
             bar.update()
             bar.set_postfix(fvu=f"{record['fvu']:.3f}", l0=f"{record['l0']:.1f}")
             step = states[0].trainer.step
             if step % config.run.checkpoint_every == 0 or step == config.total_steps:
                 for state, run_dir in zip(states, run_dirs):
                     _append_density(run_dir, state.trainer.density_snapshot())
-                    state.save(run_dir / CHECKPOINT_FILE)
+                    state.save(run_dir / CHECKPOINT_FILE, keep_previous=together)
+    timing.wall_seconds = time.perf_counter() - timing.started
 
 
-def _step_or_stop(state: RunState, batch: dict[str, Tensor], checkpoint: Path) -> dict[str, float]:
+def _step_or_stop(state: RunState, batch: dict[str, Tensor], checkpoint: Path | None) -> dict[str, float]:
     try:
         return state.step(batch)
     except NonFiniteLossError as err:
-        last_good = read_checkpoint_step(checkpoint)
+        last_good = read_checkpoint_step(checkpoint) if checkpoint is not None else None
         raise SaekitError(f"{err} in run {state.config.name}; stopped. The last good checkpoint (step {last_good}) "
                           f"is kept in {checkpoint}; lower the learning rate and resume") from err
+
+
+def common_checkpoints(run_dirs: list[Path], group: ProcessGroup | None) -> list[Path]:
+    """Each run's checkpoint at the latest step all runs (of every process) reached.
+
+    Runs trained together checkpoint one after another, so a kill can leave some one interval ahead;
+    those resume from the checkpoint they kept from before.
+    """
+    def steps_of(run_dir: Path) -> dict[int, Path]:
+        found = {}
+        for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
+            step = read_checkpoint_step(run_dir / name)
+            if step is not None:
+                found[step] = run_dir / name
+        if not found:
+            load_checkpoint(run_dir / CHECKPOINT_FILE)  # its one-line error: no checkpoint to resume from
+        return found
+
+    available = [steps_of(run_dir) for run_dir in run_dirs]
+    latest = [max(found) for found in available]
+    target = min(latest)
+    if group is not None:
+        target = group.minimum(target)
+    chosen = []
+    for run_dir, found in zip(run_dirs, available):
+        if target not in found:
+            raise SaekitError(f"runs trained together were checkpointed at different steps ({run_dir} has "
+                              f"{sorted(found)}, others {target}); resume them separately")
+        chosen.append(found[target])
+    return chosen
 
 
 def read_checkpoint_step(path: Path) -> int | None:

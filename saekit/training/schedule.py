@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saekit.models.precision import autocast_name
 from saekit.settings import SEED, setting
 
 
@@ -33,6 +34,10 @@ class OptimConfig:
         0.0, "the rare-latent experiment: this share of resampling candidates is never resampled",
         minimum=0, below=1)
     seed: int = setting(0, "seed of the initialisation, the batch shuffle and resampling", **SEED)
+    autocast: str = setting("auto", "mixed precision of the dictionary step: auto (bfloat16 where the device "
+                            "multiplies in it: GPUs with bf16, CPUs with AMX or AVX512-BF16), bfloat16 or none "
+                            "(float32); weights, Adam moments and losses stay float32", check=autocast_name,
+                            invalid=("float16", "fp32"))
 
     @property
     def total_steps(self) -> int:

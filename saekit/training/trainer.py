@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from saekit.dictionaries.base import Dictionary, DictionaryOutput
 from saekit.errors import SaekitError
+from saekit.training.distributed import ProcessGroup
 from saekit.training.schedule import OptimConfig, lr_multiplier, sparsity_multiplier
 
 
@@ -105,7 +106,8 @@ class DictionaryTrainer:
     """
 
     def __init__(self, dictionary: Dictionary, config: OptimConfig, total_steps: int, *,
-                 autocast_dtype: torch.dtype | None = None, compile: bool = False) -> None:
+                 autocast_dtype: torch.dtype | None = None, compile: bool = False,
+                 group: ProcessGroup | None = None) -> None:
         if autocast_dtype is not None and autocast_dtype not in AUTOCAST_DTYPES:
             raise SaekitError(f"autocast dtype {autocast_dtype} is not supported: use torch.bfloat16 or none "
                               "(float16 would need loss scaling)")
@@ -113,6 +115,8 @@ class DictionaryTrainer:
         self.config = config
         self.total_steps = total_steps
         self.autocast_dtype = autocast_dtype
+        # Data-parallel: each rank steps on its slice of the global batch, the group keeps ranks identical.
+        self.group = group if group is not None and group.data_parallel and group.world_size > 1 else None
         self.base_lr = config.resolved_lr(dictionary.config.width)
         self.optimizer = build_adam(dictionary.parameters(), self.base_lr, config.betas)
         self._compiled, self._compile_proven = (_compile_forward(dictionary) if compile else None), False
@@ -168,22 +172,30 @@ class DictionaryTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         sparsity_scale = sparsity_multiplier(self.step, self.total_steps, cfg.sparsity_warmup_fraction)
-        with self._precision(x):
-            output = self._forward(x, target, sparsity_scale=sparsity_scale, dead_mask=self.dead_mask())
+        n_tokens = x.numel() // x.shape[-1]  # the global batch's: every rank counts the same tokens
+        local_x, local_target = self._local(x), None if target is None else self._local(target)
+        with self._precision(local_x):
+            output = self._forward(local_x, local_target, sparsity_scale=sparsity_scale, dead_mask=self.dead_mask())
         loss = output.losses["loss"]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.group is not None:  # the mean of equal shards' mean losses is the global mean loss
+            self.group.average([p.grad for p in self.dictionary.parameters() if p.grad is not None])
         if cfg.normalize_decoder:
             self.dictionary.remove_parallel_decoder_gradient()
-        n_tokens = x.numel() // x.shape[-1]
         fired, since_fired = self._firing(output, n_tokens)
-        names, values = self._scalars(x, target, output, since_fired)
-        host = dict(zip(names, torch.stack([v.to(self._host_dtype()) for v in values]).tolist()))
+        names, values = self._scalars(local_x, local_target, output, since_fired)
+        scalars = torch.stack([v.to(self._host_dtype()) for v in values])
+        if self.group is not None:
+            self.group.average([scalars])
+        host = dict(zip(names, scalars.tolist()))
         if not math.isfinite(host["loss"]):
             raise NonFiniteLossError(f"loss became {host['loss']} at step {self.step}")
         self.optimizer.step()
         if cfg.normalize_decoder:
             self.dictionary.normalize_decoder()
+        if self.group is not None:  # running estimates (BatchTopK's threshold) seen from each rank's shard
+            self.group.average([b for b in self.dictionary.buffers() if b.is_floating_point()])
         self._count(fired, since_fired, n_tokens)
         record: dict[str, float] = {name: host[name] for name in output.losses}
         record.update(step=self.step, tokens=self.tokens_seen, lr=lr, sparsity_scale=sparsity_scale,
@@ -191,6 +203,10 @@ class DictionaryTrainer:
         if cfg.resample_every and self.step % cfg.resample_every == 0 and self.step < self.total_steps:
             record["resampled"] = self.resample(x, target)
         return record
+
+    def _local(self, batch: Tensor) -> Tensor:
+        """This rank's rows of a global batch (all of it in one process)."""
+        return batch if self.group is None else batch[self.group.local_rows(batch.shape[0])]
 
     def _precision(self, x: Tensor) -> contextlib.AbstractContextManager:
         """The forward's autocast context (a no-op without ``autocast_dtype``)."""
@@ -310,6 +326,8 @@ class DictionaryTrainer:
         if fired.device != self.tokens_since_fired.device:  # the dictionary moved after the trainer was built
             for name in self.COUNTER_TENSORS:
                 setattr(self, name, getattr(self, name).to(fired.device))
+        if self.group is not None:
+            self.group.sum([fired])
         since_fired = torch.where(fired > 0, 0, self.tokens_since_fired + n_tokens)
         return fired, since_fired
 
