@@ -15,7 +15,8 @@ def add_toy_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``toy EXPERIMENT [--out DIR] [--seed N] [--steps N] [--threads N]``; handler: ``args.handler``."""
     toy = subparsers.add_parser(
         "toy", help="toy models of superposition and synthetic feature worlds (ground-truth checks)",
-        description="Run a toy experiment: phase-diagram, rescaling, recovery, or all. Each writes PNG plots, "
+        description="Run a toy experiment: phase-diagram, rescaling, recovery, hierarchy (feature absorption of "
+                    "Matryoshka BatchTopK, BatchTopK and TopK at matched L0), or all. Each writes PNG plots, "
                     "JSON and summary.md into OUT/<experiment>/.",
     )
     toy.add_argument("experiment", choices=[*EXPERIMENTS, "all"])

@@ -2,10 +2,12 @@
 
 Architectures by registry name: ``relu`` (ReLU + L1), ``gated`` (Gated SAE), ``gated_rescale`` (the
 gated ablation: ReLU with a learned per-latent rescaling), ``topk`` (optionally with the auxiliary-K
-loss), ``batchtopk`` and ``jumprelu``.
+loss), ``batchtopk``, ``jumprelu`` and ``matryoshka_batchtopk`` (BatchTopK whose nested latent prefixes each
+reconstruct the input).
 """
 
 from saekit.dictionaries.base import Dictionary, DictionaryConfig, DictionaryOutput
+from saekit.dictionaries.matryoshka import MatryoshkaBatchTopKDictionary
 from saekit.dictionaries.registry import ARCHITECTURES, build_dictionary, load_dictionary, save_dictionary
 
 __all__ = [
@@ -13,6 +15,7 @@ __all__ = [
     "Dictionary",
     "DictionaryConfig",
     "DictionaryOutput",
+    "MatryoshkaBatchTopKDictionary",
     "build_dictionary",
     "load_dictionary",
     "save_dictionary",

@@ -263,6 +263,10 @@ class Dictionary(nn.Module):
                                   f"got {value!r}")
         return {**defaults, **extra}
 
+    @classmethod
+    def check_width(cls, options: dict[str, Any], width: int) -> None:
+        """Refuse resolved options that cannot hold at ``width`` (a run config checks this before any work)."""
+
     # ---- the architecture-specific part -------------------------------------------------------
     def activation(self, pre: Tensor) -> Tensor:
         """Pre-activations -> latents. Overridden by every architecture."""

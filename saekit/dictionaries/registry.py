@@ -16,6 +16,7 @@ from saekit.dictionaries.batchtopk import BatchTopKDictionary
 from saekit.dictionaries.gated import GatedDictionary
 from saekit.dictionaries.gated_rescale import GatedRescaleDictionary
 from saekit.dictionaries.jumprelu import JumpReLUDictionary
+from saekit.dictionaries.matryoshka import MatryoshkaBatchTopKDictionary
 from saekit.dictionaries.relu import ReLUDictionary
 from saekit.dictionaries.topk import TopKDictionary
 from saekit.errors import SaekitError
@@ -29,6 +30,7 @@ ARCHITECTURES: dict[str, type[Dictionary]] = {
     "topk": TopKDictionary,
     "batchtopk": BatchTopKDictionary,
     "jumprelu": JumpReLUDictionary,
+    "matryoshka_batchtopk": MatryoshkaBatchTopKDictionary,
 }
 
 FORMAT_VERSION = 1

@@ -13,6 +13,11 @@ directions); ``sample`` draws activations from a caller-supplied ``torch.Generat
   directions, plus ``n_unrelated`` sparse features in the orthogonal complement. A sample carries both
   ground truths: animal magnitudes and the attribute magnitudes they induce (the projection of the
   activation onto each attribute direction), and the unrelated magnitudes.
+* :class:`HierarchicalWorld` -- parent/child ground truth: ``n_parents`` parent features, each with
+  ``children_per_parent`` children that fire only when their parent fires and exclude each other,
+  plus ``n_independent`` features with no hierarchy; root (parent and independent) firing
+  probabilities are Zipfian, optionally correlated within groups of roots. The world where feature
+  absorption happens (a child latent that takes over its parent's direction).
 """
 
 from __future__ import annotations
@@ -242,7 +247,130 @@ class AnimalsWorld:
         return _uniform((n_samples, n_features), *self.config.magnitude_range, generator) * mask
 
 
-World = SparseFeatureWorld | AnimalsWorld
+# ---- hierarchy ---------------------------------------------------------------------------------
+
+
+@dataclass
+class HierarchicalWorldConfig:
+    """Sizes, Zipfian frequencies, child rules and root correlation of a :class:`HierarchicalWorld`.
+
+    Feature order: parents ``[0, n_parents)``, then the independent features, then the children, parent
+    i's at ``n_roots + i * children_per_parent + j``. The roots (parents, then independent features)
+    have Zipfian firing probabilities in index order: root r fires with ``max_firing_probability /
+    (r + 1) ** zipf_exponent``, so parents are the most frequent roots. When its parent fires, a parent
+    has one active child with probability ``child_probability`` (none otherwise), child j chosen with
+    weight ``1 / (j + 1) ** child_zipf_exponent`` (0: uniformly). With ``correlation_strength`` rho > 0,
+    consecutive roots in groups of ``correlated_group_size`` co-fire through a Gaussian copula (each
+    fires when sqrt(1 - rho) e_i + sqrt(rho) g_group exceeds its quantile), which keeps every marginal.
+    Active magnitudes are uniform in ``magnitude_range``; ``seed`` fixes the (random unit) directions.
+    """
+
+    n_parents: int = 20
+    children_per_parent: int = 5
+    n_independent: int = 20
+    d: int = 64
+    max_firing_probability: float = 0.3
+    zipf_exponent: float = 0.6
+    child_probability: float = 0.8
+    child_zipf_exponent: float = 0.0
+    magnitude_range: tuple[float, float] = (0.75, 1.25)
+    correlated_group_size: int = 1
+    correlation_strength: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_parents < 0 or self.n_independent < 0 or self.n_parents + self.n_independent < 1:
+            raise SaekitError(f"need n_parents >= 0, n_independent >= 0 and at least one feature, got "
+                              f"n_parents={self.n_parents} n_independent={self.n_independent}")
+        if self.children_per_parent < 1 or self.d < 1:
+            raise SaekitError(f"children_per_parent and d must be positive, got {self.children_per_parent}, {self.d}")
+        _check_probability("max_firing_probability", self.max_firing_probability)
+        if not 0.0 <= self.child_probability <= 1.0:
+            raise SaekitError(f"child_probability must be in [0, 1], got {self.child_probability}")
+        if self.zipf_exponent < 0 or self.child_zipf_exponent < 0:
+            raise SaekitError("zipf_exponent and child_zipf_exponent must be >= 0")
+        low, high = self.magnitude_range
+        if not 0 <= low < high:
+            raise SaekitError(f"magnitude_range must satisfy 0 <= low < high, got {self.magnitude_range}")
+        if self.correlated_group_size < 1 or not 0.0 <= self.correlation_strength < 1.0:
+            raise SaekitError("correlated_group_size must be >= 1 and correlation_strength in [0, 1)")
+
+    @property
+    def n_roots(self) -> int:
+        return self.n_parents + self.n_independent
+
+    @property
+    def n_features(self) -> int:
+        return self.n_roots + self.n_parents * self.children_per_parent
+
+    def firing_probabilities(self) -> Tensor:
+        """Each feature's marginal firing probability [n_features] (children: parent's x child_probability x share)."""
+        ranks = torch.arange(self.n_roots, dtype=torch.float64) + 1
+        roots = self.max_firing_probability / ranks**self.zipf_exponent
+        shares = self.child_shares().double()
+        children = roots[: self.n_parents, None] * self.child_probability * shares[None, :]
+        return torch.cat([roots, children.reshape(-1)]).float()
+
+    def child_shares(self) -> Tensor:
+        """Which child fires, given that one does: weights 1 / (j + 1) ** child_zipf_exponent, normalised."""
+        weights = (torch.arange(self.children_per_parent, dtype=torch.float64) + 1) ** -self.child_zipf_exponent
+        return (weights / weights.sum()).float()
+
+    @property
+    def expected_active(self) -> float:
+        return float(self.firing_probabilities().double().sum())
+
+
+class HierarchicalWorld:
+    """Parents, their mutually exclusive children and independent features; ``sample`` as SparseFeatureWorld's."""
+
+    def __init__(self, config: HierarchicalWorldConfig) -> None:
+        self.config = config
+        seeded = torch.Generator().manual_seed(config.seed)
+        self.directions = _unit_rows(torch.randn(config.n_features, config.d, generator=seeded))
+        self.probabilities = config.firing_probabilities()
+        parent_of = torch.full((config.n_features,), -1, dtype=torch.long)
+        parent_of[config.n_roots:] = torch.arange(config.n_parents).repeat_interleave(config.children_per_parent)
+        self.parent_of = parent_of  # per feature: its parent's index, -1 for roots
+
+    def children(self, parent: int) -> list[int]:
+        """The feature indices of ``parent``'s children."""
+        start = self.config.n_roots + parent * self.config.children_per_parent
+        return list(range(start, start + self.config.children_per_parent))
+
+    def firing_mask(self, n_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """Boolean [n_samples, n_features]: roots by their (correlated) Zipfian probabilities, then children."""
+        cfg = self.config
+        roots = self._roots(n_samples, generator)
+        if cfg.n_parents == 0:
+            return roots
+        has_child = roots[:, : cfg.n_parents] & (torch.rand(n_samples, cfg.n_parents, generator=generator)
+                                                 < cfg.child_probability)
+        choice = torch.multinomial(cfg.child_shares(), n_samples * cfg.n_parents, replacement=True,
+                                   generator=generator).view(n_samples, cfg.n_parents)
+        children = torch.nn.functional.one_hot(choice, cfg.children_per_parent).bool() & has_child[..., None]
+        return torch.cat([roots, children.reshape(n_samples, -1)], dim=1)
+
+    def _roots(self, n_samples: int, generator: torch.Generator | None) -> Tensor:
+        cfg = self.config
+        p = self.probabilities[: cfg.n_roots]
+        rho = cfg.correlation_strength
+        if rho == 0 or cfg.correlated_group_size == 1:
+            return torch.rand(n_samples, cfg.n_roots, generator=generator) < p
+        group = torch.arange(cfg.n_roots) // cfg.correlated_group_size
+        shared = torch.randn(n_samples, int(group[-1]) + 1, generator=generator)[:, group]
+        own = torch.randn(n_samples, cfg.n_roots, generator=generator)
+        latent = (1 - rho) ** 0.5 * own + rho**0.5 * shared  # standard normal per root
+        return latent > torch.special.ndtri(1 - p.double()).float()
+
+    def sample(self, n_samples: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Draw ``(activations [n, d], true_magnitudes [n, n_features])``."""
+        mask = self.firing_mask(n_samples, generator)
+        magnitudes = _uniform((n_samples, self.config.n_features), *self.config.magnitude_range, generator) * mask
+        return magnitudes @ self.directions, magnitudes
+
+
+World = SparseFeatureWorld | AnimalsWorld | HierarchicalWorld
 
 
 def activation_stream(world: World, batch_size: int, seed: int) -> Iterator[Tensor]:

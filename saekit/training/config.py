@@ -114,7 +114,10 @@ class TrainConfig:
         """Every rule, then what spans fields or needs the machine, before any model loads."""
         check_rules(self)
         dictionary = self.dictionary
-        ARCHITECTURES[dictionary.architecture].resolve_options(dictionary.architecture, dictionary.extra)
+        architecture = ARCHITECTURES[dictionary.architecture]
+        options = architecture.resolve_options(dictionary.architecture, dictionary.extra)
+        if dictionary.width is not None:
+            architecture.check_width(options, dictionary.width)
         if dictionary.width is not None and ARCHITECTURES[dictionary.architecture].fixed_l0() \
                 and dictionary.k > dictionary.width:
             raise SaekitError(f"k={dictionary.k} is more than the width {dictionary.width}; lower k or raise width")

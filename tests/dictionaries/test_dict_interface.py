@@ -12,7 +12,8 @@ NAMES = sorted(ARCHITECTURES)
 
 
 def test_registry_names():
-    assert set(ARCHITECTURES) == {"relu", "gated", "gated_rescale", "topk", "batchtopk", "jumprelu"}
+    assert set(ARCHITECTURES) == {"relu", "gated", "gated_rescale", "topk", "batchtopk", "jumprelu",
+                                 "matryoshka_batchtopk"}
 
 
 def test_unknown_extra_setting_is_rejected():
@@ -21,7 +22,7 @@ def test_unknown_extra_setting_is_rejected():
     build_dictionary(DictionaryConfig("topk", 8, 16, k=2, extra={"aux_k": 4, "orthogonality_coefficient": 0.1}))
 
 
-@pytest.mark.parametrize("name", ["topk", "batchtopk"])
+@pytest.mark.parametrize("name", ["topk", "batchtopk", "matryoshka_batchtopk"])
 def test_k_is_validated_for_the_topk_family(name):
     with pytest.raises(SaekitError, match="k=20"):
         build_dictionary(DictionaryConfig(name, 8, 16, k=20))

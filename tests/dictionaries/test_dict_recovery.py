@@ -8,6 +8,10 @@ enough for a shared CPU) and must find the features: the mean over true features
 cosine similarity to any decoder row has to clear 0.8, where the untrained dictionary sits near 0.37.
 Sparsity settings are chosen for comparable L0s of about 7-14 (true L0 6.4; ReLU sits highest because
 its L1 shrinkage costs recovery when pushed sparser: l1 0.5 gives L0 11 but recovery 0.85, FVU 0.57).
+Matryoshka gets a first prefix of 384 latents (1.5x the planted features): this world has no
+hierarchy to nest, and its default prefixes (the smallest 32 latents must reconstruct 256 unrelated
+features alone, so they learn mixtures) reach 0.70 in these 400 steps and 0.81 after 1200; with
+[384, 128] it reaches 0.85, with [256, 256] 0.82 (BatchTopK 0.86).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ SETTINGS = {  # architecture -> DictionaryConfig keyword arguments
     "topk": {"k": 8, "extra": {"aux_k": 32}},
     "batchtopk": {"k": 8, "extra": {"aux_k": 32}},
     "jumprelu": {"l0_coefficient": 0.015},
+    "matryoshka_batchtopk": {"k": 8, "extra": {"aux_k": 32, "group_sizes": [384, 128]}},
 }
 
 

@@ -16,12 +16,13 @@ from saekit.dictionaries.topk import TopKDictionary
 from saekit.training.schedule import OptimConfig
 from saekit.training.trainer import DictionaryTrainer
 
-FAMILY = ["topk", "batchtopk"]
+FAMILY = ["topk", "batchtopk", "matryoshka_batchtopk"]
 
 
 def dense_reference(dictionary, x: torch.Tensor, target: torch.Tensor | None = None) -> DictionaryOutput:
-    """The old dense computation: dense latents, dense decode, the squared error (and no other term)."""
-    k, batch_level = dictionary.config.k, dictionary.config.architecture == "batchtopk"
+    """The old dense computation: dense latents, dense decode, the squared error (and no other term);
+    for Matryoshka also each proper prefix's squared error, the prefixes' ends summed from its group sizes."""
+    k, batch_level = dictionary.config.k, dictionary.config.architecture in ("batchtopk", "matryoshka_batchtopk")
     b_pre = torch.zeros_like(dictionary.W_enc[:, 0]) if dictionary.config.is_transcoder else dictionary.b_dec
     pre = (x - b_pre) @ dictionary.W_enc + dictionary.b_enc
     if batch_level:
@@ -38,12 +39,18 @@ def dense_reference(dictionary, x: torch.Tensor, target: torch.Tensor | None = N
     else:
         top, index = pre.topk(k, dim=-1)
         latents = torch.zeros_like(pre).scatter(-1, index, top.relu())
-    reconstruction = latents @ dictionary.W_dec + dictionary.b_dec
-    if dictionary.W_skip is not None:
-        reconstruction = reconstruction + x @ dictionary.W_skip
+    skip = 0 if dictionary.W_skip is None else x @ dictionary.W_skip
+    reconstruction = latents @ dictionary.W_dec + dictionary.b_dec + skip
     target = x if target is None else target
-    error = (reconstruction - target).pow(2).sum(-1).mean()
-    return DictionaryOutput(latents, reconstruction, {"reconstruction": error, "loss": error})
+    losses = {"reconstruction": (reconstruction - target).pow(2).sum(-1).mean()}
+    if dictionary.config.architecture == "matryoshka_batchtopk":
+        sizes = dictionary.group_sizes
+        for index in range(len(sizes) - 1):
+            end = sum(sizes[:index + 1])
+            prefix = latents[..., :end] @ dictionary.W_dec[:end] + dictionary.b_dec + skip
+            losses[f"reconstruction_prefix_{index}"] = (prefix - target).pow(2).sum(-1).mean()
+    losses["loss"] = sum(losses.values())
+    return DictionaryOutput(latents, reconstruction, losses)
 
 
 def _gradients(dictionary, loss: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -63,7 +70,9 @@ def test_sparse_forward_and_gradients_equal_the_dense_reference(name, transcoder
     assert output.sparse is not None and output._latents is None  # nothing dense built yet
     expected = dense_reference(dictionary, x, target)
     torch.testing.assert_close(output.reconstruction, expected.reconstruction)
-    torch.testing.assert_close(output.losses["loss"], expected.losses["loss"])
+    assert output.losses.keys() == expected.losses.keys()
+    for term, value in expected.losses.items():
+        torch.testing.assert_close(output.losses[term], value, msg=term)
     torch.testing.assert_close(output.latents, expected.latents)  # built on first access
     actual_grads, expected_grads = _gradients(dictionary, output.losses["loss"]), _gradients(
         dictionary, expected.losses["loss"])
@@ -144,7 +153,7 @@ def test_twenty_training_steps_equal_the_dense_reference(name, make_dictionary):
         assert got.keys() == want.keys()
         for key in ("loss", "fvu", "l0", "dead_fraction"):
             assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
-    if name == "batchtopk":
+    if name != "topk":
         torch.testing.assert_close(sparse.threshold, dense.threshold, rtol=1e-9, atol=0)
 
 

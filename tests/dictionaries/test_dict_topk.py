@@ -16,7 +16,7 @@ def _aux_gradients(dictionary, x, dead_mask):
     return output, {name: g for name, g in zip(parameters, grads)}
 
 
-@pytest.mark.parametrize("name", ["topk", "batchtopk"])
+@pytest.mark.parametrize("name", ["topk", "batchtopk", "matryoshka_batchtopk"])
 def test_aux_k_reaches_only_dead_latents_and_never_the_decoder_bias(name, make_dictionary, perturbed):
     dictionary = perturbed(make_dictionary(name, k=4, extra={"aux_k": 6}))
     _, grads = _aux_gradients(dictionary, torch.randn(32, 16), DEAD)
