@@ -24,7 +24,7 @@ from saekit.evaluation.generation import side_by_side
 from saekit.evaluation.report import render_report
 from saekit.evaluation.results import EvaluationResults, LossResults
 from saekit.evaluation.splice import LossComparison, SpliceTarget, compare_losses_many
-from saekit.io import load_tensors, write_json, write_text
+from saekit.io import load_tensors, read_json, write_json, write_text
 from saekit.locks import exclusive
 from saekit.models.loading import (
     DEFAULT_MODEL,
@@ -33,7 +33,7 @@ from saekit.models.loading import (
     LoadedModel,
 )
 from saekit.training.config import TrainConfig
-from saekit.training.run import DICTIONARY_DIR, STATS_FILE, load_run_config
+from saekit.training.run import DICTIONARY_DIR, STATS_FILE, THROUGHPUT_FILE, load_run_config
 
 EVAL_SEED_OFFSET = 1_000_003  # eval contexts use their own document order, independent of training's
 
@@ -148,6 +148,8 @@ def evaluate_run(run_dir: str | Path, loaded: LoadedModel | None = None, eval_to
 def write_run_evaluation(run_dir: Path, results: EvaluationResults) -> EvaluationResults:
     """Record the run's config in its results and write ``metrics.json`` and ``report.md`` beside it."""
     results.run = load_run_config(run_dir).to_dict()
+    if (run_dir / THROUGHPUT_FILE).is_file():
+        results.training = read_json(run_dir / THROUGHPUT_FILE, "training throughput record")
     with exclusive(run_dir):
         write_evaluation(run_dir, results)
     return results

@@ -95,12 +95,44 @@ def render_report(metrics: EvaluationResults) -> str:
         lines += _reconstruction_lines(site, rec)
     if metrics.token_damage:
         lines += ["## Where the splice hurts", "", damage_markdown(metrics.token_damage), ""]
+    if metrics.training:
+        lines += _training_lines(metrics.training, metrics.run)
     if metrics.generations:
         rows = [SideBySide(**row) for row in metrics.generations]
         lines += ["## The degraded model, side by side", "",
                   "Same prompts, same sampling seed (temperature 0.7), clean vs spliced:", "",
                   generations_markdown(rows), ""]
     return "\n".join(lines) + "\n"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} tokens/s"
+
+
+def _training_lines(training: dict, run: dict | None) -> list[str]:
+    """Where the last training session's time went: end to end beside the forward and the steps alone.
+
+    The table escapes its cells itself; the prose around it goes through ``markdown_inline``.
+    """
+    optim = (run or {}).get("optim", {})
+    rows = [
+        ["end to end (activations + steps, as run)", _rate(training.get("end_to_end_tokens_per_s")),
+         f"{training.get('wall_seconds', 0):.1f} s"],
+        [f"model forward alone ({training.get('model_dtype', '?')})",
+         _rate(training.get("model_forward_tokens_per_s")), f"{training.get('model_forward_seconds', 0):.1f} s"],
+        [f"dictionary steps alone (autocast {training.get('autocast', '?')})",
+         _rate(training.get("dictionary_steps_tokens_per_s")), f"{training.get('dictionary_steps_seconds', 0):.1f} s"],
+        ["waiting for activations", "-", f"{training.get('waiting_for_activations_seconds', 0):.1f} s"],
+    ]
+    return [
+        "## Training throughput", "",
+        f"{training.get('tokens_trained_this_session', 0):,} tokens trained this session "
+        f"({optim.get('train_tokens', '?')} in the run) on {markdown_inline(str(training.get('device')))}, "
+        f"{training.get('processes', 1)} process(es), {training.get('torch_threads')} threads, "
+        f"{training.get('prefetch_chunks', 0)} chunk(s) prefetched.", "",
+        markdown_table(["part", "rate", "time"], rows), "",
+        f"{markdown_inline(training.get('note', ''))}.", "",
+    ]
 
 
 def _alone_lines(metrics: EvaluationResults) -> list[str]:

@@ -116,6 +116,8 @@ class EvaluationResults:
     generations: list[dict[str, Any]] = field(default_factory=list)  # SideBySide rows
     run: dict[str, Any] | None = None  # the run's config.json, for a single-run evaluation
     alone: dict[str, EvaluationResults] = field(default_factory=dict)  # a joint evaluation: each run alone
+    # The run's throughput.json (where its last training session's time went), for a single-run evaluation
+    training: dict[str, Any] | None = None
 
     @property
     def is_joint(self) -> bool:
@@ -124,7 +126,7 @@ class EvaluationResults:
     def to_dict(self) -> dict[str, Any]:
         data = to_dict(self)
         data["alone"] = {run: results.to_dict() for run, results in self.alone.items()}
-        for optional in ("generations", "run", "alone"):  # written only when present, as before
+        for optional in ("generations", "run", "alone", "training"):  # written only when present, as before
             if not data[optional]:
                 del data[optional]
         return data

@@ -34,6 +34,12 @@ def test_evaluate_writes_metrics_and_report(tiny_run, tiny_loaded):
     report = (tiny_run / "report.md").read_text()
     for phrase in ("zero-ablation", "mean-ablation", "Effective compute", "FVU", "ΔCE"):
         assert phrase in report
+    # Where training's time went: the run's throughput record, end to end beside the forward alone.
+    throughput = json.loads((tiny_run / "throughput.json").read_text())
+    assert saved["training"] == throughput and throughput["tokens_trained_this_session"] == 2048
+    assert throughput["model_forward_tokens"] >= 2048  # the model ran on at least every trained token
+    assert 0 < throughput["end_to_end_tokens_per_s"] < throughput["dictionary_steps_tokens_per_s"]
+    assert "## Training throughput" in report and "model forward alone (float32)" in report
 
 
 def test_corrupt_or_missing_files(tiny_run, tiny_loaded, tmp_path):
