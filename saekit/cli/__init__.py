@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--match-l0", type=float, default=None, help=MATCH_L0_HELP)
     report.set_defaults(handler=_report)
 
-    quick = sub.add_parser("quickstart", help="train and evaluate a TopK SAE on the default model (~10 min, CPU)")
+    quick = sub.add_parser("quickstart",
+                           help="train and evaluate a TopK SAE on the default model (~3-5 min on 2 CPU cores)")
     quick.add_argument("--runs-dir", default="runs")
     quick.add_argument("--name", default="quickstart")
     quick.add_argument("--fresh", action="store_true", help="discard an earlier quickstart run of this name")

@@ -63,7 +63,7 @@ def render_report(metrics: EvaluationResults) -> str:
     lines = [
         "# saekit evaluation report",
         "",
-        f"Model: {markdown_inline(metrics.model)}. "
+        f"Model: {markdown_inline(metrics.model)}{_dtype_note(metrics.run)}. "
         f"Sites spliced jointly: {', '.join(markdown_code(s) for s in metrics.sites)}. "
         f"{metrics.eval_contexts} held-out contexts of {metrics.context_length} tokens "
         f"({losses.contexts} contexts scored). {markdown_inline(metrics.bos_handling)}. ± values are standard errors "
@@ -105,6 +105,12 @@ def render_report(metrics: EvaluationResults) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _dtype_note(run: dict | None) -> str:
+    """The model's dtype, which the clean and the spliced losses share (the run's data section decides it)."""
+    dtype = ((run or {}).get("data") or {}).get("model_dtype")
+    return f", run in {markdown_inline(dtype)} (clean and spliced alike)" if dtype else ""
+
+
 def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f} tokens/s"
 
@@ -127,7 +133,7 @@ def _training_lines(training: dict, run: dict | None) -> list[str]:
     return [
         "## Training throughput", "",
         f"{training.get('tokens_trained_this_session', 0):,} tokens trained this session "
-        f"({optim.get('train_tokens', '?')} in the run) on {markdown_inline(str(training.get('device')))}, "
+        f"({optim.get('train_tokens', 0):,} in the run) on {markdown_inline(str(training.get('device')))}, "
         f"{training.get('processes', 1)} process(es), {training.get('torch_threads')} threads, "
         f"{training.get('prefetch_chunks', 0)} chunk(s) prefetched.", "",
         markdown_table(["part", "rate", "time"], rows), "",
