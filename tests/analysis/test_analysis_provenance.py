@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from provenance_helpers import make_run, snapshot, temporaries, write_word_corpus
 
 from saekit.analysis.analyze import AnalysisConfig, analyze_run
 from saekit.analysis.store import MANIFEST, AnalysisStore, open_run_store
@@ -19,46 +20,19 @@ from saekit.cli import main
 from saekit.dictionaries.base import DictionaryConfig
 from saekit.dictionaries.registry import build_dictionary, dictionary_fingerprint, save_dictionary
 from saekit.errors import SaekitError
-from saekit.io import TEMP_MARK, write_json
+from saekit.io import TEMP_MARK
 from saekit.provenance import fingerprint_json
 from saekit.settings import to_dict
 from saekit.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
 SMALL = AnalysisConfig(tokens=60, latents=8, progress=False)
 CLI_ARGS = ["--tokens", "60", "--latents", "8"]  # the same analysis through the command line
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("provenance-corpus")
-    for i in range(12):
-        (directory / f"doc{i:02d}.txt").write_text(" ".join(WORDS[(i + j) % len(WORDS)] for j in range(120)))
-    return directory
-
-
-def make_run(root: Path, name: str, model_dir: Path, corpus: Path, seed: int, width: int = 64) -> Path:
-    """A run directory (config + random TopK dictionary) on the tiny model, without an analysis."""
-    config = TrainConfig.from_flat(dict(name=name, model=str(model_dir), site="blocks.1.resid_post",
-                                        corpus=str(corpus), eval_fraction=0.3, context_length=16, width=width, k=4,
-                                        cache_dir=None))
-    run = root / name
-    write_json(run / "config.json", config.to_dict())
-    torch.manual_seed(seed)
-    save_dictionary(run / "dictionary", build_dictionary(DictionaryConfig("topk", 32, width, k=4)),
-                    {"model": config.data.model, "site": config.site, "target_site": None})
-    return run
-
-
-def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
-    """Every file under ``directory`` with its bytes and modification time."""
-    return {str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def temporaries(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if TEMP_MARK in p.name)
+    return write_word_corpus(tmp_path_factory.mktemp("provenance-corpus"), stride=1)
 
 
 @pytest.fixture

@@ -8,54 +8,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from provenance_helpers import make_run, snapshot, temporaries, write_word_corpus
 
 from saekit.analysis.analyze import AnalysisConfig, analyze_run
 from saekit.analysis.store import MANIFEST as STORE_MANIFEST
 from saekit.analysis.store import AnalysisStore
 from saekit.autointerp.pipeline import AutointerpConfig
 from saekit.dashboard.build import MANIFEST, build_dashboard
-from saekit.dictionaries.base import DictionaryConfig
-from saekit.dictionaries.registry import build_dictionary, dictionary_fingerprint, save_dictionary
+from saekit.dictionaries.registry import dictionary_fingerprint
 from saekit.errors import SaekitError
-from saekit.io import TEMP_MARK, write_json
 from saekit.jobs.dashboard import build_run_dashboard, rebuild_existing_dashboard
 from saekit.jobs.explain import explain_run
 from saekit.provenance import fingerprint_files
-from saekit.training.config import TrainConfig
 
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
 SMALL = AnalysisConfig(tokens=60, latents=8, progress=False)
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("dashboard-provenance-corpus")
-    for i in range(12):
-        (directory / f"doc{i:02d}.txt").write_text(" ".join(WORDS[(i * 5 + j) % len(WORDS)] for j in range(120)))
-    return directory
-
-
-def make_run(root: Path, name: str, model_dir: Path, corpus: Path, seed: int) -> Path:
-    """A run directory (config + random TopK dictionary) on the tiny model, without an analysis."""
-    config = TrainConfig.from_flat(dict(name=name, model=str(model_dir), site="blocks.1.resid_post",
-                                        corpus=str(corpus), eval_fraction=0.3, context_length=16, width=64, k=4,
-                                        cache_dir=None))
-    run = root / name
-    write_json(run / "config.json", config.to_dict())
-    torch.manual_seed(seed)
-    save_dictionary(run / "dictionary", build_dictionary(DictionaryConfig("topk", 32, 64, k=4)),
-                    {"model": config.data.model, "site": config.site, "target_site": None})
-    return run
-
-
-def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
-    """Every file under ``directory`` with its bytes and modification time."""
-    return {str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def temporaries(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if TEMP_MARK in p.name)
+    return write_word_corpus(tmp_path_factory.mktemp("dashboard-provenance-corpus"), stride=5)
 
 
 @pytest.fixture
