@@ -6,7 +6,14 @@ import asyncio
 import random
 import re
 
-from saekit.autointerp.backends import BackendError, ChatRequest, Completion, Usage
+from saekit.autointerp.backends import (
+    BackendError,
+    ChatRequest,
+    Completion,
+    OpenAICompatibleBackend,
+    OpenAIConfig,
+    Usage,
+)
 from saekit.autointerp.examples import Example, LatentExamples
 
 FILLER = [" a", " big", " red", " house", " ran", " to", " and", " then", " we", " saw", " it", " on", " blue", " road"]
@@ -102,3 +109,15 @@ class FakeBackend:
         completion = Completion(answer, top, 10, 1)
         self.usage.add(completion)
         return completion
+
+
+def recording_backend(base_url: str, **overrides) -> tuple[OpenAICompatibleBackend, list[float]]:
+    """An OpenAI-compatible backend whose backoff waits are recorded, not slept (the schedule is tested)."""
+    sleeps: list[float] = []
+
+    async def record_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    values = dict(base_url=base_url, model="m", api_key_env=None, backoff_s=0.5, max_retries=3, timeout_s=10)
+    values.update(overrides)
+    return OpenAICompatibleBackend(OpenAIConfig(**values), sleep=record_sleep), sleeps

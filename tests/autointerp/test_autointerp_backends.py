@@ -9,13 +9,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
-from autointerp_fakes import FakeBackend
+from autointerp_fakes import FakeBackend, recording_backend
 
 from saekit.autointerp.backends import (
     BackendError,
     ChatRequest,
     LocalBackend,
-    OpenAICompatibleBackend,
     OpenAIConfig,
     SpendCapReached,
 )
@@ -78,21 +77,10 @@ def scripted():
         server.close()
 
 
-def _backend(base_url: str, **overrides) -> tuple[OpenAICompatibleBackend, list[float]]:
-    sleeps: list[float] = []
-
-    async def record_sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-
-    values = dict(base_url=base_url, model="m", api_key_env=None, backoff_s=0.5, max_retries=3, timeout_s=10)
-    values.update(overrides)
-    return OpenAICompatibleBackend(OpenAIConfig(**values), sleep=record_sleep), sleeps
-
-
 def test_retries_429_and_5xx_with_exponential_backoff_then_succeeds(scripted):
     server = scripted([(429, {"error": {"message": "slow down"}}, {}), (503, {"error": "busy"}, {}),
                        (429, {"error": {"message": "later"}}, {"Retry-After": "0.25"})])
-    backend, sleeps = _backend(server.base_url)
+    backend, sleeps = recording_backend(server.base_url)
     completion = asyncio.run(backend.complete(ChatRequest(MESSAGES, 1)))
     assert completion.text == "Yes" and len(server.requests) == 4
     assert sleeps == [0.5, 1.0, 0.25]  # 0.5 * 2**attempt, then the server's Retry-After
@@ -102,7 +90,7 @@ def test_retries_429_and_5xx_with_exponential_backoff_then_succeeds(scripted):
 
 def test_gives_up_after_retries_and_does_not_retry_client_errors(scripted):
     server = scripted([(500, {"error": "down"}, {})] * 4 + [(400, {"error": {"message": "bad model"}}, {})])
-    backend, sleeps = _backend(server.base_url)
+    backend, sleeps = recording_backend(server.base_url)
     with pytest.raises(BackendError, match="gave up after 4 attempts; last error HTTP 500"):
         asyncio.run(backend.complete(ChatRequest(MESSAGES, 1)))
     with pytest.raises(BackendError, match="HTTP 400: bad model"):
@@ -112,7 +100,7 @@ def test_gives_up_after_retries_and_does_not_retry_client_errors(scripted):
 
 
 def test_connection_refused_is_a_failure_after_retries():
-    backend, sleeps = _backend("http://127.0.0.1:9/v1", max_retries=1)
+    backend, sleeps = recording_backend("http://127.0.0.1:9/v1", max_retries=1)
     with pytest.raises(BackendError, match="gave up after 2 attempts"):
         asyncio.run(backend.complete(ChatRequest(MESSAGES, 1)))
     assert sleeps == [0.5]
@@ -122,7 +110,7 @@ def test_connection_refused_is_a_failure_after_retries():
 def test_spend_cap_stops_requests_and_costs_are_accounted(scripted):
     # $1 per 1M prompt tokens, 100 prompt tokens per answer: 1e-4 USD a request; cap 3.5e-4 USD.
     server = scripted([], usage={"prompt_tokens": 100, "completion_tokens": 0})
-    backend, _ = _backend(server.base_url, input_price_per_1m=1.0, max_cost_usd=3.5e-4, concurrency=1)
+    backend, _ = recording_backend(server.base_url, input_price_per_1m=1.0, max_cost_usd=3.5e-4, concurrency=1)
 
     async def many() -> list:
         return await asyncio.gather(*(backend.complete(ChatRequest(MESSAGES, 1)) for _ in range(10)),
@@ -145,7 +133,7 @@ def test_api_key_comes_from_the_named_variable_and_is_never_stored(scripted, mon
         OpenAIConfig(base_url="http://127.0.0.1:1/v1", api_key_env="SAEKIT_TEST_KEY").validate()
     monkeypatch.setenv("SAEKIT_TEST_KEY", "sk-secret-123")
     server = scripted([])
-    backend, _ = _backend(server.base_url, api_key_env="SAEKIT_TEST_KEY")
+    backend, _ = recording_backend(server.base_url, api_key_env="SAEKIT_TEST_KEY")
     client = CachedClient(backend, ResponseCache(tmp_path / "cache"))
     asyncio.run(client.complete(ChatRequest(MESSAGES, 1)))
     assert server.headers[0]["Authorization"] == "Bearer sk-secret-123"
@@ -178,7 +166,7 @@ def test_cached_client_counts_calls(tmp_path):
 def test_model_server_logprobs_match_the_model(yes_no_loaded):
     chat = ChatModel(yes_no_loaded)
     with ChatServer(chat, "tiny") as server:
-        backend, _ = _backend(server.base_url)
+        backend, _ = recording_backend(server.base_url)
         completion = asyncio.run(backend.complete(ChatRequest(MESSAGES, 3, top_logprobs=5)))
         backend.close()
     # The same prompt straight through the model: identical greedy answer and first-token logprobs.
@@ -222,7 +210,7 @@ def test_local_backend_matches_the_server(yes_no_loaded):
     request = ChatRequest(MESSAGES, 2, top_logprobs=4)
     answer = asyncio.run(local.complete(request))
     with ChatServer(ChatModel(yes_no_loaded), "tiny") as server:
-        backend, _ = _backend(server.base_url)
+        backend, _ = recording_backend(server.base_url)
         remote = asyncio.run(backend.complete(request))
         backend.close()
     assert answer.text == remote.text and answer.prompt_tokens == remote.prompt_tokens

@@ -14,13 +14,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from autointerp_fakes import recording_backend
 
 from saekit.autointerp.backends import (
     BackendError,
     ChatRequest,
     LocalBackend,
     OpenAICompatibleBackend,
-    OpenAIConfig,
     connection_failure,
 )
 from saekit.autointerp.pipeline import AutointerpConfig, score_examples
@@ -106,16 +106,8 @@ def endpoint():
 
 
 def _backend(base_url: str, **overrides) -> tuple[OpenAICompatibleBackend, list[float]]:
-    """A backend whose backoff is recorded, not slept (the retry schedule is tested, not waited for)."""
-    sleeps: list[float] = []
-
-    async def record_sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-
-    values = dict(base_url=base_url, model="m", api_key_env=None, backoff_s=0.5, max_retries=1, timeout_s=10)
-    values.update(overrides)
-    return OpenAICompatibleBackend(OpenAIConfig(**values), sleep=record_sleep), sleeps
-
+    """The shared recording backend, with one retry unless told otherwise."""
+    return recording_backend(base_url, **{"max_retries": 1, **overrides})
 
 def _config(tmp_path: Path) -> AutointerpConfig:
     return AutointerpConfig(latents=None, progress=False, scoring=ScoringConfig(embedding=False),
