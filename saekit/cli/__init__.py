@@ -89,13 +89,17 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from saekit.evaluation.evaluate import load_splice_target
+    from saekit.evaluation.evaluate import load_splice_targets
     from saekit.evaluation.generation import DEFAULT_PROMPTS, generations_markdown, side_by_side
+    from saekit.evaluation.splice import AcausalSpliceTarget
     from saekit.training.run import load_run_config
 
     config = load_run_config(args.run_dirs[0])
     loaded = config.data.load_model(config.run.device)
-    targets = [load_splice_target(d, loaded, config.run.device) for d in args.run_dirs]
+    targets = [target for d in args.run_dirs for target in load_splice_targets(d, loaded, config.run.device)]
+    if any(isinstance(target, AcausalSpliceTarget) for target in targets):
+        raise SaekitError("a crosscoder reads every layer before writing any, so it cannot be spliced into "
+                          "token-by-token generation; evaluate it with saekit evaluate")
     rows = side_by_side(loaded, targets, args.prompt or DEFAULT_PROMPTS, args.max_new_tokens, args.temperature,
                         args.seed)
     print(generations_markdown(rows))

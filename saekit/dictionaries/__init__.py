@@ -3,7 +3,8 @@
 Architectures by registry name: ``relu`` (ReLU + L1), ``gated`` (Gated SAE), ``gated_rescale`` (the
 gated ablation: ReLU with a learned per-latent rescaling), ``topk`` (optionally with the auxiliary-K
 loss), ``batchtopk``, ``jumprelu`` and ``matryoshka_batchtopk`` (BatchTopK whose nested latent prefixes each
-reconstruct the input).
+reconstruct the input); over a range of layers (``crosslayer``): ``clt_topk`` and ``clt_jumprelu``
+(cross-layer transcoders) and ``crosscoder`` (one latent space over several layers).
 """
 
 from saekit.dictionaries.base import Dictionary, DictionaryConfig, DictionaryOutput

@@ -13,6 +13,7 @@ import torch
 
 from saekit.dictionaries.base import Dictionary, DictionaryConfig
 from saekit.dictionaries.batchtopk import BatchTopKDictionary
+from saekit.dictionaries.crosslayer import Crosscoder, CrossLayerJumpReLU, CrossLayerTopK, LayeredDictionary
 from saekit.dictionaries.gated import GatedDictionary
 from saekit.dictionaries.gated_rescale import GatedRescaleDictionary
 from saekit.dictionaries.jumprelu import JumpReLUDictionary
@@ -31,7 +32,15 @@ ARCHITECTURES: dict[str, type[Dictionary]] = {
     "batchtopk": BatchTopKDictionary,
     "jumprelu": JumpReLUDictionary,
     "matryoshka_batchtopk": MatryoshkaBatchTopKDictionary,
+    "clt_topk": CrossLayerTopK,
+    "clt_jumprelu": CrossLayerJumpReLU,
+    "crosscoder": Crosscoder,
 }
+
+
+def is_cross_layer(architecture: str) -> bool:
+    """Whether the architecture reads a range of layers (``layers`` in a run config) rather than one site."""
+    return architecture in ARCHITECTURES and issubclass(ARCHITECTURES[architecture], LayeredDictionary)
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from saekit.activations.source import contexts_for, load_split
 from saekit.data.contexts import take_contexts
+from saekit.dictionaries.crosslayer import CrossLayerTranscoder, LayeredDictionary
 from saekit.dictionaries.registry import load_dictionary
 from saekit.errors import SaekitError
 from saekit.evaluation.damage import token_damage
@@ -23,7 +24,13 @@ from saekit.evaluation.effective_compute import LawLike, effective_compute_repor
 from saekit.evaluation.generation import side_by_side
 from saekit.evaluation.report import render_report
 from saekit.evaluation.results import EvaluationResults, LossResults
-from saekit.evaluation.splice import LossComparison, SpliceTarget, compare_losses_many
+from saekit.evaluation.splice import (
+    AcausalSpliceTarget,
+    LayerSpliceTarget,
+    LossComparison,
+    SpliceTarget,
+    compare_losses_many,
+)
 from saekit.io import load_tensors, read_json, write_json, write_text
 from saekit.locks import exclusive
 from saekit.models.loading import (
@@ -46,21 +53,44 @@ def eval_contexts(loaded: LoadedModel, config: TrainConfig, tokens: int) -> Tens
     return take_contexts(iterator, n_contexts)
 
 
-def load_splice_target(run_dir: Path, loaded: LoadedModel, device: str = "cpu") -> SpliceTarget:
+def load_splice_targets(run_dir: Path, loaded: LoadedModel, device: str = "cpu") -> list[SpliceTarget]:
+    """The run's dictionary as splice targets: one, or one per layer of a cross-layer run (spliced jointly)."""
     dictionary, source = load_dictionary(run_dir / DICTIONARY_DIR, device)
+    dictionary = dictionary.eval().requires_grad_(False)
     adapter = loaded.adapter
-    read_site = adapter.site(source["site"])
-    write_site = adapter.site(source.get("target_site") or source["site"])
-    for site, width in ((read_site, dictionary.config.d_in), (write_site, dictionary.config.output_dim)):
+    reads = [adapter.site(name) for name in source.get("sites") or [source["site"]]]
+    written = source.get("target_sites") or ([source["target_site"]] if source.get("target_site") else [])
+    writes = [adapter.site(name) for name in written] or reads
+    layers = len(reads)
+    for site, width in [(site, dictionary.config.d_in // layers) for site in reads] + \
+                       [(site, dictionary.config.output_dim // layers) for site in writes]:
         if adapter.site_width(site) != width:
             raise SaekitError(f"dictionary in {run_dir} has width {width} but {site} of {loaded.name} has "
                               f"{adapter.site_width(site)}; evaluate it with the model it was trained on")
     stats = load_tensors(run_dir / STATS_FILE, "activation statistics")
-    mean = stats.get(f"mean.{write_site.name}")
-    if mean is None:
-        raise SaekitError(f"{run_dir / STATS_FILE} has no mean for {write_site}; the run is incomplete")
-    return SpliceTarget(dictionary.eval().requires_grad_(False), read_site, write_site, mean.to(device),
-                        load_run_config(run_dir).data.outlier_norm_factor)
+    means = [stats.get(f"mean.{site.name}") for site in writes]
+    if any(mean is None for mean in means):
+        raise SaekitError(f"{run_dir / STATS_FILE} has no mean for {writes[means.index(None)]}; the run is incomplete")
+    outliers = load_run_config(run_dir).data.outlier_norm_factor
+    if isinstance(dictionary, CrossLayerTranscoder):
+        shared: dict = {}
+        return [LayerSpliceTarget(dictionary, read, write, mean.to(device), outliers, layer=layer, latents=shared)
+                for layer, (read, write, mean) in enumerate(zip(reads, writes, means))]
+    if isinstance(dictionary, LayeredDictionary):
+        shared = {}
+        return [AcausalSpliceTarget(dictionary, read, write, mean.to(device), outliers, layer=layer,
+                                    read_sites=tuple(reads), shared=shared)
+                for layer, (read, write, mean) in enumerate(zip(reads, writes, means))]
+    return [SpliceTarget(dictionary, reads[0], writes[0], means[0].to(device), outliers)]
+
+
+def load_splice_target(run_dir: Path, loaded: LoadedModel, device: str = "cpu") -> SpliceTarget:
+    """A single-site run's splice target (:func:`load_splice_targets` for any run)."""
+    targets = load_splice_targets(run_dir, loaded, device)
+    if len(targets) != 1:
+        raise SaekitError(f"{run_dir} holds a cross-layer dictionary over {len(targets)} layers; splice it with "
+                          "load_splice_targets (saekit evaluate)")
+    return targets[0]
 
 
 def _batches(contexts: Tensor, batch_size: int, desc: str) -> Iterator[Tensor]:
@@ -91,7 +121,8 @@ def _evaluate_groups(groups: list[list[Path]], loaded: LoadedModel | None, eval_
         models = ", ".join(c.data.model + (" (randomized)" if c.data.randomize_weights else "") for c in configs)
         raise SaekitError(f"runs evaluated together must come from the same model; got {models}")
     loaded = loaded or config.data.load_model(config.run.device)
-    target_groups = [[load_splice_target(d, loaded, config.run.device) for d in group] for group in groups]
+    target_groups = [[target for d in group for target in load_splice_targets(d, loaded, config.run.device)]
+                     for group in groups]
     for targets in target_groups:
         if len({t.write_site for t in targets}) < len(targets):
             raise SaekitError("two of the runs write the same site; splice each site at most once")
@@ -108,7 +139,8 @@ def _metrics(loaded: LoadedModel, run_dirs: list[Path], targets: list[SpliceTarg
              generations: int) -> EvaluationResults:
     # Read the reconstruction metrics before sampling: generation runs the splice too and would add to them.
     reconstruction = {str(t.write_site): t.metrics.result() for t in targets}
-    rows = side_by_side(loaded, targets, seed=config.data.seed)[:generations] if generations else []
+    causal = all(target.causal for target in targets)  # an acausal splice needs its capture before each forward
+    rows = side_by_side(loaded, targets, seed=config.data.seed)[:generations] if generations and causal else []
     return EvaluationResults(
         model=loaded.name,
         runs=[str(d) for d in run_dirs],

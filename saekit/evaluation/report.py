@@ -87,7 +87,10 @@ def render_report(metrics: EvaluationResults) -> str:
         lines += [format_report_markdown(compute), ""]
     if metrics.is_joint:
         lines += _alone_lines(metrics)
-    if len(metrics.reconstruction) > 1:
+    cross_layer = _cross_layer_lines(metrics.run)
+    if cross_layer:
+        lines += cross_layer
+    elif len(metrics.reconstruction) > 1:
         lines += ["In the joint splice each dictionary reads the activations of the model with the dictionaries "
                   "upstream of it already spliced in, so the reconstruction figures below are measured there and "
                   "differ from each dictionary alone (the FVU column above).", ""]
@@ -103,6 +106,23 @@ def render_report(metrics: EvaluationResults) -> str:
                   "Same prompts, same sampling seed (temperature 0.7), clean vs spliced:", "",
                   generations_markdown(rows), ""]
     return "\n".join(lines) + "\n"
+
+
+def _cross_layer_lines(run: dict | None) -> list[str]:
+    """How a cross-layer run was spliced (its config names the layer range); nothing for a single-site run."""
+    if not run or not run.get("layers"):
+        return []
+    layers = markdown_code(run["layers"])
+    if run["dictionary"]["architecture"].startswith("clt_"):
+        text = (f"The cross-layer transcoder replaces the output of every MLP in layers {layers} at once: layer j's "
+                "output is the sum of the decoders into j of the latents of every layer up to j, each layer's encoder "
+                "reading the spliced model's own MLP input there. The per-layer figures below (FVU of each MLP "
+                "output, L0 of that layer's latents) are measured in that spliced model.")
+    else:
+        text = (f"The crosscoder is acausal: it encodes the clean activations of every layer in {layers} together, "
+                "and each layer is replaced by its part of that one reconstruction. The per-layer FVU below compares "
+                "with those clean activations; every layer shares the same latents (and L0).")
+    return [text, ""]
 
 
 def _dtype_note(run: dict | None) -> str:

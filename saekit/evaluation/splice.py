@@ -4,6 +4,15 @@ For every batch of held-out contexts we run the model several times: clean; with
 by the dictionary's reconstruction; with the site zero-ablated; with the site mean-ablated (the mean
 of the training activations). The BOS position always keeps its clean activation (dictionaries are
 not trained on it), and predictions made at the BOS position are left out of every average.
+
+A cross-layer dictionary is spliced as one :class:`SpliceTarget` per layer, jointly, sharing its
+latents between them: a cross-layer transcoder's layer-j target (:class:`LayerSpliceTarget`) encodes
+the spliced model's own MLP input at layer j and writes b_dec_j + sum over i <= j of layer i's
+decoders into layer j from latents kept by the earlier layers' targets in the same forward. A
+crosscoder is acausal (its latents read every layer), so its targets (:class:`AcausalSpliceTarget`)
+encode the clean activations of all its layers in one capture before the spliced forward
+(:meth:`SpliceTarget.prepare`) and write each layer's part of that reconstruction; their
+reconstruction metrics compare with those clean activations.
 """
 
 from __future__ import annotations
@@ -12,14 +21,16 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from saekit.dictionaries.base import Dictionary
+from saekit.dictionaries.crosslayer import CrossLayerTranscoder
 from saekit.evaluation.reconstruction import ReconstructionMetrics
 from saekit.evaluation.results import BASELINES, CONDITIONS, LossResults, MeanSE
-from saekit.models.hooks import splice, splice_module
+from saekit.models.hooks import capture, splice, splice_module
 from saekit.models.loading import LoadedModel
 from saekit.models.sites import Site
 
@@ -57,14 +68,77 @@ class SpliceTarget:
     outlier_norm_factor: float | None = 10.0  # the run's training rule, for FVU without outliers
     metrics: ReconstructionMetrics = field(init=False)
 
+    causal: ClassVar[bool] = True  # computable inside one forward (generation can use it)
+
     def __post_init__(self) -> None:
-        self.metrics = ReconstructionMetrics(self.dictionary.config.width,
-                                             outlier_norm_factor=self.outlier_norm_factor)
+        self.metrics = ReconstructionMetrics(self.latent_width(), outlier_norm_factor=self.outlier_norm_factor)
+
+    def latent_width(self) -> int:
+        """The width of the latents :meth:`reconstruct` returns (the metrics' latent count)."""
+        return self.dictionary.config.width
+
+    def prepare(self, loaded: LoadedModel, input_ids: Tensor) -> None:
+        """Work before a spliced forward of ``input_ids`` (nothing, except for acausal dictionaries)."""
 
     def reconstruct(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(reconstruction, latents) of these activations."""
         output = self.dictionary(x.float())
         return output.reconstruction, output.latents
+
+    def replace(self, x: Tensor, original: Tensor) -> Tensor:
+        """The spliced activation from ``x`` (what the dictionary reads), recording its error against ``original``."""
+        reconstruction, latents = self.reconstruct(x)
+        self.metrics.update(original, reconstruction, latents)
+        return reconstruction
+
+
+@dataclass
+class LayerSpliceTarget(SpliceTarget):
+    """Layer ``layer`` (position in the range) of a cross-layer transcoder spliced in at every layer at once."""
+
+    layer: int = 0
+    latents: dict[int, Tensor] = field(default_factory=dict)  # shared by the layers' targets: this forward's
+
+    def latent_width(self) -> int:
+        assert isinstance(self.dictionary, CrossLayerTranscoder)
+        return self.dictionary.latents_per_layer
+
+    def reconstruct(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        # The forward reaches layer j after every earlier layer: their entries are this forward's.
+        x = x.float()
+        self.latents[self.layer] = self.dictionary.encode_layer(self.layer, x)
+        upstream = [self.latents[layer] for layer in range(self.layer + 1)]
+        return self.dictionary.decode_layer(self.layer, upstream, x), self.latents[self.layer]
+
+
+@dataclass
+class AcausalSpliceTarget(SpliceTarget):
+    """Layer ``layer`` of a crosscoder over ``read_sites``: its part of the reconstruction of the clean activations."""
+
+    causal: ClassVar[bool] = False
+    layer: int = 0
+    read_sites: tuple[Site, ...] = ()
+    shared: dict[str, Tensor] = field(default_factory=dict)  # shared by the layers' targets
+
+    def prepare(self, loaded: LoadedModel, input_ids: Tensor) -> None:
+        if self.shared.get("input_ids") is not input_ids:
+            captured = capture(loaded.adapter, input_ids, self.read_sites)
+            output = self.dictionary(torch.cat([captured[site][:, 1:].float() for site in self.read_sites], -1))
+            self.shared.update(input_ids=input_ids, reconstruction=output.reconstruction, latents=output.latents,
+                               clean=torch.stack([captured[site][:, 1:] for site in self.read_sites]))
+            self.shared["recorded"] = torch.zeros(len(self.read_sites), dtype=torch.bool)
+        if not self.shared["recorded"][self.layer]:
+            clean = self.shared["clean"][self.layer]
+            self.metrics.update(clean, *self.reconstruct(clean))
+            self.shared["recorded"][self.layer] = True
+
+    def reconstruct(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        width = self.shared["reconstruction"].shape[-1] // len(self.read_sites)
+        part = self.shared["reconstruction"][..., self.layer * width:(self.layer + 1) * width]
+        return part, self.shared["latents"]
+
+    def replace(self, x: Tensor, original: Tensor) -> Tensor:
+        return self.reconstruct(x)[0]
 
 
 def _context(loaded: LoadedModel, targets: list[SpliceTarget], mode: str) -> AbstractContextManager:
@@ -88,8 +162,7 @@ def _is_transcoding(target: SpliceTarget, mode: str) -> bool:
 
 def _transcoder_replacement(target: SpliceTarget) -> Callable[[Tensor, Tensor], Tensor]:
     def replaced(read: Tensor, original: Tensor) -> Tensor:
-        reconstruction, latents = target.reconstruct(read[:, 1:])
-        target.metrics.update(original[:, 1:], reconstruction, latents)
+        reconstruction = target.replace(read[:, 1:], original[:, 1:])
         return torch.cat([original[:, :1], reconstruction.to(original.dtype)], dim=1)
     return replaced
 
@@ -101,9 +174,7 @@ def _replacement(target: SpliceTarget, mode: str) -> Replacement:
         return lambda x: target.mean_activation.to(x.device, x.dtype).expand_as(x)
 
     def spliced(x: Tensor) -> Tensor:
-        reconstruction, latents = target.reconstruct(x)
-        target.metrics.update(x, reconstruction, latents)
-        return reconstruction
+        return target.replace(x, x)
     return spliced
 
 
@@ -183,6 +254,8 @@ def compare_losses_many(loaded: LoadedModel, groups: list[list[SpliceTarget]], b
                 logits = loaded.model(input_ids=input_ids, use_cache=False).logits
             shared[condition] = (next_token_nll(logits, input_ids), kl_divergence(clean_logits, logits))
         for group, comparison in zip(groups, comparisons):
+            for target in group:
+                target.prepare(loaded, input_ids)
             with _context(loaded, group, "spliced"):
                 logits = loaded.model(input_ids=input_ids, use_cache=False).logits
             comparison.update("clean", clean_nll, None)

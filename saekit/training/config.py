@@ -2,7 +2,7 @@
 
 ``config.json`` in a run directory holds :class:`TrainConfig` with one object per section::
 
-    {"name": ..., "site": ..., "target_site": ...,
+    {"name": ..., "site": ..., "target_site": ..., "layers": ...,
      "data": {DataConfig: what decides the activations; its hash is the cache key},
      "dictionary": {DictionarySettings: architecture, width, the sparsity settings},
      "optim": {OptimConfig: tokens, batch size, learning rate, schedule, resampling},
@@ -11,6 +11,11 @@
 Each default is stated once, on its field (:func:`saekit.settings.setting`); CLI flags, sweep grids
 and the flat ``config.json`` of saekit before sections existed all use the fields' flat names
 (``--lr``, ``k=32``, ``"context_length": 128``), resolved by :mod:`saekit.settings`.
+
+Cross-layer architectures (``clt_topk``, ``clt_jumprelu``, ``crosscoder``) read a range of layers,
+``layers="FIRST-LAST"``: ``site`` (and a CLT's ``target_site``) name the first layer's sites, and the
+same kinds at every layer of the range are read from one forward (:attr:`TrainConfig.input_sites`,
+:attr:`TrainConfig.target_sites`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch
 
 from saekit.activations.spec import ActivationSpec, DataConfig
 from saekit.dictionaries.base import DictionarySettings, upgrade_sparsity
-from saekit.dictionaries.registry import ARCHITECTURES
+from saekit.dictionaries.registry import ARCHITECTURES, is_cross_layer
 from saekit.errors import SaekitError
 from saekit.io import read_json
 from saekit.models.sites import parse_site
@@ -55,6 +60,17 @@ def site_name(value: str) -> str | None:
         parse_site(value)
     except SaekitError:
         return "blocks.<layer>.<kind> with kind resid_pre, attn_out, mlp_in, mlp_act, mlp_out or resid_post"
+    return None
+
+
+LAYER_RANGE_PATTERN = re.compile(r"^(\d+)-(\d+)$")
+
+
+def layer_range(value: str) -> str | None:
+    """A rule check: ``FIRST-LAST`` with FIRST <= LAST (the layers are checked against the model before it loads)."""
+    match = LAYER_RANGE_PATTERN.match(value)
+    if match is None or int(match.group(1)) > int(match.group(2)):
+        return "a layer range FIRST-LAST with FIRST <= LAST, such as 0-29"
     return None
 
 
@@ -94,6 +110,9 @@ class TrainConfig:
                         invalid=("blocks.x.resid_post", "blocks.0.banana"))
     target_site: str | None = setting(None, "a transcoder's target site (e.g. site=mlp_in, target_site=mlp_out)",
                                       check=site_name, invalid=("mlp_out",))
+    layers: str | None = setting(None, "cross-layer architectures (clt_topk, clt_jumprelu, crosscoder): the layers "
+                                 "FIRST-LAST they read; site (and target_site) name the first layer's sites",
+                                 check=layer_range, invalid=("5-2", "0..3", "3"))
     data: DataConfig = field(default_factory=DataConfig)
     dictionary: DictionarySettings = field(default_factory=DictionarySettings)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -104,8 +123,32 @@ class TrainConfig:
         return self.optim.total_steps
 
     @property
+    def layer_numbers(self) -> range:
+        """The layers a cross-layer run reads; the site's own layer otherwise."""
+        if self.layers is None:
+            return range(parse_site(self.site).layer, parse_site(self.site).layer + 1)
+        first, last = (int(part) for part in self.layers.split("-"))
+        return range(first, last + 1)
+
+    def _range_of(self, site: str) -> tuple[str, ...]:
+        if self.layers is None:
+            return (site,)
+        kind = parse_site(site).kind
+        return tuple(f"blocks.{layer}.{kind}" for layer in self.layer_numbers)
+
+    @property
+    def input_sites(self) -> tuple[str, ...]:
+        """The sites the dictionary reads, in layer order (one unless ``layers`` is set)."""
+        return self._range_of(self.site)
+
+    @property
+    def target_sites(self) -> tuple[str, ...]:
+        """The sites a transcoder writes, in layer order; empty for an SAE (it reconstructs its input)."""
+        return () if self.target_site is None else self._range_of(self.target_site)
+
+    @property
     def sites(self) -> tuple[str, ...]:
-        return (self.site,) if self.target_site is None else (self.site, self.target_site)
+        return self.input_sites + self.target_sites
 
     def activation_spec(self) -> ActivationSpec:
         return ActivationSpec(self.data, self.sites)
@@ -121,12 +164,46 @@ class TrainConfig:
         if dictionary.width is not None and ARCHITECTURES[dictionary.architecture].fixed_l0() \
                 and dictionary.k > dictionary.width:
             raise SaekitError(f"k={dictionary.k} is more than the width {dictionary.width}; lower k or raise width")
+        self.check_layers()
         if self.total_steps < 1:
             raise SaekitError(f"train_tokens={self.optim.train_tokens} is less than one batch of "
                               f"{self.optim.batch_size}; raise train_tokens or lower batch_size")
         check_device(self.run.device)
         self.data.check_paths()
         return self
+
+    def check_layers(self) -> None:
+        """A layer range goes with a cross-layer architecture, and its sites with the range's first layer."""
+        architecture = self.dictionary.architecture
+        if not is_cross_layer(architecture):
+            if self.layers is not None:
+                raise SaekitError(f"layers={self.layers} is only for the cross-layer architectures (clt_topk, "
+                                  f"clt_jumprelu, crosscoder), not {architecture}")
+            return
+        if self.layers is None:
+            raise SaekitError(f"architecture {architecture} needs a layer range: set layers=FIRST-LAST (--layers 0-29)")
+        if "layers" in self.dictionary.extra:
+            raise SaekitError("the layer count comes from layers=FIRST-LAST; remove 'layers' from extra")
+        transcoder = architecture.startswith("clt_")
+        if transcoder != (self.target_site is not None):
+            raise SaekitError(f"architecture {architecture} " + ("needs a target_site (blocks.N.mlp_out)" if transcoder
+                                                                else "reconstructs its input: leave target_site unset"))
+        first = self.layer_numbers.start
+        for site in (self.site, self.target_site):
+            if site is not None and parse_site(site).layer != first:
+                raise SaekitError(f"layers={self.layers} starts at layer {first}, but {site} is in layer "
+                                  f"{parse_site(site).layer}; name the first layer's site (blocks.{first}."
+                                  f"{parse_site(site).kind})")
+        count, dictionary = len(self.layer_numbers), self.dictionary
+        if transcoder and self.optim.resample_every:
+            raise SaekitError(f"{architecture} does not support resampling; set resample_every=0")
+        if dictionary.width is not None and dictionary.width % count:
+            raise SaekitError(f"width={dictionary.width} counts every layer's latents: use a multiple of the "
+                              f"{count} layers")
+        if transcoder and ARCHITECTURES[architecture].fixed_l0() and dictionary.width is not None \
+                and dictionary.k > dictionary.width // count:
+            raise SaekitError(f"k={dictionary.k} (per layer) is more than the {dictionary.width // count} latents "
+                              "per layer; lower k or raise width")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -171,7 +248,7 @@ def is_flat_config(data: dict[str, Any]) -> bool:
     """A config from before sections: no section object, and some key that only a flat config has."""
     if any(isinstance(data.get(section), dict) for section in section_names(TrainConfig)):
         return False
-    return bool(set(data) & set(flat_index(TrainConfig)) - {"name", "site", "target_site"})
+    return bool(set(data) & set(flat_index(TrainConfig)) - {"name", "site", "target_site", "layers"})
 
 
 def flat_from_legacy(data: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from saekit.activations.buffer import shuffled_batches
 from saekit.activations.source import ActivationSource
 from saekit.activations.spec import ActivationSpec
-from saekit.dictionaries.base import Dictionary
+from saekit.dictionaries.base import Dictionary, DictionaryConfig
 from saekit.dictionaries.registry import build_dictionary, save_dictionary
 from saekit.errors import SaekitError
 from saekit.io import read_json, remove_stale_temporaries, replace_directory, save_tensors, write_json, write_text
@@ -67,16 +67,43 @@ def model_loader(config: TrainConfig, loaded: LoadedModel | None = None,
 
 @dataclass
 class InputScaling:
-    """Training sees c * x with c chosen so E||c x||^2 = 1; folded back into the weights on save."""
+    """Training sees c * x with c chosen so E||c x||^2 = 1; folded back into the weights on save.
 
-    input_scale: float
-    output_scale: float
+    One float per side for a single-site run; one per layer (lists, in layer order) for a cross-layer run.
+    """
+
+    input_scale: float | list[float]
+    output_scale: float | list[float]
 
     @staticmethod
-    def estimate(chunk: dict[str, Tensor], site: str, target_site: str | None) -> InputScaling:
-        def scale(x: Tensor) -> float:
-            return float(x.pow(2).sum(-1).mean().rsqrt())
-        return InputScaling(scale(chunk[site]), scale(chunk[target_site or site]))
+    def estimate(chunk: dict[str, Tensor], config: TrainConfig) -> InputScaling:
+        def scales(sites: tuple[str, ...]) -> float | list[float]:
+            values = [float(chunk[site].pow(2).sum(-1).mean().rsqrt()) for site in sites]
+            return values if config.layers is not None else values[0]
+        return InputScaling(scales(config.input_sites), scales(config.target_sites or config.input_sites))
+
+
+def scaled(batch: dict[str, Tensor], sites: tuple[str, ...], scale: float | list[float]) -> Tensor:
+    """The sites' activations times their scales, concatenated in layer order (one site: just scaled)."""
+    if isinstance(scale, float):
+        return batch[sites[0]] * scale
+    return torch.cat([batch[site] * factor for site, factor in zip(sites, scale)], dim=-1)
+
+
+def scaled_mean(chunk: dict[str, Tensor], sites: tuple[str, ...], scale: float | list[float]) -> Tensor:
+    """The mean of :func:`scaled` over the chunk's tokens."""
+    return scaled({site: chunk[site].mean(0) for site in sites}, sites, scale)
+
+
+def dictionary_config(config: TrainConfig, first_chunk: dict[str, Tensor]) -> DictionaryConfig:
+    """The dictionary to build: widths from the activations (summed over a cross-layer run's layers)."""
+    def width(sites: tuple[str, ...]) -> int:
+        return sum(first_chunk[site].shape[1] for site in sites)
+    built = config.dictionary.build_config(width(config.input_sites),
+                                           width(config.target_sites) if config.target_sites else None)
+    if config.layers is not None:
+        built.extra = {**built.extra, "layers": len(config.layer_numbers)}
+    return built
 
 
 class RunState:
@@ -84,16 +111,13 @@ class RunState:
 
     def __init__(self, config: TrainConfig, first_chunk: dict[str, Tensor], group: ProcessGroup | None = None) -> None:
         self.config = config
-        self.scaling = InputScaling.estimate(first_chunk, config.site, config.target_site)
-        d_in = first_chunk[config.site].shape[1]
-        d_out = first_chunk[config.target_site or config.site].shape[1]
+        self.scaling = InputScaling.estimate(first_chunk, config)
         torch.manual_seed(config.optim.seed)
         # Built on the CPU (the same initial weights on every device), then moved where it trains.
-        self.dictionary: Dictionary = build_dictionary(
-            config.dictionary.build_config(d_in, d_out if config.target_site else None)).to(config.run.device)
+        self.dictionary: Dictionary = build_dictionary(dictionary_config(config, first_chunk)).to(config.run.device)
         with torch.no_grad():  # start the decoder bias at the data mean: latents then model deviations
-            self.dictionary.b_dec.copy_(first_chunk[config.target_site or config.site].mean(0)
-                                        * self.scaling.output_scale)
+            self.dictionary.b_dec.copy_(scaled_mean(first_chunk, config.target_sites or config.input_sites,
+                                                    self.scaling.output_scale))
         self.trainer = DictionaryTrainer(self.dictionary, config.optim, config.total_steps,
                                          autocast_dtype=resolve_autocast(config.optim.autocast, config.run.device),
                                          compile=config.run.compile, group=group)
@@ -110,8 +134,8 @@ class RunState:
         config = self.config
         device = self.dictionary.W_dec.device
         batch = {site: value.to(device, non_blocking=True) for site, value in batch.items()}
-        x = batch[config.site] * self.scaling.input_scale
-        target = batch[config.target_site] * self.scaling.output_scale if config.target_site else None
+        x = scaled(batch, config.input_sites, self.scaling.input_scale)
+        target = scaled(batch, config.target_sites, self.scaling.output_scale) if config.target_sites else None
         record = self.trainer.train_step(x, target)
         self.record_batch(batch)
         return record
@@ -166,6 +190,9 @@ class RunState:
         source = {"model": self.config.data.model, "site": self.config.site, "target_site": self.config.target_site,
                   "context_length": self.config.data.context_length, "input_scale": self.scaling.input_scale,
                   "output_scale": self.scaling.output_scale, "trained_tokens": self.trainer.tokens_seen}
+        if self.config.layers is not None:
+            source.update(layers=self.config.layers, sites=list(self.config.input_sites),
+                          target_sites=list(self.config.target_sites))
         replace_directory(run_dir / DICTIONARY_DIR, lambda tmp: save_dictionary(tmp, folded, source))
         tokens = max(self.trainer.tokens_seen, 1)
         save_tensors(run_dir / STATS_FILE, {f"mean.{site}": (total.cpu().double() / tokens).float()

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from saekit.dictionaries.base import Dictionary, DictionaryOutput
+from saekit.dictionaries.crosslayer import LayeredDictionary
 from saekit.errors import SaekitError
 from saekit.training.distributed import ProcessGroup
 from saekit.training.schedule import OptimConfig, lr_multiplier, sparsity_multiplier
@@ -200,6 +201,8 @@ class DictionaryTrainer:
         record: dict[str, float] = {name: host[name] for name in output.losses}
         record.update(step=self.step, tokens=self.tokens_seen, lr=lr, sparsity_scale=sparsity_scale,
                       fvu=host["fvu"], l0=host["l0"], dead_fraction=host["dead_fraction"])
+        # A cross-layer dictionary's per-layer FVU and L0 (``fvu_layer_0``...), after the usual scalars.
+        record.update({name: host[name] for name in names if name not in record})
         if cfg.resample_every and self.step % cfg.resample_every == 0 and self.step < self.total_steps:
             record["resampled"] = self.resample(x, target)
         return record
@@ -353,6 +356,9 @@ class DictionaryTrainer:
         names = [*output.losses, "fvu", "l0", "dead_fraction"]
         values = [*(value.detach() for value in output.losses.values()), residual_variance / total_variance,
                   output.mean_l0(), dead]
+        if isinstance(self.dictionary, LayeredDictionary) and self.dictionary.layers > 1:
+            per_layer = self.dictionary.layer_metrics(output.latents, reconstruction, target)
+            names, values = names + list(per_layer), values + list(per_layer.values())
         return names, values
 
 

@@ -13,7 +13,7 @@ NAMES = sorted(ARCHITECTURES)
 
 def test_registry_names():
     assert set(ARCHITECTURES) == {"relu", "gated", "gated_rescale", "topk", "batchtopk", "jumprelu",
-                                 "matryoshka_batchtopk"}
+                                 "matryoshka_batchtopk", "clt_topk", "clt_jumprelu", "crosscoder"}
 
 
 def test_unknown_extra_setting_is_rejected():

@@ -34,6 +34,10 @@ SETTINGS = {  # architecture -> DictionaryConfig keyword arguments
     "batchtopk": {"k": 8, "extra": {"aux_k": 32}},
     "jumprelu": {"l0_coefficient": 0.015},
     "matryoshka_batchtopk": {"k": 8, "extra": {"aux_k": 32, "group_sizes": [384, 128]}},
+    # The cross-layer architectures at one layer (test_dict_crosslayer.py plants features over two).
+    "clt_topk": {"k": 8, "extra": {"aux_k": 32}},
+    "clt_jumprelu": {"l0_coefficient": 0.015},
+    "crosscoder": {"l1_coefficient": 0.4},
 }
 
 

@@ -109,7 +109,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_loaded, tiny_model_d
 @pytest.mark.parametrize("overrides, message", [
     (dict(site="blocks.7.resid_post"), "out of range: the model has layers 0..1"),
     (dict(site="blocks.1.residual"), r"site must be blocks.<layer>.<kind> .*, got 'blocks.1.residual'"),
-    (dict(architecture="sparse-magic"), "architecture must be one of batchtopk, gated, .*, got 'sparse-magic'"),
+    (dict(architecture="sparse-magic"), "architecture must be one of batchtopk, clt_jumprelu, .*, got 'sparse-magic'"),
     (dict(extra={"aux_kk": 64}), r"does not understand extra settings \['aux_kk'\]"),
     (dict(train_tokens=10), "less than one batch"),
 ])
