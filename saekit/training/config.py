@@ -95,6 +95,8 @@ class RunSettings:
     checkpoint_every: int = setting(25, "steps between checkpoints (and latent-density snapshots)", minimum=1)
     eval_tokens: int = setting(8192, "held-out tokens for evaluation", minimum=1)
     eval_batch_contexts: int = setting(8, "contexts per model forward when evaluating", minimum=1)
+    read_every: int = setting(10, "steps between reads of the logged scalars from the device (each read waits "
+                              "for it; checkpoints always read first, so a NaN is never saved)", minimum=1)
     prefetch_chunks: int = setting(1, "activation chunks made ahead on a background thread while the dictionaries "
                                    "train (0: one after the other)", minimum=0)
     compile: bool = setting(False, "torch.compile the dictionary's forward (falls back to eager where it fails)")

@@ -13,6 +13,7 @@ leaves) is dropped and that step redone; the dictionary directory is swapped in 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -51,7 +53,8 @@ LOG_FILE = "log.jsonl"
 DENSITY_FILE = "density.jsonl"  # per-checkpoint latent-density snapshots (and the rare-latent experiment)
 STATS_FILE = "activation_stats.safetensors"
 DICTIONARY_DIR = "dictionary"
-THROUGHPUT_FILE = "throughput.json"  # where the last training session's time went
+THROUGHPUT_FILE = "throughput.json"
+T = TypeVar("T")  # where the last training session's time went
 
 
 def model_loader(config: TrainConfig, loaded: LoadedModel | None = None,
@@ -130,13 +133,14 @@ class RunState:
         for site, total in self.activation_sums.items():
             total += batch[site].sum(0, dtype=total.dtype)
 
-    def step(self, batch: dict[str, Tensor]) -> dict[str, float]:
+    def step(self, batch: dict[str, Tensor], read: bool = True) -> dict[str, float] | None:
+        """One training step; ``read=False`` leaves its logged scalars on the device (``trainer.read_pending``)."""
         config = self.config
         device = self.dictionary.W_dec.device
         batch = {site: value.to(device, non_blocking=True) for site, value in batch.items()}
         x = scaled(batch, config.input_sites, self.scaling.input_scale)
         target = scaled(batch, config.target_sites, self.scaling.output_scale) if config.target_sites else None
-        record = self.trainer.train_step(x, target)
+        record = self.trainer.train_step(x, target, read=read)
         self.record_batch(batch)
         return record
 
@@ -262,7 +266,7 @@ def _batches_from(chunks: Iterator[dict[str, Tensor]], config: TrainConfig, skip
 # Besides the data section, the settings that decide the batch sequence (flat names): runs trained
 # together from one forward must share them.
 BATCH_SEQUENCE_SETTINGS = ("train_tokens", "batch_size", "shuffle_buffer_tokens", "seed", "cache_dir",
-                           "model_batch_contexts", "device", "prefetch_chunks")
+                           "model_batch_contexts", "device", "prefetch_chunks", "read_every")
 
 
 def shared_activation_spec(configs: list[TrainConfig]) -> ActivationSpec:
@@ -426,30 +430,40 @@ def _train_loop(states: list[RunState], run_dirs: list[Path], batches: Iterator[
             batch = next(batches)
             stepped = time.perf_counter()
             timing.wait_seconds += stepped - waited
-            for index, state in enumerate(states):
-                checkpoint = run_dirs[index] / CHECKPOINT_FILE if run_dirs else None
-                record = _step_or_stop(state, batch, checkpoint)
-                if run_dirs:
-                    logs[index].write(json.dumps(record) + "\n")
-                    logs[index].flush()
+            checkpoints = [d / CHECKPOINT_FILE for d in run_dirs] or [None] * len(states)
+            for state, checkpoint in zip(states, checkpoints):
+                _or_stop(state, checkpoint, functools.partial(state.step, batch, read=False))
+            step = states[0].trainer.step
+            saving = step % config.run.checkpoint_every == 0 or step == config.total_steps
+            # The device is waited for only here: every read_every steps, and before a checkpoint, so a
+            # non-finite loss is found before it could be saved.
+            if saving or step % config.run.read_every == 0:
+                for index, (state, checkpoint) in enumerate(zip(states, checkpoints)):
+                    records = _or_stop(state, checkpoint, state.trainer.read_pending)
+                    if run_dirs:
+                        logs[index].write("".join(json.dumps(record) + "\n" for record in records))
+                        logs[index].flush()
+                bar.set_postfix(fvu=f"{records[-1]['fvu']:.3f}", l0=f"{records[-1]['l0']:.1f}")
             timing.step_seconds += time.perf_counter() - stepped
             timing.steps += 1
             timing.tokens += config.optim.batch_size
             bar.update()
-            bar.set_postfix(fvu=f"{record['fvu']:.3f}", l0=f"{record['l0']:.1f}")
-            step = states[0].trainer.step
-            if step % config.run.checkpoint_every == 0 or step == config.total_steps:
+            if saving:
                 for state, run_dir in zip(states, run_dirs):
                     _append_density(run_dir, state.trainer.density_snapshot())
                     state.save(run_dir / CHECKPOINT_FILE, keep_previous=together)
     timing.wall_seconds = time.perf_counter() - timing.started
 
 
-def _step_or_stop(state: RunState, batch: dict[str, Tensor], checkpoint: Path | None) -> dict[str, float]:
+def _or_stop(state: RunState, checkpoint: Path | None, work: Callable[[], T]) -> T:
+    """``work()`` (a step, or reading the steps' scalars); a non-finite loss stops the run in one line."""
     try:
-        return state.step(batch)
+        return work()
     except NonFiniteLossError as err:
         last_good = read_checkpoint_step(checkpoint) if checkpoint is not None else None
+        if last_good is None:
+            raise SaekitError(f"{err} in run {state.config.name}; stopped before its first checkpoint. Lower the "
+                              "learning rate and start the run again (delete its directory)") from err
         raise SaekitError(f"{err} in run {state.config.name}; stopped. The last good checkpoint (step {last_good}) "
                           f"is kept in {checkpoint}; lower the learning rate and resume") from err
 

@@ -17,6 +17,7 @@ import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -97,6 +98,28 @@ def _match_state_layouts(optimizer: torch.optim.Optimizer) -> None:
                     state[key] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
 
 
+@dataclass
+class PendingStep:
+    """A step's logged scalars, still on the device, and what the host knows of it."""
+
+    names: list[str]
+    loss_names: list[str]
+    scalars: Tensor
+    index: int  # the step's number before it was taken (the NaN message's)
+    fields: dict[str, float] = field(default_factory=dict)
+
+    def record(self, host: dict[str, float]) -> dict[str, float]:
+        """The log record: the loss terms, the step's own fields, then fvu/l0/dead and any per-layer figures."""
+        record = {name: host[name] for name in self.loss_names}
+        record.update({key: value for key, value in self.fields.items() if key != "resampled"})
+        record.update(fvu=host["fvu"], l0=host["l0"], dead_fraction=host["dead_fraction"])
+        # A cross-layer dictionary's per-layer FVU and L0 (``fvu_layer_0``...), after the usual scalars.
+        record.update({name: host[name] for name in self.names if name not in record})
+        if "resampled" in self.fields:
+            record["resampled"] = self.fields["resampled"]
+        return record
+
+
 class DictionaryTrainer:
     """Adam with warmup/decay, decoder-norm constraint, L1 warmup, and dead-latent tracking.
 
@@ -138,6 +161,7 @@ class DictionaryTrainer:
         self.holdout_mask = torch.zeros(width, dtype=torch.bool, device=device)
         self.holdout_chosen = False
         self.resampled_total = 0
+        self._pending: list[PendingStep] = []  # steps taken with read=False, their scalars not yet read
 
     COUNTER_TENSORS = ("tokens_since_fired", "fire_counts", "resample_window", "snapshot_window", "holdout_mask")
     COUNTER_SCALARS = ("step", "tokens_seen", "resample_window_tokens", "snapshot_window_tokens", "holdout_chosen",
@@ -161,12 +185,15 @@ class DictionaryTrainer:
     def dead_mask(self) -> Tensor:
         return self.tokens_since_fired >= self.config.dead_window_tokens
 
-    def train_step(self, x: Tensor, target: Tensor | None = None) -> dict[str, float]:
-        """One step on a batch of (scaled) activations; returns the logged scalars.
+    def train_step(self, x: Tensor, target: Tensor | None = None, *, read: bool = True) -> dict[str, float] | None:
+        """One step on a batch of (scaled) activations; returns the logged scalars (``read=False``: None).
 
-        The scalars are read from the device in one copy, after the backward and before the optimizer
-        step, so a NaN or infinite loss raises :class:`NonFiniteLossError` with the weights, the Adam
-        state and the counters as they were before this step.
+        With ``read`` this step's scalars are read from the device in one copy, after the backward and
+        before the optimizer step, so a NaN or infinite loss raises
+        :class:`NonFiniteLossError` with the weights, the Adam state and the counters as they were
+        before this step. ``read=False`` queues this step's scalars on the device instead (no wait for
+        it); :meth:`read_pending` reads the queue, and a non-finite loss found there means the steps
+        since have run on it: the caller must not checkpoint them (the run loop reads before saving).
         """
         cfg = self.config
         lr = self.base_lr * lr_multiplier(self.step, self.total_steps, cfg.warmup_steps, cfg.decay_fraction)
@@ -189,23 +216,41 @@ class DictionaryTrainer:
         scalars = torch.stack([v.to(self._host_dtype()) for v in values])
         if self.group is not None:
             self.group.average([scalars])
-        host = dict(zip(names, scalars.tolist()))
-        if not math.isfinite(host["loss"]):
-            raise NonFiniteLossError(f"loss became {host['loss']} at step {self.step}")
+        pending = PendingStep(names, list(output.losses), scalars, self.step)
+        host = self._read([pending])[0] if read else None
         self.optimizer.step()
         if cfg.normalize_decoder:
             self.dictionary.normalize_decoder()
         if self.group is not None:  # running estimates (BatchTopK's threshold) seen from each rank's shard
             self.group.average([b for b in self.dictionary.buffers() if b.is_floating_point()])
         self._count(fired, since_fired, n_tokens)
-        record: dict[str, float] = {name: host[name] for name in output.losses}
-        record.update(step=self.step, tokens=self.tokens_seen, lr=lr, sparsity_scale=sparsity_scale,
-                      fvu=host["fvu"], l0=host["l0"], dead_fraction=host["dead_fraction"])
-        # A cross-layer dictionary's per-layer FVU and L0 (``fvu_layer_0``...), after the usual scalars.
-        record.update({name: host[name] for name in names if name not in record})
+        pending.fields = dict(step=self.step, tokens=self.tokens_seen, lr=lr, sparsity_scale=sparsity_scale)
         if cfg.resample_every and self.step % cfg.resample_every == 0 and self.step < self.total_steps:
-            record["resampled"] = self.resample(x, target)
-        return record
+            pending.fields["resampled"] = self.resample(x, target)
+        if host is None:
+            self._pending.append(pending)
+            return None
+        return pending.record(host)
+
+    def read_pending(self) -> list[dict[str, float]]:
+        """The records of the steps queued with ``read=False``, read from the device in one copy."""
+        records = [step.record(host) for step, host in zip(self._pending, self._read(self._pending))]
+        self._pending = []
+        return records
+
+    def _read(self, steps: list[PendingStep]) -> list[dict[str, float]]:
+        """Each step's scalars by name, one device-to-host copy for all; the first non-finite loss raises."""
+        if not steps:
+            return []
+        flat = torch.cat([step.scalars for step in steps]).tolist()
+        hosts, offset = [], 0
+        for step in steps:
+            host = dict(zip(step.names, flat[offset:offset + len(step.names)]))
+            offset += len(step.names)
+            if not math.isfinite(host["loss"]):
+                raise NonFiniteLossError(f"loss became {host['loss']} at step {step.index}")
+            hosts.append(host)
+        return hosts
 
     def _local(self, batch: Tensor) -> Tensor:
         """This rank's rows of a global batch (all of it in one process)."""

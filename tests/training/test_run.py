@@ -106,6 +106,19 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_loaded, tiny_model_d
     assert not (tmp_path / "runs" / "tiny" / "dictionary").exists()  # no half-finished output
 
 
+def test_scalars_read_every_few_steps_never_let_a_nan_into_a_checkpoint(tiny_loaded, tiny_model_dir, tmp_path):
+    """The scalars are read every 3 steps; a checkpoint every 2 reads first, so only finite steps are saved."""
+    config = _config(tiny_model_dir, tmp_path, read_every=3, checkpoint_every=2, train_tokens=256 * 20)
+    run_dir = train_run(config, tmp_path / "runs", loaded=tiny_loaded, progress=False)
+    log = [json.loads(line) for line in (run_dir / LOG_FILE).read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 21))  # every step logged, in order, once
+    exploding = _config(tiny_model_dir, tmp_path, name="exploding", lr=1e30, warmup_steps=1, read_every=5,
+                        checkpoint_every=20, train_tokens=256 * 20)
+    with pytest.raises(SaekitError, match="stopped before its first checkpoint"):
+        train_run(exploding, tmp_path / "runs", loaded=tiny_loaded, progress=False)
+    assert read_checkpoint_step(tmp_path / "runs" / "exploding" / CHECKPOINT_FILE) is None
+
+
 @pytest.mark.parametrize("overrides, message", [
     (dict(site="blocks.7.resid_post"), "out of range: the model has layers 0..1"),
     (dict(site="blocks.1.residual"), r"site must be blocks.<layer>.<kind> .*, got 'blocks.1.residual'"),

@@ -131,6 +131,20 @@ def test_the_record_keeps_its_keys_and_order():
     assert record["loss"] == pytest.approx(record["reconstruction"] + record["aux_k"])
 
 
+def test_deferred_reads_give_the_same_records_in_one_copy():
+    batches = _batches(_planted())
+    immediate = DictionaryTrainer(_dictionary(), OptimConfig(lr=3e-3), total_steps=10)
+    expected = [immediate.train_step(batch) for batch in batches[:6]]
+    deferred = DictionaryTrainer(_dictionary(), OptimConfig(lr=3e-3), total_steps=10)
+    assert all(deferred.train_step(batch, read=False) is None for batch in batches[:6])
+    assert deferred.read_pending() == expected and deferred.read_pending() == []
+    poisoned = batches[6].clone()
+    poisoned[0, 0] = math.nan
+    deferred.train_step(poisoned, read=False)  # no wait for the device, so no check yet
+    with pytest.raises(NonFiniteLossError, match="at step 6"):
+        deferred.read_pending()
+
+
 def test_a_non_finite_loss_raises_before_anything_changes():
     dictionary = _dictionary()
     trainer = DictionaryTrainer(dictionary, OptimConfig(lr=3e-3), total_steps=10)
