@@ -97,9 +97,16 @@ class RunSettings:
     eval_batch_contexts: int = setting(8, "contexts per model forward when evaluating", minimum=1)
     read_every: int = setting(10, "steps between reads of the logged scalars from the device (each read waits "
                               "for it; checkpoints always read first, so a NaN is never saved)", minimum=1)
-    prefetch_chunks: int = setting(1, "activation chunks made ahead on a background thread while the dictionaries "
-                                   "train (0: one after the other)", minimum=0)
+    prefetch_chunks: int | None = setting(
+        None, "activation chunks made ahead on a background thread while the dictionaries train (none: 1 on a GPU, "
+        "0 on a CPU, where the thread takes cores from the steps: 15% slower end to end on 2 cores)", minimum=0)
     compile: bool = setting(False, "torch.compile the dictionary's forward (falls back to eager where it fails)")
+
+    def resolved_prefetch(self) -> int:
+        """Chunks to make ahead here: the setting, or by device (measured, see the README's speed notes)."""
+        if self.prefetch_chunks is not None:
+            return self.prefetch_chunks
+        return 0 if self.device in ("cpu", "mps") else 1
 
 
 @dataclass

@@ -248,7 +248,7 @@ def _truncate_log(path: Path, step: int) -> None:
 def chunk_sequence(source: ActivationSource, config: TrainConfig,
                    group: ProcessGroup | None) -> Iterator[dict[str, Tensor]]:
     """The one-process chunk sequence; under torchrun each rank computes its share and the group gathers."""
-    prefetch, progress = config.run.prefetch_chunks, group is None or group.is_writer
+    prefetch, progress = config.run.resolved_prefetch(), group is None or group.is_writer
     if group is None:
         return source.chunks(prefetch=prefetch, progress=progress)
     own = source.chunks(start=group.rank, step=group.world_size, prefetch=prefetch, progress=progress)
@@ -402,7 +402,7 @@ def throughput_record(timing: LoopTiming, source: ActivationSource, state: RunSt
         "dictionary_steps_tokens_per_s": rate(timing.tokens * dictionaries, timing.step_seconds),
         "model_forward_tokens": source.forward_tokens, "model_forward_seconds": source.forward_seconds,
         "model_forward_tokens_per_s": rate(source.forward_tokens, source.forward_seconds),
-        "prefetch_chunks": state.config.run.prefetch_chunks, "model_dtype": state.config.data.model_dtype,
+        "prefetch_chunks": state.config.run.resolved_prefetch(), "model_dtype": state.config.data.model_dtype,
         "autocast": str(state.trainer.autocast_dtype).removeprefix("torch.") if state.trainer.autocast_dtype
         else "none",
         "device": state.config.run.device, "torch_threads": torch.get_num_threads(),

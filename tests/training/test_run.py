@@ -106,6 +106,18 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_loaded, tiny_model_d
     assert not (tmp_path / "runs" / "tiny" / "dictionary").exists()  # no half-finished output
 
 
+def test_prefetching_trains_the_same_dictionary(tiny_loaded, tiny_model_dir, tmp_path):
+    runs = {}
+    for prefetch in (0, 2):
+        config = _config(tiny_model_dir, tmp_path, name=f"prefetch-{prefetch}", prefetch_chunks=prefetch,
+                         cache_dir=None, train_tokens=256 * 12)
+        runs[prefetch] = train_run(config, tmp_path / "runs", loaded=tiny_loaded, progress=False)
+    expected = load_tensors(runs[0] / "dictionary" / "weights.safetensors")
+    for name, value in load_tensors(runs[2] / "dictionary" / "weights.safetensors").items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert json.loads((runs[2] / "throughput.json").read_text())["prefetch_chunks"] == 2
+
+
 def test_scalars_read_every_few_steps_never_let_a_nan_into_a_checkpoint(tiny_loaded, tiny_model_dir, tmp_path):
     """The scalars are read every 3 steps; a checkpoint every 2 reads first, so only finite steps are saved."""
     config = _config(tiny_model_dir, tmp_path, read_every=3, checkpoint_every=2, train_tokens=256 * 20)
