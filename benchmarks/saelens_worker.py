@@ -3,7 +3,8 @@
 Not meant to be run by hand: ``throughput.py`` writes a hand-off directory and starts this script
 with that venv's interpreter. The directory holds
 
-- ``settings.json``: sizes, learning rate, step counts, thread count (written by throughput.py);
+- ``settings.json``: sizes, learning rate, step counts, thread count, which passes to run (written
+  by throughput.py);
 - ``data.safetensors``: ``train`` (saekit's activations at the SAE site, scaled to unit mean squared
   norm and shuffled), ``warmup_tokens`` / ``tokens`` (the token contexts saekit generated its
   activations from) and ``reference`` (saekit's activations for ``warmup_tokens``, to check that
@@ -15,9 +16,10 @@ It measures, with the same batches as saekit,
 - training: tokens/s of ``SAETrainer.step`` (SAELens's own training step: ``TopKTrainingSAE``
   forward and loss, backward, gradient clipping, Adam, LR scheduler, firing statistics);
 - activation generation: tokens/s of ``run_with_cache(tokens, names_filter=..., stop_at_layer=...,
-  prepend_bos=False)`` as SAELens's ``ActivationsStore`` calls it, for one site and for every
-  layer's residual stream in one pass, through ``HookedTransformer`` (SAELens's default model
-  class) and through ``HookedProxyLM`` (its wrapper for a plain ``AutoModelForCausalLM``).
+  prepend_bos=False)`` as SAELens's ``ActivationsStore`` calls it, for one site and (unless
+  ``settings.json`` has ``all_layers: false``) for every layer's residual stream in one pass,
+  through ``HookedTransformer`` (SAELens's default model class) and through ``HookedProxyLM`` (its
+  wrapper for a plain ``AutoModelForCausalLM``).
 
 Each part is independent: one that fails is recorded with its reason and the others still run.
 Results go to the JSON file named on the command line. Only safetensors and JSON are read.
@@ -214,7 +216,10 @@ def measure_model_class(name: str, model_for: Any, layer_hook: Any, data: dict[s
         model_for([site_hook]), data["warmup_tokens"], data["reference"], site_hook, layer + 1, d_in)
     log(f"{name}: relative difference from saekit's activations at {site_hook}: "
         f"{result['relative_error_vs_saekit']:.2e}")
-    for key, hooks in (("single_site", [site_hook]), ("all_layers", [layer_hook(i) for i in range(n_layers)])):
+    passes = [("single_site", [site_hook])]
+    if settings.get("all_layers", True):  # throughput.py --skip-all-layers leaves the slow pass out
+        passes.append(("all_layers", [layer_hook(i) for i in range(n_layers)]))
+    for key, hooks in passes:
         stops = [extract_stop_at_layer_from_tlens_hook_name(h) for h in hooks]
         stop = None if any(s is None for s in stops) else max(stops)
         log(f"{name}: {key} ({len(hooks)} hook(s), stop_at_layer={stop})")
