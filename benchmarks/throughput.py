@@ -472,13 +472,15 @@ def comparison_rows(saekit: dict[str, Any], others: dict[str, dict[str, Any] | N
     rows = []
     generation = (saelens or {}).get("generation") or {}
     labels = {"single_site": f"activations, 1 site ({site})",
+              "single_site_bf16": f"activations, 1 site ({site}), saekit's model in bf16 (SAELens fp32)",
               "all_layers": f"activations, all {n_layers} layers' resid_post, one pass"}
-    for key in ("single_site", "all_layers"):
+    for key in ("single_site", "single_site_bf16", "all_layers"):
         if key not in saekit:
             continue
         classes = [name for name in ("HookedTransformer", "HookedProxyLM") if name in generation] or [None]
         for name in classes:
-            theirs = generation.get(name, {}).get(key) if name else None
+            # SAELens's one-site figure (its default dtype) is what saekit's bf16 model is set against
+            theirs = generation.get(name, {}).get(key.removesuffix("_bf16")) if name else None
             if name and "error" in generation.get(name, {}):
                 theirs = generation[name]
             rows.append({"measurement": labels[key], "saekit_as": "ActivationSource.chunk", "saelens_via": name,
@@ -552,6 +554,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="torch threads for every library (default: the cores this process may use)")
     parser.add_argument("--skip-saelens", action="store_true", help="do not run SAELens")
     parser.add_argument("--skip-sparsify", action="store_true", help="do not run sparsify")
+    parser.add_argument("--skip-bf16-model", action="store_true",
+                        help="do not also time saekit's generation with the model in bfloat16")
     parser.add_argument("--skip-all-layers", action="store_true",
                         help="leave out the all-layers generation pass (the slow part), in every library")
     parser.add_argument("--setup", action="store_true",
@@ -620,6 +624,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_all_layers:
         log(f"activation generation at all {n_layers} layers' resid_post in one pass")
         saekit["all_layers"], _ = measure_generation(replace(spec, sites=all_sites), loaded, plan, keep_site=None)
+    if not args.skip_bf16_model:  # the model itself in bf16: saekit's quickstart recipe on CPUs with bf16 units
+        bf16_data = replace(plan.config.data, model_dtype="bfloat16")
+        log(f"activation generation at {site}, the model in bfloat16")
+        saekit["single_site_bf16"], _ = measure_generation(replace(spec, data=bf16_data),
+                                                           bf16_data.load_model(plan.config.run.device), plan,
+                                                           keep_site=None)
     gc.collect()
     train = training_data(chunks, plan.config)
     for key, dtype in (("training", None), ("training_bf16", torch.bfloat16)):
