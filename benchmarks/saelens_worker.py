@@ -34,8 +34,6 @@ import os
 import statistics
 import sys
 import time
-import traceback
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -44,30 +42,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import torch  # noqa: E402
+from bench_common import failure, package_version, prefixed_log, timed  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-
-def log(message: str) -> None:
-    print(f"[saelens] {message}", flush=True)
+log = prefixed_log("saelens")
 
 
-def package_version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
-def failure(err: BaseException) -> dict[str, str]:
-    """What to record when a part cannot run: the exception and its last frames."""
-    return {"error": f"{type(err).__name__}: {err}".strip()[:2000],
-            "traceback": "".join(traceback.format_exception(err)[-3:])[-3000:]}
 
 
-def timed(fn: Any) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+
+
 
 
 # ---- training ---------------------------------------------------------------------------------

@@ -41,9 +41,7 @@ import json
 import os
 import statistics
 import sys
-import time
 import traceback
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -51,19 +49,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import torch  # noqa: E402
+from bench_common import package_version, prefixed_log, timed  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-
-def log(message: str) -> None:
-    print(f"[sparsify] {message}", flush=True)
+log = prefixed_log("sparsify")
 
 
-def package_version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
+
+
 
 
 class TrainerStep:
@@ -134,10 +128,6 @@ class TrainerStep:
         return fvu
 
 
-def timed(fn: Any) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def measure_training(settings: dict[str, Any], train: Tensor) -> dict[str, Any]:

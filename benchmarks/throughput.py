@@ -70,14 +70,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
+from bench_common import package_version, prefixed_log, timed
 from torch import Tensor
 
 from saekit.activations.source import ActivationSource, ActivationSpec, contexts_for, load_split, token_mask
@@ -91,20 +89,15 @@ from saekit.training.config import TrainConfig
 from saekit.training.run import InputScaling
 from saekit.training.trainer import DictionaryTrainer
 
+log = prefixed_log("saekit")
+
 BENCH_DIR = Path(__file__).resolve().parent
 CONSTRAINTS = BENCH_DIR / "constraints.txt"
 RESULTS_DIR = BENCH_DIR / "results"
 
 
-def log(message: str) -> None:
-    print(f"[saekit] {message}", flush=True)
 
 
-def package_version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
 def available_cores() -> int:
@@ -131,10 +124,6 @@ def load_average() -> list[float] | None:
         return None
 
 
-def timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 # ---- the comparison venvs ----------------------------------------------------------------------
