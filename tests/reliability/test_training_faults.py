@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from run_helpers import train_flags
 
 from saekit.cli import main
 from saekit.errors import SaekitError
 from saekit.evaluation.evaluate import evaluate_run
 from saekit.io import TEMP_MARK, load_tensors, save_tensors
 from saekit.locks import LOCK_FILE, exclusive
-from saekit.settings import flat_values
 from saekit.training.config import TrainConfig
 from saekit.training.run import CHECKPOINT_FILE, DICTIONARY_DIR, LOG_FILE, read_checkpoint_step, train_run
 
@@ -38,14 +38,6 @@ def _config(model_dir: Path, tmp_path: Path, **overrides) -> TrainConfig:
                   cache_dir=str(tmp_path / "cache"), eval_tokens=256)
     values.update(overrides)
     return TrainConfig.from_flat(values)
-
-
-def _flags(config: TrainConfig, runs_dir: Path) -> list[str]:
-    args = ["train", "--runs-dir", str(runs_dir)]
-    for key, value in flat_values(config).items():
-        if key not in ("extra", "betas") and value is not None:
-            args += ["--" + key.replace("_", "-"), str(value)]
-    return args
 
 
 def _killed_at(target: str, nth: int, match: str, args: list[str]) -> subprocess.CompletedProcess:
@@ -83,7 +75,7 @@ def reference(tiny_loaded, tiny_model_dir, tmp_path) -> Path:
 ])
 def test_kill_during_a_write_then_resume_is_exact(reference, tiny_model_dir, tmp_path, match, nth):
     config = _config(tiny_model_dir, tmp_path, name="killed")
-    killed = _killed_at("saekit.io:save_file", nth, match, _flags(config, tmp_path / "runs"))
+    killed = _killed_at("saekit.io:save_file", nth, match, train_flags(config, tmp_path / "runs"))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     run_dir = tmp_path / "runs" / "killed"
     assert _temporaries(run_dir), "the kill should have left a temporary behind"
@@ -93,7 +85,7 @@ def test_kill_during_a_write_then_resume_is_exact(reference, tiny_model_dir, tmp
     with open(run_dir / LOG_FILE, "a", encoding="utf-8") as log:  # what a kill inside a log write leaves
         log.write('{"step": 9999, "fv')
 
-    resumed = _saekit(_flags(config, tmp_path / "runs") + ["--resume"])
+    resumed = _saekit(train_flags(config, tmp_path / "runs") + ["--resume"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     _assert_same_weights(reference, run_dir)
     steps = [json.loads(line)["step"] for line in (run_dir / LOG_FILE).read_text().splitlines()]
@@ -114,7 +106,7 @@ def test_damaged_log_line_before_the_end_is_one_line(tiny_loaded, tiny_model_dir
 def test_two_writers_of_one_run(tiny_model_dir, tmp_path, capsys):
     runs = tmp_path / "runs"
     first = _config(tiny_model_dir, tmp_path, name="d", k=8, train_tokens=256 * 5000, checkpoint_every=1000)
-    process = subprocess.Popen([sys.executable, "-m", "saekit", *_flags(first, runs)], env=ENV,
+    process = subprocess.Popen([sys.executable, "-m", "saekit", *train_flags(first, runs)], env=ENV,
                                stderr=subprocess.DEVNULL)
     try:
         log = runs / "d" / LOG_FILE
@@ -125,7 +117,7 @@ def test_two_writers_of_one_run(tiny_model_dir, tmp_path, capsys):
         config_before = (runs / "d" / "config.json").read_bytes()
 
         second = _config(tiny_model_dir, tmp_path, name="d", k=32)
-        code = main(_flags(second, runs))
+        code = main(train_flags(second, runs))
         error = capsys.readouterr().err
         assert process.poll() is None, "the first writer ended before the second was refused"
         assert code == 1 and error.count("\n") == 1 and "Traceback" not in error

@@ -1,20 +1,18 @@
 """Cross-layer runs on the tiny model: the CLI trains a CLT over both layers, exact resume, bad layer settings."""
 
 import json
-import os
-import signal
 import subprocess
-import time
 
 import pytest
 import torch
-from training.test_run import _cli, _config
+from run_helpers import assert_resume_after_kill_matches, train_command
+from training.test_run import _config
 
 from saekit.cli import main
 from saekit.dictionaries.registry import build_dictionary, load_dictionary
 from saekit.io import load_tensors
 from saekit.training.checkpoint import load_checkpoint
-from saekit.training.run import CHECKPOINT_FILE, LOG_FILE, read_checkpoint_step, train_run
+from saekit.training.run import CHECKPOINT_FILE, LOG_FILE, train_run
 
 CLT = dict(architecture="clt_topk", layers="0-1", site="blocks.0.mlp_in", target_site="blocks.0.mlp_out", lr=3e-3)
 
@@ -27,7 +25,7 @@ def _raw_chunk(config, loaded):
 
 def test_cli_trains_a_clt_over_two_layers(tiny_loaded, tiny_model_dir, tmp_path):
     config = _config(tiny_model_dir, tmp_path, name="clt", train_tokens=256 * 48, **CLT)
-    result = subprocess.run(_cli(config, tmp_path / "runs"), capture_output=True, text=True)
+    result = subprocess.run(train_command(config, tmp_path / "runs"), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     run_dir = tmp_path / "runs" / "clt"
     log = [json.loads(line) for line in (run_dir / LOG_FILE).read_text().splitlines()]
@@ -67,29 +65,9 @@ def test_crosscoder_run_over_two_residual_streams(tiny_loaded, tiny_model_dir, t
 
 def test_clt_resume_after_kill_matches_uninterrupted_run(tiny_model_dir, tmp_path):
     overrides = dict(CLT, train_tokens=256 * 120, expansion_factor=16, checkpoint_every=3)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     reference = _config(tiny_model_dir, tmp_path, name="reference", **overrides)
-    subprocess.run(_cli(reference, tmp_path / "runs"), env=env, check=True, capture_output=True)
-
     killed = _config(tiny_model_dir, tmp_path, name="killed", **overrides)
-    process = subprocess.Popen(_cli(killed, tmp_path / "runs"), env=env, stderr=subprocess.DEVNULL)
-    log = tmp_path / "runs" / "killed" / LOG_FILE
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        if log.exists() and len(log.read_text().splitlines()) >= 10:
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    step = read_checkpoint_step(tmp_path / "runs" / "killed" / CHECKPOINT_FILE)
-    assert step is not None and 0 < step < killed.total_steps
-
-    resumed = subprocess.run(_cli(killed, tmp_path / "runs", "--resume"), env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    expected = load_tensors(tmp_path / "runs" / "reference" / "dictionary" / "weights.safetensors")
-    actual = load_tensors(tmp_path / "runs" / "killed" / "dictionary" / "weights.safetensors")
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6)
+    assert_resume_after_kill_matches(reference, killed, tmp_path / "runs")
 
 
 @pytest.mark.parametrize("flags, message", [

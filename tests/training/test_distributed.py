@@ -5,21 +5,19 @@ tiny model, each process with one thread, so the one-process reference sums in t
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from run_helpers import ONE_THREAD, train_flags
 
 from saekit.io import load_tensors
-from saekit.settings import flat_values
 from saekit.training.config import TrainConfig
 from saekit.training.run import CHECKPOINT_FILE, LOG_FILE, THROUGHPUT_FILE, read_checkpoint_step
 
 KILL_AT = Path(__file__).parents[1] / "reliability" / "kill_at.py"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 SITES = "blocks.0.resid_post,blocks.1.resid_post"
 
 
@@ -31,17 +29,9 @@ def _config(tiny_model_dir, tmp_path, name: str) -> TrainConfig:
         eval_tokens=256))
 
 
-def _flags(config: TrainConfig) -> list[str]:
-    args = []
-    for key, value in flat_values(config).items():
-        if key not in ("extra", "betas") and value is not None:
-            args += ["--" + key.replace("_", "-"), str(value)]
-    return args
-
-
 def _train(config: TrainConfig, runs_dir: Path, *extra: str, processes: int = 1,
            kill_at: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
-    saekit = ["train", "--runs-dir", str(runs_dir), *_flags(config), *extra]
+    saekit = [*train_flags(config, runs_dir), *extra]
     if kill_at is not None:
         program = [str(KILL_AT), kill_at[0], str(kill_at[1]), "--", *saekit]
     else:
@@ -51,7 +41,7 @@ def _train(config: TrainConfig, runs_dir: Path, *extra: str, processes: int = 1,
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                    *program]
-    return subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    return subprocess.run(command, env=ONE_THREAD, capture_output=True, text=True, timeout=600)
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:

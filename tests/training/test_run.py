@@ -1,19 +1,14 @@
 """Training runs on a tiny model: outputs, exact resume after a real kill, and bad input."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
+from run_helpers import assert_resume_after_kill_matches
 
 from saekit.dictionaries.registry import load_dictionary
 from saekit.errors import SaekitError
 from saekit.io import load_tensors
-from saekit.settings import flat_values
 from saekit.training.config import TrainConfig
 from saekit.training.run import CHECKPOINT_FILE, LOG_FILE, read_checkpoint_step, train_run
 
@@ -48,43 +43,13 @@ def test_run_writes_folded_dictionary_stats_and_log(tiny_loaded, tiny_model_dir,
     assert fvu < 0.9 and (output.latents > 0).sum(-1).max() <= 4
 
 
-def _cli(config: TrainConfig, runs_dir, *extra):
-    args = [sys.executable, "-m", "saekit", "train", "--runs-dir", str(runs_dir)]
-    for key, value in flat_values(config).items():
-        if key not in ("extra", "betas") and value is not None:
-            args += ["--" + key.replace("_", "-"), str(value)]
-    return args + list(extra)
-
-
-def test_resume_after_kill_matches_uninterrupted_run(tiny_loaded, tiny_model_dir, tmp_path):
+def test_resume_after_kill_matches_uninterrupted_run(tiny_model_dir, tmp_path):
     overrides = dict(train_tokens=256 * 120, expansion_factor=64, k=8, checkpoint_every=3)
-    # Both runs in a subprocess with one thread: bf16 autocast sums in an order that depends on the threads.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     reference = _config(tiny_model_dir, tmp_path, name="reference", **overrides)
-    subprocess.run(_cli(reference, tmp_path / "runs"), env=env, check=True, capture_output=True)
-
     killed = _config(tiny_model_dir, tmp_path, name="killed", **overrides)
-    process = subprocess.Popen(_cli(killed, tmp_path / "runs"), env=env, stderr=subprocess.DEVNULL)
-    log = tmp_path / "runs" / "killed" / LOG_FILE
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        if log.exists() and len(log.read_text().splitlines()) >= 10:
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    step = read_checkpoint_step(tmp_path / "runs" / "killed" / CHECKPOINT_FILE)
-    assert step is not None and 0 < step < killed.total_steps
-
-    resumed = subprocess.run(_cli(killed, tmp_path / "runs", "--resume"), env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    expected = load_tensors(tmp_path / "runs" / "reference" / "dictionary" / "weights.safetensors")
-    actual = load_tensors(tmp_path / "runs" / "killed" / "dictionary" / "weights.safetensors")
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6)
-    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    run_dir = assert_resume_after_kill_matches(reference, killed, tmp_path / "runs")
+    steps = [json.loads(line)["step"] for line in (run_dir / LOG_FILE).read_text().splitlines()]
     assert steps == list(range(1, killed.total_steps + 1))  # no duplicated or missing log lines
-
 
 def test_existing_run_and_changed_resume_are_refused(tiny_loaded, tiny_model_dir, tmp_path):
     config = _config(tiny_model_dir, tmp_path, train_tokens=512)

@@ -1,0 +1,65 @@
+"""What the training tests share: a run config as ``saekit train`` flags, and the kill-and-resume check.
+
+Imported by name: ``pythonpath = ["tests"]`` in pyproject.toml puts ``tests/`` on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from saekit.io import load_tensors
+from saekit.settings import flat_values
+from saekit.training.config import TrainConfig
+from saekit.training.run import CHECKPOINT_FILE, LOG_FILE, read_checkpoint_step
+
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def train_flags(config: TrainConfig, runs_dir: Path) -> list[str]:
+    """``train --runs-dir RUNS`` and every setting of ``config`` as a flag (the CLI's arguments)."""
+    args = ["train", "--runs-dir", str(runs_dir)]
+    for key, value in flat_values(config).items():
+        if key not in ("extra", "betas") and value is not None:
+            args += ["--" + key.replace("_", "-"), str(value)]
+    return args
+
+
+def train_command(config: TrainConfig, runs_dir: Path, *extra: str) -> list[str]:
+    """``python -m saekit train ...`` for ``config``."""
+    return [sys.executable, "-m", "saekit", *train_flags(config, runs_dir), *extra]
+
+
+def assert_resume_after_kill_matches(reference: TrainConfig, killed: TrainConfig, runs_dir: Path) -> Path:
+    """Train ``reference`` whole; SIGKILL ``killed`` (the same settings) mid-run, resume it; same weights.
+
+    Both in a subprocess with one thread: bf16 autocast sums in an order that depends on the threads.
+    Returns the resumed run's directory.
+    """
+    subprocess.run(train_command(reference, runs_dir), env=ONE_THREAD, check=True, capture_output=True)
+    process = subprocess.Popen(train_command(killed, runs_dir), env=ONE_THREAD, stderr=subprocess.DEVNULL)
+    log = runs_dir / killed.name / LOG_FILE
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if log.exists() and len(log.read_text().splitlines()) >= 10:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    step = read_checkpoint_step(runs_dir / killed.name / CHECKPOINT_FILE)
+    assert step is not None and 0 < step < killed.total_steps
+
+    resumed = subprocess.run(train_command(killed, runs_dir, "--resume"), env=ONE_THREAD, capture_output=True,
+                             text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected = load_tensors(runs_dir / reference.name / "dictionary" / "weights.safetensors")
+    actual = load_tensors(runs_dir / killed.name / "dictionary" / "weights.safetensors")
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6)
+    return runs_dir / killed.name
