@@ -304,7 +304,9 @@ def train_many(configs: list[TrainConfig], runs_dir: str | Path = "runs", resume
     if loaded is None:
         check_sites_exist(spec)
     owned = [index for index in range(len(configs)) if group is None or group.owns(index)]
-    writes = group is None or not group.data_parallel or group.is_writer
+    writes = writes_runs(group)
+    # Runs trained together (here or on other ranks) keep their previous checkpoint, for common_checkpoints.
+    keep_previous = len(configs) > 1
     configs = [configs[index] for index in owned]
     run_dirs = [Path(runs_dir) / config.name for config in configs]
     with ExitStack() as locks:
@@ -321,8 +323,13 @@ def train_many(configs: list[TrainConfig], runs_dir: str | Path = "runs", resume
                 _prepare_run_dir(config, run_dir, resume)
         if group is not None:
             group.barrier()  # the writers have checked and written the run directories
-        _train_prepared(configs, run_dirs, source, resume, progress and writes, group)
+        _train_prepared(configs, run_dirs, source, resume, progress and writes, group, keep_previous)
     return run_dirs if writes else []
+
+
+def writes_runs(group: ProcessGroup | None) -> bool:
+    """Whether this process writes its runs' directories (a data-parallel group's rank 0 writes for all)."""
+    return group is None or not group.data_parallel or group.is_writer
 
 
 def check_group(configs: list[TrainConfig], group: ProcessGroup | None) -> None:
@@ -347,9 +354,8 @@ def check_sites_exist(spec: ActivationSpec) -> None:
 
 
 def _train_prepared(configs: list[TrainConfig], run_dirs: list[Path], source: ActivationSource, resume: bool,
-                    progress: bool, group: ProcessGroup | None = None) -> None:
-    timing = LoopTiming(started=time.perf_counter(),  # from the first chunk: its forward is part of the run
-                        group_runs=len(configs) if group is None or group.data_parallel else group.world_size)
+                    progress: bool, group: ProcessGroup | None = None, keep_previous: bool = False) -> None:
+    timing = LoopTiming(started=time.perf_counter())  # from the first chunk: its forward is part of the run
     chunks = chunk_sequence(source, configs[0], group)
     first_chunk = next(chunks)  # for the input scaling, then trained on like the rest
     states = [RunState(config, first_chunk, group) for config in configs]
@@ -357,13 +363,13 @@ def _train_prepared(configs: list[TrainConfig], run_dirs: list[Path], source: Ac
         for state, checkpoint in zip(states, common_checkpoints(run_dirs, group)):
             state.restore(checkpoint)
     step = states[0].trainer.step
-    writes = group is None or not group.data_parallel or group.is_writer
+    writes = writes_runs(group)
     if writes:
         for run_dir in run_dirs:
             _truncate_log(run_dir / LOG_FILE, step)
             _truncate_log(run_dir / DENSITY_FILE, step)
     batches = _batches_from(itertools.chain([first_chunk], chunks), configs[0], step)
-    _train_loop(states, run_dirs if writes else [], batches, progress, timing)
+    _train_loop(states, run_dirs if writes else [], batches, progress, timing, keep_previous)
     if writes:
         for state, run_dir in zip(states, run_dirs):
             state.save_outputs(run_dir)
@@ -386,7 +392,6 @@ class LoopTiming:
     wall_seconds: float = 0.0
     step_seconds: float = 0.0  # inside the dictionaries' steps
     wait_seconds: float = 0.0  # waiting for the next batch: the activations not ready in time
-    group_runs: int = 1  # runs trained together across the processes of a site-parallel group
 
 
 def throughput_record(timing: LoopTiming, source: ActivationSource, state: RunState, dictionaries: int,
@@ -415,9 +420,8 @@ def throughput_record(timing: LoopTiming, source: ActivationSource, state: RunSt
 
 
 def _train_loop(states: list[RunState], run_dirs: list[Path], batches: Iterator[dict[str, Tensor]],
-                progress: bool, timing: LoopTiming) -> None:
+                progress: bool, timing: LoopTiming, keep_previous: bool) -> None:
     config = states[0].config
-    together = len(states) > 1 or (timing.group_runs > 1)
     label = config.name if len(states) == 1 else f"{len(states)} dictionaries"
     bar = tqdm(total=config.total_steps, initial=states[0].trainer.step, desc=f"training {label}",
                unit="step", disable=not progress)
@@ -451,7 +455,7 @@ def _train_loop(states: list[RunState], run_dirs: list[Path], batches: Iterator[
             if saving:
                 for state, run_dir in zip(states, run_dirs):
                     _append_density(run_dir, state.trainer.density_snapshot())
-                    state.save(run_dir / CHECKPOINT_FILE, keep_previous=together)
+                    state.save(run_dir / CHECKPOINT_FILE, keep_previous=keep_previous)
     timing.wall_seconds = time.perf_counter() - timing.started
 
 
