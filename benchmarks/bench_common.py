@@ -37,3 +37,19 @@ def failure(err: BaseException) -> dict[str, str]:
     """What to record when a part cannot run: the exception and its last frames."""
     return {"error": f"{type(err).__name__}: {err}".strip()[:2000],
             "traceback": "".join(traceback.format_exception(err)[-3:])[-3000:]}
+
+
+def step_rates(run: Callable[[int, int], None], warmup: int, steps: int, repeats: int, tokens_per_step: int,
+               log: Callable[[str], None], indent: str = "") -> list[float]:
+    """tokens/s of each timed repeat of a training loop, after an untimed warm-up.
+
+    ``run(count, first)`` takes ``count`` steps on batches ``first, first + 1, ...``; every repeat gets
+    batches the warm-up and earlier repeats did not use.
+    """
+    run(warmup, 0)
+    rates = []
+    for r in range(repeats):
+        elapsed = timed(lambda r=r: run(steps, warmup + r * steps))
+        rates.append(steps * tokens_per_step / elapsed)
+        log(f"{indent}training repeat {r + 1}/{repeats}: {rates[-1]:,.0f} tokens/s")
+    return rates

@@ -42,7 +42,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import torch  # noqa: E402
-from bench_common import failure, package_version, prefixed_log, timed  # noqa: E402
+from bench_common import failure, package_version, prefixed_log, step_rates, timed  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 log = prefixed_log("saelens")
@@ -87,12 +87,7 @@ def measure_training(settings: dict[str, Any], train: torch.Tensor) -> dict[str,
             trainer.step(batches[i % n_batches])
             trainer.n_training_steps += 1  # fit() advances this after each step
 
-    run(warmup, 0)
-    rates = []
-    for r in range(repeats):
-        elapsed = timed(lambda r=r: run(steps, warmup + r * steps))
-        rates.append(steps * batch / elapsed)
-        log(f"training repeat {r + 1}/{repeats}: {rates[-1]:,.0f} tokens/s")
+    rates = step_rates(run, warmup, steps, repeats, batch, log)
     return {
         "tokens_per_s": statistics.median(rates), "repeats_tokens_per_s": rates,
         "what": "SAETrainer.step on TopKTrainingSAE (its defaults otherwise: rescale_acts_by_decoder_norm, "

@@ -49,7 +49,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import torch  # noqa: E402
-from bench_common import package_version, prefixed_log, timed  # noqa: E402
+from bench_common import package_version, prefixed_log, step_rates  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from torch import Tensor  # noqa: E402
 
@@ -143,12 +143,7 @@ def measure_training(settings: dict[str, Any], train: Tensor) -> dict[str, Any]:
         for i in range(first, first + count):
             fvus.append(step(batches[i % n_batches]))
 
-    run(warmup, 0)
-    rates = []
-    for r in range(repeats):
-        elapsed = timed(lambda r=r: run(steps, warmup + r * steps))
-        rates.append(steps * batch / elapsed)
-        log(f"training repeat {r + 1}/{repeats}: {rates[-1]:,.0f} tokens/s")
+    rates = step_rates(run, warmup, steps, repeats, batch, log)
     autocast = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     from sparsify.utils import decoder_impl
 

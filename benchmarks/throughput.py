@@ -75,7 +75,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import package_version, prefixed_log, timed
+from bench_common import package_version, prefixed_log, step_rates, timed
 from torch import Tensor
 
 from saekit.activations.source import ActivationSource, ActivationSpec, contexts_for, load_split, token_mask
@@ -323,12 +323,7 @@ def measure_training(data: Tensor, plan: Plan, autocast_dtype: torch.dtype | Non
         for i in range(first, first + count):
             trainer.train_step(batches[i % n_batches])
 
-    run(plan.warmup_steps, 0)
-    rates = []
-    for r in range(plan.repeats):
-        elapsed = timed(lambda r=r: run(plan.steps, plan.warmup_steps + r * plan.steps))
-        rates.append(plan.steps * batch / elapsed)
-        log(f"  training repeat {r + 1}/{plan.repeats}: {rates[-1]:,.0f} tokens/s")
+    rates = step_rates(run, plan.warmup_steps, plan.steps, plan.repeats, batch, log, indent="  ")
     return {"tokens_per_s": statistics.median(rates), "repeats_tokens_per_s": rates,
             "autocast_dtype": None if autocast_dtype is None else str(autocast_dtype).removeprefix("torch."),
             "adam": {key: trainer.optimizer.defaults[key] for key in ("fused", "foreach")},
