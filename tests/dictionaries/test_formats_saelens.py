@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from format_helpers import one_line, pickle_only, refusal
 from safetensors.torch import save_file
 
 from saekit.dictionaries.base import DictionaryConfig
@@ -124,12 +125,6 @@ def test_round_trip(tmp_path, architecture):
     assert _rel(b.reconstruction, a.reconstruction) <= 1e-5
 
 
-def _one_line(excinfo) -> str:
-    message = str(excinfo.value)
-    assert message and "\n" not in message
-    return message
-
-
 @pytest.mark.parametrize(("change", "needle"), [
     ({"architecture": "banana"}, "not supported"),
     ({"architecture": "gated"}, "gated"),
@@ -144,21 +139,12 @@ def test_bad_config_is_one_line(tmp_path, change, needle):
     cfg = json.loads((directory / "cfg.json").read_text())
     cfg.update(change)
     (directory / "cfg.json").write_text(json.dumps(cfg))
-    before = sorted(p.name for p in directory.iterdir())
-    with pytest.raises(SaekitError) as excinfo:
-        read_saelens(directory)
-    assert needle in _one_line(excinfo)
-    assert sorted(p.name for p in directory.iterdir()) == before
+    assert needle in refusal(read_saelens, directory)
 
 
 def test_pickle_is_refused(tmp_path):
-    directory = tmp_path / "sae"
-    directory.mkdir()
-    (directory / "cfg.json").write_text("{}")
-    (directory / "sae_weights.pt").write_bytes(b"\x80\x04not really")
-    with pytest.raises(SaekitError) as excinfo:
-        read_saelens(directory)
-    assert "never unpickles" in _one_line(excinfo)
+    directory = pickle_only(tmp_path / "sae", "cfg.json", "sae_weights.pt")
+    assert "never unpickles" in refusal(read_saelens, directory)
 
 
 def test_non_positive_threshold_is_refused(tmp_path):
@@ -166,16 +152,16 @@ def test_non_positive_threshold_is_refused(tmp_path):
     tensors["threshold"][0] = 0.0
     with pytest.raises(SaekitError) as excinfo:
         read_saelens(_write(tmp_path / "sae", "jumprelu", None, tensors))
-    assert "positive" in _one_line(excinfo)
+    assert "positive" in one_line(excinfo)
 
 
 def test_writer_refuses_and_writes_nothing(tmp_path):
     dictionary = build_dictionary(DictionaryConfig(architecture="gated", d_in=D_IN, width=WIDTH))
     with pytest.raises(SaekitError) as excinfo:
         write_saelens(tmp_path / "out", dictionary, {"site": "blocks.1.resid_post"})
-    _one_line(excinfo)
+    one_line(excinfo)
     relu = build_dictionary(DictionaryConfig(architecture="relu", d_in=D_IN, width=WIDTH))
     with pytest.raises(SaekitError) as excinfo:
         write_saelens(tmp_path / "out", relu, {"site": "nowhere"})
-    _one_line(excinfo)
+    one_line(excinfo)
     assert list(tmp_path.iterdir()) == []

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from format_helpers import one_line, pickle_only, refusal
 from safetensors.torch import load_file, save_file
 
 from saekit.dictionaries.base import DictionaryConfig
@@ -105,12 +106,6 @@ def test_round_trip(tmp_path, transcoder, skip, site):
     assert _rel(b.reconstruction, a.reconstruction) <= 1e-5
 
 
-def _one_line(excinfo) -> str:
-    message = str(excinfo.value)
-    assert message and "\n" not in message
-    return message
-
-
 @pytest.mark.parametrize(("name", "change", "needle"), [
     ("layers.3", {"d_in": D_IN + 2}, "shape"),
     ("layers.3.attention", {}, "hookpoint"),
@@ -119,26 +114,17 @@ def _one_line(excinfo) -> str:
 ])
 def test_bad_input_is_one_line(tmp_path, name, change, needle):
     directory, _ = _write(tmp_path / name, cfg_extra=change)
-    before = sorted(p.name for p in directory.iterdir())
-    with pytest.raises(SaekitError) as excinfo:
-        read_sparsify(directory)
-    assert needle in _one_line(excinfo)
-    assert sorted(p.name for p in directory.iterdir()) == before
+    assert needle in refusal(read_sparsify, directory)
 
 
 def test_pickle_is_refused(tmp_path):
-    directory = tmp_path / "layers.1"
-    directory.mkdir()
-    (directory / "cfg.json").write_text("{}")
-    (directory / "sae.pt").write_bytes(b"\x80\x04")
-    with pytest.raises(SaekitError) as excinfo:
-        read_sparsify(directory)
-    assert "never unpickles" in _one_line(excinfo)
+    directory = pickle_only(tmp_path / "layers.1", "cfg.json", "sae.pt")
+    assert "never unpickles" in refusal(read_sparsify, directory)
 
 
 def test_writer_refuses_non_topk(tmp_path):
     dictionary = build_dictionary(DictionaryConfig(architecture="relu", d_in=D_IN, width=WIDTH))
     with pytest.raises(SaekitError) as excinfo:
         write_sparsify(tmp_path / "layers.1", dictionary, {"site": "blocks.1.resid_post"})
-    assert "TopK" in _one_line(excinfo)
+    assert "TopK" in one_line(excinfo)
     assert list(tmp_path.iterdir()) == []
