@@ -36,8 +36,7 @@ def _train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     configs = [config]
     if args.sites:
-        sites = expand_sites(args.sites, config.data.model)
-        configs = [config.updated(site=site, name=f"{config.name}/{site}") for site in sites]
+        configs = site_configs(config, expand_sites(args.sites, config.data.model))
     group = join_group(config.run.device, args.distribute)  # None unless started by torchrun
     try:
         for run_dir in train_many(configs, args.runs_dir, resume=args.resume, group=group):
@@ -47,8 +46,27 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def site_configs(config: TrainConfig, entries: list[str]) -> list[TrainConfig]:
+    """One run per ``--sites`` entry: ``SITE`` or a transcoder's ``SITE->TARGET``, in ``NAME/SITE``.
+
+    A plain entry of a transcoder config (``--target-site`` set) keeps the target's kind at the entry's
+    layer, so ``--sites 'blocks.*.mlp_in' --target-site blocks.0.mlp_out`` is a transcoder per MLP.
+    """
+    from saekit.models.sites import Site, parse_site
+
+    configs = []
+    for entry in entries:
+        site, _, target = (part.strip() for part in entry.partition("->"))
+        if not target and config.target_site is not None:
+            target = Site(parse_site(site).layer, parse_site(config.target_site).kind).name
+        configs.append(config.updated(site=site, target_site=target or None, name=f"{config.name}/{site}").validate())
+    return configs
+
+
 def expand_sites(text: str, model: str) -> list[str]:
-    """Comma-separated site names; ``blocks.*.kind`` means that kind at every layer of the model."""
+    """Comma-separated site names (or ``SITE->TARGET`` pairs); ``blocks.*.kind`` means every layer of the model.
+
+    A ``*`` in a pair stands for the same layer on both sides."""
     names = [name.strip() for name in text.split(",") if name.strip()]
     if any("*" in name for name in names):
         from saekit.models.loading import load_model_config  # reads the config file alone, no weights
@@ -143,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--runs-dir", default="runs", help="where run directories go [runs]")
     train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     train.add_argument("--sites", help="train one dictionary per site from one forward pass: comma-separated, "
-                       "blocks.*.resid_post = every layer; runs go to RUNS_DIR/NAME/SITE")
+                       "blocks.*.resid_post = every layer; transcoders as SITE->TARGET (blocks.*.mlp_in->blocks.*.mlp_out) "
+                       "or with --target-site, whose kind is then taken at each site's layer; runs go to "
+                       "RUNS_DIR/NAME/SITE")
     train.add_argument("--distribute", choices=("data", "sites"), default="data",
                        help="under torchrun: 'data' splits every batch over the processes (one run, or several "
                        "stepping together), 'sites' deals the runs (--sites) out to the processes [data]")

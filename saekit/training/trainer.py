@@ -402,7 +402,8 @@ class DictionaryTrainer:
         values = [*(value.detach() for value in output.losses.values()), residual_variance / total_variance,
                   output.mean_l0(), dead]
         if isinstance(self.dictionary, LayeredDictionary) and self.dictionary.layers > 1:
-            per_layer = self.dictionary.layer_metrics(output.latents, reconstruction, target)
+            latents = output.sparse if output.sparse is not None else output.latents
+            per_layer = self.dictionary.layer_metrics(latents, reconstruction, target)
             names, values = names + list(per_layer), values + list(per_layer.values())
         return names, values
 

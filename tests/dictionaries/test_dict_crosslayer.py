@@ -206,3 +206,34 @@ def test_crosscoder_recovers_features_shared_across_layers():
     fit_dictionary(coder, _batches((x, x)), STEPS, OptimConfig(lr=3e-3, dead_window_tokens=20 * BATCH))
     recovered = _max_cosine(truth, coder.W_dec)
     assert before < 0.5 and recovered > 0.8, (before, recovered)
+
+
+def test_clt_sparse_forward_matches_the_dense_one_in_value_and_gradient():
+    # k = 3 of 16 latents per layer is below the sparse share, so the bagged decode runs.
+    sparse = _layered("clt_topk", layers=3, d=8, per_layer=16, skip=True, k=3)
+    with torch.no_grad():
+        for parameter in (sparse.W_skip, sparse.b_dec, sparse.b_enc):
+            parameter.normal_()
+    dense = copy.deepcopy(sparse)
+    dense.uses_sparse_forward = lambda: False
+    x, target = torch.randn(40, 24), torch.randn(40, 24)
+    out_sparse, out_dense = sparse(x, target), dense(x, target)
+    assert out_sparse.sparse is not None and out_dense.sparse is None
+    torch.testing.assert_close(out_sparse.reconstruction, out_dense.reconstruction)
+    torch.testing.assert_close(out_sparse.latents, out_dense.latents)
+    def metrics(dictionary, latents, output):
+        return {name: float(value) for name, value in
+                dictionary.layer_metrics(latents, output.reconstruction.detach(), target).items()}
+    assert metrics(sparse, out_sparse.sparse, out_sparse) == pytest.approx(metrics(dense, out_dense.latents, out_dense))
+    out_sparse.losses["loss"].backward()
+    out_dense.losses["loss"].backward()
+    for (name, a), b in zip(sparse.named_parameters(), dense.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_clt_decoder_gradient_projection_leaves_each_block_orthogonal():
+    clt = _layered("clt_topk", layers=3, d=4, per_layer=6, k=2)
+    clt.W_dec.grad = torch.randn_like(clt.W_dec)
+    clt.remove_parallel_decoder_gradient()
+    for weight, grad in zip(clt._blocks_of(clt.W_dec), clt._blocks_of(clt.W_dec.grad)):
+        torch.testing.assert_close((weight * grad).sum(1), torch.zeros(6), atol=1e-6, rtol=0)

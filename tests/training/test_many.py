@@ -145,3 +145,20 @@ def test_cli_sites_wildcard_expands_over_the_model_layers(tiny_model_dir, tmp_pa
     # The handler expands against the configured model, then checks each site before any training.
     code = main(["train", "--model", str(tiny_model_dir), "--sites", "blocks.*.bogus", "--runs-dir", str(tmp_path)])
     assert code == 1 and "site must be blocks.<layer>.<kind>" in capsys.readouterr().err
+
+
+def test_cli_sites_name_a_transcoder_per_layer(tiny_model_dir):
+    from saekit.cli import expand_sites, site_configs
+
+    base = TrainConfig.from_flat({"model": str(tiny_model_dir), "name": "tc"})
+    pairs = expand_sites("blocks.*.mlp_in->blocks.*.mlp_out", str(tiny_model_dir))
+    assert pairs == ["blocks.0.mlp_in->blocks.0.mlp_out", "blocks.1.mlp_in->blocks.1.mlp_out"]
+    explicit = site_configs(base, pairs)
+    # With --target-site, a plain entry keeps the target's kind at its own layer.
+    implied = site_configs(base.updated(target_site="blocks.0.mlp_out"),
+                           expand_sites("blocks.*.mlp_in", str(tiny_model_dir)))
+    for configs in (explicit, implied):
+        assert [(c.name, c.site, c.target_site) for c in configs] == [
+            ("tc/blocks.0.mlp_in", "blocks.0.mlp_in", "blocks.0.mlp_out"),
+            ("tc/blocks.1.mlp_in", "blocks.1.mlp_in", "blocks.1.mlp_out")]
+    assert site_configs(base, ["blocks.1.resid_post"])[0].target_site is None
