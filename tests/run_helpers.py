@@ -1,4 +1,5 @@
-"""What the training tests share: a run config as ``saekit train`` flags, and the kill-and-resume check.
+"""What the training tests share: a run config as ``saekit train`` flags, the kill-and-resume check, and
+small cross-layer runs (a CLT and a crosscoder over both layers of the tiny model).
 
 Imported by name: ``pythonpath = ["tests"]`` in pyproject.toml puts ``tests/`` on ``sys.path``.
 """
@@ -20,6 +21,20 @@ from saekit.training.config import TrainConfig
 from saekit.training.run import CHECKPOINT_FILE, LOG_FILE, read_checkpoint_step
 
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+CROSSLAYER_BASE = dict(context_length=16, contexts_per_chunk=16, expansion_factor=4, k=4, batch_size=256, lr=3e-3,
+                       shuffle_buffer_tokens=512, eval_tokens=280, eval_batch_contexts=4)
+
+
+def crosslayer_configs(model_dir: Path, cache_dir: Path) -> dict[str, TrainConfig]:
+    """A CLT (TopK, layers 0-1, MLP in -> out) and a crosscoder (layers 0-1, resid_post) on the tiny model."""
+    common = dict(CROSSLAYER_BASE, model=str(model_dir), cache_dir=str(cache_dir))
+    return {
+        "clt": TrainConfig.from_flat(dict(common, name="clt", architecture="clt_topk", layers="0-1",
+                                          train_tokens=256 * 64, site="blocks.0.mlp_in",
+                                          target_site="blocks.0.mlp_out")),
+        "cc": TrainConfig.from_flat(dict(common, name="cc", architecture="crosscoder", layers="0-1",
+                                         site="blocks.0.resid_post", l1_coefficient=0.05, train_tokens=256 * 24)),
+    }
 
 
 def train_flags(config: TrainConfig, runs_dir: Path) -> list[str]:

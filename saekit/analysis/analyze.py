@@ -24,7 +24,7 @@ from saekit.analysis import store
 from saekit.analysis.examples import KINDS, ExampleCollector, ExampleConfig
 from saekit.analysis.geometry import GeometryConfig, decoder_geometry
 from saekit.analysis.latents import TokenMaskRule, analysis_contexts, latent_batches
-from saekit.analysis.logits import LogitConfig, logit_note, logit_skip_reason, logit_weights
+from saekit.analysis.logits import LogitConfig, logit_note, logit_skip_reason, logit_weights, output_layer_logits
 from saekit.analysis.statistics import (
     FlagRule,
     HistogramBins,
@@ -33,7 +33,7 @@ from saekit.analysis.statistics import (
     finish_statistics,
 )
 from saekit.dictionaries.base import Dictionary
-from saekit.dictionaries.registry import dictionary_fingerprint, load_dictionary
+from saekit.dictionaries.registry import dictionary_fingerprint, load_dictionary, read_sites, written_sites
 from saekit.errors import SaekitError
 from saekit.io import replace_directory, save_tensors, write_json
 from saekit.locks import exclusive
@@ -41,6 +41,12 @@ from saekit.models.loading import LoadedModel
 from saekit.provenance import fingerprint_json
 from saekit.settings import to_dict
 from saekit.training.run import DICTIONARY_DIR, load_run_config
+
+# What a cross-layer latent's headline logit weights read (its per-layer ones are in layers.safetensors).
+LAYERED_LOGIT_NOTE = {
+    True: "a CLT latent's decoders into every later MLP output added up: its total direct write to the residual stream",
+    False: "a crosscoder latent's decoder into the last layer of its range",
+}
 
 
 @dataclass
@@ -67,12 +73,13 @@ class AnalysisConfig:
 
 
 def _stream(
-    loaded: LoadedModel, dictionary: Dictionary, site: str, contexts: Tensor, n_latents: int, config: AnalysisConfig,
+    loaded: LoadedModel, dictionary: Dictionary, sites: list[str], contexts: Tensor, n_latents: int,
+    config: AnalysisConfig,
 ) -> tuple[StatisticsAccumulator, ExampleCollector, Tensor]:
     accumulator = StatisticsAccumulator(n_latents, config.histogram)
     collector = ExampleCollector(n_latents, contexts.shape[1], config.examples)
     counted_rows = []
-    batches = latent_batches(loaded, dictionary, site, contexts, n_latents, config.batch_contexts, config.mask)
+    batches = latent_batches(loaded, dictionary, sites, contexts, n_latents, config.batch_contexts, config.mask)
     total = math.ceil(contexts.shape[0] / config.batch_contexts)
     for batch in tqdm(batches, total=total, desc="analysing latents", unit="batch", disable=not config.progress):
         accumulator.update(batch.activations[batch.counted])
@@ -89,14 +96,24 @@ def decode_tokens(loaded: LoadedModel, token_ids: Tensor) -> dict[str, str]:
 
 def _write_logits(loaded: LoadedModel, dictionary: Dictionary, source: dict, n_latents: int, config: AnalysisConfig,
                   out_dir: Path) -> tuple[dict[str, Any], Tensor]:
-    write_site = source.get("target_site") or source["site"]
-    reason = logit_skip_reason(loaded, write_site, dictionary.config.output_dim)
+    """Logit weights (and, for a cross-layer dictionary, per output layer); returns the note and token ids used."""
+    writes = written_sites(source)
+    width = dictionary.config.output_dim // len(writes)
+    reason = next(filter(None, (logit_skip_reason(loaded, site, width) for site in writes)), None)
     if reason is not None:
         return {"computed": False, "note": reason}, torch.empty(0, dtype=torch.long)
-    weights = logit_weights(loaded, dictionary.W_dec[:n_latents], config.logits, config.progress)
+    latent_ids = torch.arange(n_latents)
+    weights = logit_weights(loaded, dictionary.logit_directions(latent_ids), config.logits, config.progress)
     save_tensors(out_dir / store.LOGITS_TENSORS, weights.tensors())
-    return logit_note(loaded, config.logits), torch.cat([weights.positive_ids.flatten(),
-                                                         weights.negative_ids.flatten()])
+    used = [weights.positive_ids.flatten(), weights.negative_ids.flatten()]
+    note = logit_note(loaded, config.logits)
+    if len(writes) > 1:
+        by_layer = output_layer_logits(loaded, dictionary, latent_ids, config.logits, config.progress)
+        save_tensors(out_dir / store.LAYERS_TENSORS, by_layer)
+        used += [by_layer["positive_ids"].flatten(), by_layer["negative_ids"].flatten()]
+        note["output_layers"] = {"sites": writes, "per_latent": int(by_layer["layers"].shape[1]),
+                                 "total": LAYERED_LOGIT_NOTE[dictionary.config.architecture.startswith("clt_")]}
+    return note, torch.cat(used)
 
 
 @torch.no_grad()
@@ -108,7 +125,7 @@ def _write_store(
     n_latents = config.n_latents(dictionary.config.width)
     latent_ids = torch.arange(n_latents)
     started = time.perf_counter()
-    accumulator, collector, counted = _stream(loaded, dictionary, source["site"], contexts, n_latents, config)
+    accumulator, collector, counted = _stream(loaded, dictionary, read_sites(source), contexts, n_latents, config)
     same_space = source.get("target_site") in (None, source["site"])
     stats = finish_statistics(accumulator, dictionary, latent_ids, same_space, config.flags)
     pass_seconds = time.perf_counter() - started
@@ -117,14 +134,16 @@ def _write_store(
     save_tensors(out_dir / store.EXAMPLES_TENSORS, collector.table(latent_ids).tensors(),
                  metadata={"kinds": ",".join(KINDS)})
     save_tensors(out_dir / store.CONTEXTS_TENSORS, {"token_ids": contexts.int(), "counted": counted.to(torch.uint8)})
-    geometry = decoder_geometry(dictionary.W_dec.detach().cpu(), latent_ids, config.geometry, config.progress)
+    directions = dictionary.decoder_directions().detach().cpu()
+    geometry = decoder_geometry(directions, latent_ids, config.geometry, config.progress)
     save_tensors(out_dir / store.GEOMETRY_TENSORS, geometry.tensors())
     write_json(out_dir / store.GEOMETRY_JSON, geometry.summary)
     logits, logit_ids = _write_logits(loaded, dictionary, source, n_latents, config, out_dir)
     write_json(out_dir / store.TOKENS_JSON, decode_tokens(loaded, torch.cat([contexts.flatten(), logit_ids])))
     write_json(out_dir / store.MANIFEST, {
         "format_version": store.FORMAT_VERSION, "model": loaded.name, "site": source["site"],
-        "target_site": source.get("target_site"), "dictionary": dictionary.config.to_dict(),
+        "target_site": source.get("target_site"), "sites": read_sites(source), "written_sites": written_sites(source),
+        "decoder_direction_dim": int(directions.shape[1]), "dictionary": dictionary.config.to_dict(),
         "latents_analysed": n_latents, "contexts": int(contexts.shape[0]), "context_length": int(contexts.shape[1]),
         "tokens_counted": stats.tokens, "logits": logits, "seconds": {"stream": pass_seconds},
         "example_kinds": list(KINDS), "config": asdict(config), **provenance,

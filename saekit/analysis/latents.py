@@ -10,7 +10,7 @@ rest comes from the training split under yet another seed, and the split counts 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 
@@ -58,21 +58,29 @@ def analysis_contexts(loaded: LoadedModel, data: DataConfig, tokens: int) -> tup
 
 @torch.no_grad()
 def latent_batches(
-    loaded: LoadedModel, dictionary: Dictionary, site: str, contexts: Tensor, n_latents: int,
+    loaded: LoadedModel, dictionary: Dictionary, sites: str | Sequence[str], contexts: Tensor, n_latents: int,
     batch_contexts: int = 8, rule: TokenMaskRule | None = None,
 ) -> Iterator[LatentBatch]:
-    """Latent activations (the first ``n_latents`` latents) of ``contexts``, batch by batch."""
+    """Latent activations (the first ``n_latents`` latents) of ``contexts``, batch by batch.
+
+    ``sites``: the site the dictionary reads, or a cross-layer dictionary's sites in layer order (their
+    clean activations concatenated, as in training; a token counts only where it counts at every site).
+    """
     rule = rule or TokenMaskRule()
     adapter = loaded.adapter
-    read_site = adapter.site(site)
-    if adapter.site_width(read_site) != dictionary.config.d_in:
-        raise SaekitError(f"the dictionary reads width {dictionary.config.d_in} but {site} of {loaded.name} has "
-                          f"{adapter.site_width(read_site)}; analyse it with the model it was trained on")
+    names = [sites] if isinstance(sites, str) else list(sites)
+    read_sites = [adapter.site(name) for name in names]
+    width = sum(adapter.site_width(site) for site in read_sites)
+    if width != dictionary.config.d_in:
+        raise SaekitError(f"the dictionary reads width {dictionary.config.d_in} but {', '.join(names)} of "
+                          f"{loaded.name} have {width}; analyse it with the model it was trained on")
     device = loaded.device
     for start in range(0, contexts.shape[0], batch_contexts):
         batch = contexts[start:start + batch_contexts]
-        x = capture(adapter, batch.to(device), [read_site])[read_site].float()
-        counted = token_mask({site: x}, rule.exclude_bos, rule.outlier_norm_factor)
+        captured = capture(adapter, batch.to(device), read_sites)
+        activations = {name: captured[site].float() for name, site in zip(names, read_sites)}
+        counted = token_mask(activations, rule.exclude_bos, rule.outlier_norm_factor)
+        x = torch.cat(list(activations.values()), dim=-1)
         latents = dictionary.encode(x.to(dictionary.W_enc.device))[..., :n_latents].float().cpu()
         counted = counted.cpu()
         latents = latents * counted[..., None]

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from saekit.dictionaries.base import Dictionary
 from saekit.models.loading import LoadedModel
 from saekit.models.sites import parse_site
 
@@ -28,6 +29,9 @@ class LogitConfig:
     through_final_norm: bool = True
     histogram_bins: int = 24
     latent_block: int = 256
+    # A cross-layer latent writes several layers: its own logit weights for this many of them, those
+    # its decoder writes most strongly (every layer would cost layers x the single-site analysis).
+    output_layers: int = 3
 
 
 @dataclass
@@ -111,3 +115,35 @@ def logit_note(loaded: LoadedModel, config: LogitConfig) -> dict[str, Any]:
     how = ", ".join(parts) if config.through_final_norm and parts else "not passed through the final norm"
     return {"computed": True, "final_norm": type(norm).__name__, "through_final_norm": config.through_final_norm,
             "direction": f"decoder row, {how}, times the unembedding; the input-dependent 1/rms scale is dropped"}
+
+
+@torch.no_grad()
+def output_layer_logits(
+    loaded: LoadedModel, dictionary: Dictionary, latent_ids: Tensor, config: LogitConfig | None = None,
+    progress: bool = False,
+) -> dict[str, Tensor]:
+    """A cross-layer dictionary's decoder norm into every output layer, and logit weights per output layer.
+
+    ``output_norms`` [latents, layers]; ``layers`` [latents, c]: the c output layers (positions in the
+    range) each latent writes most strongly, strongest first (-1 past the layers it writes); and
+    ``positive_ids``/``positive_values``/``negative_ids``/``negative_values`` [latents, c, top] of its
+    decoder into each of them, read as :func:`logit_weights` reads a decoder row.
+    """
+    config = config or LogitConfig()
+    norms, chosen, directions = [], [], []
+    for block in latent_ids.split(config.latent_block):
+        decoders = dictionary.output_decoders(block).detach().float().cpu()  # [block, layers, d]
+        block_norms = decoders.norm(dim=-1)
+        count = min(config.output_layers, block_norms.shape[1])
+        strongest = block_norms.topk(count, dim=1).indices
+        norms.append(block_norms)
+        chosen.append(torch.where(block_norms.gather(1, strongest) > 0, strongest, -1))
+        directions.append(decoders.gather(1, strongest[..., None].expand(-1, -1, decoders.shape[-1])))
+    layers = torch.cat(chosen)
+    flat = torch.cat(directions).flatten(0, 1)
+    weights = logit_weights(loaded, flat, config, progress)
+    shape = (*layers.shape, -1)
+    out = {"output_norms": torch.cat(norms), "layers": layers}
+    for name in ("positive_ids", "positive_values", "negative_ids", "negative_values"):
+        out[name] = getattr(weights, name).view(shape)
+    return out

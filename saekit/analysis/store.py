@@ -39,6 +39,7 @@ MANIFEST = "analysis.json"
 STATS_JSON, STATS_TENSORS = "stats.json", "stats.safetensors"
 GEOMETRY_JSON, GEOMETRY_TENSORS = "geometry.json", "geometry.safetensors"
 LOGITS_TENSORS = "logits.safetensors"
+LAYERS_TENSORS = "layers.safetensors"  # cross-layer dictionaries: decoder norm and logit weights per output layer
 CONTEXTS_TENSORS = "contexts.safetensors"
 EXAMPLES_TENSORS = "examples.safetensors"
 TOKENS_JSON = "tokens.json"
@@ -77,6 +78,8 @@ class AnalysisStore:
         self.geometry = load_tensors(self.directory / GEOMETRY_TENSORS, "decoder geometry")
         logits_path = self.directory / LOGITS_TENSORS
         self.logits = load_tensors(logits_path, "logit weights") if logits_path.is_file() else None
+        layers_path = self.directory / LAYERS_TENSORS
+        self.layers = load_tensors(layers_path, "per-layer decoder norms") if layers_path.is_file() else None
         contexts = load_tensors(self.directory / CONTEXTS_TENSORS, "analysis contexts")
         self.token_ids: Tensor = contexts["token_ids"]
         self.counted: Tensor = contexts["counted"].bool()
@@ -91,14 +94,18 @@ class AnalysisStore:
         """The fingerprint of the dictionary this store was made from; None for stores from older saekit."""
         return self.manifest.get(DICTIONARY_FINGERPRINT)
 
-    def check_shape(self, width: int, d_model: int, against: str, fix: str) -> None:
+    def check_shape(self, width: int, d_model: int, against: str, fix: str, directions: bool = False) -> None:
         """Refuse to pair this store with a decoder of ``width`` latents of dimension ``d_model``.
 
+        ``d_model`` is the dictionary's output width, or with ``directions`` the width of its
+        ``decoder_directions()`` (what the dashboard gets; they differ for a cross-layer transcoder).
         The fingerprint check catches other dictionaries; this catches older stores without one.
         """
         recorded = self.manifest.get("dictionary") or {}
         store_width = recorded.get("width")
         store_dim = recorded.get("d_out") or recorded.get("d_in")
+        if directions:
+            store_dim = self.manifest.get("decoder_direction_dim") or store_dim
         fits = (store_width in (None, width) and store_dim in (None, d_model)
                 and all(latent < width for latent in self.latent_ids))
         if not fits:
@@ -129,6 +136,18 @@ class AnalysisStore:
     def geometry_row(self, latent: int) -> tuple[list[int], list[float]]:
         i = self.position[latent]
         return self.geometry["neighbour_ids"][i].tolist(), self.geometry["neighbour_cosines"][i].tolist()
+
+    @property
+    def written_sites(self) -> list[str]:
+        """The sites the dictionary writes (several for a cross-layer one)."""
+        return self.manifest.get("written_sites") or [self.manifest.get("target_site") or self.manifest["site"]]
+
+    def layer_row(self, latent: int) -> dict[str, list] | None:
+        """A cross-layer latent's decoder norm per output layer and its per-layer logit weights; None otherwise."""
+        if self.layers is None:
+            return None
+        i = self.position[latent]
+        return {name: self.layers[name][i].tolist() for name in self.layers}
 
     def logit_row(self, latent: int) -> dict[str, list] | None:
         if self.logits is None:

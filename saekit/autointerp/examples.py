@@ -275,7 +275,7 @@ def context_firing(run_dir: str | Path, analysis_dir: str | Path, loaded=None, b
     """
     from saekit.analysis.latents import TokenMaskRule, latent_batches
     from saekit.analysis.store import AnalysisStore
-    from saekit.dictionaries.registry import load_dictionary
+    from saekit.dictionaries.registry import load_dictionary, read_sites
     from saekit.training.run import DICTIONARY_DIR, load_run_config
 
     run_config = load_run_config(run_dir)
@@ -287,5 +287,5 @@ def context_firing(run_dir: str | Path, analysis_dir: str | Path, loaded=None, b
         raise SaekitError("hard negatives need an analysis of the first N latents; rerun `saekit analyze`")
     rule = TokenMaskRule(run_config.data.exclude_bos, run_config.data.outlier_norm_factor)
     rows = [batch.activations.amax(1) > 0 for batch in latent_batches(
-        loaded, dictionary.eval(), source["site"], store.token_ids.long(), n_latents, batch_contexts, rule)]
+        loaded, dictionary.eval(), read_sites(source), store.token_ids.long(), n_latents, batch_contexts, rule)]
     return torch.cat(rows)

@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--runs-dir", default="runs", help="where run directories go [runs]")
     train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     train.add_argument("--sites", help="train one dictionary per site from one forward pass: comma-separated, "
-                       "blocks.*.resid_post = every layer; transcoders as SITE->TARGET (blocks.*.mlp_in->blocks.*.mlp_out) "
+                       "blocks.*.resid_post = every layer; "
+                       "transcoders as SITE->TARGET (blocks.*.mlp_in->blocks.*.mlp_out) "
                        "or with --target-site, whose kind is then taken at each site's layer; runs go to "
                        "RUNS_DIR/NAME/SITE")
     train.add_argument("--distribute", choices=("data", "sites"), default="data",

@@ -121,7 +121,7 @@ def build_dashboard(
     if dictionary_fingerprint is not None:
         require_same(f"analysis store {store.directory}", store.dictionary_fingerprint, dictionary_fingerprint, fix)
     if decoder is not None:
-        store.check_shape(decoder.shape[0], decoder.shape[1], "the decoder given", fix)
+        store.check_shape(decoder.shape[0], decoder.shape[1], "the decoder given", fix, directions=True)
     require_replaceable(out_dir)
     return replace_directory(out_dir, lambda site: _write_site(store, site, config, decoder, progress,
                                                                interpretations, dictionary_fingerprint))

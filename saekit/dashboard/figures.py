@@ -53,6 +53,28 @@ def svg_histogram(counts: Sequence[int], edges: Sequence[float], log_x: bool, wi
             f'role="img">{axis}{"".join(bars)}{"".join(ticks)}</svg>')
 
 
+def svg_layer_bars(labels: Sequence[str], values: Sequence[float], width: int = 380, height: int = 130,
+                   colour: str = "#4c78a8") -> str:
+    """One bar per output layer (a cross-layer latent's decoder norm into each), as an inline SVG."""
+    top = max(values, default=0.0)
+    if top <= 0:
+        return '<p class="muted">writes no layer</p>'
+    pad_left, pad_right, plot_h = 36, 12, height - 24
+    bar_w = (width - pad_left - pad_right) / len(values)
+    bars = []
+    for i, (label, value) in enumerate(zip(labels, values)):
+        h = plot_h * value / top
+        bars.append(f'<rect x="{pad_left + i * bar_w:.1f}" y="{4 + plot_h - h:.1f}" '
+                    f'width="{max(bar_w - 1, 0.5):.1f}" height="{h:.1f}" fill="{colour}">'
+                    f'<title>{esc(f"{label}: {fmt(value)}")}</title></rect>')
+    ticks = [f'<text x="{pad_left + (i + 0.5) * bar_w:.1f}" y="{height - 4}" text-anchor="middle">'
+             f'{esc(labels[i])}</text>' for i in sorted({0, len(values) // 2, len(values) - 1})]
+    axis = (f'<text x="2" y="12">{esc(fmt(top))}</text><text x="2" y="{4 + plot_h}">0</text>'
+            f'<line x1="{pad_left}" y1="{4 + plot_h}" x2="{width - pad_right}" y2="{4 + plot_h}" stroke="#999"/>')
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'role="img">{axis}{"".join(bars)}{"".join(ticks)}</svg>')
+
+
 def density_figure(log10_density: np.ndarray, rule_threshold: float, path: Path) -> None:
     figure = Figure(figsize=(7, 3.6), layout="constrained")
     axes = figure.add_subplot()

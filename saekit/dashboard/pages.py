@@ -13,8 +13,9 @@ from typing import Any
 
 from saekit.analysis.store import AnalysisStore, Example
 from saekit.dashboard.assets import INDEX_SCRIPT
-from saekit.dashboard.figures import svg_histogram
+from saekit.dashboard.figures import svg_histogram, svg_layer_bars
 from saekit.dashboard.html import display_token, fmt, page, table, token_span
+from saekit.models.sites import parse_site
 from saekit.render import escape_html as esc
 from saekit.render import script_json
 
@@ -207,6 +208,29 @@ def _logit_section(store: AnalysisStore, latent: int) -> str:
             f"<div><h3>all tokens</h3>{hist}</div></div>")
 
 
+def _output_layers_section(store: AnalysisStore, latent: int) -> str:
+    """A cross-layer latent: its decoder norm into each output layer, and logit weights per strongest layer."""
+    row = store.layer_row(latent)
+    if row is None:
+        return ""
+    sites = store.written_sites
+    layer_numbers = [str(parse_site(site).layer) for site in sites]
+    bars = svg_layer_bars(layer_numbers, row["output_norms"])
+    rows = []
+    for position, positive, negative in zip(row["layers"], row["positive_ids"], row["negative_ids"]):
+        if position < 0:
+            continue
+        rows.append((esc(sites[position]), fmt(row["output_norms"][position]),
+                     " ".join(f'<span class="pill">{esc(display_token(store.token_string(t)))}</span>'
+                              for t in positive[:6]),
+                     " ".join(f'<span class="pill">{esc(display_token(store.token_string(t)))}</span>'
+                              for t in negative[:6])))
+    note = (store.manifest.get("logits") or {}).get("output_layers", {}).get("total", "")
+    return (f'<h2>Output layers</h2><p class="muted">decoder norm into each layer it writes (x: layer); '
+            f'the logit weights above read {esc(note)}</p><div class="cols tokens"><div>{bars}</div>'
+            f'<div>{table(["output site", "decoder norm", "top logits", "bottom logits"], rows)}</div></div>')
+
+
 def _interpretation_section(interpretation: dict[str, Any] | None) -> str:
     """The latent's explanations and their scores (balanced accuracy and AUROC; chance 0.5 for both)."""
     if interpretation is None:
@@ -254,6 +278,7 @@ def feature_page(store: AnalysisStore, latent: int, pages: set[int], config: Das
             f'<div><h2>Activation histogram</h2><p class="muted">non-zero activations, log-spaced bins</p>{hist}</div>'
             f"<div><h2>Nearest decoder directions</h2>{neighbours}</div></div>"
             f"{_interpretation_section(interpretation)}{_logit_section(store, latent)}"
+            f"{_output_layers_section(store, latent)}"
             f"{_examples_section(store, examples, scale, config)}")
     return page(f"Latent {latent} \u00b7 {store.manifest['site']}", body, root="../")
 

@@ -383,6 +383,19 @@ class Dictionary(nn.Module):
     def decoder_norms(self) -> Tensor:
         return self.W_dec.norm(dim=1)
 
+    # ---- what each latent writes: read by the analysis (one output layer unless cross-layer) ----
+    def output_decoders(self, latent_ids: Tensor) -> Tensor:
+        """[n, output layers, d_out per layer]: each latent's decoder into each layer it writes (zero where none)."""
+        return self.W_dec[latent_ids][:, None, :]
+
+    def decoder_directions(self) -> Tensor:
+        """[width, D]: one direction per latent for decoder geometry (here the decoder rows)."""
+        return self.W_dec
+
+    def logit_directions(self, latent_ids: Tensor) -> Tensor:
+        """[n, d_out per layer]: the direction whose direct effect on the logits is each latent's logit weight."""
+        return self.W_dec[latent_ids]
+
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         """Project decoder rows back to unit norm (after an optimizer step)."""

@@ -254,6 +254,24 @@ class CrossLayerTranscoder(LayeredDictionary):
     def decoder_norms(self) -> Tensor:
         return self.output_norms().sum(-1)
 
+    def output_decoders(self, latent_ids: Tensor) -> Tensor:
+        layers, m, d_out = self.layers, self.latents_per_layer, self.layer_output_width
+        out = self.W_dec.new_zeros(len(latent_ids), layers, d_out)
+        source_of = torch.div(latent_ids, m, rounding_mode="floor")
+        for source in source_of.unique().tolist():
+            chosen = (source_of == source).nonzero().squeeze(1)
+            rows = self.decoder_block(source)[latent_ids[chosen] - source * m]
+            out[chosen, source:] = rows.view(len(chosen), layers - source, d_out)
+        return out
+
+    def decoder_directions(self) -> Tensor:
+        """Each latent's decoder into its own layer's MLP output (the residual stream's basis for every layer)."""
+        return torch.cat([self.decoder_block(source)[:, :self.layer_output_width] for source in range(self.layers)])
+
+    def logit_directions(self, latent_ids: Tensor) -> Tensor:
+        """The latent's total write: its decoders into every later MLP output add up in the residual stream."""
+        return self.output_decoders(latent_ids).sum(1)
+
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         for block in self._blocks_of(self.W_dec):
@@ -412,6 +430,16 @@ class Crosscoder(LayeredDictionary, ReLUDictionary):
 
     def decoder_norms(self) -> Tensor:
         return self.W_dec.view(self.config.width, self.layers, -1).norm(dim=-1).sum(-1)
+
+    def output_decoders(self, latent_ids: Tensor) -> Tensor:
+        return self.W_dec.view(self.config.width, self.layers, -1)[latent_ids]
+
+    def decoder_directions(self) -> Tensor:
+        return self.W_dec  # the concatenated decoders: cosines over all layers at once
+
+    def logit_directions(self, latent_ids: Tensor) -> Tensor:
+        """The decoder into the last layer of the range: the residual stream nearest the unembedding."""
+        return self.output_decoders(latent_ids)[:, -1]
 
     def scale_encoder_inputs(self, factors: Tensor) -> None:
         self.W_enc.view(self.layers, -1, self.config.width).mul_(factors[:, None, None])

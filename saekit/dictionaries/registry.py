@@ -57,6 +57,17 @@ def build_dictionary(config: DictionaryConfig) -> Dictionary:
     return ARCHITECTURES[config.architecture](config)
 
 
+def read_sites(source: dict[str, Any]) -> list[str]:
+    """The sites a saved dictionary reads, in layer order (one, or a cross-layer run's range)."""
+    return list(source.get("sites") or [source["site"]])
+
+
+def written_sites(source: dict[str, Any]) -> list[str]:
+    """The sites it writes: a transcoder's targets, else the sites it reads (an SAE reconstructs them)."""
+    targets = source.get("target_sites") or ([source["target_site"]] if source.get("target_site") else [])
+    return list(targets) or read_sites(source)
+
+
 def save_dictionary(directory: str | Path, dictionary: Dictionary, source: dict[str, Any] | None = None) -> None:
     """Write weights.safetensors and config.json (format version, dictionary config, where it reads from)."""
     directory = Path(directory)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from saekit.activations.source import contexts_for, load_split
 from saekit.data.contexts import take_contexts
 from saekit.dictionaries.crosslayer import CrossLayerTranscoder, LayeredDictionary
-from saekit.dictionaries.registry import load_dictionary
+from saekit.dictionaries.registry import load_dictionary, read_sites, written_sites
 from saekit.errors import SaekitError
 from saekit.evaluation.damage import token_damage
 from saekit.evaluation.effective_compute import LawLike, effective_compute_report, get_law
@@ -58,9 +58,8 @@ def load_splice_targets(run_dir: Path, loaded: LoadedModel, device: str = "cpu")
     dictionary, source = load_dictionary(run_dir / DICTIONARY_DIR, device)
     dictionary = dictionary.eval().requires_grad_(False)
     adapter = loaded.adapter
-    reads = [adapter.site(name) for name in source.get("sites") or [source["site"]]]
-    written = source.get("target_sites") or ([source["target_site"]] if source.get("target_site") else [])
-    writes = [adapter.site(name) for name in written] or reads
+    reads = [adapter.site(name) for name in read_sites(source)]
+    writes = [adapter.site(name) for name in written_sites(source)]
     layers = len(reads)
     for site, width in [(site, dictionary.config.d_in // layers) for site in reads] + \
                        [(site, dictionary.config.output_dim // layers) for site in writes]:
@@ -103,17 +102,18 @@ def evaluate_runs(run_dirs: list[Path], loaded: LoadedModel | None = None, eval_
 
     The held-out contexts come from the first run's corpus split; all runs must share the model.
     """
-    return _evaluate_groups([run_dirs], loaded, eval_tokens, law, generations)[0]
+    return _evaluate_groups([run_dirs], loaded, eval_tokens, law, [generations])[0]
 
 
 def evaluate_alternatives(run_dirs: list[Path], loaded: LoadedModel | None = None, eval_tokens: int | None = None,
                           law: LawLike = "chinchilla", generations: int = 0) -> list[EvaluationResults]:
     """Evaluate each run alone where all splice the same site (a sweep), sharing the baseline passes."""
-    return _evaluate_groups([[d] for d in run_dirs], loaded, eval_tokens, law, generations)
+    return _evaluate_groups([[d] for d in run_dirs], loaded, eval_tokens, law, [generations] * len(run_dirs))
 
 
 def _evaluate_groups(groups: list[list[Path]], loaded: LoadedModel | None, eval_tokens: int | None, law: LawLike,
-                     generations: int) -> list[EvaluationResults]:
+                     generations: list[int]) -> list[EvaluationResults]:
+    """Each group of runs spliced jointly, on the same contexts, sharing the clean and ablation passes."""
     law = get_law(law)  # an unknown law name fails now, not as an error entry after the whole evaluation
     configs = [load_run_config(d) for group in groups for d in group]
     config = configs[0]
@@ -130,8 +130,9 @@ def _evaluate_groups(groups: list[list[Path]], loaded: LoadedModel | None, eval_
     comparisons = [LossComparison() for _ in groups]
     batches = _batches(contexts, config.run.eval_batch_contexts, "evaluating")
     results = compare_losses_many(loaded, target_groups, batches, comparisons)
-    return [_metrics(loaded, group, targets, contexts, losses, comparison, config, law, generations)
-            for group, targets, losses, comparison in zip(groups, target_groups, results, comparisons)]
+    return [_metrics(loaded, group, targets, contexts, losses, comparison, config, law, samples)
+            for group, targets, losses, comparison, samples in zip(groups, target_groups, results, comparisons,
+                                                                   generations)]
 
 
 def _metrics(loaded: LoadedModel, run_dirs: list[Path], targets: list[SpliceTarget], contexts: Tensor,
@@ -199,8 +200,10 @@ def evaluate_joint(run_dirs: list[Path], out_dir: str | Path, loaded: LoadedMode
     out_dir = Path(out_dir)
     first = load_run_config(run_dirs[0])
     loaded = loaded or first.data.load_model(first.run.device)
-    joint = evaluate_runs(run_dirs, loaded, eval_tokens, law)
-    joint.alone = {str(d): evaluate_runs([d], loaded, eval_tokens, law, generations=0) for d in run_dirs}
+    # One pass over the contexts: the joint splice and each run alone share the clean and ablation passes.
+    joint, *alone = _evaluate_groups([run_dirs] + [[d] for d in run_dirs], loaded, eval_tokens, law,
+                                     [4] + [0] * len(run_dirs))
+    joint.alone = {str(d): results for d, results in zip(run_dirs, alone)}
     with exclusive(out_dir, "evaluation output"):
         write_evaluation(out_dir, joint)
     return joint

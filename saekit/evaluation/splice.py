@@ -235,31 +235,33 @@ def compare_losses(loaded: LoadedModel, targets: list[SpliceTarget], batches: It
 @torch.no_grad()
 def compare_losses_many(loaded: LoadedModel, groups: list[list[SpliceTarget]], batches: Iterator[Tensor],
                         comparisons: list[LossComparison] | None = None) -> list[LossResults]:
-    """Like :func:`compare_losses` for several alternative splices of the same sites (a sweep).
+    """Like :func:`compare_losses` for several splices of the same contexts (a sweep; a joint splice and its parts).
 
-    The clean, zero- and mean-ablated passes are shared: each batch costs 3 + len(groups) forwards.
-    The mean-ablation baseline uses the first group's training means.
+    The clean pass is shared by all, and the zero- and mean-ablated passes by every group that splices
+    the same sites: each batch costs 1 + 2 x (distinct site sets) + len(groups) forwards. The
+    mean-ablation baseline of a site set uses the training means of the first group splicing it.
     """
-    sites = [sorted(str(t.write_site) for t in group) for group in groups]
-    if any(s != sites[0] for s in sites):
-        raise ValueError("every group must splice the same sites to share baselines")
+    keys = [tuple(sorted(str(t.write_site) for t in group)) for group in groups]
+    baseline_groups = {key: group for key, group in reversed(list(zip(keys, groups)))}  # the first of each
     comparisons = comparisons if comparisons is not None else [LossComparison() for _ in groups]
     for input_ids in batches:
         input_ids = input_ids.to(loaded.device)
         clean_logits = loaded.model(input_ids=input_ids, use_cache=False).logits
         clean_nll = next_token_nll(clean_logits, input_ids)
-        shared = {}
-        for condition in ("zero", "mean"):
-            with _context(loaded, groups[0], condition):
-                logits = loaded.model(input_ids=input_ids, use_cache=False).logits
-            shared[condition] = (next_token_nll(logits, input_ids), kl_divergence(clean_logits, logits))
-        for group, comparison in zip(groups, comparisons):
+        shared: dict[tuple[str, ...], dict[str, tuple[Tensor, Tensor]]] = {}
+        for key, baseline_group in baseline_groups.items():
+            shared[key] = {}
+            for condition in ("zero", "mean"):
+                with _context(loaded, baseline_group, condition):
+                    logits = loaded.model(input_ids=input_ids, use_cache=False).logits
+                shared[key][condition] = (next_token_nll(logits, input_ids), kl_divergence(clean_logits, logits))
+        for group, comparison, key in zip(groups, comparisons, keys):
             for target in group:
                 target.prepare(loaded, input_ids)
             with _context(loaded, group, "spliced"):
                 logits = loaded.model(input_ids=input_ids, use_cache=False).logits
             comparison.update("clean", clean_nll, None)
             comparison.update("spliced", next_token_nll(logits, input_ids), kl_divergence(clean_logits, logits))
-            for condition, (nll, kl) in shared.items():
+            for condition, (nll, kl) in shared[key].items():
                 comparison.update(condition, nll, kl)
     return [comparison.result() for comparison in comparisons]

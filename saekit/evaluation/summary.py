@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
+from saekit.dictionaries.crosslayer import CrossLayerTranscoder  # noqa: E402
 from saekit.dictionaries.registry import ARCHITECTURES  # noqa: E402
 from saekit.errors import SaekitError  # noqa: E402
 from saekit.evaluation.results import EvaluationResults  # noqa: E402
@@ -36,19 +37,33 @@ def load_results(run_dir: Path) -> EvaluationResults:
     return EvaluationResults.from_dict(read_json(path, "metrics (run `saekit evaluate` first)"), str(path))
 
 
+def _reconstruction_row(metrics: EvaluationResults, architecture: str) -> dict[str, Any]:
+    """Width, L0 and FVU of the run's splice; a cross-layer run's layers combined.
+
+    A CLT's layers have their own latents, so its width and L0 are the layers' sums; a crosscoder's
+    layers share one latent space (each reports the same latents). FVUs are the mean over layers.
+    """
+    layers = list(metrics.reconstruction.values())
+    own_latents = architecture in ARCHITECTURES and issubclass(ARCHITECTURES[architecture], CrossLayerTranscoder)
+    combine = sum if own_latents else (lambda values: list(values)[0])
+
+    def mean(values: list[float | None]) -> float | None:
+        return None if any(v is None for v in values) else statistics.fmean(values)
+    return {"width": combine(r.width for r in layers), "l0": combine(r.l0_mean for r in layers),
+            "fvu": mean([r.fvu for r in layers]),
+            "fvu_without_outliers": mean([r.fvu_without_outliers for r in layers]),
+            "outlier_variance_share": mean([r.outlier_variance_share for r in layers])}
+
+
 def run_row(run_dir: Path) -> dict[str, Any]:
     metrics = load_results(run_dir)
     site = metrics.sites[0].split("->")[-1]
-    reconstruction = metrics.reconstruction.get(site) or next(iter(metrics.reconstruction.values()))
     run = metrics.run
     architecture = TrainConfig.from_dict(run, f"{run_dir}/metrics.json run").dictionary.architecture if run else "?"
     compute, losses = metrics.effective_compute, metrics.losses
     return {
-        "run": run_dir.name, "site": site, "layer": parse_site(site).layer,
-        "architecture": architecture, "width": reconstruction.width,
-        "l0": reconstruction.l0_mean, "fvu": reconstruction.fvu,
-        "fvu_without_outliers": reconstruction.fvu_without_outliers,
-        "outlier_variance_share": reconstruction.outlier_variance_share,
+        "run": run_dir.name, "site": site, "layer": parse_site(site).layer, "layers": len(metrics.sites),
+        "architecture": architecture, **_reconstruction_row(metrics, architecture),
         "ce_clean": losses.ce_clean.mean, "delta_ce": losses.delta_ce_spliced.mean,
         "delta_ce_se": losses.delta_ce_spliced.se, "kl": losses.kl_spliced.mean,
         "compute_fraction": compute.get("compute_fraction"), "law": compute.get("law", {}).get("name"),

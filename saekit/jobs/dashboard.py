@@ -47,7 +47,8 @@ def build_run_dashboard(run_dir: Path, out: Path | None = None, max_latents: int
         store = open_run_store(run_dir)
         dictionary, _ = load_dictionary(run_dir / DICTIONARY_DIR)
         dashboard = DashboardConfig(max_latents=max_latents, neuronpedia=neuronpedia)
-        return build_dashboard(store, out or run_dir / DASHBOARD_DIR, dashboard, decoder=dictionary.W_dec.detach(),
+        return build_dashboard(store, out or run_dir / DASHBOARD_DIR, dashboard,
+                               decoder=dictionary.decoder_directions().detach(),
                                interpretations=scores_for_dashboard(run_dir),
                                dictionary_fingerprint=dictionary_fingerprint(run_dir / DICTIONARY_DIR))
 

@@ -237,3 +237,23 @@ def test_clt_decoder_gradient_projection_leaves_each_block_orthogonal():
     clt.remove_parallel_decoder_gradient()
     for weight, grad in zip(clt._blocks_of(clt.W_dec), clt._blocks_of(clt.W_dec.grad)):
         torch.testing.assert_close((weight * grad).sum(1), torch.zeros(6), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", LAYERED)
+def test_output_decoders_are_what_each_latent_adds_to_each_layer(name):
+    # Decoding one latent at value 1 (bias removed) gives exactly its row of output_decoders.
+    dictionary = _layered(name, layers=3, d=4, per_layer=6, k=2)
+    width, d = dictionary.config.width, dictionary.layer_output_width
+    ids = torch.tensor([0, 1, width // 2, width - 1])
+    unit = torch.zeros(len(ids), width)
+    unit[torch.arange(len(ids)), ids] = 1.0
+    with torch.no_grad():
+        decoded = (dictionary.decode(unit) - dictionary.b_dec).view(len(ids), 3, d)
+        torch.testing.assert_close(dictionary.output_decoders(ids), decoded)
+        assert dictionary.decoder_directions().shape[0] == width
+        total = dictionary.logit_directions(ids)
+    if name.startswith("clt_"):
+        torch.testing.assert_close(total, decoded.sum(1))
+        assert decoded[3, :2].abs().sum() == 0  # a last-layer latent writes only its own layer
+    else:
+        torch.testing.assert_close(total, decoded[:, -1])

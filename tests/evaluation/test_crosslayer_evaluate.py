@@ -6,28 +6,20 @@ import shutil
 
 import pytest
 import torch
+from run_helpers import crosslayer_configs
 
 from saekit.dictionaries.registry import load_dictionary, save_dictionary
 from saekit.evaluation.evaluate import evaluate_run
 from saekit.evaluation.results import EvaluationResults
 from saekit.io import load_tensors
-from saekit.training.config import TrainConfig
 from saekit.training.run import train_run
-
-BASE = dict(context_length=16, contexts_per_chunk=16, expansion_factor=4, k=4, batch_size=256, lr=3e-3,
-            shuffle_buffer_tokens=512, eval_tokens=280, eval_batch_contexts=4)
 
 
 @pytest.fixture(scope="module")
 def runs(tiny_loaded, tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("crosslayer-runs")
-    common = dict(BASE, model=str(tiny_model_dir), cache_dir=str(root / "cache"))
-    clt = TrainConfig.from_flat(dict(common, name="clt", architecture="clt_topk", layers="0-1", train_tokens=256 * 64,
-                                     site="blocks.0.mlp_in", target_site="blocks.0.mlp_out"))
-    crosscoder = TrainConfig.from_flat(dict(common, name="cc", architecture="crosscoder", layers="0-1",
-                                            site="blocks.0.resid_post", l1_coefficient=0.05, train_tokens=256 * 24))
-    return {config.name: train_run(config, root / "runs", loaded=tiny_loaded, progress=False)
-            for config in (clt, crosscoder)}
+    return {name: train_run(config, root / "runs", loaded=tiny_loaded, progress=False)
+            for name, config in crosslayer_configs(tiny_model_dir, root / "cache").items()}
 
 
 def test_clt_is_spliced_into_every_mlp_at_once(runs, tiny_loaded):
@@ -84,3 +76,18 @@ def test_generate_splices_a_clt_and_refuses_a_crosscoder(runs, tiny_model_dir, c
     assert "alpha beta" in capsys.readouterr().out
     assert main(["generate", str(runs["cc"]), "--prompt", "alpha beta", "--max-new-tokens", "3"]) == 1
     assert "cannot be spliced into token-by-token generation" in capsys.readouterr().err
+
+
+def test_a_sweep_of_clts_trains_evaluates_and_compares_each_point(tiny_loaded, tiny_model_dir, tmp_path):
+    from saekit.jobs.sweep import run_sweep
+
+    base = crosslayer_configs(tiny_model_dir, tmp_path / "cache")["clt"].updated(name="clt-sweep",
+                                                                                    train_tokens=256 * 16)
+    summary = run_sweep(base, "clt_topk:k=2,4", [None], tmp_path / "runs", loaded=tiny_loaded)
+    by_run = {row["run"]: row for row in summary["runs"]}
+    assert set(by_run) == {"clt_topk-k2", "clt_topk-k4"}
+    for name, k in (("clt_topk-k2", 2), ("clt_topk-k4", 4)):
+        metrics = json.loads((tmp_path / "runs" / "clt-sweep" / name / "metrics.json").read_text())
+        assert len(metrics["sites"]) == 2  # each point spliced in for both MLPs
+        assert by_run[name]["l0"] <= 2 * k  # the summary's L0 counts both layers' latents
+        assert math.isfinite(by_run[name]["delta_ce"])
