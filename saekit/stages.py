@@ -41,11 +41,13 @@ STAGES: tuple[Stage, ...] = (
     Stage("autointerp", "explanations and detection/fuzzing/intruder scores",
           ("models", "activations", "dictionaries", "training", "analysis")),
     Stage("toy", "synthetic worlds and toy models with ground truth", ("dictionaries", "training")),
+    Stage("circuits", "local replacement models, attribution graphs, interventions",
+          ("data", "models", "dictionaries", "training", "analysis")),
     Stage("jobs", "orchestration across stages: quickstart, sweep, dashboard, explain, control",
           ("data", "models", "activations", "dictionaries", "training", "evaluation", "analysis", "dashboard",
-           "autointerp", "toy")),
+           "autointerp", "toy", "circuits")),
     Stage("cli", "the command line", ("data", "models", "activations", "dictionaries", "training", "evaluation",
-                                      "analysis", "dashboard", "autointerp", "toy", "jobs")),
+                                      "analysis", "dashboard", "autointerp", "toy", "circuits", "jobs")),
 )
 
 ENTRY_POINTS = {"__init__": (), "__main__": ("cli",)}  # saekit/__init__.py and python -m saekit

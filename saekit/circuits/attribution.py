@@ -1,0 +1,133 @@
+"""Build the attribution graph of one prompt: batched backward passes through the local replacement model.
+
+Every target (a chosen logit minus the mean logit, at the last position; or an active latent's
+pre-activation) is one copy of the prompt in a batch; one backward pass of the sum of the copies'
+targets gives, per copy, the gradient of its target with respect to every node value (token
+embeddings, latents, errors: leaf tensors of the replacement model). A node's value times that
+gradient is its direct effect: exact, since the replacement model is linear in its nodes. Paths
+through other latents do not count (latents are nodes, held at their values); paths through
+attention (frozen patterns) and the residual stream do.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from saekit.circuits.graph import Graph
+from saekit.circuits.replacement import ReplacementModel
+from saekit.errors import SaekitError
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """What the graph covers; the defaults are circuit-tracer's."""
+
+    max_logits: int = 10  # at most this many output logits as target nodes
+    logit_probability: float = 0.95  # ... the fewest most probable tokens reaching this probability
+    batch_size: int = 32  # targets per backward pass
+    max_feature_nodes: int | None = None  # keep only the largest-activation latents (None: all active)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_logits < 1 or not 0 < self.logit_probability <= 1 or self.batch_size < 1:
+            raise SaekitError("attribution needs max_logits >= 1, 0 < logit_probability <= 1 and batch_size >= 1")
+
+
+def chosen_logits(logits: Tensor, config: AttributionConfig) -> tuple[Tensor, Tensor]:
+    """The most probable next tokens at the last position until their probability reaches the setting."""
+    probabilities = logits[-1].float().softmax(-1)
+    top = probabilities.topk(config.max_logits)
+    count = int((top.values.cumsum(0) < config.logit_probability).sum()) + 1
+    return top.indices[:count], top.values[:count]
+
+
+def active_features(replacement: ReplacementModel, config: AttributionConfig) -> tuple[Tensor, Tensor]:
+    """[F, 3] (layer, position, latent) of the latents active on the prompt, and their values."""
+    rows, values = [], []
+    for layer, latents in replacement.clean.latents.items():
+        position, latent = (latents > 0).nonzero(as_tuple=True)
+        rows.append(torch.stack([torch.full_like(position, layer), position, latent], 1))
+        values.append(latents[position, latent])
+    features, activations = torch.cat(rows), torch.cat(values)
+    if config.max_feature_nodes is not None and features.shape[0] > config.max_feature_nodes:
+        keep = activations.topk(config.max_feature_nodes).indices.sort().values
+        features, activations = features[keep], activations[keep]
+    return features.cpu(), activations.cpu()
+
+
+def _target_values(output, targets: list[tuple[str, int, int, int]], last: int) -> Tensor:
+    """Each copy's target: ('logit', token, -, -) or ('feature', layer, position, latent)."""
+    values = []
+    for copy, (kind, a, b, c) in enumerate(targets):
+        if kind == "logit":
+            row = output.logits[copy, last]
+            values.append(row[a] - row.mean())
+        else:
+            values.append(output.pre_activations[a][copy, b, c])
+    return torch.stack(values)
+
+
+def _direct_effects(replacement: ReplacementModel, targets: list[tuple[str, int, int, int]], features: Tensor,
+                    activations: Tensor) -> Tensor:
+    """[len(targets), sources]: the direct effect of every source node (features, errors, tokens) on each target."""
+    batch = len(targets)
+    embeddings, latents, errors = replacement.clean_nodes(batch, requires_grad=True)
+    output = replacement.forward(embeddings, latents, errors)
+    objective = _target_values(output, targets, embeddings.shape[1] - 1).sum()
+    layers = list(latents)
+    grads = torch.autograd.grad(objective, [embeddings, *latents.values(), *errors.values()], allow_unused=True)
+    embedding_grad, latent_grads = grads[0], dict(zip(layers, grads[1:1 + len(layers)]))
+    error_grads = dict(zip(layers, grads[1 + len(layers):]))
+
+    def zero_if_none(grad: Tensor | None, like: Tensor) -> Tensor:
+        return torch.zeros_like(like) if grad is None else grad
+
+    feature_effects = torch.empty(batch, features.shape[0])
+    for layer in layers:
+        chosen = (features[:, 0] == layer).nonzero().squeeze(1)
+        grad = zero_if_none(latent_grads[layer], latents[layer])
+        feature_effects[:, chosen] = (grad[:, features[chosen, 1], features[chosen, 2]] * activations[chosen]).detach()
+    error_effects = torch.cat([(zero_if_none(error_grads[layer], errors[layer]) * errors[layer]).sum(-1).detach()
+                               for layer in layers], dim=1)  # [batch, layers * S], layer-major
+    token_effects = (zero_if_none(embedding_grad, embeddings) * embeddings).sum(-1).detach()
+    return torch.cat([feature_effects, error_effects, token_effects], dim=1)
+
+
+def attribute(replacement: ReplacementModel, prompt: str, config: AttributionConfig | None = None,
+              transcoders_path: str = "") -> Graph:
+    """The full (unpruned) attribution graph of the replacement model's prompt."""
+    config = config or AttributionConfig()
+    started = time.perf_counter()
+    clean = replacement.clean
+    logit_tokens, logit_probabilities = chosen_logits(clean.logits, config)
+    features, activations = active_features(replacement, config)
+    targets = [("logit", int(token), 0, 0) for token in logit_tokens] + \
+              [("feature", int(layer), int(position), int(latent)) for layer, position, latent in features.tolist()]
+    n_sources = features.shape[0] + len(replacement.transcoders.layers) * len(clean.input_ids) + len(clean.input_ids)
+    n_nodes = n_sources + len(logit_tokens)
+    adjacency = torch.zeros(n_nodes, n_nodes)
+    rows = list(range(n_sources, n_nodes)) + list(range(features.shape[0]))
+    batches = math.ceil(len(targets) / config.batch_size)
+    for index in tqdm(range(batches), desc="attribution", unit="batch", disable=not config.progress):
+        chunk = slice(index * config.batch_size, (index + 1) * config.batch_size)
+        effects = _direct_effects(replacement, targets[chunk], features, activations)
+        adjacency[rows[chunk], :n_sources] = effects
+    tokenizer = replacement.loaded.tokenizer
+
+    def decode(ids: Tensor) -> list[str]:
+        return [tokenizer.decode([int(i)]) for i in ids]
+    return Graph(
+        prompt=prompt, input_ids=clean.input_ids.tolist(), tokens=decode(clean.input_ids),
+        model=replacement.loaded.name,
+        transcoders=transcoders_path, layers=list(replacement.transcoders.layers), features=features,
+        activations=activations, logit_tokens=logit_tokens.cpu(), logit_probabilities=logit_probabilities.cpu(),
+        logit_strings=decode(logit_tokens), adjacency=adjacency,
+        settings={**asdict(config), "model_layers": replacement.loaded.adapter.n_layers,
+                  "seconds": time.perf_counter() - started,
+                  "target": "logits: logit minus the mean logit at the last position; latents: pre-activation"})

@@ -1,0 +1,199 @@
+"""The local replacement model of one prompt: transcoders in place of the MLPs, everything else frozen.
+
+On the clean run of the prompt we record, per replaced layer, the MLP input and output, and for the
+whole model every norm's scale and every attention pattern. The replacement model then runs the
+real model's modules with three changes (forward hooks, so any Llama-style model works):
+
+- each norm multiplies its input by the scale it had on the clean run (1/rms per token; LayerNorm
+  also centres), so it is linear in its input;
+- each attention layer applies its clean pattern to the values of its input (``o_proj(A v_proj(x))``),
+  so queries and keys no longer move;
+- each replaced MLP outputs ``decode(latents) + error``, where the latents are given (the nodes) and
+  ``error`` = clean MLP output - the transcoders' reconstruction on the clean run. The pre-activation
+  of every latent is read from the MLP's (now linear) input on the way.
+
+With the latents, errors and token embeddings at their clean values the output is the clean model's
+exactly; and the whole map from (embeddings, latents, errors) to logits and pre-activations is
+linear (plus constant biases), so a gradient times a value is an exact direct effect. At the BOS
+position no latent is a node: its MLP output is all error (transcoders are trained without BOS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from saekit.analysis.logits import norm_linear_part
+from saekit.circuits.transcoders import TranscoderSet, check_fits
+from saekit.errors import SaekitError
+from saekit.models.loading import LoadedModel
+
+
+@dataclass
+class CleanRun:
+    """What the clean forward of one prompt leaves behind (batch of one, [S, ...])."""
+
+    input_ids: Tensor  # [S]
+    logits: Tensor  # [S, vocab]
+    embeddings: Tensor  # [S, d]: the input embeddings (the token nodes' values)
+    latents: dict[int, Tensor]  # layer -> [S, m], zero at BOS
+    errors: dict[int, Tensor]  # layer -> [S, d]
+    mlp_in: dict[int, Tensor]
+
+
+@dataclass
+class ReplacementOutput:
+    logits: Tensor  # [B, S, vocab]
+    pre_activations: dict[int, Tensor]  # layer -> [B, S, m]
+
+
+def _norm_modules(model: nn.Module) -> list[nn.Module]:
+    return [module for module in model.modules() if "RMSNorm" in type(module).__name__
+            or isinstance(module, nn.LayerNorm)]
+
+
+def _norm_eps(norm: nn.Module) -> float:
+    for name in ("variance_epsilon", "eps"):
+        if hasattr(norm, name):
+            return float(getattr(norm, name))
+    raise SaekitError(f"cannot freeze the norm {type(norm).__name__}: no epsilon attribute")
+
+
+def _inverse_scale(norm: nn.Module, x: Tensor) -> Tensor:
+    """The per-token factor the norm divides by on input ``x`` (float32, [..., 1])."""
+    centres, _ = norm_linear_part(norm)
+    x = x.float()
+    if centres:
+        return torch.rsqrt(x.var(-1, keepdim=True, unbiased=False) + _norm_eps(norm))
+    return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + _norm_eps(norm))
+
+
+def _frozen_norm(norm: nn.Module, x: Tensor, inverse: Tensor) -> Tensor:
+    centres, scale = norm_linear_part(norm)
+    out = x.float()
+    if centres:
+        out = out - out.mean(-1, keepdim=True)
+    out = out * inverse
+    if scale is not None:
+        out = out * scale.to(out.device)
+    bias = getattr(norm, "bias", None)
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype)
+
+
+def _attention_values(attention: nn.Module, x: Tensor, pattern: Tensor) -> Tensor:
+    """o_proj(pattern @ v_proj(x)) for a Llama-style attention module (grouped-query heads repeated)."""
+    if not all(hasattr(attention, name) for name in ("v_proj", "o_proj", "head_dim")):
+        raise SaekitError(f"attribution needs Llama-style attention (v_proj, o_proj); {type(attention).__name__} "
+                          "is not supported yet")
+    batch, seq, _ = x.shape
+    values = attention.v_proj(x).view(batch, seq, -1, attention.head_dim).transpose(1, 2)  # [B, kv, S, hd]
+    heads = pattern.shape[-3]
+    values = values.repeat_interleave(heads // values.shape[1], dim=1)
+    mixed = (pattern.to(values.dtype) @ values).transpose(1, 2).reshape(batch, seq, -1)
+    return attention.o_proj(mixed)
+
+
+def _hidden_states(args: tuple, kwargs: dict) -> Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+class ReplacementModel:
+    """The local replacement model of ``input_ids`` (one prompt) under ``transcoders``."""
+
+    def __init__(self, loaded: LoadedModel, transcoders: TranscoderSet, input_ids: Tensor) -> None:
+        adapter = loaded.adapter
+        check_fits(transcoders, adapter.n_layers, adapter.d_model)
+        self.loaded, self.transcoders = loaded, transcoders
+        self.model = loaded.model
+        self.norms = _norm_modules(self.model)
+        self.clean = self._clean_run(input_ids.reshape(-1).to(loaded.device))
+
+    @torch.no_grad()
+    def _clean_run(self, input_ids: Tensor) -> CleanRun:
+        adapter, transcoders = self.loaded.adapter, self.transcoders
+        self.inverse_scales: dict[int, Tensor] = {}
+        self.patterns: dict[int, Tensor] = {}
+        mlp_in: dict[int, Tensor] = {}
+        mlp_out: dict[int, Tensor] = {}
+        hooks = []
+        for index, norm in enumerate(self.norms):
+            hooks.append(norm.register_forward_hook(
+                lambda module, args, out, index=index: self.inverse_scales.__setitem__(
+                    index, _inverse_scale(module, args[0]))))
+        for layer in range(adapter.n_layers):
+            hooks.append(adapter.attention(layer).register_forward_hook(
+                lambda module, args, out, layer=layer: self.patterns.__setitem__(layer, out[1].detach())))
+        def record_mlp(args: tuple, out: Tensor, layer: int) -> None:
+            mlp_in[layer], mlp_out[layer] = args[0][0], out[0]
+
+        for layer in transcoders.layers:
+            hooks.append(adapter.mlp(layer).register_forward_hook(
+                lambda module, args, out, layer=layer: record_mlp(args, out, layer)))
+        previous = self.model.config._attn_implementation
+        try:
+            self.model.set_attn_implementation("eager")  # the only implementation that returns its pattern
+            embeddings = self.model.get_input_embeddings()(input_ids[None])
+            logits = self.model(inputs_embeds=embeddings, use_cache=False).logits[0]
+        finally:
+            self.model.set_attn_implementation(previous)
+            for hook in hooks:
+                hook.remove()
+        if any(pattern is None for pattern in self.patterns.values()):
+            raise SaekitError("the model's attention did not return its pattern; attribution needs eager attention")
+        latents = {}
+        for layer in transcoders.layers:
+            latents[layer] = transcoders.encode(layer, mlp_in[layer]).float()
+            latents[layer][0] = 0.0  # BOS: no latent nodes, its MLP output is all error
+        errors = {layer: mlp_out[layer].float() - transcoders.decode(layer, latents, mlp_in[layer]).float()
+                  for layer in transcoders.layers}
+        return CleanRun(input_ids.cpu(), logits.float(), embeddings[0].float(), latents, errors, mlp_in)
+
+    @contextmanager
+    def _frozen(self, latents: dict[int, Tensor], errors: dict[int, Tensor],
+                pre_activations: dict[int, Tensor]) -> Iterator[None]:
+        adapter, transcoders = self.loaded.adapter, self.transcoders
+        hooks = []
+        for index, norm in enumerate(self.norms):
+            hooks.append(norm.register_forward_hook(
+                lambda module, args, out, index=index: _frozen_norm(module, args[0], self.inverse_scales[index])))
+        for layer in range(adapter.n_layers):
+            hooks.append(adapter.attention(layer).register_forward_hook(
+                lambda module, args, kwargs, out, layer=layer: (
+                    _attention_values(module, _hidden_states(args, kwargs), self.patterns[layer]), None),
+                with_kwargs=True))
+
+        def replaced_mlp(module: nn.Module, args: tuple, out: Tensor, layer: int) -> Tensor:
+            x = args[0]
+            pre_activations[layer] = transcoders.pre_activations(layer, x)
+            return (transcoders.decode(layer, latents, x) + errors[layer]).to(out.dtype)
+
+        for layer in transcoders.layers:
+            hooks.append(adapter.mlp(layer).register_forward_hook(
+                lambda module, args, out, layer=layer: replaced_mlp(module, args, out, layer)))
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def forward(self, embeddings: Tensor, latents: dict[int, Tensor], errors: dict[int, Tensor]) -> ReplacementOutput:
+        """Logits and pre-activations of the replacement model for a batch of node values ([B, S, ...])."""
+        pre_activations: dict[int, Tensor] = {}
+        with self._frozen(latents, errors, pre_activations):
+            logits = self.model(inputs_embeds=embeddings, use_cache=False).logits
+        return ReplacementOutput(logits, pre_activations)
+
+    def clean_nodes(self, batch: int = 1, requires_grad: bool = False) -> tuple[Tensor, dict[int, Tensor],
+                                                                                 dict[int, Tensor]]:
+        """The clean node values repeated ``batch`` times (fresh leaf tensors)."""
+        def leaf(value: Tensor) -> Tensor:
+            return value.expand(batch, *value.shape).clone().requires_grad_(requires_grad)
+        clean = self.clean
+        return (leaf(clean.embeddings), {layer: leaf(v) for layer, v in clean.latents.items()},
+                {layer: leaf(v) for layer, v in clean.errors.items()})
