@@ -42,7 +42,7 @@ STAGES: tuple[Stage, ...] = (
           ("models", "activations", "dictionaries", "training", "analysis")),
     Stage("toy", "synthetic worlds and toy models with ground truth", ("dictionaries", "training")),
     Stage("circuits", "local replacement models, attribution graphs, interventions",
-          ("data", "models", "dictionaries", "training", "analysis")),
+          ("data", "models", "activations", "dictionaries", "training", "analysis")),
     Stage("jobs", "orchestration across stages: quickstart, sweep, dashboard, explain, control",
           ("data", "models", "activations", "dictionaries", "training", "evaluation", "analysis", "dashboard",
            "autointerp", "toy", "circuits")),

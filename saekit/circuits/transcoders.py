@@ -7,16 +7,18 @@ transcoders, every layer of the range up to j for a CLT; plus the skip path when
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from saekit.activations.spec import DataConfig
 from saekit.dictionaries.base import Dictionary
 from saekit.dictionaries.crosslayer import CrossLayerTranscoder
 from saekit.dictionaries.registry import load_dictionary, read_sites, written_sites
 from saekit.errors import SaekitError
+from saekit.models.loading import LoadedModel
 from saekit.models.sites import parse_site
 from saekit.training.run import DICTIONARY_DIR, load_run_config
 
@@ -28,7 +30,7 @@ class TranscoderSet:
     layers: list[int]
     per_layer: dict[int, Dictionary] | None = None
     clt: CrossLayerTranscoder | None = None
-    model: str | None = None  # the model the runs were trained on (their data.model)
+    data: DataConfig | None = None  # the runs' data settings: which model (and randomization) they read
 
     def width(self, layer: int) -> int:
         return self.clt.latents_per_layer if self.clt is not None else self.per_layer[layer].config.width
@@ -100,9 +102,11 @@ def load_transcoders(path: str | Path, device: str = "cpu") -> TranscoderSet:
     if not run_dirs:
         raise SaekitError(f"{path} holds no transcoder run (a run directory, or a directory of runs from "
                           "`saekit train --sites 'blocks.*.mlp_in->blocks.*.mlp_out'`)")
-    models = {load_run_config(d).data.model for d in run_dirs}
+    data = [load_run_config(d).data for d in run_dirs]
+    models = {(c.model, c.randomize_weights, c.randomization_seed) for c in data}
     if len(models) > 1:
-        raise SaekitError(f"the transcoder runs in {path} come from different models: {', '.join(sorted(models))}")
+        names = ", ".join(sorted({c.model for c in data}))
+        raise SaekitError(f"the transcoder runs in {path} come from different models (or randomizations): {names}")
     loaded = [(d, *load_dictionary(d / DICTIONARY_DIR, device)) for d in run_dirs]
     for _, dictionary, _ in loaded:
         dictionary.eval().requires_grad_(False)
@@ -110,7 +114,7 @@ def load_transcoders(path: str | Path, device: str = "cpu") -> TranscoderSet:
         run_dir, clt, source = loaded[0]
         layers = [_check_transcoder(run_dir, {"site": r, "target_site": w})
                   for r, w in zip(read_sites(source), written_sites(source))]
-        return TranscoderSet(layers, clt=clt, model=models.pop())
+        return TranscoderSet(layers, clt=clt, data=data[0])
     per_layer: dict[int, Dictionary] = {}
     for run_dir, dictionary, source in loaded:
         if isinstance(dictionary, CrossLayerTranscoder) and dictionary.layers > 1:
@@ -119,7 +123,7 @@ def load_transcoders(path: str | Path, device: str = "cpu") -> TranscoderSet:
         if layer in per_layer:
             raise SaekitError(f"two runs in {path} replace the MLP of layer {layer}; keep one")
         per_layer[layer] = dictionary
-    return TranscoderSet(sorted(per_layer), per_layer=per_layer, model=models.pop())
+    return TranscoderSet(sorted(per_layer), per_layer=per_layer, data=data[0])
 
 
 def check_fits(transcoders: TranscoderSet, n_layers: int, d_model: int) -> None:
@@ -136,3 +140,10 @@ def check_fits(transcoders: TranscoderSet, n_layers: int, d_model: int) -> None:
 
 def zero_latents(transcoders: TranscoderSet, shape: tuple[int, ...], device: torch.device | str) -> dict[int, Tensor]:
     return {layer: torch.zeros(*shape, transcoders.width(layer), device=device) for layer in transcoders.layers}
+
+
+def load_model_for(transcoders: TranscoderSet, device: str = "cpu") -> LoadedModel:
+    """The model the transcoders were trained on, in float32 (attribution sums many small effects exactly)."""
+    if transcoders.data is None:
+        raise SaekitError("these transcoders record no model; load it yourself and pass it in")
+    return replace(transcoders.data, model_dtype="float32").load_model(device)

@@ -113,3 +113,56 @@ def test_pruning_keeps_the_influential_nodes_and_all_logits(replacement):
     influence = pruned.influence[:graph.n_features + graph.n_errors]
     assert influence[kept].min() >= influence[~kept].max()  # kept by influence, largest first
     assert not (pruned.edge_mask & ~(pruned.node_mask[:, None] & pruned.node_mask[None, :])).any()
+
+
+def test_an_intervention_free_forward_is_the_clean_model_and_an_ablation_moves_the_logits(tiny_loaded):
+    from saekit.circuits.interventions import Intervention, intervened_logits, predicted_ablation
+
+    transcoders = _per_layer()
+    ids = _ids(tiny_loaded)
+    with torch.no_grad():
+        clean = tiny_loaded.model(input_ids=ids[None]).logits[0]
+    torch.testing.assert_close(intervened_logits(tiny_loaded, transcoders, ids, []), clean)
+    replacement = ReplacementModel(tiny_loaded, transcoders, ids)
+    graph = attribute(replacement, PROMPT, AttributionConfig(progress=False))
+    # A last-layer latent at the last position reaches the logits only directly: the graph's prediction of
+    # its ablation is its direct effect (in the frozen model; the real model's final norm also rescales).
+    last_layer = (graph.features[:, 0] == 1) & (graph.features[:, 1] == len(ids) - 1)
+    feature = int(last_layer.nonzero()[0])
+    layer, position, latent = map(int, graph.features[feature])
+    torch.testing.assert_close(predicted_ablation(graph, feature).float(),
+                               -graph.adjacency[graph.logit_node(0):, feature])
+    # Ablating it in the real model = taking its decoded contribution out of that MLP output by hand.
+    value = float(graph.activations[feature])
+    row = transcoders.per_layer[layer].W_dec[latent]
+
+    def remove(module, args, out):
+        out = out.clone()
+        out[:, position] -= value * row
+        return out
+    handle = tiny_loaded.adapter.mlp(layer).register_forward_hook(remove)
+    with torch.no_grad():
+        by_hand = tiny_loaded.model(input_ids=ids[None]).logits[0]
+    handle.remove()
+    ablated = intervened_logits(tiny_loaded, transcoders, ids, [Intervention(layer, latent, "ablate", position=position)])
+    torch.testing.assert_close(ablated, by_hand, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ablated[:-1], clean[:-1])  # causal: earlier positions untouched
+    assert (ablated[-1] - clean[-1]).abs().max() > 1e-3
+    # Scaling by 2 adds the contribution once more: the same change, the other way.
+    doubled = intervened_logits(tiny_loaded, transcoders, ids, [Intervention(layer, latent, "scale", 2.0, position)])
+    assert float((doubled[-1] - clean[-1]).abs().max()) > 1e-3
+
+
+def test_interventions_parse_and_refuse_bad_input():
+    from saekit.circuits.interventions import Intervention, check_interventions
+    from saekit.errors import SaekitError
+
+    assert Intervention.parse("1:7@3=clamp:2.5") == Intervention(1, 7, "clamp", 2.5, 3)
+    assert Intervention.parse("0:4=ablate") == Intervention(0, 4, "ablate")
+    for bad in ("1:7=clamp", "x:1=ablate", "1:2=boost:3"):
+        with pytest.raises(SaekitError, match="LAYER:LATENT"):
+            Intervention.parse(bad)
+    with pytest.raises(SaekitError, match="out of range"):
+        check_interventions(_per_layer(), [Intervention(0, 500, "ablate")])
+    with pytest.raises(SaekitError, match="replace layers 0-1"):
+        check_interventions(_per_layer(), [Intervention(5, 1, "ablate")])
