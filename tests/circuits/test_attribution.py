@@ -144,7 +144,8 @@ def test_an_intervention_free_forward_is_the_clean_model_and_an_ablation_moves_t
     with torch.no_grad():
         by_hand = tiny_loaded.model(input_ids=ids[None]).logits[0]
     handle.remove()
-    ablated = intervened_logits(tiny_loaded, transcoders, ids, [Intervention(layer, latent, "ablate", position=position)])
+    ablation = [Intervention(layer, latent, "ablate", position=position)]
+    ablated = intervened_logits(tiny_loaded, transcoders, ids, ablation)
     torch.testing.assert_close(ablated, by_hand, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ablated[:-1], clean[:-1])  # causal: earlier positions untouched
     assert (ablated[-1] - clean[-1]).abs().max() > 1e-3
