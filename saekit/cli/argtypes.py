@@ -33,6 +33,14 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def unit_interval(text: str) -> float:
+    """A share: a number in (0, 1]."""
+    value = float(_number(text, float, "a number in (0, 1]"))
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
 def latent_count(text: str) -> int | None:
     """'all' (None) or a number of latents >= 1."""
     if text.lower() == "all":

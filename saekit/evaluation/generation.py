@@ -33,8 +33,7 @@ class SideBySide:
 
 @torch.no_grad()
 def _sample(loaded: LoadedModel, prompt: str, max_new_tokens: int, temperature: float, seed: int) -> str:
-    ids = loaded.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
-    ids = torch.cat([torch.tensor([[loaded.bos_token_id]]), ids], dim=1).to(loaded.device)
+    ids = loaded.prompt_ids(prompt)[None].to(loaded.device)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(max_new_tokens):
         logits = loaded.model(input_ids=ids, use_cache=False).logits[0, -1].float().cpu()

@@ -42,6 +42,11 @@ class LoadedModel:
         token_id = self.tokenizer.bos_token_id
         return int(token_id if token_id is not None else self.tokenizer.eos_token_id)
 
+    def prompt_ids(self, prompt: str) -> torch.Tensor:
+        """[1 + n] the prompt's tokens after BOS, as saekit's contexts begin (no other special tokens)."""
+        ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
+        return torch.tensor([self.bos_token_id, *ids], dtype=torch.long)
+
     @property
     def eos_token_id(self) -> int | None:
         return self.tokenizer.eos_token_id
