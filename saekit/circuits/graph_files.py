@@ -1,0 +1,155 @@
+"""An attribution graph on disk: circuit-tracer's graph JSON (its viewer opens it), the full graph as
+safetensors (read back exactly), and saekit's own page beside them.
+
+The JSON follows circuit-tracer's frontend schema (``metadata``, ``qParams``, ``nodes``, ``links``)
+and its node ids: a latent ``{layer}_{latent}_{position}``, an error node ``0_{layer}_{position}``,
+a token ``E_{token id}_{position}``, a logit ``{n_layers + 1}_{token id}_{last position}``. Only the
+pruned graph goes there, as circuit-tracer writes it: the kept edges and the nodes they touch, every
+token and logit. ``graph-metadata.json`` lists the directory's graphs, one entry per slug.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saekit.circuits.graph import Graph, PrunedGraph
+from saekit.circuits.page import FeatureSource, graph_page
+from saekit.errors import SaekitError
+from saekit.io import load_tensors, read_json, save_tensors, write_json, write_text
+
+GRAPH_METADATA = "graph-metadata.json"
+FEATURE_TYPE = "cross layer transcoder"  # what circuit-tracer's viewer expects of a transcoder latent
+ERROR_TYPE = "mlp reconstruction error"
+
+
+def display_token(text: str) -> str:
+    """A token as the viewer shows it: line breaks and tabs made visible."""
+    return text.replace("\n", "\u23ce").replace("\t", "\u2192").replace("\r", "\u21b5")
+
+
+def _cantor(x: int, y: int) -> int:
+    """The unique integer circuit-tracer's viewer uses as a (layer, latent) feature id."""
+    return (x + y) * (x + y + 1) // 2 + y
+
+
+def node_record(graph: Graph, node: int, influence: float) -> dict[str, Any]:
+    """One node in circuit-tracer's schema."""
+    kind, position = graph.node_kind(node), graph.node_position(node)
+    base = {"ctx_idx": position, "token_prob": 0.0, "is_target_logit": False, "run_idx": 0, "reverse_ctx_idx": 0,
+            "clerp": "", "influence": influence, "activation": None}
+    if kind == "feature":
+        layer, _, latent = (int(v) for v in graph.features[node])
+        return {**base, "node_id": f"{layer}_{latent}_{position}", "feature": _cantor(layer, latent),
+                "layer": str(layer), "feature_type": FEATURE_TYPE, "jsNodeId": f"{layer}_{latent}-0",
+                "activation": float(graph.activations[node])}
+    if kind == "error":
+        layer = graph.node_layer(node)
+        return {**base, "node_id": f"0_{layer}_{position}", "feature": -1, "layer": str(layer),
+                "feature_type": ERROR_TYPE, "jsNodeId": f"{layer}_{position}-0"}
+    if kind == "token":
+        token = graph.input_ids[position]
+        return {**base, "node_id": f"E_{token}_{position}", "feature": position, "layer": "E",
+                "feature_type": "embedding", "jsNodeId": f"E_{token}-{position}"}
+    index = node - graph.logit_node(0)
+    token, probability = int(graph.logit_tokens[index]), float(graph.logit_probabilities[index])
+    layer = str(graph.node_layer(node) + 1)  # circuit-tracer: n_layers + 1
+    return {**base, "node_id": f"{layer}_{token}_{position}", "feature": token, "layer": layer,
+            "feature_type": "logit", "token_prob": probability, "is_target_logit": index == 0,
+            "jsNodeId": f"L_{token}-{position}",
+            "clerp": f'Output "{display_token(graph.logit_strings[index])}" (p={probability:.3f})'}
+
+
+def kept_nodes_and_links(graph: Graph, pruned: PrunedGraph) -> tuple[list[int], list[tuple[int, int, float]]]:
+    """The nodes circuit-tracer would write (touched by a kept edge, or a token or logit) and the kept edges."""
+    mask = pruned.edge_mask & pruned.node_mask[:, None] & pruned.node_mask[None, :]
+    targets, sources = mask.nonzero(as_tuple=True)
+    weights = graph.adjacency[targets, sources].tolist()
+    links = list(zip(sources.tolist(), targets.tolist(), weights))
+    touched = set(sources.tolist()) | set(targets.tolist())
+    always = set(range(graph.token_node(0), graph.n_nodes))
+    nodes = sorted(n for n in touched | always if pruned.node_mask[n])
+    return nodes, links
+
+
+def graph_json(graph: Graph, pruned: PrunedGraph, slug: str, scan: str | None = None) -> dict[str, Any]:
+    """The pruned graph in circuit-tracer's graph schema."""
+    nodes, links = kept_nodes_and_links(graph, pruned)
+    records = {n: node_record(graph, n, float(pruned.influence[n])) for n in nodes}
+    metadata = {"slug": slug, "scan": scan or graph.transcoders or "saekit", "transcoder_list": [],
+                "prompt_tokens": [display_token(t) for t in graph.tokens], "prompt": graph.prompt,
+                "node_threshold": pruned.node_threshold, "schema_version": 1,
+                "info": {"creator_name": "saekit", "model": graph.model, "edge_threshold": pruned.edge_threshold}}
+    return {"metadata": metadata,
+            "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
+            "nodes": list(records.values()),
+            "links": [{"source": records[s]["node_id"], "target": records[t]["node_id"], "weight": w}
+                      for s, t, w in links]}
+
+
+def save_graph(graph: Graph, pruned: PrunedGraph, path: str | Path) -> None:
+    """The full graph (every node, the dense adjacency) and its pruning, as safetensors (atomic)."""
+    tensors = {"features": graph.features, "activations": graph.activations, "logit_tokens": graph.logit_tokens,
+               "logit_probabilities": graph.logit_probabilities, "adjacency": graph.adjacency,
+               "input_ids": torch.tensor(graph.input_ids), "node_mask": pruned.node_mask,
+               "edge_mask": pruned.edge_mask, "influence": pruned.influence}
+    header = {"prompt": graph.prompt, "tokens": graph.tokens, "model": graph.model,
+              "transcoders": graph.transcoders, "layers": graph.layers, "logit_strings": graph.logit_strings,
+              "settings": graph.settings, "node_threshold": pruned.node_threshold,
+              "edge_threshold": pruned.edge_threshold}
+    save_tensors(path, {k: v.contiguous() for k, v in tensors.items()}, {"graph": json.dumps(header)})
+
+
+def read_graph(path: str | Path) -> tuple[Graph, PrunedGraph]:
+    """A graph written by ``save_graph``."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    tensors = load_tensors(path, "attribution graph")
+    with safe_open(str(path), "pt") as handle:
+        raw = (handle.metadata() or {}).get("graph")
+    if raw is None or "adjacency" not in tensors:
+        raise SaekitError(f"{path} is not an attribution graph written by saekit (no graph header); "
+                          "rebuild it with `saekit attribute`")
+    header = json.loads(raw)
+    graph = Graph(prompt=header["prompt"], input_ids=tensors["input_ids"].tolist(), tokens=header["tokens"],
+                  model=header["model"], transcoders=header["transcoders"], layers=header["layers"],
+                  features=tensors["features"], activations=tensors["activations"],
+                  logit_tokens=tensors["logit_tokens"], logit_probabilities=tensors["logit_probabilities"],
+                  logit_strings=header["logit_strings"], adjacency=tensors["adjacency"], settings=header["settings"])
+    if graph.adjacency.shape != (graph.n_nodes, graph.n_nodes):
+        raise SaekitError(f"{path}: the adjacency is {tuple(graph.adjacency.shape)} but the nodes number "
+                          f"{graph.n_nodes}; the file is damaged, rebuild it with `saekit attribute`")
+    pruned = PrunedGraph(tensors["node_mask"].bool(), tensors["edge_mask"].bool(), tensors["influence"],
+                         header["node_threshold"], header["edge_threshold"])
+    return graph, pruned
+
+
+def _update_index(out: Path, metadata: dict[str, Any]) -> None:
+    """Add (or replace) this slug's entry in the directory's graph list, as circuit-tracer's server reads it."""
+    index_path = out / GRAPH_METADATA
+    index = read_json(index_path, "graph list") if index_path.is_file() else {"graphs": []}
+    if not isinstance(index.get("graphs"), list):
+        raise SaekitError(f"{index_path} is not a graph list ({{\"graphs\": [...]}}); move it away")
+    index["graphs"] = [g for g in index["graphs"] if g.get("slug") != metadata["slug"]] + [metadata]
+    write_json(index_path, index)
+
+
+def write_graph_files(graph: Graph, pruned: PrunedGraph, out_dir: str | Path, slug: str,
+                      sources: dict[int, FeatureSource] | None = None) -> Path:
+    """Write ``SLUG.json`` (circuit-tracer's schema), ``SLUG.safetensors`` (the full graph), ``SLUG.html``
+    (saekit's page, with node details from ``sources``: per model layer, its analysis store) and the
+    directory's ``graph-metadata.json``. Each file is written atomically."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SaekitError(f"--out {out} is a file; give a directory for the graph files")
+    out.mkdir(parents=True, exist_ok=True)
+    record = graph_json(graph, pruned, slug)
+    write_json(out / f"{slug}.json", record)
+    save_graph(graph, pruned, out / f"{slug}.safetensors")
+    write_text(out / f"{slug}.html", graph_page(graph, record, sources or {}, out))
+    _update_index(out, record["metadata"])
+    return out

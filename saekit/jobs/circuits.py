@@ -1,0 +1,164 @@
+"""Circuit work on one prompt: build, prune, check and write an attribution graph; run interventions.
+
+``attribute_prompt`` loads the transcoders and their model (float32), builds the graph of the local
+replacement model, prunes it, measures the ablation of its most influential latents in the real
+model against what the graph predicts, and writes the graph files, the page and a report.
+``steer_prompt`` applies interventions and reports the change of the next-token distribution and
+of a greedy continuation.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saekit.analysis.store import ANALYSIS_DIR, AnalysisStore, open_run_store, store_exists
+from saekit.autointerp.pipeline import scores_for_dashboard
+from saekit.circuits.attribution import AttributionConfig, attribute
+from saekit.circuits.graph import Graph, PrunedGraph, prune
+from saekit.circuits.graph_files import write_graph_files
+from saekit.circuits.interventions import (
+    Intervention,
+    ablation_check,
+    check_interventions,
+    intervened_generation,
+    intervened_logits,
+)
+from saekit.circuits.page import FeatureSource
+from saekit.circuits.replacement import ReplacementModel
+from saekit.circuits.transcoders import TranscoderSet, load_model_for, load_transcoders
+from saekit.errors import SaekitError
+from saekit.io import write_json, write_text
+from saekit.jobs.dashboard import DASHBOARD_DIR
+from saekit.models.loading import LoadedModel
+from saekit.render import markdown_table
+from saekit.training.run import DICTIONARY_DIR
+
+
+@dataclass(frozen=True)
+class GraphJob:
+    """Settings of ``saekit attribute`` beyond the attribution itself."""
+
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    node_threshold: float = 0.8  # circuit-tracer's defaults
+    edge_threshold: float = 0.98
+    check_ablations: int = 10  # the most influential latents whose ablation is measured (0: none)
+    device: str = "cpu"
+
+
+def slug_of(prompt: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40] or "prompt"
+
+
+def _run_layers(store: AnalysisStore) -> list[int]:
+    return [int(re.match(r"blocks\.(\d+)\.", site).group(1)) for site in store.manifest.get("sites") or
+            [store.manifest["site"]]]
+
+
+def feature_sources(path: Path, transcoders: TranscoderSet) -> dict[int, FeatureSource]:
+    """Per model layer, the analysis store (and explanations, dashboard) describing its latents, where one exists."""
+    runs = [path] if (path / DICTIONARY_DIR).is_dir() else sorted(d for d in path.glob("*") if d.is_dir())
+    sources: dict[int, FeatureSource] = {}
+    for run in runs:
+        if not store_exists(run / ANALYSIS_DIR):
+            continue
+        store = open_run_store(run)
+        dashboard = run / DASHBOARD_DIR if (run / DASHBOARD_DIR).is_dir() else None
+        interpretations = scores_for_dashboard(run)
+        for index, layer in enumerate(_run_layers(store)):
+            if layer in transcoders.layers:
+                offset = index * transcoders.width(layer) if transcoders.clt is not None else 0
+                sources[layer] = FeatureSource(store, offset, interpretations, dashboard)
+    return sources
+
+
+def _ablation_report(graph: Graph, checks: list[dict]) -> str:
+    target = graph.logit_strings[0]
+    rows = [(f"L{c['layer']} #{c['latent']} @ {c['position']} ({graph.tokens[c['position']]!r})",
+             f"{c['activation']:.3g}", f"{c['direct'][0]:+.4f}", f"{c['predicted'][0]:+.4f}",
+             f"{c['measured'][0]:+.4f}")
+            for c in checks]
+    return markdown_table(["latent (layer, id, position)", "activation", f"direct effect on {target!r}",
+                           "predicted change (graph)", "measured change (real model)"], rows)
+
+
+def _report(graph: Graph, pruned: PrunedGraph, checks: list[dict]) -> str:
+    kept = int(pruned.node_mask[:graph.n_features].sum())
+    lines = [
+        "# Attribution graph", "",
+        f"Prompt: {graph.prompt!r} ({len(graph.tokens)} tokens, BOS first); model {graph.model}; transcoders "
+        f"{graph.transcoders} replacing layers {graph.layers[0]}-{graph.layers[-1]}.", "",
+        "- target logits (logit minus the mean logit at the last position): "
+        + ", ".join(f"{s!r} p={p:.3f}" for s, p in zip(graph.logit_strings, graph.logit_probabilities.tolist())),
+        f"- nodes: {graph.n_features} active latents, {graph.n_errors} error nodes, {len(graph.tokens)} tokens, "
+        f"{graph.n_logits} logits; after pruning (node threshold {pruned.node_threshold}, edge threshold "
+        f"{pruned.edge_threshold}): {kept} latents, {int(pruned.node_mask.sum())} nodes, "
+        f"{int(pruned.edge_mask.sum())} edges",
+        f"- built in {graph.settings.get('seconds', float('nan')):.1f} s", "",
+        "## Ablations: what the graph predicts against the real model", "",
+        "Each latent is set to zero at its position in the real model (its decoded contribution removed; "
+        "everything downstream recomputed by the model's own layers). The graph's prediction adds its direct "
+        "effect and its effect through every downstream latent taken as linear while active; attention "
+        "patterns, norm scales and the MLPs' own responses are frozen in the graph and free in the model, "
+        "which is where the two differ.", "",
+        _ablation_report(graph, checks) if checks else "(no ablations run)", "",
+    ]
+    return "\n".join(lines)
+
+
+def attribute_prompt(transcoders_path: str | Path, prompt: str, out_dir: str | Path, job: GraphJob | None = None,
+                     loaded: LoadedModel | None = None) -> Path:
+    """Build, prune and check the attribution graph of ``prompt``; write it to ``out_dir``."""
+    job = job or GraphJob()
+    if not prompt.strip():
+        raise SaekitError("the prompt is empty; give --prompt TEXT")
+    path = Path(transcoders_path)
+    transcoders = load_transcoders(path, job.device)
+    loaded = loaded or load_model_for(transcoders, job.device)
+    replacement = ReplacementModel(loaded, transcoders, loaded.prompt_ids(prompt))
+    graph = attribute(replacement, prompt, job.attribution, str(path))
+    pruned = prune(graph, job.node_threshold, job.edge_threshold)
+    influence = torch.where(pruned.node_mask[:graph.n_features], pruned.influence[:graph.n_features], -1.0)
+    top = influence.argsort(descending=True)[:min(job.check_ablations, graph.n_features)].tolist()
+    checks = ablation_check(loaded, transcoders, graph, top) if top else []
+    out = write_graph_files(graph, pruned, out_dir, slug_of(prompt), feature_sources(path, transcoders))
+    write_json(out / "ablations.json", {"target_logits": graph.logit_strings, "checks": checks})
+    write_text(out / "report.md", _report(graph, pruned, checks))
+    return out
+
+
+def steer_prompt(transcoders_path: str | Path, prompt: str, interventions: list[Intervention],
+                 new_tokens: int = 20, top: int = 10, device: str = "cpu",
+                 loaded: LoadedModel | None = None) -> dict[str, Any]:
+    """The next-token distribution and a greedy continuation, without and with the interventions."""
+    if not interventions:
+        raise SaekitError("give at least one --latent LAYER:LATENT[@POSITION]=MODE[:VALUE]")
+    transcoders = load_transcoders(transcoders_path, device)
+    check_interventions(transcoders, interventions)  # before the model loads: a typo costs no wait
+    loaded = loaded or load_model_for(transcoders, device)
+    ids = loaded.prompt_ids(prompt)
+    clean = intervened_logits(loaded, transcoders, ids, [])[-1]
+    steered = intervened_logits(loaded, transcoders, ids, interventions)[-1]
+    tokens = torch.cat([clean.topk(top).indices, steered.topk(top).indices]).unique()
+    p_clean, p_steered = clean.softmax(-1), steered.softmax(-1)
+    rows = sorted(({"token": loaded.tokenizer.decode([int(t)]), "logit_change": float(steered[t] - clean[t]),
+                    "p_clean": float(p_clean[t]), "p_steered": float(p_steered[t])} for t in tokens),
+                  key=lambda row: -row["p_steered"])
+    return {"prompt": prompt, "interventions": [vars(i) for i in interventions], "next_token": rows,
+            "kl_clean_to_steered": float((p_clean * (p_clean.log() - p_steered.log())).sum()),
+            "continuation_clean": intervened_generation(loaded, transcoders, ids, [], new_tokens),
+            "continuation_steered": intervened_generation(loaded, transcoders, ids, interventions, new_tokens)}
+
+
+def steer_markdown(result: dict[str, Any]) -> str:
+    rows = [(r["token"], f"{r['p_clean']:.4f}", f"{r['p_steered']:.4f}", f"{r['logit_change']:+.3f}")
+            for r in result["next_token"]]
+    return "\n".join([
+        f"Prompt: {result['prompt']!r}; KL(clean || steered) of the next token: {result['kl_clean_to_steered']:.4f}",
+        "", markdown_table(["token", "p clean", "p steered", "logit change"], rows), "",
+        markdown_table(["", "greedy continuation"], [("clean", result["continuation_clean"]),
+                                                     ("steered", result["continuation_steered"])]), ""])

@@ -1,0 +1,52 @@
+"""``saekit attribute`` and ``saekit steer`` on per-layer transcoders trained by ``saekit train --sites``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from saekit.cli import main
+
+PROMPT = "The cat sat on the mat because"
+
+
+@pytest.fixture(scope="module")
+def transcoders(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("circuit-runs")
+    code = main(["train", "--model", str(tiny_model_dir), "--sites", "blocks.*.mlp_in->blocks.*.mlp_out",
+                 "--name", "tc", "--runs-dir", str(root), "--architecture", "jumprelu", "--expansion-factor", "4",
+                 "--train-tokens", "4096", "--batch-size", "256", "--context-length", "16",
+                 "--contexts-per-chunk", "16", "--shuffle-buffer-tokens", "512", "--eval-tokens", "200",
+                 "--cache-dir", str(root / "cache")])
+    assert code == 0
+    return root / "tc"
+
+
+def test_attribute_writes_graph_page_and_ablation_report(transcoders, tmp_path, capsys):
+    out = tmp_path / "graph"
+    assert main(["attribute", str(transcoders), "--prompt", PROMPT, "--out", str(out), "--check-ablations", "3",
+                 "--batch-size", "16"]) == 0
+    report = (out / "report.md").read_text()
+    assert "Attribution graph" in report and "predicted change" in report and "measured change" in report
+    checks = json.loads((out / "ablations.json").read_text())["checks"]
+    assert len(checks) == 3 and all(len(c["predicted"]) == len(c["measured"]) for c in checks)
+    assert any(path.suffix == ".html" for path in out.iterdir())
+    assert any(path.suffix == ".json" and path.name != "ablations.json" for path in out.iterdir())
+
+
+def test_steer_reports_the_change_and_bad_input_is_one_line(transcoders, tmp_path, capsys):
+    out = tmp_path / "steer.json"
+    assert main(["steer", str(transcoders), "--prompt", PROMPT, "--latent", "1:3=clamp:50", "--new-tokens", "4",
+                 "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["kl_clean_to_steered"] > 0 and result["next_token"]
+    assert "greedy continuation" in capsys.readouterr().out
+    for argv, message in ((["--latent", "7:3=ablate"], "replace layers 0-1"),
+                          (["--latent", "1:3=clamp"], "LAYER:LATENT"),
+                          ([], "at least one --latent")):
+        assert main(["steer", str(transcoders), "--prompt", PROMPT, *argv]) == 1
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+    assert main(["attribute", str(tmp_path), "--prompt", PROMPT]) == 1
+    assert "holds no transcoder run" in capsys.readouterr().err
