@@ -220,16 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
-    """The analysis, autointerp, toy and circuit subcommands, each defined in its own ``saekit/cli`` module."""
+    """The analysis, autointerp, toy, circuit and convert subcommands, each defined in its own ``saekit/cli`` module."""
     from saekit.cli.analysis import add_analysis_parsers
     from saekit.cli.autointerp import add_autointerp_parsers
     from saekit.cli.circuits import add_circuit_parsers
+    from saekit.cli.convert import add_convert_parser
     from saekit.cli.toy import add_toy_parser
 
     add_analysis_parsers(sub)
     add_autointerp_parsers(sub)
     add_toy_parser(sub)
     add_circuit_parsers(sub)
+    add_convert_parser(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,30 @@
+"""The ``convert`` subcommand: a dictionary from one format into another (saekit, SAELens, sparsify, circuit-tracer)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
+    from saekit.dictionaries.formats.detect import FORMATS
+
+    convert = subparsers.add_parser(
+        "convert", help="write a dictionary in another library's format",
+        description="Read SRC (a saekit run or directory of runs, or a SAELens, sparsify or circuit-tracer directory; "
+                    "the format is detected, or named as FORMAT:PATH) and write it to OUT in --to's layout. A "
+                    "directory of per-layer MLP transcoder runs (or one CLT run) becomes a circuit-tracer set.")
+    convert.add_argument("source", help="run directory, dictionary directory, or FORMAT:PATH")
+    convert.add_argument("--to", required=True, choices=FORMATS, help="the target format")
+    convert.add_argument("out", type=Path, help="output directory (replaced whole once complete)")
+    convert.add_argument("--model-name", default=None,
+                         help="the model name to record where the source has none (circuit-tracer's model_name)")
+    convert.set_defaults(handler=_convert)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from saekit.jobs.convert import convert
+
+    fmt, count, out = convert(args.source, args.to, args.out, model_name=args.model_name)
+    print(f"{count} dictionar{'y' if count == 1 else 'ies'} ({fmt}) written as {args.to} to {out}")
+    return 0

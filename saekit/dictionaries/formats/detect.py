@@ -1,0 +1,94 @@
+"""Which format a directory holds, and reading any of them: the one entry point for imported dictionaries.
+
+A directory is named by its files (or by a prefix such as ``saelens:PATH``):
+
+- ``saekit``: a run directory (``dictionary/`` inside), a saved dictionary (``config.json`` with a
+  saekit ``format_version`` + ``weights.safetensors``), or a directory of runs (``--sites``).
+- ``saelens``: ``cfg.json`` + ``sae_weights.safetensors``.
+- ``sparsify``: ``cfg.json`` + ``sae.safetensors`` (a hookpoint folder), or a folder of them.
+- ``circuit-tracer``: ``config.yaml`` (a transcoder set or a CLT).
+
+``read_dictionaries`` returns one (dictionary, source) per dictionary found, in layer order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from saekit.dictionaries.base import Dictionary
+from saekit.dictionaries.formats import circuit_tracer, saelens, sparsify
+from saekit.dictionaries.registry import CONFIG_FILE, WEIGHTS_FILE, load_dictionary
+from saekit.errors import SaekitError
+
+FORMATS = ("saekit", "saelens", "sparsify", "circuit-tracer")
+RUN_DICTIONARY = "dictionary"  # a run directory's dictionary folder (saekit.training.run.DICTIONARY_DIR)
+
+
+def _is_saekit_dictionary(path: Path) -> bool:
+    return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def _is_sparsify(path: Path) -> bool:
+    return (path / sparsify.CONFIG_FILE).is_file() and (path / sparsify.WEIGHTS_FILE).is_file()
+
+
+def _saekit_dictionaries(path: Path) -> list[Path]:
+    """The saved dictionaries a saekit path names: itself, its run's, or those of the runs (or dictionaries) inside."""
+    if _is_saekit_dictionary(path):
+        return [path]
+    if _is_saekit_dictionary(path / RUN_DICTIONARY):
+        return [path / RUN_DICTIONARY]
+    found = []
+    for child in sorted(path.glob("*")):
+        if _is_saekit_dictionary(child / RUN_DICTIONARY):
+            found.append(child / RUN_DICTIONARY)
+        elif _is_saekit_dictionary(child):
+            found.append(child)
+    return found
+
+
+def split_prefix(name: str) -> tuple[str | None, Path]:
+    """``saelens:PATH`` -> ("saelens", PATH); a plain path -> (None, PATH)."""
+    prefix, _, rest = name.partition(":")
+    if rest and prefix in FORMATS:
+        return prefix, Path(rest)
+    return None, Path(name)
+
+
+def detect_format(path: Path) -> str:
+    """The format a directory holds; one line naming what was looked for if none."""
+    if not path.exists():
+        raise SaekitError(f"{path} does not exist; give a run directory or a dictionary directory")
+    if not path.is_dir():
+        raise SaekitError(f"{path} is a file; give the directory that holds the dictionary's files")
+    if (path / circuit_tracer.CONFIG_FILE).is_file():
+        return "circuit-tracer"
+    if (path / saelens.CONFIG_FILE).is_file() and (path / saelens.WEIGHTS_FILE).is_file():
+        return "saelens"
+    if _is_sparsify(path) or any(_is_sparsify(child) for child in path.glob("*")):
+        return "sparsify"
+    if _saekit_dictionaries(path):
+        return "saekit"
+    raise SaekitError(f"{path} holds no dictionary saekit knows (a saekit run, SAELens cfg.json + "
+                      "sae_weights.safetensors, sparsify cfg.json + sae.safetensors, circuit-tracer config.yaml); "
+                      "name the format with a prefix such as saelens:PATH if the files are renamed")
+
+
+def read_dictionaries(name: str | Path, fmt: str | None = None) -> tuple[str, list[tuple[Dictionary, dict[str, Any]]]]:
+    """The format and every (dictionary, source) a path holds; ``fmt`` (or a ``FORMAT:`` prefix) skips detection."""
+    prefix, path = split_prefix(str(name))
+    fmt = fmt or prefix or detect_format(path)
+    if fmt not in FORMATS:
+        raise SaekitError(f"unknown format {fmt!r}; saekit reads {', '.join(FORMATS)}")
+    if fmt == "saekit":
+        found = _saekit_dictionaries(path)
+        if not found:
+            raise SaekitError(f"{path} holds no saekit dictionary (config.json + weights.safetensors, or a run)")
+        return fmt, [load_dictionary(directory) for directory in found]
+    if fmt == "saelens":
+        return fmt, [saelens.read_saelens(path)]
+    if fmt == "sparsify":
+        folders = [path] if _is_sparsify(path) else sorted(child for child in path.glob("*") if _is_sparsify(child))
+        return fmt, [sparsify.read_sparsify(folder) for folder in folders]
+    return fmt, circuit_tracer.read_circuit_tracer(path)
