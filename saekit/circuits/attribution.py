@@ -73,29 +73,34 @@ def _target_values(output, targets: list[tuple[str, int, int, int]], last: int) 
     return torch.stack(values)
 
 
-def _direct_effects(replacement: ReplacementModel, targets: list[tuple[str, int, int, int]], features: Tensor,
+def _direct_effects(output, nodes, targets: list[tuple[str, int, int, int]], features: Tensor,
                     activations: Tensor) -> Tensor:
-    """[len(targets), sources]: the direct effect of every source node (features, errors, tokens) on each target."""
+    """[len(targets), sources]: the direct effect of every source node (features, errors, tokens) on each target.
+
+    ``output`` is one forward pass of the replacement model over ``nodes`` (at least ``len(targets)`` copies
+    of the clean node values); its graph is kept, so every chunk of targets reuses the same pass.
+    """
     batch = len(targets)
-    embeddings, latents, errors = replacement.clean_nodes(batch, requires_grad=True)
-    output = replacement.forward(embeddings, latents, errors)
-    objective = _target_values(output, targets, embeddings.shape[1] - 1).sum()
+    embeddings, latents, errors = nodes
+    objective = _target_values(output, targets, -1).sum()  # the forward kept the last position's logits only
     layers = list(latents)
-    grads = torch.autograd.grad(objective, [embeddings, *latents.values(), *errors.values()], allow_unused=True)
+    grads = torch.autograd.grad(objective, [embeddings, *latents.values(), *errors.values()], allow_unused=True,
+                                retain_graph=True)
     embedding_grad, latent_grads = grads[0], dict(zip(layers, grads[1:1 + len(layers)]))
     error_grads = dict(zip(layers, grads[1 + len(layers):]))
 
-    def zero_if_none(grad: Tensor | None, like: Tensor) -> Tensor:
-        return torch.zeros_like(like) if grad is None else grad
+    def used(grad: Tensor | None, like: Tensor) -> Tensor:
+        """The first ``batch`` copies' gradients (zero where the objective does not reach the node)."""
+        return torch.zeros_like(like[:batch]) if grad is None else grad[:batch]
 
     feature_effects = torch.empty(batch, features.shape[0])
     for layer in layers:
         chosen = (features[:, 0] == layer).nonzero().squeeze(1)
-        grad = zero_if_none(latent_grads[layer], latents[layer])
+        grad = used(latent_grads[layer], latents[layer])
         feature_effects[:, chosen] = (grad[:, features[chosen, 1], features[chosen, 2]] * activations[chosen]).detach()
-    error_effects = torch.cat([(zero_if_none(error_grads[layer], errors[layer]) * errors[layer]).sum(-1).detach()
+    error_effects = torch.cat([(used(error_grads[layer], errors[layer]) * errors[layer][:batch]).sum(-1).detach()
                                for layer in layers], dim=1)  # [batch, layers * S], layer-major
-    token_effects = (zero_if_none(embedding_grad, embeddings) * embeddings).sum(-1).detach()
+    token_effects = (used(embedding_grad, embeddings) * embeddings[:batch]).sum(-1).detach()
     return torch.cat([feature_effects, error_effects, token_effects], dim=1)
 
 
@@ -114,10 +119,13 @@ def attribute(replacement: ReplacementModel, prompt: str, config: AttributionCon
     adjacency = torch.zeros(n_nodes, n_nodes)
     rows = list(range(n_sources, n_nodes)) + list(range(features.shape[0]))
     batches = math.ceil(len(targets) / config.batch_size)
+    # One forward pass of batch_size copies, kept: each chunk of targets is one backward pass through it.
+    nodes = replacement.clean_nodes(min(config.batch_size, len(targets)), requires_grad=True)
+    output = replacement.forward(*nodes, last_logits_only=True)
     for index in tqdm(range(batches), desc="attribution", unit="batch", disable=not config.progress):
         chunk = slice(index * config.batch_size, (index + 1) * config.batch_size)
-        effects = _direct_effects(replacement, targets[chunk], features, activations)
-        adjacency[rows[chunk], :n_sources] = effects
+        adjacency[rows[chunk], :n_sources] = _direct_effects(output, nodes, targets[chunk], features, activations)
+    del output, nodes
     tokenizer = replacement.loaded.tokenizer
 
     def decode(ids: Tensor) -> list[str]:

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saekit.errors import SaekitError
+
 
 @dataclass
 class Graph:
@@ -99,7 +101,7 @@ class PrunedGraph:
 
     node_mask: Tensor  # [N] bool
     edge_mask: Tensor  # [N, N] bool
-    influence: Tensor  # [N]: the node's share of the logit-weighted, normalised total effect
+    influence: Tensor  # [N]: the node's logit-weighted, normalised total effect (paths of every length)
     node_threshold: float
     edge_threshold: float
 
@@ -122,38 +124,55 @@ def total_influence(normalised: Tensor, weights: Tensor, max_depth: int) -> Tens
     return influence
 
 
-def _keep_share(scores: Tensor, threshold: float) -> Tensor:
-    """The smallest set of entries (by score, largest first) holding ``threshold`` of the total."""
-    flat = scores.flatten()
-    order = flat.argsort(descending=True)
-    cumulative = flat[order].cumsum(0) / flat.sum().clamp_min(1e-12)
-    keep = torch.zeros_like(flat, dtype=torch.bool)
-    count = int((cumulative < threshold).sum()) + 1
-    keep[order[:min(count, flat.numel())]] = True
-    return keep.view(scores.shape) & (scores > 0)
+def share_threshold(scores: Tensor, share: float) -> Tensor:
+    """The smallest score among the largest scores that together hold ``share`` of the total."""
+    ordered = scores.flatten().sort(descending=True).values
+    cumulative = ordered.cumsum(0) / ordered.sum().clamp_min(1e-12)
+    index = min(int(torch.searchsorted(cumulative, torch.tensor(share, dtype=cumulative.dtype))), ordered.numel() - 1)
+    return ordered[index]
+
+
+def cumulative_share(scores: Tensor) -> Tensor:
+    """Per node, the share of the total held by it and every node scoring higher (what circuit-tracer's JSON
+    calls influence: small for the most influential nodes)."""
+    ordered, order = scores.sort(descending=True)
+    shares = torch.zeros_like(scores)
+    shares[order] = ordered.cumsum(0) / ordered.sum().clamp_min(1e-12)
+    return shares
+
+
+def edge_influence(normalised: Tensor, weights: Tensor, depth: int) -> Tensor:
+    """Each edge's normalised weight times its target's influence (a logit's own weight included)."""
+    return normalised * (total_influence(normalised, weights, depth) + weights)[:, None]
 
 
 def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> PrunedGraph:
-    """Keep the nodes holding ``node_threshold`` of the influence on the logits, then the edges holding
-    ``edge_threshold`` of the influence among them (tokens and logits are always kept).
+    """circuit-tracer's pruning rule: keep the nodes holding ``node_threshold`` of the influence on the
+    logits (every node counted, tokens and logits then always kept), then the edges holding
+    ``edge_threshold`` of the edge influence among them, then drop latents and errors left without a
+    kept outgoing edge and latents without a kept incoming one, until nothing changes.
 
     Influence: rows of |A| normalised to one, the logit nodes weighted by their probabilities, summed
-    over paths of every length. An edge's score is its normalised weight times its target's influence
-    (a logit's own weight for edges into logits).
+    over paths of every length.
     """
+    if not (0 <= node_threshold <= 1 and 0 <= edge_threshold <= 1):
+        raise SaekitError("node and edge thresholds are shares of the influence: give values in [0, 1]")
     n = graph.n_nodes
-    normalised = normalised_abs(graph.adjacency.float())
     weights = torch.zeros(n)
-    logits = slice(graph.logit_node(0), n)
-    weights[logits] = graph.logit_probabilities / graph.logit_probabilities.sum()
+    weights[graph.logit_node(0):] = graph.logit_probabilities
     depth = len(graph.layers) + 3
-    influence = total_influence(normalised, weights, depth)
-    prunable = torch.zeros(n, dtype=torch.bool)
-    prunable[:graph.n_features + graph.n_errors] = True
-    kept = _keep_share(torch.where(prunable, influence, 0.0), node_threshold) | ~prunable
-    # Influence again on the kept subgraph, so edges are scored by what is left.
-    sub = normalised * kept[:, None] * kept[None, :]
-    node_score = total_influence(sub, weights, depth) + weights
-    edge_scores = sub * node_score[:, None]
-    edges = _keep_share(edge_scores, edge_threshold)
-    return PrunedGraph(kept, edges, influence, node_threshold, edge_threshold)
+    influence = total_influence(normalised_abs(graph.adjacency.float()), weights, depth)
+    nodes = influence >= share_threshold(influence, node_threshold)
+    first_token = graph.token_node(0)
+    nodes[first_token:] = True
+    kept = graph.adjacency.float() * nodes[:, None] * nodes[None, :]
+    scores = edge_influence(normalised_abs(kept), weights, depth)
+    edges = scores >= share_threshold(scores, edge_threshold)
+    while True:  # at most a layer's worth of rounds: each can strand the nodes upstream of what it removed
+        before = nodes.clone()
+        edges &= nodes[:, None] & nodes[None, :]
+        nodes[:first_token] &= edges[:, :first_token].any(0)  # latents and errors must feed something
+        nodes[:graph.n_features] &= edges[:graph.n_features].any(1)  # latents must be fed
+        if torch.equal(nodes, before):
+            break
+    return PrunedGraph(nodes, edges, influence, node_threshold, edge_threshold)

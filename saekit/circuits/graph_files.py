@@ -5,7 +5,9 @@ The JSON follows circuit-tracer's frontend schema (``metadata``, ``qParams``, ``
 and its node ids: a latent ``{layer}_{latent}_{position}``, an error node ``0_{layer}_{position}``,
 a token ``E_{token id}_{position}``, a logit ``{n_layers + 1}_{token id}_{last position}``. Only the
 pruned graph goes there, as circuit-tracer writes it: the kept edges and the nodes they touch, every
-token and logit. ``graph-metadata.json`` lists the directory's graphs, one entry per slug.
+token and logit; a node's ``influence`` is, as there, the cumulative share of the total influence held by
+it and every node above it (small for the most influential). ``graph-metadata.json`` lists the
+directory's graphs, one entry per slug.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import torch
 
-from saekit.circuits.graph import Graph, PrunedGraph
+from saekit.circuits.graph import Graph, PrunedGraph, cumulative_share
 from saekit.circuits.page import FeatureSource, graph_page
 from saekit.errors import SaekitError
 from saekit.io import load_tensors, read_json, save_tensors, write_json, write_text
@@ -78,7 +80,8 @@ def kept_nodes_and_links(graph: Graph, pruned: PrunedGraph) -> tuple[list[int], 
 def graph_json(graph: Graph, pruned: PrunedGraph, slug: str, scan: str | None = None) -> dict[str, Any]:
     """The pruned graph in circuit-tracer's graph schema."""
     nodes, links = kept_nodes_and_links(graph, pruned)
-    records = {n: node_record(graph, n, float(pruned.influence[n])) for n in nodes}
+    shares = cumulative_share(pruned.influence)  # circuit-tracer's 'influence': small = most influential
+    records = {n: node_record(graph, n, float(shares[n])) for n in nodes}
     metadata = {"slug": slug, "scan": scan or graph.transcoders or "saekit", "transcoder_list": [],
                 "prompt_tokens": [display_token(t) for t in graph.tokens], "prompt": graph.prompt,
                 "node_threshold": pruned.node_threshold, "schema_version": 1,

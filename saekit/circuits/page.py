@@ -116,7 +116,7 @@ for (const n of data.nodes) {
   (cells.get(key) || cells.set(key, []).get(key)).push(n);
 }
 for (const group of cells.values()) {
-  group.sort((a, b) => (b.influence || 0) - (a.influence || 0));
+  group.sort((a, b) => (a.influence ?? 1) - (b.influence ?? 1));  // cumulative share: small first
   group.forEach((n, i) => {
     const spread = Math.min(COL - 20, 8 * group.length);
     n.x = LEFT + n.ctx_idx * COL + COL / 2 + (group.length > 1 ? (i / (group.length - 1) - 0.5) * spread : 0);
@@ -228,8 +228,8 @@ function select(id) {
   const panel = document.getElementById('details');
   panel.replaceChildren();
   html('h2', describe(n), panel, 'selected-node');
-  html('p', 'influence ' + fmt(n.influence) + (n.activation !== null ? ', activation ' + fmt(n.activation) : ''),
-       panel, 'muted');
+  const activation = n.activation !== null ? ', activation ' + fmt(n.activation) : '';
+  html('p', 'cumulative influence share ' + fmt(n.influence) + activation, panel, 'muted');
   const [layer, latent] = n.node_id.split('_');
   const details = n.feature_type === 'cross layer transcoder' ? data.details[layer + '_' + latent] : null;
   if (details) {

@@ -182,11 +182,17 @@ class ReplacementModel:
             for hook in hooks:
                 hook.remove()
 
-    def forward(self, embeddings: Tensor, latents: dict[int, Tensor], errors: dict[int, Tensor]) -> ReplacementOutput:
-        """Logits and pre-activations of the replacement model for a batch of node values ([B, S, ...])."""
+    def forward(self, embeddings: Tensor, latents: dict[int, Tensor], errors: dict[int, Tensor],
+                last_logits_only: bool = False) -> ReplacementOutput:
+        """Logits and pre-activations of the replacement model for a batch of node values ([B, S, ...]).
+
+        ``last_logits_only``: the logits of the last position alone ([B, 1, V]; the unembedding of the
+        others is most of a small model's cost and attribution never reads them).
+        """
         pre_activations: dict[int, Tensor] = {}
         with self._frozen(latents, errors, pre_activations):
-            logits = self.model(inputs_embeds=embeddings, use_cache=False).logits
+            logits = self.model(inputs_embeds=embeddings, use_cache=False,
+                                logits_to_keep=1 if last_logits_only else 0).logits
         return ReplacementOutput(logits, pre_activations)
 
     def clean_nodes(self, batch: int = 1, requires_grad: bool = False) -> tuple[Tensor, dict[int, Tensor],

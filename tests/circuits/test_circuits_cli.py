@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -24,15 +25,23 @@ def transcoders(tiny_model_dir, tmp_path_factory):
 
 
 def test_attribute_writes_graph_page_and_ablation_report(transcoders, tmp_path, capsys):
+    # One layer's run analysed: its latents get dashboard details on the page, the other layer's do not.
+    assert main(["analyze", str(transcoders / "blocks.1.mlp_in"), "--tokens", "1024", "--batch-contexts", "4"]) == 0
     out = tmp_path / "graph"
     assert main(["attribute", str(transcoders), "--prompt", PROMPT, "--out", str(out), "--check-ablations", "3",
-                 "--batch-size", "16"]) == 0
+                 "--batch-size", "16", "--node-threshold", "0.99"]) == 0
     report = (out / "report.md").read_text()
     assert "Attribution graph" in report and "predicted change" in report and "measured change" in report
     checks = json.loads((out / "ablations.json").read_text())["checks"]
     assert len(checks) == 3 and all(len(c["predicted"]) == len(c["measured"]) for c in checks)
     assert any(path.suffix == ".html" for path in out.iterdir())
     assert any(path.suffix == ".json" and path.name != "ablations.json" for path in out.iterdir())
+    page = next(out.glob("*.html")).read_text()
+    data = json.loads(re.search(r'<script type="application/json" id="graph-data">(.*?)</script>', page, re.S)[1])
+    layer_one = {"_".join(node["node_id"].split("_")[:2]) for node in data["nodes"]
+                 if node["feature_type"] == "cross layer transcoder" and node["layer"] == "1"}
+    assert layer_one and set(data["details"]) == layer_one  # every kept layer-1 latent, no layer-0 one
+    assert all(detail["logits"]["positive"] for detail in data["details"].values())
 
 
 def test_steer_reports_the_change_and_bad_input_is_one_line(transcoders, tmp_path, capsys):

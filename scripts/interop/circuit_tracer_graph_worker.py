@@ -1,0 +1,164 @@
+"""circuit-tracer's attribution graph of one prompt, on a local Hugging Face Llama and saekit-written transcoders.
+
+Run in circuit-tracer's own venv (circuit-tracer 0.5.0, transformer_lens, no saekit import)::
+
+    HF_HUB_OFFLINE=1 scripts/interop/.ct-venv/bin/python scripts/interop/circuit_tracer_graph_worker.py \\
+        --model MODEL_DIR --transcoders PARENT/NAME --input INPUT.json --out OUT_DIR
+
+``MODEL_DIR`` is a saved ``LlamaForCausalLM`` (config.json, weights, tokenizer); ``PARENT/NAME`` a transcoder
+set written by saekit's ``write_circuit_tracer_transcoders`` (circuit-tracer's local cache layout, loaded with
+``load_transcoder_from_hub(NAME, cache_dir=PARENT)`` as ``scripts/interop/circuit_tracer_worker.py`` does);
+``INPUT.json`` holds ``input_ids`` (BOS first, exactly saekit's ids), optionally ``prompt`` (to record the ids
+circuit-tracer would make of the string), the attribution settings (``max_n_logits``, ``desired_logit_prob``,
+``batch_size``) and the pruning thresholds (``node_threshold``, ``edge_threshold``). If the venv's
+``bin/python`` does not run (copied without its symlinks), ``compare_circuit_tracer_graph.py`` makes a shim venv.
+
+The model is circuit-tracer's TransformerLens backend (its default, and the one that works here: 0.5.0's
+nnsight backend imports ``nnsight.intervention.tracing.tracer.Barrier`` and sets ``CONFIG.APP.CROSS_INVOKER``,
+neither of which nnsight 0.8.1 has). TransformerLens cannot download the config of a local random model by
+name, so the HookedTransformer is built the way ``HookedTransformer.from_pretrained`` builds one (config from
+the local config.json, weights converted by TransformerLens' Llama converter, ``fold_ln=False``,
+``center_writing_weights=False``, ``center_unembed=False``: what circuit-tracer's
+``from_pretrained_and_transcoders`` passes), with one fix: TransformerLens' Llama config ignores ``rope_theta``
+(SmolLM2 uses 100000, TransformerLens defaults to 10000), so ``rotary_base`` is set from the HF config before
+the model is built. The TL model's logits are checked against the HF model's on the prompt.
+
+Model directories written by transformers 5 (saekit's venv) are read by this venv's transformers 4.57: the rope
+base, saved as ``rope_parameters.rope_theta``, is carried over by hand (4.57 reads only ``rope_theta`` and would
+fall back to 10000), and a ``TokenizersBackend`` tokenizer is rebuilt from tokenizer.json and its special tokens.
+
+Writes ``OUT_DIR/graph.safetensors`` (adjacency_matrix, active_features, activation_values,
+selected_features, logit_token_ids, logit_probabilities, input_tokens, tl_logits, hf_logits, and circuit-tracer's
+``prune_graph`` masks at the given thresholds: prune_node_mask, prune_edge_mask, prune_cumulative_scores) and
+``OUT_DIR/graph.json`` (logit token strings, timings, versions, the logit check). No pickle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+
+def load_tokenizer(model_dir: Path, scratch: Path):
+    """The model directory's tokenizer. One saved by transformers 5 (``TokenizersBackend``, unknown to 4.57) is
+    rebuilt from its tokenizer.json and the special tokens of its tokenizer_config.json and saved to ``scratch``
+    (TransformerLens reloads a tokenizer from its ``name_or_path``)."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir)
+    except ValueError:
+        config = json.loads((model_dir / "tokenizer_config.json").read_text())
+        special = {name: config[name] for name in ("bos_token", "eos_token", "pad_token", "unk_token")
+                   if isinstance(config.get(name), str)}
+        PreTrainedTokenizerFast(tokenizer_file=str(model_dir / "tokenizer.json"), **special).save_pretrained(scratch)
+        return AutoTokenizer.from_pretrained(scratch)
+
+
+def build_model(model_dir: str, transcoders_dir: Path, scratch: Path):
+    """circuit-tracer's TransformerLens replacement model of the local HF Llama at ``model_dir``, with the
+    transcoder set ``transcoders_dir`` (PARENT/NAME) spliced in; and the HF model itself."""
+    from circuit_tracer.replacement_model.replacement_model_transformerlens import TransformerLensReplacementModel
+    from circuit_tracer.utils.hf_utils import load_transcoder_from_hub
+    from transformer_lens.loading_from_pretrained import get_pretrained_model_config, get_pretrained_state_dict
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    saved = json.loads((Path(model_dir) / "config.json").read_text())
+    rope = saved.get("rope_parameters") or {}
+    if rope:  # written by transformers 5, which transformers 4.57 does not read (it would use rope_theta=10000)
+        if rope.get("rope_type", "default") != "default":
+            raise SystemExit(f"{model_dir} uses rope {rope}; TransformerLens' Llama config would ignore it")
+        config.rope_theta = float(rope["rope_theta"])
+    if getattr(config, "rope_scaling", None):
+        raise SystemExit(f"{model_dir} uses rope scaling {config.rope_scaling}; TransformerLens' Llama config "
+                         "would ignore it")
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, config=config, torch_dtype=torch.float32,
+                                              attn_implementation="eager").eval()
+    if type(hf).__name__ != "LlamaForCausalLM":
+        raise SystemExit(f"{model_dir} is a {type(hf).__name__}; this worker builds Llama models only")
+    tokenizer = load_tokenizer(Path(model_dir), scratch / "tokenizer")
+    cfg = get_pretrained_model_config(model_dir, fold_ln=False, device="cpu", dtype=torch.float32)
+    cfg.rotary_base = float(config.rope_theta)  # TL's Llama config drops rope_theta
+    transcoders, _ = load_transcoder_from_hub(transcoders_dir.name, device=torch.device("cpu"), dtype=torch.float32,
+                                              lazy_encoder=False, lazy_decoder=False,
+                                              cache_dir=str(transcoders_dir.parent))
+    model = TransformerLensReplacementModel(cfg, tokenizer=tokenizer)
+    state = get_pretrained_state_dict(model_dir, cfg, hf, dtype=torch.float32)
+    model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False, center_unembed=False,
+                                      fold_value_biases=False, refactor_factored_attn_matrices=False)
+    model._configure_replacement_model(transcoders)  # what from_config / from_pretrained_and_transcoders call
+    return model, hf
+
+
+def main() -> None:
+    """Parse arguments, build the model, run ``circuit_tracer.attribute`` and save the graph."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="a local Hugging Face LlamaForCausalLM directory")
+    parser.add_argument("--transcoders", required=True, type=Path, help="PARENT/NAME: a circuit-tracer transcoder set")
+    parser.add_argument("--input", required=True, type=Path, help="JSON: input_ids and attribution settings")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    settings = json.loads(args.input.read_text())
+    started = time.perf_counter()
+    model, hf = build_model(args.model, args.transcoders, args.out)
+    built = time.perf_counter()
+    ids = torch.tensor(settings["input_ids"], dtype=torch.long)
+    # What circuit-tracer itself would feed for the prompt string (its ensure_tokenized prepends a special token).
+    from_string = model.ensure_tokenized(settings["prompt"]).tolist() if settings.get("prompt") else None
+    with torch.no_grad():
+        tl_logits = model(ids[None])[0].float()
+        hf_logits = hf(ids[None]).logits[0].float()
+    del hf
+
+    from circuit_tracer import attribute
+
+    graph = attribute(ids, model, max_n_logits=settings["max_n_logits"],
+                      desired_logit_prob=settings["desired_logit_prob"], batch_size=settings["batch_size"],
+                      max_feature_nodes=settings.get("max_feature_nodes"))
+    done = time.perf_counter()
+    from circuit_tracer.graph import prune_graph
+
+    pruned = prune_graph(graph, node_threshold=settings.get("node_threshold", 0.8),
+                         edge_threshold=settings.get("edge_threshold", 0.98))
+    args.out.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "adjacency_matrix": graph.adjacency_matrix.float(),
+        "active_features": graph.active_features.long(),  # [F, 3]: layer, position, feature
+        "activation_values": graph.activation_values.float(),
+        "selected_features": graph.selected_features.long(),
+        "logit_token_ids": torch.tensor([t.vocab_idx for t in graph.logit_targets], dtype=torch.long),
+        "logit_probabilities": graph.logit_probabilities.float(),
+        "input_tokens": graph.input_tokens.long(),
+        "tl_logits": tl_logits, "hf_logits": hf_logits,
+        "prune_node_mask": pruned.node_mask.to(torch.uint8), "prune_edge_mask": pruned.edge_mask.to(torch.uint8),
+        "prune_cumulative_scores": pruned.cumulative_scores.float(),
+    }
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(args.out / "graph.safetensors"))
+    info = {
+        "backend": "transformerlens",
+        "versions": {name: version(name) for name in ("circuit-tracer", "transformer-lens", "transformers", "torch")},
+        "logit_strings": [t.token_str for t in graph.logit_targets],
+        "ids_from_prompt_string": from_string,
+        "tl_vs_hf_logits_max_abs": float((tl_logits - hf_logits).abs().max()),
+        "hf_logits_max_abs": float(hf_logits.abs().max()),
+        "rotary_base": float(model.cfg.rotary_base),
+        "seconds_build": built - started, "seconds_attribute": done - built,
+        "n_active_features": int(graph.active_features.shape[0]),
+        "adjacency_shape": list(graph.adjacency_matrix.shape),
+    }
+    (args.out / "graph.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(json.dumps(info))
+    model.reset_hooks(including_permanent=True)
+
+
+if __name__ == "__main__":
+    main()
