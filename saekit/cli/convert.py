@@ -7,15 +7,16 @@ from pathlib import Path
 
 
 def add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
-    from saekit.dictionaries.formats.detect import FORMATS
+    from saekit.dictionaries.formats.detect import WRITE_FORMATS
 
     convert = subparsers.add_parser(
         "convert", help="write a dictionary in another library's format",
-        description="Read SRC (a saekit run or directory of runs, or a SAELens, sparsify or circuit-tracer directory; "
-                    "the format is detected, or named as FORMAT:PATH) and write it to OUT in --to's layout. A "
-                    "directory of per-layer MLP transcoder runs (or one CLT run) becomes a circuit-tracer set.")
+        description="Read SRC (a saekit run or directory of runs, a SAELens, sparsify or circuit-tracer directory, "
+                    "or a Gemma Scope params.npz; the format is detected, or named as FORMAT:PATH) and write it to "
+                    "OUT in --to's layout. A directory of per-layer MLP transcoder runs (or one CLT run) becomes a "
+                    "circuit-tracer set.")
     convert.add_argument("source", help="run directory, dictionary directory, or FORMAT:PATH")
-    convert.add_argument("--to", required=True, choices=FORMATS, help="the target format")
+    convert.add_argument("--to", required=True, choices=WRITE_FORMATS, help="the target format")
     convert.add_argument("out", type=Path, help="output directory (replaced whole once complete)")
     convert.add_argument("--model-name", default=None,
                          help="the model name to record where the source has none (circuit-tracer's model_name)")

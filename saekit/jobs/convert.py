@@ -1,7 +1,7 @@
 """``saekit convert``: a dictionary (or a set of them) from any format saekit reads into another.
 
-Sources: a saekit run, a directory of runs (``--sites``), or a SAELens / sparsify / circuit-tracer
-directory (``formats/detect.py``). Targets and their layouts:
+Sources: a saekit run, a directory of runs (``--sites``), a SAELens / sparsify / circuit-tracer
+directory or a Gemma Scope ``params.npz`` (``formats/detect.py``). Targets and their layouts:
 
 - ``saekit``: the saved-dictionary layout (``config.json`` + ``weights.safetensors``); several
   dictionaries go to ``OUT/<site>/``. (A dictionary without a run's data settings; ``saekit train``
@@ -22,7 +22,7 @@ from typing import Any
 from saekit.dictionaries.base import Dictionary
 from saekit.dictionaries.crosslayer import CrossLayerTranscoder
 from saekit.dictionaries.formats import write_circuit_tracer, write_saelens, write_sparsify
-from saekit.dictionaries.formats.detect import FORMATS, read_dictionaries
+from saekit.dictionaries.formats.detect import WRITE_FORMATS, read_dictionaries
 from saekit.dictionaries.formats.sparsify import site_hookpoint
 from saekit.dictionaries.registry import read_sites, save_dictionary, written_sites
 from saekit.errors import SaekitError
@@ -89,8 +89,8 @@ def _write_circuit_tracer(out: Path, found: Found, model_name: str | None) -> No
 def convert(source: str | Path, to: str, out: str | Path, source_format: str | None = None,
             model_name: str | None = None) -> tuple[str, int, Path]:
     """Convert ``source`` into format ``to`` at ``out``; returns (the source's format, dictionaries, out)."""
-    if to not in FORMATS:
-        raise SaekitError(f"unknown target format {to!r}; saekit writes {', '.join(FORMATS)}")
+    if to not in WRITE_FORMATS:
+        raise SaekitError(f"unknown target format {to!r}; saekit writes {', '.join(WRITE_FORMATS)}")
     fmt, found = read_dictionaries(source, source_format)
     if not found:
         raise SaekitError(f"{source} holds no dictionary")

@@ -7,6 +7,7 @@ A directory is named by its files (or by a prefix such as ``saelens:PATH``):
 - ``saelens``: ``cfg.json`` + ``sae_weights.safetensors``.
 - ``sparsify``: ``cfg.json`` + ``sae.safetensors`` (a hookpoint folder), or a folder of them.
 - ``circuit-tracer``: ``config.yaml`` (a transcoder set or a CLT).
+- ``gemma-scope``: ``params.npz`` (read only; the site from its Gemma Scope repository path).
 
 ``read_dictionaries`` returns one (dictionary, source) per dictionary found, in layer order.
 """
@@ -17,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from saekit.dictionaries.base import Dictionary
-from saekit.dictionaries.formats import circuit_tracer, saelens, sparsify
+from saekit.dictionaries.formats import circuit_tracer, gemma_scope, saelens, sparsify
 from saekit.dictionaries.registry import CONFIG_FILE, WEIGHTS_FILE, load_dictionary
 from saekit.errors import SaekitError
 
-FORMATS = ("saekit", "saelens", "sparsify", "circuit-tracer")
+WRITE_FORMATS = ("saekit", "saelens", "sparsify", "circuit-tracer")
+READ_FORMATS = (*WRITE_FORMATS, "gemma-scope")
 RUN_DICTIONARY = "dictionary"  # a run directory's dictionary folder (saekit.training.run.DICTIONARY_DIR)
 
 
@@ -51,7 +53,7 @@ def _saekit_dictionaries(path: Path) -> list[Path]:
 def split_prefix(name: str) -> tuple[str | None, Path]:
     """``saelens:PATH`` -> ("saelens", PATH); a plain path -> (None, PATH)."""
     prefix, _, rest = name.partition(":")
-    if rest and prefix in FORMATS:
+    if rest and prefix in READ_FORMATS:
         return prefix, Path(rest)
     return None, Path(name)
 
@@ -60,10 +62,14 @@ def detect_format(path: Path) -> str:
     """The format a directory holds; one line naming what was looked for if none."""
     if not path.exists():
         raise SaekitError(f"{path} does not exist; give a run directory or a dictionary directory")
+    if path.is_file() and path.suffix == ".npz":
+        return "gemma-scope"
     if not path.is_dir():
         raise SaekitError(f"{path} is a file; give the directory that holds the dictionary's files")
     if (path / circuit_tracer.CONFIG_FILE).is_file():
         return "circuit-tracer"
+    if (path / gemma_scope.PARAMS_FILE).is_file():
+        return "gemma-scope"
     if (path / saelens.CONFIG_FILE).is_file() and (path / saelens.WEIGHTS_FILE).is_file():
         return "saelens"
     if _is_sparsify(path) or any(_is_sparsify(child) for child in path.glob("*")):
@@ -79,8 +85,10 @@ def read_dictionaries(name: str | Path, fmt: str | None = None) -> tuple[str, li
     """The format and every (dictionary, source) a path holds; ``fmt`` (or a ``FORMAT:`` prefix) skips detection."""
     prefix, path = split_prefix(str(name))
     fmt = fmt or prefix or detect_format(path)
-    if fmt not in FORMATS:
-        raise SaekitError(f"unknown format {fmt!r}; saekit reads {', '.join(FORMATS)}")
+    if fmt not in READ_FORMATS:
+        raise SaekitError(f"unknown format {fmt!r}; saekit reads {', '.join(READ_FORMATS)}")
+    if fmt == "gemma-scope" and path.is_file():
+        return fmt, [gemma_scope.read_gemma_scope(path)]
     if fmt == "saekit":
         found = _saekit_dictionaries(path)
         if not found:
@@ -91,4 +99,6 @@ def read_dictionaries(name: str | Path, fmt: str | None = None) -> tuple[str, li
     if fmt == "sparsify":
         folders = [path] if _is_sparsify(path) else sorted(child for child in path.glob("*") if _is_sparsify(child))
         return fmt, [sparsify.read_sparsify(folder) for folder in folders]
+    if fmt == "gemma-scope":
+        return fmt, [gemma_scope.read_gemma_scope(path)]
     return fmt, circuit_tracer.read_circuit_tracer(path)
