@@ -186,6 +186,16 @@ def _table_row(cells: Iterable[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+VISIBLE_WHITESPACE = {"\n": "\u21b5", "\r": "\u240d", "\t": "\u2192"}
+
+
+def display_token(text: str, symbols: dict[str, str] = VISIBLE_WHITESPACE, empty: str = "\u2205") -> str:
+    """Make whitespace-only structure visible (newlines, tabs) and empty tokens non-empty (``empty``)."""
+    for char, symbol in symbols.items():
+        text = text.replace(char, symbol)
+    return text if text else empty
+
+
 def escape_html(text: object) -> str:
     """Escape text for HTML element content and quoted attribute values (``& < > " '``)."""
     return html.escape(str(text), quote=True)

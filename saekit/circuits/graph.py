@@ -18,6 +18,10 @@ from torch import Tensor
 
 from saekit.errors import SaekitError
 
+# circuit-tracer's feature_type names of a transcoder latent and an error node (its viewer keys on them)
+FEATURE_TYPE = "cross layer transcoder"
+ERROR_TYPE = "mlp reconstruction error"
+
 
 @dataclass
 class Graph:

@@ -18,19 +18,19 @@ from typing import Any
 
 import torch
 
-from saekit.circuits.graph import Graph, PrunedGraph, cumulative_share
+from saekit.circuits.graph import ERROR_TYPE, FEATURE_TYPE, Graph, PrunedGraph, cumulative_share
 from saekit.circuits.page import FeatureSource, graph_page
 from saekit.errors import SaekitError
 from saekit.io import load_tensors, read_json, save_tensors, write_json, write_text
+from saekit.render import display_token
 
 GRAPH_METADATA = "graph-metadata.json"
-FEATURE_TYPE = "cross layer transcoder"  # what circuit-tracer's viewer expects of a transcoder latent
-ERROR_TYPE = "mlp reconstruction error"
+VIEWER_WHITESPACE = {"\n": "\u23ce", "\t": "\u2192", "\r": "\u21b5"}  # circuit-tracer's process_token
 
 
-def display_token(text: str) -> str:
-    """A token as the viewer shows it: line breaks and tabs made visible."""
-    return text.replace("\n", "\u23ce").replace("\t", "\u2192").replace("\r", "\u21b5")
+def viewer_token(text: str) -> str:
+    """A token as circuit-tracer's viewer shows it: its symbols for line breaks and tabs, empty kept empty."""
+    return display_token(text, VIEWER_WHITESPACE, empty="")
 
 
 def _cantor(x: int, y: int) -> int:
@@ -62,7 +62,7 @@ def node_record(graph: Graph, node: int, influence: float) -> dict[str, Any]:
     return {**base, "node_id": f"{layer}_{token}_{position}", "feature": token, "layer": layer,
             "feature_type": "logit", "token_prob": probability, "is_target_logit": index == 0,
             "jsNodeId": f"L_{token}-{position}",
-            "clerp": f'Output "{display_token(graph.logit_strings[index])}" (p={probability:.3f})'}
+            "clerp": f'Output "{viewer_token(graph.logit_strings[index])}" (p={probability:.3f})'}
 
 
 def kept_nodes_and_links(graph: Graph, pruned: PrunedGraph) -> tuple[list[int], list[tuple[int, int, float]]]:
@@ -83,7 +83,7 @@ def graph_json(graph: Graph, pruned: PrunedGraph, slug: str, scan: str | None = 
     shares = cumulative_share(pruned.influence)  # circuit-tracer's 'influence': small = most influential
     records = {n: node_record(graph, n, float(shares[n])) for n in nodes}
     metadata = {"slug": slug, "scan": scan or graph.transcoders or "saekit", "transcoder_list": [],
-                "prompt_tokens": [display_token(t) for t in graph.tokens], "prompt": graph.prompt,
+                "prompt_tokens": [viewer_token(t) for t in graph.tokens], "prompt": graph.prompt,
                 "node_threshold": pruned.node_threshold, "schema_version": 1,
                 "info": {"creator_name": "saekit", "model": graph.model, "edge_threshold": pruned.edge_threshold}}
     return {"metadata": metadata,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from saekit.analysis.store import AnalysisStore
-from saekit.circuits.graph import Graph
+from saekit.circuits.graph import FEATURE_TYPE, Graph
 from saekit.render import escape_html, script_json
 
 EXAMPLES_PER_LATENT = 4
@@ -72,7 +72,7 @@ def page_data(graph: Graph, record: dict[str, Any], sources: dict[int, FeatureSo
     """Everything the page's script needs: the prompt, the node records, the links, the latents' details."""
     details = {}
     for node in record["nodes"]:
-        if node["feature_type"] != "cross layer transcoder":
+        if node["feature_type"] != FEATURE_TYPE:
             continue
         layer, latent, _ = (int(part) for part in node["node_id"].split("_"))
         if layer in sources:
@@ -258,7 +258,7 @@ def graph_page(graph: Graph, record: dict[str, Any], sources: dict[int, FeatureS
                page_dir: Path | None = None) -> str:
     """The page's HTML (self-contained: no network, no external files)."""
     data = page_data(graph, record, sources, page_dir or Path("."))
-    features = sum(node["feature_type"] == "cross layer transcoder" for node in record["nodes"])
+    features = sum(node["feature_type"] == FEATURE_TYPE for node in record["nodes"])
     summary = (f"{escape_html(graph.model)}; {features} latents, {len(record['nodes'])} nodes and "
                f"{len(record['links'])} edges after pruning (node threshold {data['thresholds'][0]}, edge "
                f"threshold {data['thresholds'][1]}). Green edges excite, red inhibit; squares are error nodes. "

@@ -13,18 +13,11 @@ import math
 from collections.abc import Iterable, Sequence
 
 from saekit.dashboard.assets import CSS
+from saekit.render import display_token
 from saekit.render import escape_html as esc
 
-VISIBLE_WHITESPACE = {"\n": "\u21b5", "\r": "\u240d", "\t": "\u2192"}
 SHADE_RGB = "255, 120, 0"
 
-
-
-def display_token(text: str) -> str:
-    """Make whitespace-only structure visible (newlines, tabs) and empty tokens non-empty."""
-    for char, symbol in VISIBLE_WHITESPACE.items():
-        text = text.replace(char, symbol)
-    return text if text else "\u2205"
 
 
 def fmt(value: float | None, digits: int = 3) -> str:

@@ -35,6 +35,7 @@ from saekit.errors import SaekitError
 from saekit.io import write_json, write_text
 from saekit.jobs.dashboard import DASHBOARD_DIR
 from saekit.models.loading import LoadedModel
+from saekit.models.sites import parse_site
 from saekit.render import markdown_table
 from saekit.training.run import DICTIONARY_DIR
 
@@ -55,8 +56,7 @@ def slug_of(prompt: str) -> str:
 
 
 def _run_layers(store: AnalysisStore) -> list[int]:
-    return [int(re.match(r"blocks\.(\d+)\.", site).group(1)) for site in store.manifest.get("sites") or
-            [store.manifest["site"]]]
+    return [parse_site(site).layer for site in store.manifest.get("sites") or [store.manifest["site"]]]
 
 
 def feature_sources(path: Path, transcoders: TranscoderSet) -> dict[int, FeatureSource]:

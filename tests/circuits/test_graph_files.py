@@ -135,17 +135,8 @@ def test_page_renders_nodes_and_details_with_markup_kept_inert(built, tmp_path):
     assert PROMPT in text  # the prompt shown as text, markup and all
     # The target logit is selected on load; a layer-1 latent selected by address shows its examples.
     latent = next(n for n in record["nodes"] if n["feature_type"] == "cross layer transcoder" and n["layer"] == "1")
-    selected = dump_dom_at(page, profile, f"#node={latent['node_id']}")
+    selected = dump_dom(page, profile, f"#node={latent['node_id']}")
     details = visible_text(selected.split('id="details"', 1)[1])
     assert "Top examples" in details and "Inputs" in details and "Outputs" in details
     assert "<pwned" not in selected
 
-
-def dump_dom_at(page, profile, fragment: str) -> str:
-    import subprocess
-
-    from tests.dashboard.test_dashboard_browser import FLAGS
-    result = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri() + fragment],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout

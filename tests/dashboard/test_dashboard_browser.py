@@ -21,9 +21,9 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--virtual-time-budget=2000"]
 
 
-def dump_dom(path: Path, profile: Path) -> str:
-    """The page's DOM after its scripts ran, serialised by Chromium."""
-    result = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", path.as_uri()],
+def dump_dom(path: Path, profile: Path, fragment: str = "") -> str:
+    """The page's DOM after its scripts ran (opened at ``#fragment`` when given), serialised by Chromium."""
+    result = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", path.as_uri() + fragment],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout

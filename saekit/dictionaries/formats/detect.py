@@ -87,8 +87,6 @@ def read_dictionaries(name: str | Path, fmt: str | None = None) -> tuple[str, li
     fmt = fmt or prefix or detect_format(path)
     if fmt not in READ_FORMATS:
         raise SaekitError(f"unknown format {fmt!r}; saekit reads {', '.join(READ_FORMATS)}")
-    if fmt == "gemma-scope" and path.is_file():
-        return fmt, [gemma_scope.read_gemma_scope(path)]
     if fmt == "saekit":
         found = _saekit_dictionaries(path)
         if not found:
