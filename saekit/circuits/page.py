@@ -3,9 +3,10 @@
 The page embeds the pruned graph (circuit-tracer's node records and links) and, for each latent node
 whose run has an analysis store, its dashboard data: top examples with per-token activations, top
 and bottom logit weights, density, the explanation when ``saekit explain`` made one, and a link to
-the latent's dashboard page. Every string from the corpus, the prompt or the tokenizer reaches the
-browser as JSON inside a script block (``script_json``) and is put on the page with ``textContent``:
-never parsed as markup. ``#node=NODE_ID`` in the address selects a node (links can be shared).
+the latent's dashboard page. Tokens show whitespace as the dashboard does (``display_token``). Every
+string from the corpus, the prompt or the tokenizer reaches the browser as JSON inside a script block
+(``script_json``) and is put on the page with ``textContent``: never parsed as markup.
+``#node=NODE_ID`` in the address selects a node (links can be shared).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from saekit.analysis.store import AnalysisStore
 from saekit.circuits.graph import FEATURE_TYPE, Graph
-from saekit.render import escape_html, script_json
+from saekit.render import display_token, escape_html, script_json
 
 EXAMPLES_PER_LATENT = 4
 WINDOW_BEFORE, WINDOW_AFTER = 12, 4  # tokens shown around an example's strongest activation
@@ -38,7 +39,7 @@ def _examples(store: AnalysisStore, latent: int) -> list[dict[str, Any]]:
     for example in [e for e in store.latent_examples(latent) if e.kind == "top"][:EXAMPLES_PER_LATENT]:
         start = max(0, example.max_index - WINDOW_BEFORE)
         stop = example.max_index + WINDOW_AFTER + 1
-        shown.append({"tokens": [store.token_string(t) for t in example.token_ids[start:stop]],
+        shown.append({"tokens": [display_token(store.token_string(t)) for t in example.token_ids[start:stop]],
                       "values": [round(v, 4) for v in example.values[start:stop]],
                       "max": example.max_value, "at": example.max_index - start})
     return shown
@@ -48,7 +49,7 @@ def _logits(store: AnalysisStore, latent: int) -> dict[str, Any] | None:
     row = store.logit_row(latent)
     if row is None:
         return None
-    return {side: [[store.token_string(t), round(v, 4)] for t, v in zip(row[f"{side}_ids"][:8],
+    return {side: [[display_token(store.token_string(t)), round(v, 4)] for t, v in zip(row[f"{side}_ids"][:8],
                                                                          row[f"{side}_values"][:8])]
             for side in ("positive", "negative")}
 

@@ -53,9 +53,13 @@ def test_steer_reports_the_change_and_bad_input_is_one_line(transcoders, tmp_pat
     assert "greedy continuation" in capsys.readouterr().out
     for argv, message in ((["--latent", "7:3=ablate"], "replace layers 0-1"),
                           (["--latent", "1:3=clamp"], "LAYER:LATENT"),
-                          ([], "at least one --latent")):
+                          ([], "at least one --latent"),
+                          (["--latent", "1:3=ablate", "--device", "cuda:7"], "not available")):
         assert main(["steer", str(transcoders), "--prompt", PROMPT, *argv]) == 1
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1
     assert main(["attribute", str(tmp_path), "--prompt", PROMPT]) == 1
     assert "holds no transcoder run" in capsys.readouterr().err
+    assert main(["attribute", str(transcoders), "--prompt", PROMPT, "--device", "cuda:7",
+                 "--out", str(tmp_path / "never")]) == 1
+    assert "not available" in capsys.readouterr().err and not (tmp_path / "never").exists()

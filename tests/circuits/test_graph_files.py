@@ -27,8 +27,8 @@ from tests.dashboard.test_dashboard_browser import CHROMIUM, dump_dom, title_of,
 
 MARKUP = "<script>document.title='PWNED'</script><b>x</b>&amp;"
 PROMPT = f"Look {MARKUP} at the cat"
-CORPUS = [f"Careful: {MARKUP} the cat sat on the mat and looked at the cat again.",
-          "The cat and the dog sat together by the warm fire in the evening light."] * 4
+CORPUS = [f"Careful: {MARKUP} the cat sat on the mat\nand looked at the cat again.",
+          "The cat and the dog sat\ntogether by the warm fire\nin the evening light."] * 4
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +117,14 @@ def test_full_graph_reads_back_exactly_and_a_damaged_file_is_refused(built, tmp_
     (tmp_path / "file").write_text("x")
     with pytest.raises(SaekitError, match="is a file"):
         write_graph_files(graph, pruned, tmp_path / "file", "cat")
+
+
+def test_page_shows_example_tokens_with_visible_whitespace(built):
+    _, _, out = built
+    page = (out / "cat.html").read_text()
+    data = json.loads(re.search(r'<script type="application/json" id="graph-data">(.*?)</script>', page, re.S)[1])
+    tokens = [t for detail in data["details"].values() for example in detail["examples"] for t in example["tokens"]]
+    assert tokens and not any("\n" in t for t in tokens) and any("\u21b5" in t for t in tokens)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="the chromium binary is not installed (apt-get install -y chromium)")
