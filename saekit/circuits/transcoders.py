@@ -92,13 +92,17 @@ def _check_transcoder(run_dir: Path, source: dict) -> int:
     return read.layer
 
 
+def transcoder_run_dirs(path: Path) -> list[Path]:
+    """The runs a transcoders path names: itself (a run directory) or the runs inside it, by name."""
+    if (path / DICTIONARY_DIR).is_dir():
+        return [path]
+    return sorted((d for d in path.glob("*") if (d / DICTIONARY_DIR).is_dir()), key=lambda d: d.name)
+
+
 def load_transcoders(path: str | Path, device: str = "cpu") -> TranscoderSet:
     """A CLT run directory, one transcoder run, or a directory of per-layer transcoder runs (``--sites``)."""
     path = Path(path)
-    if (path / DICTIONARY_DIR).is_dir():
-        run_dirs = [path]
-    else:
-        run_dirs = sorted((d for d in path.glob("*") if (d / DICTIONARY_DIR).is_dir()), key=lambda d: d.name)
+    run_dirs = transcoder_run_dirs(path)
     if not run_dirs:
         raise SaekitError(f"{path} holds no transcoder run (a run directory, or a directory of runs from "
                           "`saekit train --sites 'blocks.*.mlp_in->blocks.*.mlp_out'`)")

@@ -30,14 +30,13 @@ from saekit.circuits.interventions import (
 )
 from saekit.circuits.page import FeatureSource
 from saekit.circuits.replacement import ReplacementModel
-from saekit.circuits.transcoders import TranscoderSet, load_model_for, load_transcoders
+from saekit.circuits.transcoders import TranscoderSet, load_model_for, load_transcoders, transcoder_run_dirs
 from saekit.errors import SaekitError
 from saekit.io import write_json, write_text
 from saekit.jobs.dashboard import DASHBOARD_DIR
 from saekit.models.loading import LoadedModel
 from saekit.models.sites import parse_site
 from saekit.render import markdown_table
-from saekit.training.run import DICTIONARY_DIR
 
 
 @dataclass(frozen=True)
@@ -61,9 +60,8 @@ def _run_layers(store: AnalysisStore) -> list[int]:
 
 def feature_sources(path: Path, transcoders: TranscoderSet) -> dict[int, FeatureSource]:
     """Per model layer, the analysis store (and explanations, dashboard) describing its latents, where one exists."""
-    runs = [path] if (path / DICTIONARY_DIR).is_dir() else sorted(d for d in path.glob("*") if d.is_dir())
     sources: dict[int, FeatureSource] = {}
-    for run in runs:
+    for run in transcoder_run_dirs(path):
         if not store_exists(run / ANALYSIS_DIR):
             continue
         store = open_run_store(run)
