@@ -364,15 +364,19 @@ def differences(a: Any, b: Any) -> list[str]:
 DEST_PREFIX = "setting:"
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One optional flag per leaf setting of ``cls``, typed from its annotation, help from its field."""
+def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), title: str | None = None) -> None:
+    """One optional flag per leaf setting of ``cls``, typed from its annotation, help from its field.
+
+    ``title`` heads the group of ``cls``'s own (unsectioned) fields; by default they are the run identity."""
     groups: dict[str, argparse._ArgumentGroup] = {}
     for spec in flat_fields(cls):
         if spec.flat in skip:
             continue
-        section = spec.path[0] if len(spec.path) > 1 else "run identity"
+        section = spec.path[0] if len(spec.path) > 1 else None
         if section not in groups:
-            groups[section] = parser.add_argument_group(f"{section} settings (override --config; defaults in [])")
+            heading = (f"{section} settings (override --config; defaults in [])" if section else
+                       title or "run identity settings (override --config; defaults in [])")
+            groups[section] = parser.add_argument_group(heading)
         group = groups[section]
         default = "" if spec.default is MISSING else f" [{_show(spec.default)}]"
         if spec.rule is not None and spec.rule.describe_range():

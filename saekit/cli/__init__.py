@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from saekit.cli.argtypes import non_negative_float, non_negative_int, positive_int
+from saekit.cli.imports import NAME_HELP, add_dictionary_flags, run_dirs
 from saekit.errors import SaekitError
 from saekit.evaluation.effective_compute import law_name
 from saekit.settings import add_flags, flags_given, updated
@@ -93,12 +94,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     from saekit.evaluation.scaling_fit import resolve_law
 
     law = resolve_law(args.law, args.law_table)  # a bad table fails here, before any model loads
-    if len(args.run_dirs) == 1:
-        metrics = evaluate_run(args.run_dirs[0], eval_tokens=args.eval_tokens, law=law)
-        report = args.run_dirs[0] / "report.md"
+    runs = run_dirs(args, args.run_dirs)
+    if len(runs) == 1:
+        metrics = evaluate_run(runs[0], eval_tokens=args.eval_tokens, law=law)
+        report = runs[0] / "report.md"
     else:
-        out = args.out or Path("runs") / ("joint-" + "-".join(d.name for d in args.run_dirs))
-        metrics = evaluate_joint(args.run_dirs, out, eval_tokens=args.eval_tokens, law=law)
+        out = args.out or Path("runs") / ("joint-" + "-".join(d.name for d in runs))
+        metrics = evaluate_joint(runs, out, eval_tokens=args.eval_tokens, law=law)
         report = out / "report.md"
     losses = metrics.losses
     print(f"clean CE {losses.ce_clean.mean:.4f}, spliced CE {losses.ce_spliced.mean:.4f}, "
@@ -112,9 +114,10 @@ def _generate(args: argparse.Namespace) -> int:
     from saekit.evaluation.splice import AcausalSpliceTarget
     from saekit.training.run import load_run_config
 
-    config = load_run_config(args.run_dirs[0])
+    runs = run_dirs(args, args.run_dirs)
+    config = load_run_config(runs[0])
     loaded = config.data.load_model(config.run.device)
-    targets = [target for d in args.run_dirs for target in load_splice_targets(d, loaded, config.run.device)]
+    targets = [target for d in runs for target in load_splice_targets(d, loaded, config.run.device)]
     if any(isinstance(target, AcausalSpliceTarget) for target in targets):
         raise SaekitError("a crosscoder reads every layer before writing any, so it cannot be spliced into "
                           "token-by-token generation; evaluate it with saekit evaluate")
@@ -127,7 +130,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from saekit.evaluation.summary import summarize
 
-    summary = summarize(args.run_dirs, args.out, args.match_l0)
+    summary = summarize(run_dirs(args, args.run_dirs), args.out, args.match_l0)
     print(f"summary of {len(summary['runs'])} runs: {args.out / 'summary.md'} and {args.out / 'summary.html'}")
     return 0
 
@@ -183,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(handler=_sweep)
 
     evaluate = sub.add_parser("evaluate", help="evaluate runs: one alone, or several spliced jointly and alone")
-    evaluate.add_argument("run_dirs", type=Path, nargs="+")
+    evaluate.add_argument("run_dirs", nargs="+", metavar="RUN", help=NAME_HELP)
+    add_dictionary_flags(evaluate)
     evaluate.add_argument("--eval-tokens", type=positive_int, default=None,
                           help="held-out tokens (default: the run's eval_tokens)")
     evaluate.add_argument("--law", type=law_name, default="chinchilla",
@@ -195,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_evaluate)
 
     generate = sub.add_parser("generate", help="sample the same prompts from the clean and spliced model")
-    generate.add_argument("run_dirs", type=Path, nargs="+")
+    generate.add_argument("run_dirs", nargs="+", metavar="RUN", help=NAME_HELP)
+    add_dictionary_flags(generate)
     generate.add_argument("--prompt", action="append", help="a prompt (repeatable); default: a built-in set")
     generate.add_argument("--max-new-tokens", type=positive_int, default=32)
     generate.add_argument("--temperature", type=non_negative_float, default=0.7, help="0: greedy")
@@ -203,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(handler=_generate)
 
     report = sub.add_parser("report", help="compare evaluated runs: markdown + HTML with plots")
-    report.add_argument("run_dirs", type=Path, nargs="+")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN", help=NAME_HELP)
+    add_dictionary_flags(report)
     report.add_argument("--out", type=Path, default=Path("runs/summary"))
     report.add_argument("--match-l0", type=float, default=None, help=MATCH_L0_HELP)
     report.set_defaults(handler=_report)
@@ -220,11 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
-    """The analysis, autointerp, toy, circuit and convert subcommands, each defined in its own ``saekit/cli`` module."""
+    """The analysis, autointerp, toy, circuit, convert and import subcommands, each in its own ``saekit/cli`` module."""
     from saekit.cli.analysis import add_analysis_parsers
     from saekit.cli.autointerp import add_autointerp_parsers
     from saekit.cli.circuits import add_circuit_parsers
     from saekit.cli.convert import add_convert_parser
+    from saekit.cli.imports import add_import_parser
     from saekit.cli.toy import add_toy_parser
 
     add_analysis_parsers(sub)
@@ -232,6 +239,7 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     add_toy_parser(sub)
     add_circuit_parsers(sub)
     add_convert_parser(sub)
+    add_import_parser(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

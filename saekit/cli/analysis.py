@@ -7,19 +7,20 @@ from pathlib import Path
 
 from saekit.analysis.analyze import AnalysisConfig, analyze_run
 from saekit.cli.argtypes import latent_count, positive_int
+from saekit.cli.imports import NAME_HELP, add_dictionary_flags, run_dir
 from saekit.jobs.dashboard import build_run_dashboard
 
 
 def _analyze(args: argparse.Namespace) -> int:
     config = AnalysisConfig(tokens=args.tokens, latents=args.latents, batch_contexts=args.batch_contexts)
-    out = analyze_run(args.run_dir, config=config)
+    out = analyze_run(run_dir(args, args.run_dir), config=config)
     print(f"analysis written to {out}")
     return 0
 
 
 def _dashboard(args: argparse.Namespace) -> int:
     config = AnalysisConfig(tokens=args.tokens, latents=args.latents)
-    out = build_run_dashboard(args.run_dir, args.out, args.max_latents, config=config,
+    out = build_run_dashboard(run_dir(args, args.run_dir), args.out, args.max_latents, config=config,
                               neuronpedia=not args.no_neuronpedia)
     print(f"dashboard: {out / 'index.html'}")
     return 0
@@ -30,7 +31,8 @@ def add_analysis_parsers(subparsers: argparse._SubParsersAction) -> None:
     defaults = AnalysisConfig()
     analyze = subparsers.add_parser("analyze", help="per-latent statistics, decoder geometry, logit weights and "
                                                     "example contexts of a trained run (writes RUN_DIR/analysis)")
-    analyze.add_argument("run_dir", type=Path)
+    analyze.add_argument("run_dir", metavar="RUN", help=NAME_HELP)
+    add_dictionary_flags(analyze)
     analyze.add_argument("--tokens", type=positive_int, default=defaults.tokens,
                          help=f"held-out tokens to stream through the model (default {defaults.tokens})")
     analyze.add_argument("--latents", type=latent_count, default=None, metavar="all|N",
@@ -41,7 +43,8 @@ def add_analysis_parsers(subparsers: argparse._SubParsersAction) -> None:
     dashboard = subparsers.add_parser("dashboard", help="build a static HTML dashboard from RUN_DIR/analysis "
                                                         "(runs analyze first if it is missing; refuses an "
                                                         "analysis made from another dictionary)")
-    dashboard.add_argument("run_dir", type=Path)
+    dashboard.add_argument("run_dir", metavar="RUN", help=NAME_HELP)
+    add_dictionary_flags(dashboard)
     dashboard.add_argument("--out", type=Path, default=None,
                            help="output directory (default RUN_DIR/dashboard); a rebuild replaces it whole, "
                                 "so it must be new, empty or an earlier dashboard")

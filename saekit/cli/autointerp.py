@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from saekit.autointerp.backends import BackendChoice, LocalConfig, OpenAIConfig
 from saekit.cli.argtypes import latent_count, non_negative_float, positive_int
+from saekit.cli.imports import NAME_HELP, add_dictionary_flags, run_dir
 
 if TYPE_CHECKING:
     from saekit.autointerp.pipeline import AutointerpConfig
@@ -20,8 +21,12 @@ DEFAULT_LATENTS = 20  # AutointerpConfig.latents (a test keeps them equal)
 DEFAULT_ANALYSIS_TOKENS = 32_768  # ControlConfig.analysis_tokens
 
 
-def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", type=Path)
+def _add_backend_flags(parser: argparse.ArgumentParser, takes_imports: bool = False) -> None:
+    # The control retrains the run's recipe, which an imported dictionary does not have: runs only.
+    if takes_imports:
+        parser.add_argument("run_dir", metavar="RUN", help=NAME_HELP)
+    else:
+        parser.add_argument("run_dir", type=Path)
     parser.add_argument("--backend", choices=("local", "openai"), default="local",
                         help="local: a transformers model in-process (default; offline); openai: any "
                              "OpenAI-compatible chat endpoint")
@@ -80,9 +85,11 @@ def run_explain(args: argparse.Namespace) -> int:
     from saekit.autointerp.pipeline import REPORT
     from saekit.jobs.explain import explain_run
 
-    result = explain_run(args.run_dir, config_from_args(args))
+    config = config_from_args(args)  # bad flags fail before an import loads a model
+    run = run_dir(args, args.run_dir)
+    result = explain_run(run, config)
     if result.analysed:
-        print(f"there was no analysis in {args.run_dir}; ran `saekit analyze` first")
+        print(f"there was no analysis in {run}; ran `saekit analyze` first")
     print((result.autointerp_dir / REPORT).read_text())
     if result.dashboard is not None:
         print(f"dashboard with explanations: {result.dashboard / 'index.html'}")
@@ -105,7 +112,8 @@ def add_autointerp_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Add ``explain RUN_DIR`` and ``control RUN_DIR`` to the main parser's subcommands."""
     explain = subparsers.add_parser("explain", help="explain and score a run's latents with an LLM (offline by "
                                                     "default) and a no-LLM baseline; writes RUN_DIR/autointerp")
-    _add_backend_flags(explain)
+    _add_backend_flags(explain, takes_imports=True)
+    add_dictionary_flags(explain)
     explain.set_defaults(handler=run_explain)
 
     control = subparsers.add_parser("control", help="randomized-weights control: train the run's recipe on a "

@@ -1,4 +1,5 @@
-"""The ``convert`` subcommand: a dictionary from one format into another (saekit, SAELens, sparsify, circuit-tracer)."""
+"""The ``convert`` subcommand: a dictionary from one format into another (saekit, SAELens, sparsify, circuit-tracer),
+or an analysed run into a Neuronpedia upload set."""
 
 from __future__ import annotations
 
@@ -7,25 +8,33 @@ from pathlib import Path
 
 
 def add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
+    from saekit.dashboard.neuronpedia_upload import UploadConfig
     from saekit.dictionaries.formats.detect import WRITE_FORMATS
+    from saekit.settings import add_flags
 
     convert = subparsers.add_parser(
         "convert", help="write a dictionary in another library's format",
         description="Read SRC (a saekit run or directory of runs, a SAELens, sparsify or circuit-tracer directory, "
                     "or a Gemma Scope params.npz; the format is detected, or named as FORMAT:PATH) and write it to "
                     "OUT in --to's layout. A directory of per-layer MLP transcoder runs (or one CLT run) becomes a "
-                    "circuit-tracer set.")
+                    "circuit-tracer set; an analysed run (saekit analyze, and explain) becomes a Neuronpedia "
+                    "upload set.")
     convert.add_argument("source", help="run directory, dictionary directory, or FORMAT:PATH")
-    convert.add_argument("--to", required=True, choices=WRITE_FORMATS, help="the target format")
+    convert.add_argument("--to", required=True, choices=(*WRITE_FORMATS, "neuronpedia"),
+                         help="the target format")
     convert.add_argument("out", type=Path, help="output directory (replaced whole once complete)")
     convert.add_argument("--model-name", default=None,
                          help="the model name to record where the source has none (circuit-tracer's model_name)")
+    add_flags(convert, UploadConfig, title="--to neuronpedia: the upload set's names and contents")
     convert.set_defaults(handler=_convert)
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from saekit.dashboard.neuronpedia_upload import UploadConfig
     from saekit.jobs.convert import convert
+    from saekit.settings import flags_given, from_flat
 
-    fmt, count, out = convert(args.source, args.to, args.out, model_name=args.model_name)
+    upload = from_flat(UploadConfig, flags_given(args), "command line")
+    fmt, count, out = convert(args.source, args.to, args.out, model_name=args.model_name, upload=upload)
     print(f"{count} dictionar{'y' if count == 1 else 'ies'} ({fmt}) written as {args.to} to {out}")
     return 0

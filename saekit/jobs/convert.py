@@ -9,6 +9,10 @@ directory or a Gemma Scope ``params.npz`` (``formats/detect.py``). Targets and t
 - ``saelens``: ``OUT`` for one SAE, ``OUT/<site>/`` for several.
 - ``sparsify``: ``OUT/<hookpoint>/`` per dictionary (``layers.14``, ``layers.14.mlp``), as sparsify saves.
 - ``circuit-tracer``: ``OUT`` holds the transcoder set (every layer from 0, MLP in -> MLP out) or the CLT.
+- ``neuronpedia``: an upload set (release, model, source set and source records; features, activations
+  and explanations as ``batch-<i>.jsonl.gz``) built from a run's analysis (``saekit analyze``) and its
+  autointerp results if any (``saekit/dashboard/neuronpedia_upload.py``); the source must be one run
+  (an imported dictionary's run too).
 
 The output appears whole or not at all: everything is written to a temporary directory first, and
 a dictionary the target cannot hold (a gated SAE into sparsify's TopK-only format) fails before then.
@@ -16,18 +20,30 @@ a dictionary the target cannot hold (a gated SAE into sparsify's TopK-only forma
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from saekit.analysis.store import open_run_store, store_exists
+from saekit.autointerp.pipeline import scores_for_dashboard
+from saekit.dashboard.neuronpedia_upload import UploadConfig, write_upload_set
 from saekit.dictionaries.base import Dictionary
 from saekit.dictionaries.crosslayer import CrossLayerTranscoder
 from saekit.dictionaries.formats import write_circuit_tracer, write_saelens, write_sparsify
 from saekit.dictionaries.formats.detect import WRITE_FORMATS, read_dictionaries
 from saekit.dictionaries.formats.sparsify import site_hookpoint
-from saekit.dictionaries.registry import read_sites, save_dictionary, written_sites
+from saekit.dictionaries.registry import (
+    dictionary_fingerprint,
+    load_dictionary,
+    read_sites,
+    save_dictionary,
+    written_sites,
+)
 from saekit.errors import SaekitError
 from saekit.io import replace_directory
+from saekit.models.loading import load_model_config
 from saekit.models.sites import parse_site
+from saekit.training.run import DICTIONARY_DIR, load_run_config
 
 Found = list[tuple[Dictionary, dict[str, Any]]]
 
@@ -86,11 +102,30 @@ def _write_circuit_tracer(out: Path, found: Found, model_name: str | None) -> No
     _lift(out / "set")
 
 
+def write_neuronpedia(run_dir: Path, out: Path, upload: UploadConfig | None = None) -> Path:
+    """A run's Neuronpedia upload set, from its analysis store, decoder and explanations."""
+    if not (run_dir / DICTIONARY_DIR).is_dir() or not store_exists(run_dir / "analysis"):
+        raise SaekitError(f"a Neuronpedia upload set is built from a run's analysis, and {run_dir} has none; run "
+                          f"`saekit analyze {run_dir}` (or `saekit explain` for explanations too) first")
+    store = open_run_store(run_dir)
+    dictionary, _ = load_dictionary(run_dir / DICTIONARY_DIR)
+    sizes = load_model_config(load_run_config(run_dir).data.model)  # the config file alone, no weights
+    upload = upload or UploadConfig()
+    upload = replace(upload, model_layers=upload.model_layers or sizes.num_hidden_layers,
+                     neurons_per_layer=upload.neurons_per_layer or sizes.intermediate_size,
+                     model_dimension=upload.model_dimension or sizes.hidden_size)
+    return write_upload_set(store, dictionary.decoder_directions().detach(), out, upload,
+                            interpretations=scores_for_dashboard(run_dir),
+                            dictionary_fingerprint=dictionary_fingerprint(run_dir / DICTIONARY_DIR))
+
+
 def convert(source: str | Path, to: str, out: str | Path, source_format: str | None = None,
-            model_name: str | None = None) -> tuple[str, int, Path]:
+            model_name: str | None = None, upload: UploadConfig | None = None) -> tuple[str, int, Path]:
     """Convert ``source`` into format ``to`` at ``out``; returns (the source's format, dictionaries, out)."""
-    if to not in WRITE_FORMATS:
-        raise SaekitError(f"unknown target format {to!r}; saekit writes {', '.join(WRITE_FORMATS)}")
+    if to not in (*WRITE_FORMATS, "neuronpedia"):
+        raise SaekitError(f"unknown target format {to!r}; saekit writes {', '.join(WRITE_FORMATS)}, neuronpedia")
+    if to == "neuronpedia":
+        return "saekit", 1, write_neuronpedia(Path(source), Path(out), upload)
     fmt, found = read_dictionaries(source, source_format)
     if not found:
         raise SaekitError(f"{source} holds no dictionary")

@@ -1,10 +1,18 @@
-"""Make tests/fixtures/interop/ with the anchors' own code, then check saekit's readers reproduce it.
+"""Prove saekit's formats with the anchors' own code, both ways, and (re)make tests/fixtures/interop/.
 
-    python scripts/interop/make_fixtures.py [--setup] [--saelens-python PY] [--sparsify-python PY]
+    python scripts/interop/make_fixtures.py [--setup] [--anchors-python PY] [--circuit-tracer-python PY]
 
-``--setup`` builds scripts/interop/.anchors-venv (torch first, then sae-lens and eai-sparsify under
-benchmarks/constraints.txt), refusing if a dry run would fetch any nvidia-*/CUDA package. Without
-it, each worker runs in the given interpreter (default: that venv's python).
+``--setup`` builds scripts/interop/.anchors-venv (torch 2.13.0 CPU first, then sae-lens, eai-sparsify and
+dictionary-learning under benchmarks/constraints.txt) and scripts/interop/.ct-venv (circuit-tracer; its
+transformer-lens pins differ), refusing if a dry run would fetch any nvidia-*/CUDA package, and removes
+the torchvision wheel nnsight pulls in (a CUDA build: it breaks ``import transformers`` beside CPU torch;
+nothing here uses it).
+
+Then, for each anchor: its own classes save small random dictionaries with its own save function, with
+its own latents and reconstructions on fixed inputs (``expected.safetensors``); saekit writes its
+dictionaries in that anchor's format and the anchor loads them with its own loader and compares
+(relative error at most 1e-5, or the worker exits non-zero). Last, saekit's format tests read every
+fixture. Each worker's docstring says what it covers.
 """
 
 from __future__ import annotations
@@ -18,8 +26,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-VENV = HERE / ".anchors-venv"
+ANCHORS_VENV, CT_VENV = HERE / ".anchors-venv", HERE / ".ct-venv"
 FIXTURES = ROOT / "tests" / "fixtures" / "interop"
+SAEKIT_PYTHON = ROOT / ".venv" / "bin" / "python"
+TORCH = ("torch==2.13.0", "--index-url", "https://download.pytorch.org/whl/cpu")
+CLEAN_ENV = {"PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin:/bin"}  # nothing of saekit's venv leaks in
+FORMAT_TESTS = ("test_formats_saelens.py", "test_formats_sparsify.py", "test_formats_dictionary_learning.py",
+                "test_formats_gemma_scope.py", "test_formats_circuit_tracer.py")
 
 
 def _pip(python: Path, *args: str) -> None:
@@ -35,31 +48,56 @@ def _dry_run_refuses_cuda(python: Path, *args: str) -> None:
         sys.exit(f"pip would fetch CUDA packages ({', '.join(cuda)}); stopping")
 
 
-def setup() -> Path:
-    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    python = VENV / "bin" / "python"
-    torch_args = ("torch==2.13.0", "--index-url", "https://download.pytorch.org/whl/cpu")
-    _dry_run_refuses_cuda(python, *torch_args)
-    _pip(python, "install", *torch_args)
-    anchors = ("-c", str(ROOT / "benchmarks" / "constraints.txt"), "sae-lens", "eai-sparsify")
+def make_venv(venv: Path, *packages: str) -> Path:
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    _dry_run_refuses_cuda(python, *TORCH)
+    _pip(python, "install", *TORCH)
+    anchors = ("-c", str(ROOT / "benchmarks" / "constraints.txt"), *packages)
     _dry_run_refuses_cuda(python, *anchors)
     _pip(python, "install", *anchors)
+    _pip(python, "uninstall", "--yes", "torchvision")
     return python
+
+
+def steps(anchors: Path, circuit_tracer: Path, scratch: Path) -> list[tuple[Path, str, str, Path]]:
+    """(interpreter, worker, mode, directory) in order: anchor-written fixtures, then saekit-written files checked."""
+    return [
+        (anchors, "saelens_worker.py", "anchor", FIXTURES / "saelens"),
+        (SAEKIT_PYTHON, "saelens_worker.py", "make", FIXTURES / "saelens"),
+        (anchors, "saelens_worker.py", "check", FIXTURES / "saelens"),
+        (anchors, "gemma_scope_worker.py", "make", FIXTURES / "gemma_scope"),
+        (anchors, "sparsify_worker.py", "fixtures", FIXTURES / "sparsify"),
+        (SAEKIT_PYTHON, "sparsify_worker.py", "make", scratch / "sparsify"),
+        (anchors, "sparsify_worker.py", "check", scratch / "sparsify"),
+        (anchors, "dictionary_learning_worker.py", "make", FIXTURES / "dictionary_learning"),
+        (SAEKIT_PYTHON, "circuit_tracer_worker.py", "make", FIXTURES / "circuit_tracer"),
+        (circuit_tracer, "circuit_tracer_worker.py", "check", FIXTURES / "circuit_tracer"),
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--setup", action="store_true")
-    parser.add_argument("--saelens-python", type=Path)
-    parser.add_argument("--sparsify-python", type=Path)
+    parser.add_argument("--setup", action="store_true", help="build the two side venvs first")
+    parser.add_argument("--anchors-python", type=Path, default=ANCHORS_VENV / "bin" / "python",
+                        help="interpreter with sae-lens, eai-sparsify and dictionary-learning")
+    parser.add_argument("--circuit-tracer-python", type=Path, default=CT_VENV / "bin" / "python",
+                        help="interpreter with circuit-tracer")
     args = parser.parse_args()
-    default = setup() if args.setup else VENV / "bin" / "python"
-    for anchor, python in (("saelens", args.saelens_python or default), ("sparsify", args.sparsify_python or default)):
-        subprocess.run([str(python), str(HERE / f"{anchor}_worker.py"), str(FIXTURES / anchor)], check=True,
-                       env={"PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin:/bin"})
-    subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                    str(ROOT / "tests/dictionaries/test_formats_saelens.py"),
-                    str(ROOT / "tests/dictionaries/test_formats_sparsify.py")], check=True)
+    if args.setup:
+        args.anchors_python = make_venv(ANCHORS_VENV, "sae-lens", "eai-sparsify", "dictionary-learning")
+        args.circuit_tracer_python = make_venv(CT_VENV, "circuit-tracer")
+    with tempfile.TemporaryDirectory() as scratch:
+        sys.path.insert(0, str(HERE))
+        from compare_circuit_tracer_graph import ct_python  # a copied venv without its symlinks still runs
+
+        circuit_tracer = ct_python(args.circuit_tracer_python, Path(scratch))
+        for python, worker, mode, directory in steps(args.anchors_python, circuit_tracer, Path(scratch)):
+            print(f"== {worker} {mode} ({python})", flush=True)
+            env = None if python == SAEKIT_PYTHON else CLEAN_ENV
+            subprocess.run([str(python), str(HERE / worker), mode, str(directory)], check=True, env=env)
+    subprocess.run([str(SAEKIT_PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                    *(str(ROOT / "tests" / "dictionaries" / name) for name in FORMAT_TESTS)], check=True)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def test_clt_run_to_circuit_tracer_and_one_sae_to_saelens_and_sparsify(tmp_path,
     ("empty", "holds no dictionary saekit knows"),
     ("missing", "does not exist"),
     ("topk-to-circuit-tracer", "ReLU or JumpReLU only"),
-    ("transcoder-to-saelens", "not written in SAELens format"),
+    ("topk-transcoder-to-saelens", "SAELens has no topk transcoder"),
 ])
 def test_refusals_are_one_line_and_write_nothing(tmp_path, capsys, case, message):
     (tmp_path / "empty").mkdir()
@@ -111,8 +111,8 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path, capsys, case, message
     elif case == "topk-to-circuit-tracer":
         _runs(tmp_path / "src", "topk", layers=[0])
         argv = [str(tmp_path / "src"), "--to", "circuit-tracer"]
-    elif case == "transcoder-to-saelens":
-        _runs(tmp_path / "src", "jumprelu", layers=[0, 1])
+    elif case == "topk-transcoder-to-saelens":
+        _runs(tmp_path / "src", "topk", layers=[0, 1])
         argv = [str(tmp_path / "src"), "--to", "saelens"]
     else:
         argv = [str(tmp_path / case), "--to", "saelens"]

@@ -68,7 +68,7 @@ def positive_int(config: dict[str, Any], key: str, path: Path) -> int:
 _SAELENS_HOOKS = {
     "hook_resid_post": "resid_post", "hook_resid_pre": "resid_pre", "hook_mlp_out": "mlp_out",
     "hook_attn_out": "attn_out", "hook_mlp_in": "mlp_in", "ln2.hook_normalized": "mlp_in",
-    "mlp.hook_post": "mlp_act",
+    "mlp.hook_post": "mlp_act", "mlp.hook_in": "mlp_in",  # mlp.hook_in: the MLP's input, as SAELens's transcoders use
 }
 _SAEKIT_TO_HOOK = {"resid_post": "hook_resid_post", "resid_pre": "hook_resid_pre", "mlp_out": "hook_mlp_out",
                    "attn_out": "hook_attn_out", "mlp_in": "hook_mlp_in", "mlp_act": "mlp.hook_post"}

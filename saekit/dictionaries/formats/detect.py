@@ -7,7 +7,11 @@ A directory is named by its files (or by a prefix such as ``saelens:PATH``):
 - ``saelens``: ``cfg.json`` + ``sae_weights.safetensors``.
 - ``sparsify``: ``cfg.json`` + ``sae.safetensors`` (a hookpoint folder), or a folder of them.
 - ``circuit-tracer``: ``config.yaml`` (a transcoder set or a CLT).
-- ``gemma-scope``: ``params.npz`` (read only; the site from its Gemma Scope repository path).
+- ``gemma-scope``: ``params.npz``, or Gemma Scope 2's ``params.safetensors`` + ``config.json`` (read only; sites
+  from the repository path).
+- ``dictionary-learning``: ``config.json`` + ``ae.pt`` (a trainer folder, or a ``trainSAE`` save_dir of
+  ``trainer_*`` folders; a checkpoint ``.pt`` named directly); read only, the state dict through
+  ``torch.load(weights_only=True)``.
 
 ``read_dictionaries`` returns one (dictionary, source) per dictionary found, in layer order.
 """
@@ -18,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from saekit.dictionaries.base import Dictionary
-from saekit.dictionaries.formats import circuit_tracer, gemma_scope, saelens, sparsify
+from saekit.dictionaries.formats import circuit_tracer, dictionary_learning, gemma_scope, saelens, sparsify
 from saekit.dictionaries.registry import CONFIG_FILE, WEIGHTS_FILE, load_dictionary
 from saekit.errors import SaekitError
 
 WRITE_FORMATS = ("saekit", "saelens", "sparsify", "circuit-tracer")
-READ_FORMATS = (*WRITE_FORMATS, "gemma-scope")
+READ_FORMATS = (*WRITE_FORMATS, "gemma-scope", "dictionary-learning")
 RUN_DICTIONARY = "dictionary"  # a run directory's dictionary folder (saekit.training.run.DICTIONARY_DIR)
 
 
@@ -62,22 +66,27 @@ def detect_format(path: Path) -> str:
     """The format a directory holds; one line naming what was looked for if none."""
     if not path.exists():
         raise SaekitError(f"{path} does not exist; give a run directory or a dictionary directory")
-    if path.is_file() and path.suffix == ".npz":
+    if path.is_file() and (path.suffix == ".npz" or path.name == gemma_scope.PARAMS_SAFETENSORS):
         return "gemma-scope"
+    if path.is_file() and path.suffix == ".pt":
+        return "dictionary-learning"
     if not path.is_dir():
         raise SaekitError(f"{path} is a file; give the directory that holds the dictionary's files")
     if (path / circuit_tracer.CONFIG_FILE).is_file():
         return "circuit-tracer"
-    if (path / gemma_scope.PARAMS_FILE).is_file():
+    if (path / gemma_scope.PARAMS_FILE).is_file() or (path / gemma_scope.PARAMS_SAFETENSORS).is_file():
         return "gemma-scope"
     if (path / saelens.CONFIG_FILE).is_file() and (path / saelens.WEIGHTS_FILE).is_file():
         return "saelens"
     if _is_sparsify(path) or any(_is_sparsify(child) for child in path.glob("*")):
         return "sparsify"
+    if dictionary_learning.dictionary_learning_folders(path):
+        return "dictionary-learning"
     if _saekit_dictionaries(path):
         return "saekit"
     raise SaekitError(f"{path} holds no dictionary saekit knows (a saekit run, SAELens cfg.json + "
-                      "sae_weights.safetensors, sparsify cfg.json + sae.safetensors, circuit-tracer config.yaml); "
+                      "sae_weights.safetensors, sparsify cfg.json + sae.safetensors, circuit-tracer config.yaml, "
+                      "dictionary_learning config.json + ae.pt); "
                       "name the format with a prefix such as saelens:PATH if the files are renamed")
 
 
@@ -99,4 +108,7 @@ def read_dictionaries(name: str | Path, fmt: str | None = None) -> tuple[str, li
         return fmt, [sparsify.read_sparsify(folder) for folder in folders]
     if fmt == "gemma-scope":
         return fmt, [gemma_scope.read_gemma_scope(path)]
+    if fmt == "dictionary-learning":
+        folders = dictionary_learning.dictionary_learning_folders(path) if path.is_dir() else []
+        return fmt, [dictionary_learning.read_dictionary_learning(folder) for folder in folders or [path]]
     return fmt, circuit_tracer.read_circuit_tracer(path)
