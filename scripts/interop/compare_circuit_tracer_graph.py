@@ -34,7 +34,6 @@ transcoders' (near-zero, briefly trained) skip matrices by random ones on both s
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -49,6 +48,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_export import export_default_model  # noqa: E402
 
 CT_VENV = REPO / "scripts" / "interop" / ".ct-venv"
 WORKER = REPO / "scripts" / "interop" / "circuit_tracer_graph_worker.py"
@@ -75,25 +76,6 @@ def make_tiny_model(directory: Path, layers: int = 4, seed: int = 0) -> Path:
                          eos_token_id=tokenizer.eos_token_id)
     LlamaForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    return directory
-
-
-def export_default_model(directory: Path) -> Path:
-    """saekit's embedded default model (as ``saekit.models`` loads it: the GGUF dequantized) saved in float32."""
-    from saekit.models.loading import load_model
-
-    if (directory / "config.json").is_file():
-        return directory
-    loaded = load_model("default", dtype=torch.float32)
-    # A GGUF-loaded model refuses save_pretrained (its config carries the quantization): copy the dequantized
-    # weights into a plain model of the same config.
-    config = copy.deepcopy(loaded.model.config)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = type(loaded.model)(config).to(torch.float32)
-    plain.load_state_dict(loaded.model.state_dict())
-    plain.save_pretrained(directory)
-    loaded.tokenizer.save_pretrained(directory)
     return directory
 
 
