@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -44,21 +45,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-
-def load_tokenizer(model_dir: Path, scratch: Path):
-    """The model directory's tokenizer. One saved by transformers 5 (``TokenizersBackend``, unknown to 4.57) is
-    rebuilt from its tokenizer.json and the special tokens of its tokenizer_config.json and saved to ``scratch``
-    (TransformerLens reloads a tokenizer from its ``name_or_path``)."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    try:
-        return AutoTokenizer.from_pretrained(model_dir)
-    except ValueError:
-        config = json.loads((model_dir / "tokenizer_config.json").read_text())
-        special = {name: config[name] for name in ("bos_token", "eos_token", "pad_token", "unk_token")
-                   if isinstance(config.get(name), str)}
-        PreTrainedTokenizerFast(tokenizer_file=str(model_dir / "tokenizer.json"), **special).save_pretrained(scratch)
-        return AutoTokenizer.from_pretrained(scratch)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from model_export import load_tokenizer  # noqa: E402
 
 
 def build_model(model_dir: str, transcoders_dir: Path, scratch: Path):
