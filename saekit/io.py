@@ -106,6 +106,23 @@ def replace_directory(path: str | Path, build: Callable[[Path], None]) -> Path:
     return path
 
 
+def require_replaceable(out_dir: Path, entries: frozenset[str] | set[str], what: str, choose: str,
+                        replaced_by: str = "writing it") -> None:
+    """Refuse an output directory that :func:`replace_directory` would replace while it holds anything
+    but ``entries`` (what the writer itself puts there): replacing it would delete the user's files.
+
+    ``what`` names the output in the message, ``choose`` the argument to change."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise SaekitError(f"{what} {out_dir} is not a directory; choose another {choose}")
+    foreign = sorted(path.name for path in out_dir.iterdir() if path.name not in entries)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise SaekitError(f"{what} {out_dir} holds files saekit did not write ({shown}); {replaced_by} "
+                          f"replaces the whole directory, so choose a new or empty {choose}, or move them away")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

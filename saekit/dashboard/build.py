@@ -21,8 +21,7 @@ from saekit.analysis.store import AnalysisStore
 from saekit.dashboard import figures
 from saekit.dashboard.neuronpedia import FIELDS_NOTE, feature_json, model_slug
 from saekit.dashboard.pages import DashboardConfig, Interpretations, feature_page, index_page, overview_page
-from saekit.errors import SaekitError
-from saekit.io import replace_directory, write_json, write_text
+from saekit.io import replace_directory, require_replaceable, write_json, write_text
 from saekit.provenance import require_same
 from saekit.render import clean_json
 
@@ -53,19 +52,6 @@ def _figures(store: AnalysisStore, out_dir: Path) -> dict[str, str]:
 
 def page_latents(store: AnalysisStore, max_latents: int | None) -> list[int]:
     return store.latent_ids if max_latents is None else store.latent_ids[:max(0, max_latents)]
-
-
-def require_replaceable(out_dir: Path) -> None:
-    """Refuse an output directory holding anything a build does not write (a rebuild would delete it)."""
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise SaekitError(f"dashboard output {out_dir} is not a directory; choose another --out")
-    foreign = sorted(path.name for path in out_dir.iterdir() if path.name not in SITE_ENTRIES)
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise SaekitError(f"dashboard output {out_dir} holds files saekit did not write ({shown}); a rebuild "
-                          "replaces the whole directory, so choose a new or empty --out, or move them away")
 
 
 def site_manifest(store: AnalysisStore, config: DashboardConfig, pages: list[int], interpretations: Interpretations,
@@ -122,6 +108,6 @@ def build_dashboard(
         require_same(f"analysis store {store.directory}", store.dictionary_fingerprint, dictionary_fingerprint, fix)
     if decoder is not None:
         store.check_shape(decoder.shape[0], decoder.shape[1], "the decoder given", fix, directions=True)
-    require_replaceable(out_dir)
+    require_replaceable(out_dir, SITE_ENTRIES, "dashboard output", "--out", replaced_by="a rebuild")
     return replace_directory(out_dir, lambda site: _write_site(store, site, config, decoder, progress,
                                                                interpretations, dictionary_fingerprint))

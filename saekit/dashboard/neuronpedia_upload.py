@@ -70,7 +70,7 @@ from saekit.dashboard.neuronpedia import (
     source_id,
 )
 from saekit.errors import SaekitError
-from saekit.io import atomic_write, replace_directory, write_text
+from saekit.io import atomic_write, replace_directory, require_replaceable, write_text
 from saekit.provenance import require_same
 from saekit.render import clean_json
 from saekit.settings import NON_EMPTY, check_rules, setting
@@ -348,19 +348,6 @@ def _write_set(out: Path, store: AnalysisStore, decoder: Tensor | None, names: U
     write_text(out / README, _readme(store, names, counts))
 
 
-def require_replaceable(out_dir: Path) -> None:
-    """Refuse an output directory holding anything an upload set does not (writing it replaces it whole)."""
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise SaekitError(f"upload set output {out_dir} is not a directory; choose another output path")
-    foreign = sorted(path.name for path in out_dir.iterdir() if path.name not in UPLOAD_ENTRIES)
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise SaekitError(f"upload set output {out_dir} holds files saekit did not write ({shown}); writing replaces "
-                          "the whole directory, so choose a new or empty one, or move them away")
-
-
 def write_upload_set(
     store: str | Path | AnalysisStore, decoder: Tensor | None, out_dir: str | Path, config: UploadConfig | None = None,
     interpretations: dict[int, dict[str, Any]] | None = None, dictionary_fingerprint: str | None = None,
@@ -385,6 +372,6 @@ def write_upload_set(
         raise SaekitError(f"analysis store {store.directory} holds no latents; rerun `saekit analyze` with latents")
     names = UploadNames.of(store, config)
     out_dir = Path(out_dir)
-    require_replaceable(out_dir)
+    require_replaceable(out_dir, UPLOAD_ENTRIES, "upload set output", "output directory")
     return replace_directory(out_dir, lambda tmp: _write_set(tmp, store, decoder, names, config, interpretations or {},
                                                              dictionary_fingerprint, progress))

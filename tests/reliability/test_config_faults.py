@@ -392,12 +392,15 @@ def _numeric(convert: Any) -> bool:
 def _fillers(parser: argparse.ArgumentParser, tmp: Path) -> list[str]:
     """Positionals and required options given values that fail by themselves (a path that is not
     there, a choice that does not exist), so that a garbage option the parser accepts still ends in a
-    refusal rather than in work; train and sweep, which have no positional, get a missing --config."""
+    refusal rather than in work; train and sweep, which have no positional, get a missing --config.
+    A required option with choices (convert --to) gets a real choice: a bad one would be refused while
+    parsing, before the option under test is ever checked."""
     missing = str(tmp / "no-such-run")
     args: list[str] = []
     for action in parser._actions:
         if action.option_strings and action.required:
-            args += [action.option_strings[0], "not-a-value"]
+            value = list(action.choices)[-1] if action.choices is not None else "not-a-value"
+            args += [action.option_strings[0], value]
     for action in parser._actions:
         if not action.option_strings and not isinstance(action, argparse._SubParsersAction):
             args.append("not-a-value" if action.choices is not None else missing)
