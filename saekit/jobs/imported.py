@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from saekit.activations.source import ActivationSource
 from saekit.activations.spec import ActivationSpec
 from saekit.dictionaries.base import Dictionary
-from saekit.dictionaries.formats.detect import READ_FORMATS, read_dictionaries
+from saekit.dictionaries.formats.detect import READ_FORMATS, read_dictionaries, split_prefix
 from saekit.dictionaries.registry import save_dictionary, written_sites
 from saekit.errors import SaekitError
 from saekit.io import read_json, replace_directory, save_tensors, write_json
@@ -115,10 +115,8 @@ def resolve_source(name: str) -> tuple[str | None, Path, str]:
     fmt, hub = split_hub_name(name)
     if hub is not None:
         return fmt, resolve_hub(hub), name
-    prefix, _, rest = name.partition(":")
-    if rest and prefix in READ_FORMATS:
-        return prefix, Path(rest), name
-    return None, Path(name), name
+    fmt, path = split_prefix(name)
+    return fmt, path, name
 
 
 def _source_files(path: Path) -> list[Path]:

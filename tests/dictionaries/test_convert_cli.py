@@ -97,6 +97,7 @@ def test_clt_run_to_circuit_tracer_and_one_sae_to_saelens_and_sparsify(tmp_path,
     ("missing-layer", "every layer from 0 with none missing"),
     ("empty", "holds no dictionary saekit knows"),
     ("missing", "does not exist"),
+    ("misspelt-prefix", "unknown format 'saelen' in saelen:"),
     ("topk-to-circuit-tracer", "ReLU or JumpReLU only"),
     ("topk-transcoder-to-saelens", "SAELens has no topk transcoder"),
 ])
@@ -114,6 +115,8 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path, capsys, case, message
     elif case == "topk-transcoder-to-saelens":
         _runs(tmp_path / "src", "topk", layers=[0, 1])
         argv = [str(tmp_path / "src"), "--to", "saelens"]
+    elif case == "misspelt-prefix":
+        argv = [f"saelen:{tmp_path / 'empty'}", "--to", "sparsify"]
     else:
         argv = [str(tmp_path / case), "--to", "saelens"]
     assert main(["convert", *argv, str(tmp_path / "out")]) == 1

@@ -117,6 +117,7 @@ def test_bad_names_are_one_line_and_write_nothing(exported, tiny_model_dir, tmp_
         tmp_path, "dashboard", "hf:nobody/nothing:layer_1",
         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")})
     assert "holds no dictionary saekit knows" in _refused(tmp_path, "evaluate", str(tmp_path))
+    assert "unknown format 'saelen'" in _refused(tmp_path, "evaluate", f"saelen:{saelens}")  # a misspelt prefix
     cfg = json.loads((exported["saelens"] / "cfg.json").read_text())
     (tmp_path / "nosite").mkdir()
     for name in ("sae_weights.safetensors",):

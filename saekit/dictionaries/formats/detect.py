@@ -18,6 +18,7 @@ A directory is named by its files (or by a prefix such as ``saelens:PATH``):
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +56,16 @@ def _saekit_dictionaries(path: Path) -> list[Path]:
 
 
 def split_prefix(name: str) -> tuple[str | None, Path]:
-    """``saelens:PATH`` -> ("saelens", PATH); a plain path -> (None, PATH)."""
+    """``saelens:PATH`` -> ("saelens", PATH); a plain path -> (None, PATH).
+
+    ``WORD:PATH`` where WORD is no format, PATH exists and the name as a whole does not, is a misspelt
+    prefix (``saelen:dir``): refused naming the formats, rather than reported as a missing path."""
     prefix, _, rest = name.partition(":")
     if rest and prefix in READ_FORMATS:
         return prefix, Path(rest)
+    if rest and re.fullmatch(r"[A-Za-z][\w-]+", prefix) and Path(rest).exists() and not Path(name).exists():
+        raise SaekitError(f"unknown format {prefix!r} in {name}; name one of {', '.join(READ_FORMATS)} "
+                          "(or hf:REPO[:PATH]), or leave the prefix out to detect it")
     return None, Path(name)
 
 
