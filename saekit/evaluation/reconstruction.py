@@ -14,6 +14,18 @@ layer-14 residual stream 0.04% of held-out tokens have norms about 100x the medi
 Σ_t ||x_t - μ||², so ``fvu`` measures little but how well a dictionary copes with them.
 ``outlier_variance_share`` says how much of the denominator they hold.
 
+Shrinkage and direction (Wright & Sharkey; Rajamanoharan et al.'s gated SAE paper), over the same tokens:
+
+    cosine_similarity_mean       = mean_t cos(x_t, x̂_t)
+    norm_ratio_mean              = mean_t ||x̂_t|| / ||x_t||
+    relative_reconstruction_bias = Σ_t ||x̂_t||² / Σ_t <x_t, x̂_t>
+
+``relative_reconstruction_bias_without_outliers`` is the bias over the tokens ``fvu_without_outliers``
+keeps. The bias is 1/γ for the scale γ that best rescales every reconstruction (min_γ Σ_t ||x_t - γ x̂_t||²):
+below 1 the dictionary shrinks its outputs (an L1 penalty's signature), above 1 it overshoots.
+(SAEBench's ``relative_reconstruction_bias`` averages the per-batch ratio, and its ``l2_ratio`` and
+``cossim`` are these means.)
+
 ``legacy_fvu_per_token_mean`` is the older per-token form: mean over tokens of
 ||x_t - x̂_t||² / ||x_t - μ||², which over-weights tokens near the mean and is kept only for
 comparison with other tools.
@@ -42,6 +54,9 @@ class ReconstructionMetrics:
         # all evaluated tokens (the median norm, the mean), known only at the end.
         self.errors: list[Tensor] = []
         self.targets: list[Tensor] = []
+        # Per-token ||x̂||² and <x, x̂>: the shrinkage and direction metrics.
+        self.reconstruction_norms: list[Tensor] = []
+        self.inner_products: list[Tensor] = []
 
     @property
     def tokens(self) -> int:
@@ -54,6 +69,8 @@ class ReconstructionMetrics:
         latents = latents.reshape(-1, latents.shape[-1])
         self.errors.append((target - reconstruction).pow(2).sum(-1).cpu())
         self.targets.append(target.float().cpu())  # activations are at most float32: stored exactly, half the memory
+        self.reconstruction_norms.append(reconstruction.pow(2).sum(-1).cpu())
+        self.inner_products.append((target * reconstruction).sum(-1).cpu())
         active = latents != 0
         self.fire_counts += active.sum(0).cpu()
         self.l0_values.append(active.sum(-1).cpu())
@@ -64,6 +81,22 @@ class ReconstructionMetrics:
         if self.outlier_norm_factor is None:
             return torch.zeros_like(norms, dtype=torch.bool)
         return norms > self.outlier_norm_factor * norms.median()
+
+    def _shrinkage(self, target: Tensor, outlier: Tensor) -> dict[str, float]:
+        """Cosine, norm ratio and relative bias (the module docstring); tokens with a zero target or
+        reconstruction have no direction and are left out of the cosine and the ratio. The bias is a ratio
+        of sums, so outlier-norm tokens dominate it as they dominate FVU: it is given without them too."""
+        squared_norm, inner = torch.cat(self.reconstruction_norms), torch.cat(self.inner_products)
+        target_norm, norm = target.norm(dim=-1), squared_norm.sqrt()
+        directed = (target_norm > 0) & (norm > 0)
+        ratio_defined = target_norm > 0
+        return {
+            "cosine_similarity_mean": (inner[directed] / (target_norm[directed] * norm[directed])).mean().item(),
+            "norm_ratio_mean": (norm[ratio_defined] / target_norm[ratio_defined]).mean().item(),
+            "relative_reconstruction_bias": (squared_norm.sum() / inner.sum()).item(),
+            "relative_reconstruction_bias_without_outliers":
+                (squared_norm[~outlier].sum() / inner[~outlier].sum()).item(),
+        }
 
     def result(self) -> ReconstructionResults:
         assert self.errors, "no tokens were evaluated"
@@ -88,6 +121,7 @@ class ReconstructionMetrics:
             "outlier_variance_share": (deviation[outlier].sum() / deviation.sum()).item(),
             "outlier_error_share": (error[outlier].sum() / error.sum().clamp_min(1e-300)).item(),
             "legacy_fvu_per_token_mean": (error / deviation).mean().item(),
+            **self._shrinkage(target, outlier),
             "fvu_formula": "sum_t ||x_t - xhat_t||^2 / sum_t ||x_t - mean||^2 (mean per dimension over eval tokens); "
                            "fvu_without_outliers: the same over tokens with norm <= factor x median norm",
             "l0_mean": l0.mean().item(),

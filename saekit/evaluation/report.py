@@ -41,6 +41,15 @@ def _outlier_lines(rec: ReconstructionResults) -> list[str]:
             "FVU above mostly measures them."]
 
 
+def _shrinkage_lines(rec: ReconstructionResults) -> list[str]:
+    if rec.relative_reconstruction_bias is None:  # metrics written before these were measured
+        return []
+    return [f"- Shrinkage: relative reconstruction bias Σ‖x̂‖² / Σ⟨x, x̂⟩ = **{rec.relative_reconstruction_bias:.4f}** "
+            f"({rec.relative_reconstruction_bias_without_outliers:.4f} without outlier-norm tokens; 1: unbiased; "
+            "below 1 the reconstructions are shrunk toward zero, above 1 they overshoot); "
+            f"mean ‖x̂‖ / ‖x‖ {rec.norm_ratio_mean:.4f}; mean cos(x, x̂) {rec.cosine_similarity_mean:.4f}"]
+
+
 def _reconstruction_lines(site: str, rec: ReconstructionResults) -> list[str]:
     p = rec.l0_percentiles
     return [
@@ -51,6 +60,7 @@ def _reconstruction_lines(site: str, rec: ReconstructionResults) -> list[str]:
         f"Legacy per-token-mean form: {rec.legacy_fvu_per_token_mean:.4f}.",
         *_outlier_lines(rec),
         f"- MSE per token (sum over dimensions): {rec.mse_per_token:.4f}; per element: {rec.mse_per_element:.6f}",
+        *_shrinkage_lines(rec),
         f"- L0: mean {rec.l0_mean:.2f}; 5/50/95th percentiles {p['5']:.0f} / {p['50']:.0f} / {p['95']:.0f}",
         f"- Dead latents (never fired on these tokens): {rec.dead_fraction:.2%}; dense latents "
         f"(fire on > {rec.dense_threshold:.0%} of tokens): {rec.dense_fraction:.2%}",

@@ -92,6 +92,11 @@ class ReconstructionResults:
     outlier_token_fraction: float | None = None
     outlier_variance_share: float | None = None
     outlier_error_share: float | None = None
+    # Absent from metrics written before the shrinkage metrics.
+    cosine_similarity_mean: float | None = None
+    norm_ratio_mean: float | None = None
+    relative_reconstruction_bias: float | None = None
+    relative_reconstruction_bias_without_outliers: float | None = None
 
     @property
     def width(self) -> int:

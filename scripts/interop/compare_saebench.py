@@ -401,15 +401,18 @@ def rows_for(saekit: dict[str, Any], bench: dict[str, Any], mine: dict[str, Any]
          DIFF["explained_variance_legacy"]),
         ("MSE", "mse_per_token", rec["mse_per_token"], "mse", quality["mse"], mr.mse_per_token, recomputed["mse"],
          on_saekit_objects["mse"], DIFF["mse"]),
-        ("cosine(x, xhat)", "-", None, "cossim", quality["cossim"], None, recomputed["cossim"],
+        ("cosine(x, xhat)", "cosine_similarity_mean", rec["cosine_similarity_mean"], "cossim", quality["cossim"],
+         mr.cosine_similarity_mean, recomputed["cossim"],
          on_saekit_objects["cossim"], DIFF["cossim"]),
         ("L0", "l0_mean", rec["l0_mean"], "l0", sparsity["l0"], mr.l0_mean, recomputed["l0"], on_saekit_objects["l0"],
          DIFF["l0"]),
         ("L1", "-", None, "l1", sparsity["l1"], None, recomputed["l1"], on_saekit_objects["l1"], DIFF["l1"]),
-        ("||xhat|| / ||x||", "-", None, "l2_ratio", shrink["l2_ratio"], None, recomputed["l2_ratio"],
+        ("||xhat|| / ||x||", "norm_ratio_mean", rec["norm_ratio_mean"], "l2_ratio", shrink["l2_ratio"],
+         mr.norm_ratio_mean, recomputed["l2_ratio"],
          on_saekit_objects["l2_ratio"], DIFF["l2_ratio"]),
-        ("relative reconstruction bias", "-", None, "relative_reconstruction_bias",
-         shrink["relative_reconstruction_bias"], None, recomputed["relative_reconstruction_bias"],
+        ("relative reconstruction bias", "relative_reconstruction_bias", rec["relative_reconstruction_bias"],
+         "relative_reconstruction_bias", shrink["relative_reconstruction_bias"], mr.relative_reconstruction_bias,
+         recomputed["relative_reconstruction_bias"],
          on_saekit_objects["relative_reconstruction_bias"], DIFF["relative_reconstruction_bias"]),
         ("||x||, ||xhat||", "-", None, "l2_norm_in / l2_norm_out",
          f"{shrink['l2_norm_in']:.6g} / {shrink['l2_norm_out']:.6g}", None,
@@ -433,6 +436,10 @@ def rows_for(saekit: dict[str, Any], bench: dict[str, Any], mine: dict[str, Any]
          "SAEBench only; as above for the encoder"),
         ("FVU without outliers", "fvu_without_outliers", rec["fvu_without_outliers"], "-", None,
          mr.fvu_without_outliers, None, None, "saekit only (tokens with norm > 10 x median left out)"),
+        ("relative reconstruction bias without outliers", "relative_reconstruction_bias_without_outliers",
+         rec["relative_reconstruction_bias_without_outliers"], "-", None,
+         mr.relative_reconstruction_bias_without_outliers, None, None,
+         "saekit only (the same tokens left out as for FVU without outliers)"),
     ]
     keys = ("metric", "saekit_key", "saekit", "saebench_key", "saebench", "saekit_def_on_saebench_objects",
             "saebench_def_recomputed", "saebench_def_on_saekit_objects", "difference")
@@ -461,11 +468,17 @@ DIFF = {
                                  "batch's own mean, saekit on the mean over all evaluated tokens; EOS tokens",
     "mse": "saekit: mean_t ||x_t - xhat_t||^2 (per token, summed over dimensions); SAEBench divides each token's "
            "error by the number of tokens in its batch before averaging, so its mse is saekit's / tokens per batch",
-    "cossim": "SAEBench only; mean over tokens of cos(x_t, xhat_t)",
+    "cossim": "the same definition (mean over tokens of cos(x_t, xhat_t)); tokens: saekit counts EOS tokens, "
+              "SAEBench drops them",
     "l0": "the same definition; tokens: saekit counts EOS tokens, SAEBench drops them",
     "l1": "SAEBench only; mean over tokens of the latents' sum",
-    "l2_ratio": "SAEBench only; mean over tokens of ||xhat_t|| / ||x_t||",
-    "relative_reconstruction_bias": "SAEBench only; per batch E||xhat||^2 / E<x, xhat>, then averaged over batches",
+    "l2_ratio": "the same definition (mean over tokens of ||xhat_t|| / ||x_t||); tokens: EOS",
+    "relative_reconstruction_bias": "saekit: sum_t ||xhat_t||^2 / sum_t <x_t, xhat_t> over every evaluated token; "
+                                    "SAEBench: that ratio per batch, then averaged over batches; tokens: EOS. The "
+                                    "few outlier-norm tokens (none at EOS here) dominate a ratio of sums over every "
+                                    "token; SAEBench's per-batch average weighs the one batch holding them as one "
+                                    "of several. Without them (saekit's next row) the bias is near 1: TopK does not "
+                                    "shrink",
     "l2_norm": "SAEBench only; mean norms of the input and the reconstruction",
     "frac_alive": "the same definition (fired on at least one evaluated token); tokens: EOS",
     "freq_over_10_percent": "the same definition (density > 0.1); tokens: EOS",

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from saekit.evaluation.reconstruction import ReconstructionMetrics
@@ -73,3 +74,33 @@ def test_no_outlier_rule_keeps_every_token():
     metrics.update(target, reconstruction, latents)
     result = metrics.result()
     assert result.fvu_without_outliers == result.fvu and result.outlier_token_fraction == 0
+
+
+def test_shrinkage_metrics_find_a_known_scale():
+    """Reconstructions that are the target scaled by 0.8 (plus noise orthogonal on average) have a
+    relative bias of 0.8: the scale that best fits x̂ back to x is 1/0.8."""
+    target, _, latents = _data()
+    noise = 0.3 * torch.randn(target.shape, generator=torch.Generator().manual_seed(1))
+    reconstruction = 0.8 * target + noise
+    metrics = ReconstructionMetrics(width=16)
+    for t, r, z in zip(target.split(64), reconstruction.split(64), latents.split(64)):
+        metrics.update(t, r, z)
+    result = metrics.result()
+    x, xhat = target.double(), reconstruction.double()
+    assert result.relative_reconstruction_bias == pytest.approx((xhat.pow(2).sum() / (x * xhat).sum()).item(), rel=1e-9)
+    assert result.relative_reconstruction_bias == pytest.approx(0.8, abs=0.02)  # the noise adds a little norm
+    cosine = torch.nn.functional.cosine_similarity(x, xhat, dim=-1).mean().item()
+    assert result.cosine_similarity_mean == pytest.approx(cosine, rel=1e-9) and 0.9 < cosine < 1
+    assert result.norm_ratio_mean == pytest.approx((xhat.norm(dim=-1) / x.norm(dim=-1)).mean().item(), rel=1e-9)
+    assert result.relative_reconstruction_bias_without_outliers == result.relative_reconstruction_bias  # none here
+    # One token with 100x the typical norm, reconstructed at a third of its size, dominates the sums:
+    # the all-token bias follows it, the bias without outlier-norm tokens does not.
+    outlier = target[:1] * 100
+    metrics.update(outlier, outlier / 3, latents[:1])
+    skewed = metrics.result()
+    assert skewed.relative_reconstruction_bias < 0.5
+    assert skewed.relative_reconstruction_bias_without_outliers == pytest.approx(result.relative_reconstruction_bias)
+    perfect = ReconstructionMetrics(width=16)
+    perfect.update(target, target, latents)
+    assert perfect.result().relative_reconstruction_bias == pytest.approx(1.0)
+    assert perfect.result().cosine_similarity_mean == pytest.approx(1.0)
