@@ -46,7 +46,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_export import load_tokenizer  # noqa: E402
+from model_export import hooked_transformer, load_hf_llama, load_tokenizer  # noqa: E402
 
 
 def build_model(model_dir: str, transcoders_dir: Path, scratch: Path):
@@ -54,33 +54,13 @@ def build_model(model_dir: str, transcoders_dir: Path, scratch: Path):
     transcoder set ``transcoders_dir`` (PARENT/NAME) spliced in; and the HF model itself."""
     from circuit_tracer.replacement_model.replacement_model_transformerlens import TransformerLensReplacementModel
     from circuit_tracer.utils.hf_utils import load_transcoder_from_hub
-    from transformer_lens.loading_from_pretrained import get_pretrained_model_config, get_pretrained_state_dict
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(model_dir)
-    saved = json.loads((Path(model_dir) / "config.json").read_text())
-    rope = saved.get("rope_parameters") or {}
-    if rope:  # written by transformers 5, which transformers 4.57 does not read (it would use rope_theta=10000)
-        if rope.get("rope_type", "default") != "default":
-            raise SystemExit(f"{model_dir} uses rope {rope}; TransformerLens' Llama config would ignore it")
-        config.rope_theta = float(rope["rope_theta"])
-    if getattr(config, "rope_scaling", None):
-        raise SystemExit(f"{model_dir} uses rope scaling {config.rope_scaling}; TransformerLens' Llama config "
-                         "would ignore it")
-    hf = AutoModelForCausalLM.from_pretrained(model_dir, config=config, torch_dtype=torch.float32,
-                                              attn_implementation="eager").eval()
-    if type(hf).__name__ != "LlamaForCausalLM":
-        raise SystemExit(f"{model_dir} is a {type(hf).__name__}; this worker builds Llama models only")
+    _, hf = load_hf_llama(Path(model_dir))
     tokenizer = load_tokenizer(Path(model_dir), scratch / "tokenizer")
-    cfg = get_pretrained_model_config(model_dir, fold_ln=False, device="cpu", dtype=torch.float32)
-    cfg.rotary_base = float(config.rope_theta)  # TL's Llama config drops rope_theta
     transcoders, _ = load_transcoder_from_hub(transcoders_dir.name, device=torch.device("cpu"), dtype=torch.float32,
                                               lazy_encoder=False, lazy_decoder=False,
                                               cache_dir=str(transcoders_dir.parent))
-    model = TransformerLensReplacementModel(cfg, tokenizer=tokenizer)
-    state = get_pretrained_state_dict(model_dir, cfg, hf, dtype=torch.float32)
-    model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False, center_unembed=False,
-                                      fold_value_biases=False, refactor_factored_attn_matrices=False)
+    model = hooked_transformer(Path(model_dir), hf, tokenizer, cls=TransformerLensReplacementModel)
     model._configure_replacement_model(transcoders)  # what from_config / from_pretrained_and_transcoders call
     return model, hf
 

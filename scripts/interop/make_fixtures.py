@@ -29,7 +29,9 @@ HERE = Path(__file__).resolve().parent
 ANCHORS_VENV, CT_VENV = HERE / ".anchors-venv", HERE / ".ct-venv"
 FIXTURES = ROOT / "tests" / "fixtures" / "interop"
 SAEKIT_PYTHON = ROOT / ".venv" / "bin" / "python"
-TORCH = ("torch==2.13.0", "--index-url", "https://download.pytorch.org/whl/cpu")
+# The CPU build pip finds as the registry's torch==2.13.0 here (as scripts/install.sh and the benchmarks install
+# it); no --index-url, which machines without access to download.pytorch.org cannot reach.
+TORCH = ("torch==2.13.0",)
 CLEAN_ENV = {"PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin:/bin"}  # nothing of saekit's venv leaks in
 FORMAT_TESTS = ("test_formats_saelens.py", "test_formats_sparsify.py", "test_formats_dictionary_learning.py",
                 "test_formats_gemma_scope.py", "test_formats_circuit_tracer.py")
@@ -53,6 +55,8 @@ def make_venv(venv: Path, *packages: str) -> Path:
     python = venv / "bin" / "python"
     _dry_run_refuses_cuda(python, *TORCH)
     _pip(python, "install", *TORCH)
+    subprocess.run([str(python), "-c", "import torch; assert torch.version.cuda is None, torch.__version__"],
+                   check=True)
     anchors = ("-c", str(ROOT / "benchmarks" / "constraints.txt"), *packages)
     _dry_run_refuses_cuda(python, *anchors)
     _pip(python, "install", *anchors)
