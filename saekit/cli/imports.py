@@ -35,11 +35,11 @@ def add_dictionary_flags(parser: argparse.ArgumentParser) -> None:
                             f"[{ImportSettings.stats_tokens}]")
 
 
-def _settings(args: argparse.Namespace, name: str | None = None):  # -> ImportSettings
+def _settings(args: argparse.Namespace):  # -> ImportSettings
     from saekit.jobs.imported import ImportSettings
 
     return ImportSettings(model=args.import_model, site=args.import_site, target_site=args.import_target_site,
-                          imports_dir=args.imports_dir, name=name, stats_tokens=args.import_stats_tokens)
+                          imports_dir=args.imports_dir, stats_tokens=args.import_stats_tokens)
 
 
 def run_dirs(args: argparse.Namespace, names: list[str]) -> list[Path]:

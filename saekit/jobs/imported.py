@@ -48,6 +48,7 @@ from saekit.training.run import (
     LOG_FILE,
     PREVIOUS_CHECKPOINT_FILE,
     STATS_FILE,
+    dictionary_source,
 )
 
 IMPORT_RECORD = "imported.json"
@@ -258,18 +259,21 @@ def _already_imported(run_dir: Path, record: dict[str, Any]) -> bool:
         return False
     recorded = read_json(run_dir / IMPORT_RECORD, "import record") if (run_dir / IMPORT_RECORD).is_file() else None
     if recorded is None or recorded.get("fingerprint") != record["fingerprint"]:
-        raise SaekitError(f"{run_dir} already exists and holds something else than this import; choose another "
-                          "--import-name or remove it")
+        raise SaekitError(f"{run_dir} already exists and holds something else than this import; name the import "
+                          "otherwise (saekit import --name) or remove it")
     return True
 
 
 def _write_run(run_dir: Path, dictionary: Dictionary, source: dict[str, Any], config: TrainConfig,
                record: dict[str, Any], loaded: LoadedModel) -> None:
-    means = activation_means(config, written_sites(_saekit_source(source, config)), record["stats_tokens"], loaded)
+    # What a native run's dictionary records (no training, so unit scales), plus where the weights came from.
+    saved = {**dictionary_source(config), "imported": {"format": record["format"], "source": record["source"],
+                                                       "notes": source.get("notes", [])}}
+    means = activation_means(config, written_sites(saved), record["stats_tokens"], loaded)
 
     def build(tmp: Path) -> None:
         write_json(tmp / "config.json", config.to_dict())
-        save_dictionary(tmp / DICTIONARY_DIR, dictionary, _saekit_source(source, config, record))
+        save_dictionary(tmp / DICTIONARY_DIR, dictionary, saved)
         save_tensors(tmp / STATS_FILE, means)
         write_json(tmp / IMPORT_RECORD, record)
 
@@ -277,26 +281,18 @@ def _write_run(run_dir: Path, dictionary: Dictionary, source: dict[str, Any], co
     replace_directory(run_dir, build)
 
 
-def _saekit_source(source: dict[str, Any], config: TrainConfig, record: dict[str, Any] | None = None) -> dict:
-    """The saved dictionary's source: what a native run records, plus where the weights came from."""
-    out = {"model": config.data.model, "site": config.site, "target_site": config.target_site,
-           "context_length": config.data.context_length, "input_scale": 1.0, "output_scale": 1.0,
-           "trained_tokens": None}
-    if config.layers is not None:
-        out.update(layers=config.layers, sites=list(config.input_sites), target_sites=list(config.target_sites))
-    if record is not None:
-        out["imported"] = {"format": record["format"], "source": record["source"], "notes": source.get("notes", [])}
-    return out
-
-
 def resolve_runs(names: list[str], settings: ImportSettings | None = None) -> list[Path]:
     """Each name as run directories: a saekit run as it is, anything else imported (see :func:`import_dictionary`)."""
     runs: list[Path] = []
     for name in names:
-        fmt, path, _ = resolve_source(name) if split_hub_name(name)[1] is None else (None, None, name)
-        if fmt is None and path is not None and not path.exists():
-            raise SaekitError(f"run directory not found: {path}")
-        runs.extend([path] if path is not None and is_run_dir(path) else import_dictionary(name, settings))
+        if split_hub_name(name)[1] is None:  # a local name: a run is used as it is
+            fmt, path = split_prefix(name)
+            if fmt is None and not path.exists():
+                raise SaekitError(f"run directory not found: {path}")
+            if is_run_dir(path):
+                runs.append(path)
+                continue
+        runs.extend(import_dictionary(name, settings))
     return runs
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -191,16 +191,23 @@ class RunState:
         folded = build_dictionary(self.dictionary.config)
         folded.load_state_dict({name: value.cpu() for name, value in self.dictionary.state_dict().items()})
         folded.fold_input_scale(self.scaling.input_scale, self.scaling.output_scale)
-        source = {"model": self.config.data.model, "site": self.config.site, "target_site": self.config.target_site,
-                  "context_length": self.config.data.context_length, "input_scale": self.scaling.input_scale,
-                  "output_scale": self.scaling.output_scale, "trained_tokens": self.trainer.tokens_seen}
-        if self.config.layers is not None:
-            source.update(layers=self.config.layers, sites=list(self.config.input_sites),
-                          target_sites=list(self.config.target_sites))
+        source = dictionary_source(self.config, self.scaling.input_scale, self.scaling.output_scale,
+                                   self.trainer.tokens_seen)
         replace_directory(run_dir / DICTIONARY_DIR, lambda tmp: save_dictionary(tmp, folded, source))
         tokens = max(self.trainer.tokens_seen, 1)
         save_tensors(run_dir / STATS_FILE, {f"mean.{site}": (total.cpu().double() / tokens).float()
                                             for site, total in self.activation_sums.items()})
+
+
+def dictionary_source(config: TrainConfig, input_scale: float = 1.0, output_scale: float = 1.0,
+                      trained_tokens: int | None = None) -> dict[str, Any]:
+    """What a run's saved dictionary records of where it reads and writes (``dictionary/config.json``'s source)."""
+    source = {"model": config.data.model, "site": config.site, "target_site": config.target_site,
+              "context_length": config.data.context_length, "input_scale": input_scale,
+              "output_scale": output_scale, "trained_tokens": trained_tokens}
+    if config.layers is not None:
+        source.update(layers=config.layers, sites=list(config.input_sites), target_sites=list(config.target_sites))
+    return source
 
 
 def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
