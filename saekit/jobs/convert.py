@@ -41,7 +41,7 @@ from saekit.dictionaries.registry import (
 )
 from saekit.errors import SaekitError
 from saekit.io import replace_directory
-from saekit.models.loading import load_model_config
+from saekit.models.loading import load_model_config, model_sizes
 from saekit.models.sites import parse_site
 from saekit.training.run import DICTIONARY_DIR, load_run_config
 
@@ -109,11 +109,11 @@ def write_neuronpedia(run_dir: Path, out: Path, upload: UploadConfig | None = No
                           f"`saekit analyze {run_dir}` (or `saekit explain` for explanations too) first")
     store = open_run_store(run_dir)
     dictionary, _ = load_dictionary(run_dir / DICTIONARY_DIR)
-    sizes = load_model_config(load_run_config(run_dir).data.model)  # the config file alone, no weights
+    sizes = model_sizes(load_model_config(load_run_config(run_dir).data.model))  # the config file alone, no weights
     upload = upload or UploadConfig()
-    upload = replace(upload, model_layers=upload.model_layers or sizes.num_hidden_layers,
-                     neurons_per_layer=upload.neurons_per_layer or sizes.intermediate_size,
-                     model_dimension=upload.model_dimension or sizes.hidden_size)
+    upload = replace(upload, model_layers=upload.model_layers or sizes.layers,
+                     neurons_per_layer=upload.neurons_per_layer or sizes.d_mlp,
+                     model_dimension=upload.model_dimension or sizes.d_model)
     return write_upload_set(store, dictionary.decoder_directions().detach(), out, upload,
                             interpretations=scores_for_dashboard(run_dir),
                             dictionary_fingerprint=dictionary_fingerprint(run_dir / DICTIONARY_DIR))

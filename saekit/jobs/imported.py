@@ -38,7 +38,7 @@ from saekit.dictionaries.registry import save_dictionary, written_sites
 from saekit.errors import SaekitError
 from saekit.io import read_json, replace_directory, save_tensors, write_json
 from saekit.locks import exclusive
-from saekit.models.loading import DEFAULT_MODEL, LoadedModel, load_model_config
+from saekit.models.loading import DEFAULT_MODEL, LoadedModel, load_model_config, model_sizes
 from saekit.models.sites import parse_site
 from saekit.provenance import fingerprint_files, fingerprint_json
 from saekit.training.config import TrainConfig
@@ -164,9 +164,9 @@ def run_config(dictionary: Dictionary, source: dict[str, Any], settings: ImportS
 
 def check_fits(dictionary: Dictionary, config: TrainConfig, where: str) -> None:
     """The dictionary's widths and layers fit the model (read from its config file, no weights loaded)."""
-    model = load_model_config(config.data.model)
-    n_layers, d_model = int(model.num_hidden_layers), int(model.hidden_size)
-    widths = {"mlp_act": int(model.intermediate_size)}
+    sizes = model_sizes(load_model_config(config.data.model))
+    n_layers, d_model = sizes.layers, sizes.d_model
+    widths = {"mlp_act": sizes.d_mlp}
     reads, writes = config.input_sites, config.target_sites or config.input_sites
     for name in (*reads, *writes):
         if parse_site(name).layer >= n_layers:

@@ -99,6 +99,28 @@ def load_model_config(spec: str = DEFAULT_MODEL) -> PretrainedConfig:
         raise SaekitError(f"could not read the config of model {spec!r}: {str(err).strip()[:200]}") from err
 
 
+@dataclass(frozen=True)
+class ModelSizes:
+    """A model's depth and widths, read from its config (no weights)."""
+
+    layers: int
+    d_model: int
+    d_mlp: int
+
+
+def model_sizes(config: PretrainedConfig) -> ModelSizes:
+    """The layer count, residual width and MLP width a config gives. GPT-2's configs have no
+    ``intermediate_size``: its MLP width is ``n_inner``, or 4 x d_model where that is None."""
+    d_model = int(config.hidden_size)
+    if getattr(config, "model_type", None) == "gpt2":
+        d_mlp = config.n_inner or 4 * d_model
+    elif getattr(config, "intermediate_size", None):
+        d_mlp = config.intermediate_size
+    else:
+        raise SaekitError(f"the {getattr(config, 'model_type', '?')} config names no MLP width (intermediate_size)")
+    return ModelSizes(int(config.num_hidden_layers), d_model, int(d_mlp))
+
+
 @torch.no_grad()
 def randomize(model: PreTrainedModel, seed: int) -> None:
     """Re-initialise every weight as at the start of training (the randomized-weights control).

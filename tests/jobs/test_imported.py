@@ -147,3 +147,19 @@ def test_hub_names_resolve_from_the_cache_offline(exported, native_run, tmp_path
     assert record["source"] == "hf:someone/tiny-saes:layer_1/topk" and record["format"] == "saelens"
     assert Path(record["path"]) == target.resolve()
     assert run.name.startswith("tiny-saes-layer_1-topk-")
+
+
+def test_widths_are_checked_against_a_gpt2_config(tmp_path):
+    """GPT-2's config has no intermediate_size (its MLP is n_inner or 4 x d_model): an mlp_act dictionary of
+    the right width fits, one of another width is refused in one line, from the config file alone."""
+    from transformers import GPT2Config
+
+    from saekit.dictionaries.base import DictionaryConfig
+    from saekit.dictionaries.registry import build_dictionary
+    from saekit.jobs.imported import check_fits
+
+    GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=64, vocab_size=100).save_pretrained(tmp_path / "gpt2")
+    config = TrainConfig().updated(model=str(tmp_path / "gpt2"), site="blocks.1.mlp_act")
+    check_fits(build_dictionary(DictionaryConfig("topk", 128, 256, k=4)), config, "fits")
+    with pytest.raises(SaekitError, match=r"has input width 64, but blocks.1.mlp_act of .* is 128 wide"):
+        check_fits(build_dictionary(DictionaryConfig("topk", 64, 256, k=4)), config, "too narrow")

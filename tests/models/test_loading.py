@@ -1,7 +1,9 @@
 import pytest
+from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig
 
 from saekit.errors import SaekitError
-from saekit.models.loading import load_model
+from saekit.models.architecture import ArchitectureAdapter
+from saekit.models.loading import load_model, model_sizes
 
 
 def test_loads_a_local_directory(tiny_loaded, tiny_model_dir):
@@ -30,3 +32,16 @@ def test_missing_model_paths(spec, message):
 def test_directory_without_config(tmp_path):
     with pytest.raises(SaekitError, match="no config.json"):
         load_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("config", [
+    GPT2Config(n_layer=2, n_embd=32, n_head=4, n_positions=64, vocab_size=100),  # n_inner None: 4 x d_model
+    GPT2Config(n_layer=3, n_embd=32, n_inner=48, n_head=4, n_positions=64, vocab_size=100),
+    GPTNeoXConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=80, num_attention_heads=4, vocab_size=100),
+    LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4, vocab_size=100),
+], ids=["gpt2", "gpt2-n_inner", "gpt_neox", "llama"])
+def test_model_sizes_from_the_config_match_the_built_model(config):
+    """What imports and upload sets read from a config file equals what the adapter finds in the modules."""
+    adapter = ArchitectureAdapter(AutoModelForCausalLM.from_config(config))
+    sizes = model_sizes(config)
+    assert (sizes.layers, sizes.d_model, sizes.d_mlp) == (adapter.n_layers, adapter.d_model, adapter.d_mlp)
