@@ -9,7 +9,7 @@ from pathlib import Path
 
 def add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
     from saekit.dashboard.neuronpedia_upload import UploadConfig
-    from saekit.dictionaries.formats.detect import WRITE_FORMATS
+    from saekit.dictionaries.formats.detect import CONVERT_TARGETS
     from saekit.settings import add_flags
 
     convert = subparsers.add_parser(
@@ -20,7 +20,7 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
                     "circuit-tracer set; an analysed run (saekit analyze, and explain) becomes a Neuronpedia "
                     "upload set.")
     convert.add_argument("source", help="run directory, dictionary directory, or FORMAT:PATH")
-    convert.add_argument("--to", required=True, choices=(*WRITE_FORMATS, "neuronpedia"),
+    convert.add_argument("--to", required=True, choices=CONVERT_TARGETS,
                          help="the target format")
     convert.add_argument("out", type=Path, help="output directory (replaced whole once complete)")
     convert.add_argument("--model-name", default=None,

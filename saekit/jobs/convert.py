@@ -24,13 +24,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from saekit.analysis.store import open_run_store, store_exists
+from saekit.analysis.store import ANALYSIS_DIR, open_run_store, store_exists
 from saekit.autointerp.pipeline import scores_for_dashboard
 from saekit.dashboard.neuronpedia_upload import UploadConfig, write_upload_set
 from saekit.dictionaries.base import Dictionary
 from saekit.dictionaries.crosslayer import CrossLayerTranscoder
 from saekit.dictionaries.formats import write_circuit_tracer, write_saelens, write_sparsify
-from saekit.dictionaries.formats.detect import WRITE_FORMATS, read_dictionaries
+from saekit.dictionaries.formats.detect import CONVERT_TARGETS, read_dictionaries
 from saekit.dictionaries.formats.sparsify import site_hookpoint
 from saekit.dictionaries.registry import (
     dictionary_fingerprint,
@@ -104,7 +104,7 @@ def _write_circuit_tracer(out: Path, found: Found, model_name: str | None) -> No
 
 def write_neuronpedia(run_dir: Path, out: Path, upload: UploadConfig | None = None) -> Path:
     """A run's Neuronpedia upload set, from its analysis store, decoder and explanations."""
-    if not (run_dir / DICTIONARY_DIR).is_dir() or not store_exists(run_dir / "analysis"):
+    if not (run_dir / DICTIONARY_DIR).is_dir() or not store_exists(run_dir / ANALYSIS_DIR):
         raise SaekitError(f"a Neuronpedia upload set is built from a run's analysis, and {run_dir} has none; run "
                           f"`saekit analyze {run_dir}` (or `saekit explain` for explanations too) first")
     store = open_run_store(run_dir)
@@ -122,8 +122,8 @@ def write_neuronpedia(run_dir: Path, out: Path, upload: UploadConfig | None = No
 def convert(source: str | Path, to: str, out: str | Path, source_format: str | None = None,
             model_name: str | None = None, upload: UploadConfig | None = None) -> tuple[str, int, Path]:
     """Convert ``source`` into format ``to`` at ``out``; returns (the source's format, dictionaries, out)."""
-    if to not in (*WRITE_FORMATS, "neuronpedia"):
-        raise SaekitError(f"unknown target format {to!r}; saekit writes {', '.join(WRITE_FORMATS)}, neuronpedia")
+    if to not in CONVERT_TARGETS:
+        raise SaekitError(f"unknown target format {to!r}; saekit writes {', '.join(CONVERT_TARGETS)}")
     if to == "neuronpedia":
         return "saekit", 1, write_neuronpedia(Path(source), Path(out), upload)
     fmt, found = read_dictionaries(source, source_format)

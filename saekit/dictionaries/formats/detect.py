@@ -29,6 +29,7 @@ from saekit.errors import SaekitError
 
 WRITE_FORMATS = ("saekit", "saelens", "sparsify", "circuit-tracer")
 READ_FORMATS = (*WRITE_FORMATS, "gemma-scope", "dictionary-learning")
+CONVERT_TARGETS = (*WRITE_FORMATS, "neuronpedia")  # saekit convert --to: the formats, or an upload set of a run
 RUN_DICTIONARY = "dictionary"  # a run directory's dictionary folder (saekit.training.run.DICTIONARY_DIR)
 
 
