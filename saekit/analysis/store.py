@@ -113,6 +113,15 @@ class AnalysisStore:
                 f"analysis store {self.directory} does not fit {against} (the store has {store_width or '?'} "
                 f"latents of dimension {store_dim or '?'}, that decoder {width} of dimension {d_model}); {fix}")
 
+    def check_pairing(self, decoder: Tensor | None, dictionary_fingerprint: str | None) -> None:
+        """Refuse a decoder (``decoder_directions()``) or dictionary fingerprint that is not this store's:
+        what a page or upload set built from the store and a dictionary checks before writing anything."""
+        fix = "rerun `saekit analyze` on the run it belongs to"
+        if dictionary_fingerprint is not None:
+            require_same(f"analysis store {self.directory}", self.dictionary_fingerprint, dictionary_fingerprint, fix)
+        if decoder is not None:
+            self.check_shape(decoder.shape[0], decoder.shape[1], "the decoder given", fix, directions=True)
+
     def token_string(self, token_id: int) -> str:
         return self.strings.get(int(token_id), f"<{int(token_id)}>")
 

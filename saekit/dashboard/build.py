@@ -22,7 +22,6 @@ from saekit.dashboard import figures
 from saekit.dashboard.neuronpedia import FIELDS_NOTE, feature_json, model_slug
 from saekit.dashboard.pages import DashboardConfig, Interpretations, feature_page, index_page, overview_page
 from saekit.io import replace_directory, require_replaceable, write_json, write_text
-from saekit.provenance import require_same
 from saekit.render import clean_json
 
 FORMAT_VERSION = 1
@@ -103,11 +102,7 @@ def build_dashboard(
     interpretations = interpretations or {}
     store = analysis if isinstance(analysis, AnalysisStore) else AnalysisStore(analysis)
     out_dir = Path(out_dir)
-    fix = "rerun `saekit analyze` on the run it belongs to"
-    if dictionary_fingerprint is not None:
-        require_same(f"analysis store {store.directory}", store.dictionary_fingerprint, dictionary_fingerprint, fix)
-    if decoder is not None:
-        store.check_shape(decoder.shape[0], decoder.shape[1], "the decoder given", fix, directions=True)
+    store.check_pairing(decoder, dictionary_fingerprint)
     require_replaceable(out_dir, SITE_ENTRIES, "dashboard output", "--out", replaced_by="a rebuild")
     return replace_directory(out_dir, lambda site: _write_site(store, site, config, decoder, progress,
                                                                interpretations, dictionary_fingerprint))

@@ -71,7 +71,6 @@ from saekit.dashboard.neuronpedia import (
 )
 from saekit.errors import SaekitError
 from saekit.io import atomic_write, replace_directory, require_replaceable, write_text
-from saekit.provenance import require_same
 from saekit.render import clean_json
 from saekit.settings import NON_EMPTY, check_rules, setting
 
@@ -363,11 +362,7 @@ def write_upload_set(
     config = config or UploadConfig()
     check_rules(config, "neuronpedia upload settings")
     store = store if isinstance(store, AnalysisStore) else AnalysisStore(store)
-    fix = "rerun `saekit analyze` on the run it belongs to"
-    if dictionary_fingerprint is not None:
-        require_same(f"analysis store {store.directory}", store.dictionary_fingerprint, dictionary_fingerprint, fix)
-    if decoder is not None:
-        store.check_shape(decoder.shape[0], decoder.shape[1], "the decoder given", fix, directions=True)
+    store.check_pairing(decoder, dictionary_fingerprint)
     if not store.latent_ids:
         raise SaekitError(f"analysis store {store.directory} holds no latents; rerun `saekit analyze` with latents")
     names = UploadNames.of(store, config)
