@@ -53,7 +53,6 @@ from saekit.dictionaries.formats.common import PICKLE_SUFFIXES, load_weights
 from saekit.dictionaries.registry import build_dictionary
 from saekit.errors import SaekitError
 from saekit.io import read_json
-from saekit.models.sites import SITE_KINDS
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "ae.pt"
@@ -64,8 +63,9 @@ TRAINER_CLASSES = {  # for a config that names only its trainer
     "TopKTrainer": "AutoEncoderTopK", "BatchTopKTrainer": "BatchTopKSAE",
     "MatryoshkaBatchTopKTrainer": "MatryoshkaBatchTopKSAE", "JumpReluTrainer": "JumpReluAutoEncoder",
 }
-_SUBMODULE = re.compile(rf"({'|'.join(SITE_KINDS)})_layer_(\d+)")
-_SITE = re.compile(rf"blocks\.\d+\.({'|'.join(SITE_KINDS)})")
+_SITE_KINDS = ("resid_pre", "attn_out", "mlp_in", "mlp_act", "mlp_out", "resid_post")  # saekit.models.sites
+_SUBMODULE = re.compile(rf"({'|'.join(_SITE_KINDS)})_layer_(\d+)")
+_SITE = re.compile(rf"blocks\.\d+\.({'|'.join(_SITE_KINDS)})")
 
 
 @dataclass
@@ -302,7 +302,7 @@ def read_dictionary_learning(directory: str | Path, site: str | None = None) -> 
     ``site`` names the saekit site when config.json does not (see the module docstring); it overrides it.
     """
     if site is not None and _SITE.fullmatch(site) is None:
-        raise SaekitError(f"site {site!r} is not a saekit site (blocks.<layer>.<{'|'.join(SITE_KINDS)}>)")
+        raise SaekitError(f"site {site!r} is not a saekit site (blocks.<layer>.<{'|'.join(_SITE_KINDS)}>)")
     path = Path(directory)
     config_file, weights_file = _files(path)
     trainer = _trainer_config(config_file)
