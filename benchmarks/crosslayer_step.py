@@ -29,7 +29,7 @@ def step_rate(layers: int, d: int, per_layer: int, k: int, tokens: int, steps: i
               autocast: str) -> dict[str, float]:
     torch.manual_seed(0)
     clt = build_dictionary(DictionaryConfig("clt_topk", d * layers, per_layer * layers, d_out=d * layers, k=k,
-                                            extra={"layers": layers}))
+                                            layers=layers))
     if not sparse:
         clt.uses_sparse_forward = lambda: False  # the dense forward, for comparison
     trainer = DictionaryTrainer(clt, OptimConfig(autocast=autocast, batch_size=tokens), total_steps=steps + 1)

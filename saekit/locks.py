@@ -15,7 +15,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,34 +42,76 @@ def _holder_text(fd: int) -> str:
 
 
 @contextmanager
-def exclusive(directory: str | Path, what: str = "run directory") -> Iterator[None]:
-    """Hold the lock of ``directory`` (created if needed) for the block, or fail with one line naming the holder."""
-    directory = Path(directory).resolve()
-    if directory in _held:
-        _held[directory] += 1
-        try:
-            yield
-        finally:
-            _held[directory] -= 1
-        return
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+def _outermost(key: Path) -> Iterator[bool]:
+    """Count this process's holds of ``key``; yields whether this is the outermost (the one that locks)."""
+    outer = key not in _held
+    _held[key] = _held.get(key, 0) + 1
+    try:
+        yield outer
+    finally:
+        _held[key] -= 1
+        if not _held[key]:
+            del _held[key]
+
+
+def _flock(fd: int, refusal: Callable[[int], str]) -> int:
+    """Take the exclusive lock on ``fd`` without waiting, or close it and fail with ``refusal(fd)``."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        holder = _holder_text(fd)
+        message = refusal(fd)
         os.close(fd)
-        raise SaekitError(f"{what} {directory} is in use by {holder}; wait for it to finish, "
-                          "or stop it and rerun (with --resume for training)") from None
-    _held[directory] = 1
-    try:
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv[:3]),
-                  "started": time.time()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(record).encode(), 0)
-        yield
-    finally:
-        del _held[directory]
-        os.ftruncate(fd, 0)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        raise SaekitError(message) from None
+    return fd
+
+
+@contextmanager
+def exclusive(directory: str | Path, what: str = "run directory") -> Iterator[None]:
+    """Hold the lock of ``directory`` (created if needed) for the block, or fail with one line naming the holder."""
+    directory = Path(directory).resolve()
+    with _outermost(directory) as outer:
+        if not outer:
+            yield
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = _flock(os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666),
+                    lambda fd: f"{what} {directory} is in use by {_holder_text(fd)}; wait for it to finish, "
+                               "or stop it and rerun (with --resume for training)")
+        try:
+            record = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv[:3]),
+                      "started": time.time()}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(record).encode(), 0)
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+@contextmanager
+def exclusive_output(path: str | Path, what: str = "output directory") -> Iterator[None]:
+    """Hold an output directory that is replaced whole (made empty if missing) for the block.
+
+    The lock is an ``flock`` on the directory itself, not a file inside (that file would be swapped out
+    with the directory) nor beside it (litter in the user's folder). A directory made here and still
+    empty when the block fails is removed again, so a refused write leaves nothing behind.
+    """
+    path = Path(path).resolve()
+    with _outermost(path) as outer:
+        if not outer:
+            yield
+            return
+        made = not path.exists()
+        path.mkdir(parents=True, exist_ok=True)
+        fd = _flock(os.open(path, os.O_RDONLY | os.O_DIRECTORY),
+                    lambda fd: f"{what} {path} is being written by another process; wait for it to finish")
+        try:
+            yield
+        except BaseException:
+            if made and path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+            raise
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)

@@ -158,6 +158,30 @@ def markdown_code(text: object) -> Markup:
     return Markup(f"{fence}{pad}{text}{pad}{fence}")
 
 
+REFERENCE = re.compile(r"&(?:#(\d+)|(amp|lt|gt));")  # every reference _reference writes, and only those
+CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`).*?(?<!`)\1(?!`)", re.S)  # CommonMark: closed by a run of equal length
+PLAIN_ENTITIES = {name[1:-1]: char for char, name in NAMED_ENTITIES.items()}
+
+
+def plain_text(markdown: str) -> str:
+    """Markdown saekit wrote, as a terminal should show it: the character references the escaping made are
+    characters again, outside code spans (inside one, a reference is literal text and stays).
+
+    Exactly undoes :func:`markdown_inline` and :func:`markdown_cell` (``&#96;`` is a backtick again, ``&amp;lt;``
+    is ``&lt;``) but for line breaks, which stay ⏎; the markdown saekit composed itself stays as it is.
+    The files keep their escapes: this is for printing only.
+    """
+    pieces, end = [], 0
+    for span in CODE_SPAN.finditer(markdown):
+        pieces += [_unreference(markdown[end:span.start()]), span.group()]
+        end = span.end()
+    return "".join(pieces) + _unreference(markdown[end:])
+
+
+def _unreference(text: str) -> str:
+    return REFERENCE.sub(lambda m: chr(int(m.group(1))) if m.group(1) else PLAIN_ENTITIES[m.group(2)], text)
+
+
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], align: Sequence[Align] | None = None,
                    digits: int = 3) -> str:
     """A GitHub-flavoured markdown table (no trailing newline).

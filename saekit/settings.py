@@ -11,7 +11,9 @@ everything else, so nothing is written twice:
 - the CLI flags themselves, with their help lines (:func:`add_flags`, :func:`flags_given`);
 - range and value checks (a :class:`Rule` per field: ``minimum=1``, ``above=0``, ``check=...``), run
   when a config is built from JSON or flags and again by :func:`check_rules`, so a bad value is one
-  line naming the field, the value and what is allowed, before any work starts.
+  line naming the field, the value and what is allowed, before any work starts;
+- for settings given as ``KEY=VALUE`` text or by a sweep grid (an architecture's options), the same
+  types read leniently (:func:`loose_value`) and the help lines as a block (:func:`help_block`).
 
 A nested dataclass field is a section (``data``, ``optim``...); its fields' flat names are their own
 names unless a field sets ``flag=`` (two sections may not claim the same flat name).
@@ -22,9 +24,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import shutil
+import textwrap
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar, Union
 
@@ -78,7 +82,9 @@ class Rule:
     def invalid_examples(self, annotation: Any) -> list[Any]:
         """Values of the right type that this rule refuses: just past each bound, ``inf`` and ``nan`` for a
         float, and ``invalid``."""
-        kinds = _union_members(annotation) or (_tuple_items(annotation) or annotation,)
+        members = [m for m in _union_members(annotation) or (annotation,) if m is not type(None)]
+        sequence = members[0] if len(members) == 1 and _tuple_items(members[0]) is not None else None
+        kinds = (_tuple_items(sequence),) if sequence is not None else tuple(members)
         integer = int in kinds
         step = 1 if integer else 1e-3
         found: list[Any] = []
@@ -90,8 +96,8 @@ class Rule:
         if float in kinds:
             found += [math.inf, math.nan]
         found += list(self.invalid)
-        if _tuple_items(annotation) is not None:
-            length = len(typing.get_args(annotation))
+        if sequence is not None:  # each value as every item (a list of any length: two of them)
+            length = 2 if _variadic(sequence) else len(typing.get_args(sequence))
             found = [(v,) * length for v in found]
         return found
 
@@ -107,17 +113,32 @@ NON_EMPTY = {"check": non_empty, "invalid": ("", "  ")}  # setting(..., **NON_EM
 SEED = {"minimum": 0, "maximum": 2**32 - 1}  # setting(..., **SEED)
 
 
+def printable(value: Any) -> str | None:
+    """A :class:`Rule` check: text without control or invisible characters, naming the first one found.
+
+    A name becomes a directory and is printed: a newline would split the line that shows it, and an
+    escape sequence (ESC, U+001B) would restyle or rewrite the user's terminal.
+    """
+    bad = next((char for char in str(value) if not char.isprintable()), None)
+    return None if bad is None else f"printable characters only, not U+{ord(bad):04X}"
+
+
 def _bound(value: float) -> str:
     """A bound as a person reads it: 4294967295, not 4.29497e+09; 0.001 as it is."""
     return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def _tuple_items(annotation: Any) -> Any:
-    """The item type of a homogeneous tuple annotation, else None."""
+    """The item type of a homogeneous tuple annotation (``tuple[int, int]``, ``tuple[int, ...]``), else None."""
     if typing.get_origin(annotation) is not tuple:
         return None
-    items = set(typing.get_args(annotation))
+    items = set(typing.get_args(annotation)) - {Ellipsis}
     return items.pop() if len(items) == 1 else None
+
+
+def _variadic(annotation: Any) -> bool:
+    """Whether ``annotation`` is ``tuple[T, ...]``: a list of any length (JSON), items comma-separated (flags)."""
+    return typing.get_origin(annotation) is tuple and typing.get_args(annotation)[-1:] == (Ellipsis,)
 
 
 def setting(default: Any = MISSING, help: str = "", *, flag: str | None = None,
@@ -212,6 +233,8 @@ def type_name(annotation: Any) -> str:
     if annotation is type(None):
         return "null"
     origin = typing.get_origin(annotation)
+    if _variadic(annotation):
+        return f"a list of {type_name(_tuple_items(annotation))}s"
     if origin is tuple:  # JSON writes a tuple as a list: say how long, and of what
         items = typing.get_args(annotation)
         kinds = {type_name(t) for t in items}
@@ -242,6 +265,11 @@ def check_value(value: Any, annotation: Any, where: str) -> Any:
             return None
         raise _type_error(value, annotation, where)
     origin = typing.get_origin(annotation)
+    if _variadic(annotation):
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(value, annotation, where)
+        item = _tuple_items(annotation)
+        return tuple(check_value(v, item, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         items = typing.get_args(annotation)
         if not isinstance(value, (list, tuple)) or len(value) != len(items):
@@ -272,6 +300,50 @@ def _enforce(rule: Rule | None, value: Any, where: str) -> None:
     problem = rule.problem(value) if rule is not None else None
     if problem is not None:
         raise SaekitError(f"{where} must be {problem}, got {value!r}")
+
+
+def checked_value(spec: FlatField, value: Any, where: str, shown: Any = MISSING) -> Any:
+    """``value`` as the setting ``spec`` takes it, type and rule checked; a one-line SaekitError naming ``where``
+    shows ``shown`` (by default the value itself: give what the user wrote when ``value`` was read from it)."""
+    shown = value if shown is MISSING else shown
+    try:
+        value = check_value(value, spec.annotation, where)
+    except SaekitError:
+        raise _type_error(shown, spec.annotation, where) from None
+    problem = spec.rule.problem(value) if spec.rule is not None else None
+    if problem is not None:
+        raise SaekitError(f"{where} must be {problem}, got {shown!r}")
+    return value
+
+
+def loose_value(value: Any, annotation: Any) -> Any:
+    """``value`` brought to ``annotation``'s kind where a ``KEY=VALUE`` flag or a sweep grid can write no better.
+
+    Text is read as a flag's text is (``64,64,128`` for a list, ``none`` for an optional value), 0 and 1
+    stand for false and true, a whole float for an int (``256.0``), and one number for a list of one.
+    Anything else is returned as it is, for :func:`check_value` to refuse.
+    """
+    members = [m for m in _union_members(annotation) or (annotation,) if m is not type(None)]
+    if len(members) != 1 or value is None:
+        return value
+    kind = members[0]
+    if isinstance(value, str) and kind is not str:
+        value = parse_scalar(value, annotation)
+    item = _tuple_items(kind)
+    if item is None:
+        return _loose_scalar(value, kind)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    return [_loose_scalar(v, item) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _loose_scalar(value: Any, kind: Any) -> Any:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is bool and number and value in (0, 1):
+        return bool(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def check_rules(config: Any, where: str = "config") -> None:
@@ -378,16 +450,47 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] 
                        title or "run identity settings (override --config; defaults in [])")
             groups[section] = parser.add_argument_group(heading)
         group = groups[section]
-        default = "" if spec.default is MISSING else f" [{_show(spec.default)}]"
-        if spec.rule is not None and spec.rule.describe_range():
-            default += f" ({spec.rule.describe_range()})"
         kwargs: dict[str, Any] = {"dest": DEST_PREFIX + spec.flat, "default": None,
-                                  "help": f"{spec.help}{default}".replace("%", "%%")}
+                                  "help": help_line(spec).replace("%", "%%")}
         if typing.get_origin(spec.annotation) is dict:
             kwargs.update(action="append", type=_key_value, metavar="KEY=VALUE")
         else:
             kwargs.update(type=_parser_for(spec.annotation), metavar=_metavar(spec.annotation))
         group.add_argument(spec.flag, **kwargs)
+
+
+def help_line(spec: FlatField) -> str:
+    """The setting's help as ``--help`` shows it: its help, its default in [], its range in ()."""
+    line = spec.help + ("" if spec.default is MISSING else f" [{_show(spec.default)}]")
+    if spec.rule is not None and spec.rule.describe_range():
+        line += f" ({spec.rule.describe_range()})"
+    return line
+
+
+def help_width() -> int:
+    """The width of text inside an argparse group: argparse's (the terminal's, less 2), less the group's indent."""
+    return max(shutil.get_terminal_size().columns - 4, 40)
+
+
+def help_block(cls: type, names: Iterable[str] | None = None, width: int | None = None) -> str:
+    """``cls``'s settings (or those in ``names``) as ``KEY=TYPE  help [default] (range)`` lines, laid out as
+    argparse lays out flags (help from column 24, wrapped to the terminal): an argument group's description
+    under a raw-description formatter, for settings given as ``KEY=VALUE`` rather than as flags of their own."""
+    width = width or help_width()
+    column = 22  # argparse starts help at column 24; the group's indent of 2 comes on top of these lines
+    lines: list[str] = []
+    for spec in flat_fields(cls):
+        if names is not None and spec.flat not in names:
+            continue
+        key = f"{spec.flat}={_metavar(spec.annotation)}"
+        wrapped = textwrap.wrap(help_line(spec), max(width - column, 20), break_on_hyphens=False)
+        if len(key) + 2 <= column:
+            lines.append(key.ljust(column) + wrapped[0])
+            wrapped = wrapped[1:]
+        else:
+            lines.append(key)
+        lines += [" " * column + part for part in wrapped]
+    return "\n".join(lines)
 
 
 def flags_given(args: argparse.Namespace) -> dict[str, Any]:
@@ -407,11 +510,16 @@ def _show(value: Any) -> str:
 
 
 def _metavar(annotation: Any) -> str:
+    if _variadic(annotation):
+        return f"{type_name(_tuple_items(annotation)).upper()},..."
     if typing.get_origin(annotation) is tuple:
         return ",".join(type_name(t).upper() for t in typing.get_args(annotation))
     members = _union_members(annotation)
     real = [m for m in members if m is not type(None)] if members else [annotation]
-    base = type_name(real[0]).upper() if len(real) == 1 else "VALUE"
+    if len(real) != 1:
+        base = "VALUE"
+    else:  # an optional list (INT,...|none) reads as the list does
+        base = _metavar(real[0]) if typing.get_origin(real[0]) is tuple else type_name(real[0]).upper()
     return base + ("|none" if members and type(None) in members else "")
 
 
@@ -436,6 +544,8 @@ def parse_scalar(text: str, annotation: Any) -> Any:
             if not isinstance(value, str) or member is str:
                 return value
         return text
+    if _variadic(annotation):
+        return [parse_scalar(part.strip(), _tuple_items(annotation)) for part in text.split(",")]
     if typing.get_origin(annotation) is tuple:
         parts, items = text.split(","), typing.get_args(annotation)
         if len(parts) != len(items):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,16 +22,18 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saekit.analysis import store
-from saekit.analysis.examples import KINDS, ExampleCollector, ExampleConfig
+from saekit.analysis.examples import KINDS, ExampleCollector, ExampleConfig, collector_bytes, merge_bytes, table_bytes
 from saekit.analysis.geometry import GeometryConfig, decoder_geometry
-from saekit.analysis.latents import TokenMaskRule, analysis_contexts, latent_batches
+from saekit.analysis.latents import TokenMaskRule, analysis_contexts, batch_bytes, latent_batches
 from saekit.analysis.logits import LogitConfig, logit_note, logit_skip_reason, logit_weights, output_layer_logits
 from saekit.analysis.statistics import (
     FlagRule,
     HistogramBins,
     StatisticsAccumulator,
+    accumulator_bytes,
     density_summary,
     finish_statistics,
+    update_bytes,
 )
 from saekit.dictionaries.base import Dictionary
 from saekit.dictionaries.registry import dictionary_fingerprint, load_dictionary, read_sites, written_sites
@@ -41,6 +44,59 @@ from saekit.models.loading import LoadedModel
 from saekit.provenance import fingerprint_json
 from saekit.settings import to_dict
 from saekit.training.run import DICTIONARY_DIR, load_run_config
+
+GB = 1e9
+# A budget left unset is this share of the memory free when the check runs: the rest is room for what
+# the estimates leave out (allocator slack, Python objects, the small temporaries of every step).
+DEFAULT_MEMORY_SHARE = 0.9
+MEMINFO = Path("/proc/meminfo")
+CGROUP = Path("/sys/fs/cgroup")  # a container's memory limit (cgroup v2), tighter than the host's
+
+
+def gigabytes(n_bytes: float) -> str:
+    return f"{n_bytes / GB:.3g} GB"
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_room() -> int | None:
+    """The container's limit minus what it uses, page cache it can drop (inactive files) not counted as used."""
+    try:
+        limit = (CGROUP / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        used = int((CGROUP / "memory.current").read_text())
+        stat = dict(line.split() for line in (CGROUP / "memory.stat").read_text().splitlines() if " " in line)
+        return int(limit) - used + int(stat.get("inactive_file", 0))
+    except (OSError, ValueError):
+        return None
+
+
+def available_memory(device: str | torch.device = "cpu") -> int | None:
+    """Bytes free for new tensors on ``device`` now (host memory for the CPU and MPS); None if unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    known = [room for room in (_meminfo_available(), _cgroup_room()) if room is not None]
+    return min(known) if known else None
+
+
+def memory_budget(max_memory_gb: float | None, device: str | torch.device = "cpu") -> int | None:
+    """The bytes a job may plan for on ``device``: ``--max-memory-gb``, else a share of what is free now
+    (None where the platform does not say: no check)."""
+    if max_memory_gb is not None:
+        return round(max_memory_gb * GB)
+    free = available_memory(device)
+    return None if free is None else int(DEFAULT_MEMORY_SHARE * free)
+
 
 # What a cross-layer latent's headline logit weights read (its per-layer ones are in layers.safetensors).
 LAYERED_LOGIT_NOTE = {
@@ -63,6 +119,11 @@ class AnalysisConfig:
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
     logits: LogitConfig = field(default_factory=LogitConfig)
     progress: bool = True
+    max_memory_gb: float | None = None  # refuse an analysis estimated to need more (None: 90% of what is free)
+
+    def __post_init__(self) -> None:
+        if self.max_memory_gb is not None and not self.max_memory_gb > 0:
+            raise SaekitError(f"--max-memory-gb must be positive, got {self.max_memory_gb}")
 
     def n_latents(self, width: int) -> int:
         if self.latents is None:
@@ -70,6 +131,117 @@ class AnalysisConfig:
         if self.latents < 1:
             raise SaekitError(f"--latents must be 'all' or a positive number, got {self.latents}")
         return min(self.latents, width)
+
+
+@dataclass(frozen=True)
+class AnalysisMemory:
+    """Bytes an analysis holds (host memory): ``held`` from the first batch to the end, and each later
+    step's temporaries on top of it, one step at a time."""
+
+    held: int  # the context table, the statistics and the example selections
+    stream: int  # one batch: its latent activations, statistics update and example merge
+    table: int  # assembling the example table
+    geometry: int  # decoder geometry and its random baseline
+    logits: int
+
+    @property
+    def peak(self) -> int:
+        return self.held + max(self.stream, self.table, self.geometry, self.logits)
+
+
+def _geometry_bytes(config: GeometryConfig, width: int, n_latents: int, dim: int) -> int:
+    """Unit copies of the decoder and of its random baseline, both searches' top-k cosines (float32 and
+    int64 indices), and one block of cosines (a square block and its transpose for the full search)."""
+    k = max(config.top_k, config.neighbours, 100)
+    found = (n_latents + min(width, config.baseline_rows or width)) * k * 12
+    side = min(width, max(1, config.col_block // 4))
+    block = max(side * side * (8 if width > side else 4), config.row_block * min(width, config.col_block) * 4)
+    return 12 * width * dim + found + block + 5 * side * k * 12  # and merging a block's top-k (measured)
+
+
+def _logit_bytes(config: LogitConfig, n_latents: int, vocab: int) -> int:
+    """A block of latents' logits over the vocabulary with its top-k and histogram copies (five float32
+    copies, measured), and the results."""
+    block = min(n_latents, config.latent_block) * vocab * 4 * 5
+    return block + n_latents * (2 * config.top * 12 + config.histogram_bins * 8 + (config.histogram_bins + 1) * 4)
+
+
+def analysis_memory(config: AnalysisConfig, width: int, direction_dim: int, context_length: int, n_contexts: int,
+                    vocab: int, firing_per_token: int | None = None) -> AnalysisMemory:
+    """The analysis's memory from its sizes: latents x (the batch's tokens + the kept examples' tokens).
+
+    ``firing_per_token``: latents active per token (a TopK dictionary's k); None counts every analysed
+    latent as firing on every token, an upper bound.
+    """
+    n = config.n_latents(width)
+    batch = min(config.batch_contexts, n_contexts)
+    tokens = batch * context_length
+    firing = tokens * (n if firing_per_token is None else min(n, firing_per_token))
+    held = (n_contexts * context_length * (8 + 1) + accumulator_bytes(n, config.histogram)
+            + collector_bytes(n, context_length, config.examples))
+    # One batch is held (the loop's previous one while the next is made) during making the next batch,
+    # the statistics update and the example merge, which come one after another.
+    stream = 4 * tokens * n + max(batch_bytes(tokens, width, n), update_bytes(tokens, n, firing),
+                                  merge_bytes(n, context_length, batch, config.examples))
+    return AnalysisMemory(held, stream, table_bytes(n, context_length, config.examples),
+                          _geometry_bytes(config.geometry, width, n, direction_dim),
+                          _logit_bytes(config.logits, n, vocab))
+
+
+def largest_fitting(high: int, fits: Callable[[int], bool]) -> int:
+    """The largest n in 1..``high`` for which ``fits(n)`` (which only turns false as n grows); 0 if none."""
+    low = 0
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    return low
+
+
+def _largest_fitting(config: AnalysisConfig, fits: Callable[[AnalysisConfig], bool], width: int) -> int:
+    """The most latents that fit with ``config``'s batch (0: not even one)."""
+    return largest_fitting(config.n_latents(width), lambda n: fits(replace(config, latents=n)))
+
+
+def _analysis_fix(config: AnalysisConfig, fits: Callable[[AnalysisConfig], bool], width: int) -> str:
+    """The flags that bring it under budget: a smaller batch keeps every latent, fewer latents shrink all."""
+    batch = config.batch_contexts
+    while batch > 1:
+        batch //= 2
+        if fits(replace(config, batch_contexts=batch)):
+            return f"lower --batch-contexts to {batch}"
+    latents = _largest_fitting(config, fits, width)
+    if latents:
+        return f"analyse the first {latents} latents with --latents {latents}"
+    latents = _largest_fitting(replace(config, batch_contexts=1), fits, width)
+    if latents:
+        return f"analyse the first {latents} latents with --latents {latents} and --batch-contexts 1"
+    return "shorten the contexts (the run's context length)"
+
+
+def _largest_step(estimate: AnalysisMemory, batch_contexts: int) -> str:
+    steps = [(estimate.stream, f"batches of {batch_contexts} contexts"), (estimate.table, "example table"),
+             (estimate.geometry, "decoder geometry"), (estimate.logits, "logit weights")]
+    size, step = max(steps, key=lambda item: item[0])
+    return f"{gigabytes(size)} for its {step}"
+
+
+def check_analysis_memory(config: AnalysisConfig, width: int, direction_dim: int, context_length: int,
+                          n_contexts: int, vocab: int, firing_per_token: int | None = None) -> AnalysisMemory:
+    """Refuse (one line, naming the flags that lower it) an analysis whose estimated peak is over budget."""
+    budget = memory_budget(config.max_memory_gb)
+    estimate = analysis_memory(config, width, direction_dim, context_length, n_contexts, vocab, firing_per_token)
+    if budget is None or estimate.peak <= budget:
+        return estimate
+
+    def fits(smaller: AnalysisConfig) -> bool:
+        return analysis_memory(smaller, width, direction_dim, context_length, n_contexts, vocab,
+                               firing_per_token).peak <= budget
+
+    raise SaekitError(
+        f"the analysis would need about {gigabytes(estimate.peak)} ({config.n_latents(width)} latents, contexts of "
+        f"{context_length} tokens: {gigabytes(estimate.held)} held for the statistics and examples, then at most "
+        f"{_largest_step(estimate, config.batch_contexts)}), over the {gigabytes(budget)} budget; "
+        f"{_analysis_fix(config, fits, width)}, or raise --max-memory-gb")
 
 
 def _stream(
@@ -165,6 +337,13 @@ def analyze_dictionary(
     provenance = {**(extra or {}), store.DICTIONARY_FINGERPRINT: dictionary_fingerprint,
                   store.DATA_FINGERPRINT: data_fingerprint}
     dictionary = dictionary.eval()
+    estimate = check_analysis_memory(
+        config, dictionary.config.width, dictionary.config.output_dim // len(written_sites(source)),
+        contexts.shape[1], contexts.shape[0], int(loaded.adapter.unembedding().weight.shape[0]),
+        dictionary.config.k if dictionary.fixed_l0() else None)
+    if config.progress:
+        print(f"analysis: {config.n_latents(dictionary.config.width)} latents, {contexts.shape[0]} contexts of "
+              f"{contexts.shape[1]} tokens; estimated peak {gigabytes(estimate.peak)}")
     return replace_directory(out_dir, lambda tmp: _write_store(tmp, loaded, dictionary, source, contexts, config,
                                                                provenance))
 

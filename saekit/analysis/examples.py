@@ -37,6 +37,37 @@ class ExampleConfig:
     seed: int = 0
 
 
+def collector_bytes(width: int, context_length: int, config: ExampleConfig) -> int:
+    """What an :class:`ExampleCollector` holds: per kept entry a score and a maximum (float32) and a context
+    row (int64), and for the top and sampled entries the context's per-token values (float16)."""
+    entries = config.top + config.sample_reservoir + config.negatives
+    valued = config.top + config.sample_reservoir
+    return width * (16 * entries + 2 * valued * context_length)
+
+
+def merge_bytes(width: int, context_length: int, batch: int, config: ExampleConfig) -> int:
+    """The temporaries of one :meth:`ExampleCollector.update`, for its largest selection (k entries): the
+    merged scores, rows and maxima of k + batch candidates per latent (64 bytes each, measured), and one
+    block of the per-token merge (float32 and float16 copies of the batch's values, the candidates, the
+    gathered result: 6 bytes per candidate token, measured; at most ``BLOCK_ELEMENTS`` a block)."""
+    candidates = max(config.top, config.sample_reservoir) + batch
+    columns = min(width, max(1, BLOCK_ELEMENTS // (candidates * max(context_length, 1))))
+    return 64 * width * candidates + 6 * columns * context_length * candidates
+
+
+def table_bytes(width: int, context_length: int, config: ExampleConfig) -> int:
+    """An upper bound on building the example table: the finished table twice (its parts, then their
+    concatenation), every top and quantile example at full length (float16 values; 27 bytes of metadata
+    per example), and one block of the gathered per-token values with the copies and masks of their
+    trimming (12 bytes a value, measured)."""
+    quantile = config.quantile_groups * min(config.per_quantile, config.sample_reservoir)
+    valued = config.top + quantile
+    table = width * (27 * (valued + config.negatives) + 2 * valued * context_length)
+    rows = valued + config.negatives
+    columns = min(width, max(1, BLOCK_ELEMENTS // (rows * max(context_length, 1))))
+    return 2 * table + 12 * columns * rows * context_length
+
+
 class RunningSelection:
     """Per latent, the k contexts with the best scores so far, with their maxima and per-token payloads."""
 

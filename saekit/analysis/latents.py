@@ -42,6 +42,12 @@ class LatentBatch:
     context_ids: Tensor  # [batch] rows of the context table
 
 
+def batch_bytes(tokens: int, width: int, n_latents: int) -> int:
+    """Making one batch of ``tokens`` positions: the encoder's float32 outputs over the whole width (the
+    pre-activations and the activations, two at once), and the masked copy of the analysed latents."""
+    return 4 * tokens * (2 * width + n_latents)
+
+
 def analysis_contexts(loaded: LoadedModel, data: DataConfig, tokens: int) -> tuple[Tensor, dict[str, int]]:
     """Enough contexts to cover ``tokens`` counted (non-BOS) positions: eval split first, then training."""
     n_contexts = max(1, math.ceil(tokens / (data.context_length - 1)))

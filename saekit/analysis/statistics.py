@@ -74,6 +74,19 @@ class StatisticsAccumulator:
         self.histogram.view(-1).index_add_(0, flat, torch.ones_like(flat))
 
 
+def accumulator_bytes(width: int, bins: HistogramBins) -> int:
+    """What a :class:`StatisticsAccumulator` holds: int64 fire counts, float64 sums, float32 maxima and a
+    row of int64 histogram counts per latent."""
+    return width * (8 + 8 + 4 + 8 * bins.count)
+
+
+def update_bytes(tokens: int, width: int, firing: int) -> int:
+    """The temporaries of one :meth:`StatisticsAccumulator.update`: the counted rows (float32), the firing
+    mask, their float64 sums, and per firing (token, latent) pair its indices, value, bin and flat index
+    (not all alive at once: 24 bytes measured at the peak)."""
+    return tokens * width * (4 + 1 + 8) + 24 * firing
+
+
 @dataclass
 class FeatureStatistics:
     """The finished per-latent arrays (index i describes latent ``latent_ids[i]``)."""

@@ -61,15 +61,44 @@ class Example:
     max_index: int
 
 
+# What the readers of a store take from its manifest without a default (pages, upload sets, circuits).
+REQUIRED_KEYS: dict[str, type] = {"model": str, "site": str, "config": dict, "logits": dict}
+JSON_TYPES = {str: "a string", dict: "a JSON object"}
+
+
+def check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
+    """The manifest, once it holds every required key with the right type: one line naming the first that is
+    not, before a page or an upload set is half written."""
+    fix = "the store is damaged or from elsewhere; rerun `saekit analyze`"
+    if not isinstance(manifest, dict):
+        raise SaekitError(f"analysis manifest {path} is not a JSON object; {fix}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise SaekitError(f"{path} has format_version {manifest.get('format_version')!r}"
+                          f"; this saekit reads {FORMAT_VERSION}; rerun `saekit analyze`")
+    for key, kind in REQUIRED_KEYS.items():
+        if key not in manifest:
+            raise SaekitError(f"analysis manifest {path} has no {key!r}; {fix}")
+        if not isinstance(manifest[key], kind):
+            raise SaekitError(f"analysis manifest {path} {key!r} must be {JSON_TYPES[kind]}, got "
+                              f"{json_type(manifest[key])}; {fix}")
+    return manifest
+
+
+def json_type(value: Any) -> str:
+    """How JSON names a value's type (null, not NoneType)."""
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "a JSON object"}.get(type(value), type(value).__name__)
+
+
 class AnalysisStore:
     """Read-only view of an analysis directory."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
-        self.manifest: dict[str, Any] = read_json(self.directory / MANIFEST, "analysis manifest")
-        if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise SaekitError(f"{self.directory / MANIFEST} has format_version {self.manifest.get('format_version')!r}"
-                              f"; this saekit reads {FORMAT_VERSION}; rerun `saekit analyze`")
+        manifest = read_json(self.directory / MANIFEST, "analysis manifest")
+        self.manifest: dict[str, Any] = check_manifest(manifest, self.directory / MANIFEST)
         # Identifies this exact store (the manifest holds settings and timings): what a dashboard records.
         self.fingerprint: str = fingerprint_files(self.directory / MANIFEST)
         self.stats_summary: dict[str, Any] = read_json(self.directory / STATS_JSON, "analysis statistics")
@@ -192,6 +221,10 @@ def open_run_store(run_dir: str | Path) -> AnalysisStore:
                  analyze_fix(run_dir))
     store = AnalysisStore(directory)
     meta = read_json(dictionary_dir / CONFIG_FILE, "dictionary config")
-    config = DictionaryConfig.from_dict(meta.get("dictionary", {}) if isinstance(meta, dict) else {})
+    section = meta.get("dictionary", {}) if isinstance(meta, dict) else {}
+    if not isinstance(section, dict):  # DictionaryConfig.from_dict would fail on it with an AttributeError
+        raise SaekitError(f"{dictionary_dir / CONFIG_FILE}: 'dictionary' must be a JSON object, got "
+                          f"{json_type(section)}; the run's dictionary is damaged: retrain or re-import it")
+    config = DictionaryConfig.from_dict(section)
     store.check_shape(config.width, config.output_dim, f"the dictionary in {dictionary_dir}", analyze_fix(run_dir))
     return store

@@ -19,6 +19,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from saekit.circuits.budget import (
+    attribution_budgets,
+    check_attribution_memory,
+    estimate_attribution,
+    matmul_rate,
+    sizes_of,
+)
 from saekit.circuits.graph import Graph
 from saekit.circuits.replacement import ReplacementModel
 from saekit.errors import SaekitError
@@ -33,10 +40,13 @@ class AttributionConfig:
     batch_size: int = 32  # targets per backward pass
     max_feature_nodes: int | None = None  # keep only the largest-activation latents (None: all active)
     progress: bool = True
+    max_memory_gb: float | None = None  # refuse a graph whose estimated peak is larger (None: 90% of what is free)
 
     def __post_init__(self) -> None:
         if self.max_logits < 1 or not 0 < self.logit_probability <= 1 or self.batch_size < 1:
             raise SaekitError("attribution needs max_logits >= 1, 0 < logit_probability <= 1 and batch_size >= 1")
+        if self.max_memory_gb is not None and self.max_memory_gb <= 0:
+            raise SaekitError(f"--max-memory-gb must be positive, got {self.max_memory_gb}")
 
 
 def chosen_logits(logits: Tensor, config: AttributionConfig) -> tuple[Tensor, Tensor]:
@@ -59,6 +69,18 @@ def active_features(replacement: ReplacementModel, config: AttributionConfig) ->
         keep = activations.topk(config.max_feature_nodes).indices.sort().values
         features, activations = features[keep], activations[keep]
     return features.cpu(), activations.cpu()
+
+
+def check_memory(replacement: ReplacementModel, features: int, logits: int, config: AttributionConfig) -> None:
+    """Refuse (one line) a graph whose estimated peak memory is over budget; print the estimate otherwise."""
+    device = replacement.loaded.device
+    sizes = sizes_of(replacement.loaded, replacement.transcoders, len(replacement.clean.input_ids), features,
+                     logits, config.batch_size)
+    estimate = estimate_attribution(sizes)
+    # The clean run is part of the estimate but already allocated: free memory no longer counts it.
+    check_attribution_memory(estimate, attribution_budgets(config.max_memory_gb, device, estimate.clean), device)
+    if config.progress:
+        print(estimate_attribution(sizes, matmul_rate(sizes, device)).describe(device))
 
 
 def _target_values(output, targets: list[tuple[str, int, int, int]], last: int) -> Tensor:
@@ -112,6 +134,7 @@ def attribute(replacement: ReplacementModel, prompt: str, config: AttributionCon
     clean = replacement.clean
     logit_tokens, logit_probabilities = chosen_logits(clean.logits, config)
     features, activations = active_features(replacement, config)
+    check_memory(replacement, features.shape[0], len(logit_tokens), config)  # before the passes and the adjacency
     targets = [("logit", int(token), 0, 0) for token in logit_tokens] + \
               [("feature", int(layer), int(position), int(latent)) for layer, position, latent in features.tolist()]
     n_sources = features.shape[0] + len(replacement.transcoders.layers) * len(clean.input_ids) + len(clean.input_ids)

@@ -51,6 +51,13 @@ class Intervention:
         layer, latent, position, mode, value = match.groups()
         return cls(int(layer), int(latent), mode, float(value or 0.0), None if position is None else int(position))
 
+    @property
+    def text(self) -> str:
+        """The ``LAYER:LATENT[@POSITION]=MODE[:VALUE]`` form :meth:`parse` reads."""
+        where = "" if self.position is None else f"@{self.position}"
+        value = "" if self.mode == "ablate" else f":{self.value:g}"
+        return f"{self.layer}:{self.latent}{where}={self.mode}{value}"
+
     def apply(self, latents: Tensor) -> None:
         """In place on one layer's latents [B, S, m]."""
         where = slice(None) if self.position is None else self.position
@@ -76,6 +83,14 @@ def check_interventions(transcoders: TranscoderSet, interventions: list[Interven
         if not 0 <= item.latent < transcoders.width(item.layer):
             raise SaekitError(f"latent {item.latent} is out of range: layer {item.layer} has "
                               f"{transcoders.width(item.layer)} latents")
+
+
+def check_positions(interventions: list[Intervention], n_positions: int) -> None:
+    """One line for a position outside the prompt: :meth:`Intervention.apply` would skip it silently."""
+    for item in interventions:
+        if item.position is not None and item.position >= n_positions:
+            raise SaekitError(f"--latent {item.text}: position {item.position} is outside the prompt, which has "
+                              f"{n_positions} tokens with BOS (positions 0-{n_positions - 1})")
 
 
 @contextmanager
@@ -140,14 +155,14 @@ def predicted_ablation(graph: Graph, feature: int) -> Tensor:
     to the direct change.
     """
     n_features = graph.n_features
-    adjacency = graph.adjacency.double()
     activations = graph.activations.double()
-    per_unit = adjacency[:n_features, :n_features] / activations[None, :]
+    # float64 copies of the blocks read, never of the whole N x N matrix (circuits/budget.py counts on it)
+    per_unit = graph.adjacency[:n_features, :n_features].double() / activations[None, :]
     per_unit[feature] = 0.0  # the ablated latent is held at zero, whatever reaches it
     source = torch.zeros(n_features, dtype=torch.float64)
     source[feature] = -activations[feature]
     change = torch.linalg.solve(torch.eye(n_features, dtype=torch.float64) - per_unit, source)
-    logit_rows = adjacency[graph.logit_node(0):, :n_features]
+    logit_rows = graph.adjacency[graph.logit_node(0):, :n_features].double()
     return (logit_rows / activations[None, :]) @ change
 
 

@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from saekit.cli.argtypes import non_negative_float, non_negative_int, positive_int
+from saekit.cli.argtypes import add_force_flag, non_negative_float, non_negative_int, positive_int
 from saekit.cli.imports import NAME_HELP, add_dictionary_flags, run_dirs
+from saekit.dictionaries.registry import add_option_groups
 from saekit.errors import SaekitError
 from saekit.evaluation.effective_compute import law_name
 from saekit.settings import add_flags, flags_given, updated
@@ -24,17 +25,19 @@ Handler = Callable[[argparse.Namespace], int]
 MATCH_L0_HELP = "compare architectures at this L0 (default: the TopK runs' median L0, else all runs')"
 
 
-def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None, validate: bool = True) -> TrainConfig:
     """The --config file (or ``base``, or the defaults) with every setting flag given applied."""
     config = TrainConfig.from_file(args.config) if getattr(args, "config", None) else (base or TrainConfig())
-    return updated(config, "command line", **flags_given(args)).validate()
+    config = updated(config, "command line", **flags_given(args))
+    return config.validate() if validate else config
 
 
 def _train(args: argparse.Namespace) -> int:
     from saekit.training.distributed import join_group, leave_group
     from saekit.training.run import train_many
 
-    config = config_from_args(args)
+    # With --sites the base's own site is never trained: each site's config is validated instead.
+    config = config_from_args(args, validate=not args.sites)
     configs = [config]
     if args.sites:
         configs = site_configs(config, expand_sites(args.sites, config.data.model))
@@ -96,11 +99,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     law = resolve_law(args.law, args.law_table)  # a bad table fails here, before any model loads
     runs = run_dirs(args, args.run_dirs)
     if len(runs) == 1:
-        metrics = evaluate_run(runs[0], eval_tokens=args.eval_tokens, law=law)
+        metrics = evaluate_run(runs[0], eval_tokens=args.eval_tokens, law=law, generations=args.generations)
         report = runs[0] / "report.md"
     else:
         out = args.out or Path("runs") / ("joint-" + "-".join(d.name for d in runs))
-        metrics = evaluate_joint(runs, out, eval_tokens=args.eval_tokens, law=law)
+        metrics = evaluate_joint(runs, out, eval_tokens=args.eval_tokens, law=law, generations=args.generations,
+                                 force=args.force)
         report = out / "report.md"
     losses = metrics.losses
     print(f"clean CE {losses.ce_clean.mean:.4f}, spliced CE {losses.ce_spliced.mean:.4f}, "
@@ -111,16 +115,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from saekit.evaluation.evaluate import load_splice_targets
     from saekit.evaluation.generation import DEFAULT_PROMPTS, generations_markdown, side_by_side
-    from saekit.evaluation.splice import AcausalSpliceTarget
     from saekit.training.run import load_run_config
 
     runs = run_dirs(args, args.run_dirs)
     config = load_run_config(runs[0])
     loaded = config.data.load_model(config.run.device)
     targets = [target for d in runs for target in load_splice_targets(d, loaded, config.run.device)]
-    if any(isinstance(target, AcausalSpliceTarget) for target in targets):
-        raise SaekitError("a crosscoder reads every layer before writing any, so it cannot be spliced into "
-                          "token-by-token generation; evaluate it with saekit evaluate")
+    # side_by_side refuses an acausal splice (a crosscoder) before sampling anything.
     rows = side_by_side(loaded, targets, args.prompt or DEFAULT_PROMPTS, args.max_new_tokens, args.temperature,
                         args.seed)
     print(generations_markdown(rows))
@@ -130,16 +131,16 @@ def _generate(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from saekit.evaluation.summary import summarize
 
-    summary = summarize(run_dirs(args, args.run_dirs), args.out, args.match_l0)
+    summary = summarize(run_dirs(args, args.run_dirs), args.out, args.match_l0, force=args.force)
     print(f"summary of {len(summary['runs'])} runs: {args.out / 'summary.md'} and {args.out / 'summary.html'}")
     return 0
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    from saekit.jobs.quickstart import run_quickstart
+    from saekit.jobs.quickstart import run_quickstart, terminal_report
 
     run_dir = run_quickstart(args.runs_dir, args.name, fresh=args.fresh)
-    print((run_dir / "report.md").read_text())
+    print(terminal_report(run_dir))  # the file keeps its markdown escapes; a terminal gets plain text
     print(f"run directory: {run_dir}\ndashboard: {run_dir / 'dashboard' / 'index.html'}")
     return 0
 
@@ -159,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="saekit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train a dictionary on a model's activations")
+    # Raw descriptions: the architecture options' groups (add_option_groups) are laid-out text.
+    train = sub.add_parser("train", help="train a dictionary on a model's activations",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("--config", help="JSON run config (a run's config.json; flags override it)")
     train.add_argument("--runs-dir", default="runs", help="where run directories go [runs]")
     train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
@@ -172,17 +175,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="under torchrun: 'data' splits every batch over the processes (one run, or several "
                        "stepping together), 'sites' deals the runs (--sites) out to the processes [data]")
     add_flags(train, TrainConfig)
+    add_option_groups(train)
     train.set_defaults(handler=_train)
 
-    sweep = sub.add_parser("sweep", help="train a grid of architectures x sparsity x widths in one pass; compare")
+    sweep = sub.add_parser("sweep", help="train a grid of architectures x sparsity x widths in one pass; compare",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     sweep.add_argument("--grid", required=True,
-                       help="e.g. 'topk:k=16,32;jumprelu:l0_coefficient=0.0015;relu:l1_coefficient=0.1,0.15'")
+                       help="e.g. 'topk:k=16,32;jumprelu:l0_coefficient=0.0015;relu:l1_coefficient=0.1,0.15'; a "
+                       "setting is a flag's name or one of the architecture's options below")
     sweep.add_argument("--widths", help="comma-separated dictionary widths (default: the config's)")
     sweep.add_argument("--config", help="JSON run config shared by the grid (flags override it)")
     sweep.add_argument("--runs-dir", default="runs", help="where run directories go [runs]")
     sweep.add_argument("--resume", action="store_true", help="continue every grid point from its last checkpoint")
     sweep.add_argument("--match-l0", type=float, default=None, help=MATCH_L0_HELP)
     add_flags(sweep, TrainConfig)
+    add_option_groups(sweep)
     sweep.set_defaults(handler=_sweep)
 
     evaluate = sub.add_parser("evaluate", help="evaluate runs: one alone, or several spliced jointly and alone")
@@ -196,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="fit the scaling law to your own model family: a CSV with columns params,tokens,loss "
                                "(one row per trained model); replaces --law")
     evaluate.add_argument("--out", type=Path, default=None, help="output directory of a joint evaluation")
+    add_force_flag(evaluate, "--out")
+    evaluate.add_argument("--generations", type=non_negative_int, default=4, metavar="N",
+                          help="side-by-side samples (clean vs spliced, 32 tokens each) in the report; beyond the "
+                               "4 built-in prompts they repeat with new seeds; 0 samples none [4]")
     evaluate.set_defaults(handler=_evaluate)
 
     generate = sub.add_parser("generate", help="sample the same prompts from the clean and spliced model")
@@ -210,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="compare evaluated runs: markdown + HTML with plots")
     report.add_argument("run_dirs", nargs="+", metavar="RUN", help=NAME_HELP)
     add_dictionary_flags(report)
-    report.add_argument("--out", type=Path, default=Path("runs/summary"))
+    report.add_argument("--out", type=Path, default=Path("runs/summary"), help="output directory [runs/summary]")
+    add_force_flag(report, "--out")
     report.add_argument("--match-l0", type=float, default=None, help=MATCH_L0_HELP)
     report.set_defaults(handler=_report)
 

@@ -6,22 +6,38 @@ import argparse
 from pathlib import Path
 
 from saekit.analysis.analyze import AnalysisConfig, analyze_run
-from saekit.cli.argtypes import latent_count, positive_int
+from saekit.cli.argtypes import add_force_flag, latent_count, positive_int
 from saekit.cli.imports import NAME_HELP, add_dictionary_flags, run_dir
 from saekit.jobs.dashboard import build_run_dashboard
 
+MEMORY_HELP = ("refuse to start when the estimated peak memory is over this many GB (default: 90%% of the memory "
+               "free when the check runs)")
+
+
+def memory_gb(text: str) -> float:
+    """A memory budget in GB: a positive number (argtypes has no positive float)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GB, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of GB, got {text!r}")
+    return value
+
 
 def _analyze(args: argparse.Namespace) -> int:
-    config = AnalysisConfig(tokens=args.tokens, latents=args.latents, batch_contexts=args.batch_contexts)
+    config = AnalysisConfig(tokens=args.tokens, latents=args.latents, batch_contexts=args.batch_contexts,
+                            max_memory_gb=args.max_memory_gb)
     out = analyze_run(run_dir(args, args.run_dir), config=config)
     print(f"analysis written to {out}")
     return 0
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    config = AnalysisConfig(tokens=args.tokens, latents=args.latents)
+    config = AnalysisConfig(tokens=args.tokens, latents=args.latents, batch_contexts=args.batch_contexts,
+                            max_memory_gb=args.max_memory_gb)
     out = build_run_dashboard(run_dir(args, args.run_dir), args.out, args.max_latents, config=config,
-                              neuronpedia=not args.no_neuronpedia)
+                              neuronpedia=not args.no_neuronpedia, force=args.force)
     print(f"dashboard: {out / 'index.html'}")
     return 0
 
@@ -37,7 +53,9 @@ def add_analysis_parsers(subparsers: argparse._SubParsersAction) -> None:
                          help=f"held-out tokens to stream through the model (default {defaults.tokens})")
     analyze.add_argument("--latents", type=latent_count, default=None, metavar="all|N",
                          help="analyse all latents (default) or the first N")
-    analyze.add_argument("--batch-contexts", type=positive_int, default=defaults.batch_contexts)
+    analyze.add_argument("--batch-contexts", type=positive_int, default=defaults.batch_contexts,
+                         help=f"contexts encoded at once; memory grows with it [{defaults.batch_contexts}]")
+    analyze.add_argument("--max-memory-gb", type=memory_gb, default=None, help=MEMORY_HELP)
     analyze.set_defaults(handler=_analyze)
 
     dashboard = subparsers.add_parser("dashboard", help="build a static HTML dashboard from RUN_DIR/analysis "
@@ -48,6 +66,7 @@ def add_analysis_parsers(subparsers: argparse._SubParsersAction) -> None:
     dashboard.add_argument("--out", type=Path, default=None,
                            help="output directory (default RUN_DIR/dashboard); a rebuild replaces it whole, "
                                 "so it must be new, empty or an earlier dashboard")
+    add_force_flag(dashboard, "--out")
     dashboard.add_argument("--max-latents", type=positive_int, default=None,
                            help="feature pages for the first N analysed latents (default all; the index lists all)")
     dashboard.add_argument("--no-neuronpedia", action="store_true",
@@ -56,4 +75,8 @@ def add_analysis_parsers(subparsers: argparse._SubParsersAction) -> None:
                            help="tokens for the analysis, if it must be run")
     dashboard.add_argument("--latents", type=latent_count, default=None, metavar="all|N",
                            help="latents for the analysis, if it must be run")
+    dashboard.add_argument("--batch-contexts", type=positive_int, default=defaults.batch_contexts,
+                           help="contexts encoded at once by the analysis, if it must be run")
+    dashboard.add_argument("--max-memory-gb", type=memory_gb, default=None,
+                           help=f"{MEMORY_HELP}: the analysis, if it must be run, then reading the store")
     dashboard.set_defaults(handler=_dashboard)

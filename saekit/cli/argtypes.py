@@ -49,3 +49,9 @@ def latent_count(text: str) -> int | None:
     if value < 1:
         raise argparse.ArgumentTypeError(f"the number of latents must be at least 1, got {value}")
     return value
+
+
+def add_force_flag(parser: argparse.ArgumentParser, output: str = "the output directory") -> None:
+    """``--force``: replace an output directory that holds files this command did not write."""
+    parser.add_argument("--force", action="store_true",
+                        help=f"replace {output} even if it holds files this command did not write (they are deleted)")

@@ -6,7 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from saekit.cli.argtypes import non_negative_int, positive_int, unit_interval
+from saekit.cli.analysis import MEMORY_HELP, memory_gb
+from saekit.cli.argtypes import add_force_flag, non_negative_int, positive_int, unit_interval
+from saekit.errors import SaekitError
 
 
 def add_circuit_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -21,15 +23,19 @@ def add_circuit_parsers(subparsers: argparse._SubParsersAction) -> None:
                     "ablation checks) to OUT.")
     attribute.add_argument("transcoders", type=Path, help="a CLT run, or a directory of per-layer transcoder runs")
     attribute.add_argument("--prompt", required=True, help="the text whose next token the graph explains")
-    attribute.add_argument("--out", type=Path, default=None, help="output directory (default runs/graphs/SLUG)")
+    attribute.add_argument("--out", type=Path, default=None, help="output directory (default runs/graphs/SLUG); "
+                           "it may hold other graphs, and nothing else unless --force")
+    add_force_flag(attribute, "--out")
     attribute.add_argument("--max-logits", type=positive_int, default=defaults.max_logits,
                            help=f"at most this many output logits as target nodes [{defaults.max_logits}]")
     attribute.add_argument("--logit-probability", type=unit_interval, default=defaults.logit_probability,
                            help="target logits: the most probable tokens until they hold this probability")
     attribute.add_argument("--max-feature-nodes", type=positive_int, default=None,
-                           help="keep only this many latents (largest activations); default all active")
+                           help="keep only this many latents (largest activations); default all active. The "
+                                "adjacency matrix, and the memory to prune it, grow with the square of the nodes")
     attribute.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
-                           help="targets per backward pass")
+                           help=f"targets per backward pass; memory grows with it [{defaults.batch_size}]")
+    attribute.add_argument("--max-memory-gb", type=memory_gb, default=None, help=MEMORY_HELP)
     attribute.add_argument("--node-threshold", type=unit_interval, default=0.8,
                            help="keep the nodes holding this share of the influence on the logits [0.8]")
     attribute.add_argument("--edge-threshold", type=unit_interval, default=0.98,
@@ -60,11 +66,12 @@ def _attribute(args: argparse.Namespace) -> int:
 
     check_device(args.device)
 
-    job = GraphJob(AttributionConfig(args.max_logits, args.logit_probability, args.batch_size,
-                                     args.max_feature_nodes), args.node_threshold, args.edge_threshold,
-                   args.check_ablations, args.device)
+    attribution = AttributionConfig(max_logits=args.max_logits, logit_probability=args.logit_probability,
+                                    batch_size=args.batch_size, max_feature_nodes=args.max_feature_nodes,
+                                    max_memory_gb=args.max_memory_gb)
+    job = GraphJob(attribution, args.node_threshold, args.edge_threshold, args.check_ablations, args.device)
     out = args.out or Path("runs") / "graphs" / slug_of(args.prompt)
-    written = attribute_prompt(args.transcoders, args.prompt, out, job)
+    written = attribute_prompt(args.transcoders, args.prompt, out, job, force=args.force)
     print(f"graph: {written} (report.md, the page and circuit-tracer's JSON)")
     return 0
 
@@ -75,6 +82,9 @@ def _steer(args: argparse.Namespace) -> int:
     from saekit.jobs.circuits import steer_markdown, steer_prompt
     from saekit.training.config import check_device
 
+    if args.out is not None and args.out.is_dir():  # io.atomic_write would refuse it, but only after the work
+        raise SaekitError(f"--out {args.out} is a directory; name a file for the JSON result, e.g. "
+                          f"--out {args.out / 'steer.json'}")
     check_device(args.device)
     interventions = [Intervention.parse(text) for text in args.latent]
     result = steer_prompt(args.transcoders, args.prompt, interventions, args.new_tokens, args.top, args.device)

@@ -8,21 +8,25 @@ from pathlib import Path
 
 
 def add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
+    from saekit.cli.argtypes import add_force_flag
     from saekit.dashboard.neuronpedia_upload import UploadConfig
-    from saekit.dictionaries.formats.detect import CONVERT_TARGETS
+    from saekit.dictionaries.formats.detect import CONVERT_TARGETS, READ_FORMATS
     from saekit.settings import add_flags
 
     convert = subparsers.add_parser(
         "convert", help="write a dictionary in another library's format",
-        description="Read SRC (a saekit run or directory of runs, a SAELens, sparsify or circuit-tracer directory, "
-                    "or a Gemma Scope params.npz; the format is detected, or named as FORMAT:PATH) and write it to "
+        description="Read SRC (a saekit run or directory of runs, or a dictionary in any format saekit reads: "
+                    f"{', '.join(READ_FORMATS)}; the format is detected, or named as FORMAT:PATH) and write it to "
                     "OUT in --to's layout. A directory of per-layer MLP transcoder runs (or one CLT run) becomes a "
                     "circuit-tracer set; an analysed run (saekit analyze, and explain) becomes a Neuronpedia "
                     "upload set.")
-    convert.add_argument("source", help="run directory, dictionary directory, or FORMAT:PATH")
+    convert.add_argument("source", help="run directory, dictionary directory, FORMAT:PATH, or hf:OWNER/REPO[:PATH] "
+                                        "from the local Hugging Face cache")
     convert.add_argument("--to", required=True, choices=CONVERT_TARGETS,
                          help="the target format")
-    convert.add_argument("out", type=Path, help="output directory (replaced whole once complete)")
+    convert.add_argument("out", type=Path, help="output directory (replaced whole once complete; it may not hold "
+                                                "the source, nor files another command wrote unless --force)")
+    add_force_flag(convert, "OUT")
     convert.add_argument("--model-name", default=None,
                          help="the model name to record where the source has none (circuit-tracer's model_name)")
     add_flags(convert, UploadConfig, title="--to neuronpedia: the upload set's names and contents")
@@ -35,6 +39,7 @@ def _convert(args: argparse.Namespace) -> int:
     from saekit.settings import flags_given, from_flat
 
     upload = from_flat(UploadConfig, flags_given(args), "command line")
-    fmt, count, out = convert(args.source, args.to, args.out, model_name=args.model_name, upload=upload)
+    fmt, count, out = convert(args.source, args.to, args.out, model_name=args.model_name, upload=upload,
+                              force=args.force)
     print(f"{count} dictionar{'y' if count == 1 else 'ies'} ({fmt}) written as {args.to} to {out}")
     return 0

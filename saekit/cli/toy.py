@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
+from saekit.cli.argtypes import add_force_flag
 from saekit.errors import SaekitError
+from saekit.io import OutputTarget, claim_output, mark_output
 from saekit.toy.experiments import EXPERIMENTS, ToyRunConfig, run_all, run_experiment
 
 
@@ -21,6 +23,7 @@ def add_toy_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     toy.add_argument("experiment", choices=[*EXPERIMENTS, "all"])
     toy.add_argument("--out", type=Path, default=Path("runs/toy"), help="output directory (default runs/toy)")
+    add_force_flag(toy, "--out")
     toy.add_argument("--seed", type=int, default=0)
     toy.add_argument("--steps", type=int, default=ToyRunConfig.steps,
                      help=f"training steps of every model (default {ToyRunConfig.steps}; fewer = faster, rougher)")
@@ -36,10 +39,14 @@ def run_toy(args: argparse.Namespace) -> int:
         raise SaekitError(f"--steps must be at least 1, got {args.steps}")
     run = ToyRunConfig(out=Path(args.out), seed=args.seed, steps=args.steps,
                        progress=getattr(args, "progress", True))
+    output = OutputTarget(Path(args.out), "toy", entries=frozenset({*EXPERIMENTS, "summary.md"}),
+                          force=getattr(args, "force", False))
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, getattr(args, "threads", 1)))
     try:
-        results = run_all(run) if args.experiment == "all" else [run_experiment(args.experiment, run)]
+        with claim_output(output):
+            mark_output(output)
+            results = run_all(run) if args.experiment == "all" else [run_experiment(args.experiment, run)]
     finally:
         torch.set_num_threads(previous_threads)
     for result in results:

@@ -21,7 +21,7 @@ from saekit.analysis.store import AnalysisStore
 from saekit.dashboard import figures
 from saekit.dashboard.neuronpedia import FIELDS_NOTE, feature_json, model_slug
 from saekit.dashboard.pages import DashboardConfig, Interpretations, feature_page, index_page, overview_page
-from saekit.io import replace_directory, require_replaceable, write_json, write_text
+from saekit.io import OutputTarget, write_directory, write_json, write_text
 from saekit.render import clean_json
 
 FORMAT_VERSION = 1
@@ -85,12 +85,19 @@ def _write_site(store: AnalysisStore, out_dir: Path, config: DashboardConfig, de
     write_json(out_dir / MANIFEST, site_manifest(store, config, pages, interpretations, dictionary_fingerprint))
 
 
+def site_target(out_dir: Path, analysis_dir: Path, force: bool = False) -> OutputTarget:
+    """A dashboard's output: it may hold an earlier site only (unless ``force``), and never the store it reads."""
+    return OutputTarget(Path(out_dir), "dashboard", inputs=(Path(analysis_dir),), entries=SITE_ENTRIES, force=force)
+
+
 def build_dashboard(
     analysis: str | Path | AnalysisStore, out_dir: str | Path, config: DashboardConfig | None = None,
     decoder: Tensor | None = None, progress: bool = True, interpretations: Interpretations | None = None,
-    dictionary_fingerprint: str | None = None,
+    dictionary_fingerprint: str | None = None, force: bool = False,
 ) -> Path:
     """Write the site into ``out_dir`` (replacing an earlier build whole); returns ``out_dir``.
+
+    ``out_dir`` may not hold anything but an earlier site (``force`` replaces it anyway) nor the store.
 
     ``analysis`` is the store (or its directory). ``decoder`` (W_dec) adds Neuronpedia's
     neuron-alignment fields and must fit the store's shape. ``interpretations`` (latent -> explanations
@@ -103,6 +110,7 @@ def build_dashboard(
     store = analysis if isinstance(analysis, AnalysisStore) else AnalysisStore(analysis)
     out_dir = Path(out_dir)
     store.check_pairing(decoder, dictionary_fingerprint)
-    require_replaceable(out_dir, SITE_ENTRIES, "dashboard output", "--out", replaced_by="a rebuild")
-    return replace_directory(out_dir, lambda site: _write_site(store, site, config, decoder, progress,
-                                                               interpretations, dictionary_fingerprint))
+
+    def write(site: Path) -> None:
+        _write_site(store, site, config, decoder, progress, interpretations, dictionary_fingerprint)
+    return write_directory(site_target(out_dir, store.directory, force), write)

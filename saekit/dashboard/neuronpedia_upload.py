@@ -70,7 +70,7 @@ from saekit.dashboard.neuronpedia import (
     source_id,
 )
 from saekit.errors import SaekitError
-from saekit.io import atomic_write, replace_directory, require_replaceable, write_text
+from saekit.io import OutputTarget, atomic_write, write_directory, write_text
 from saekit.render import clean_json
 from saekit.settings import NON_EMPTY, check_rules, setting
 
@@ -350,14 +350,15 @@ def _write_set(out: Path, store: AnalysisStore, decoder: Tensor | None, names: U
 def write_upload_set(
     store: str | Path | AnalysisStore, decoder: Tensor | None, out_dir: str | Path, config: UploadConfig | None = None,
     interpretations: dict[int, dict[str, Any]] | None = None, dictionary_fingerprint: str | None = None,
-    progress: bool = True,
+    progress: bool = True, force: bool = False, inputs: tuple[Path, ...] = (),
 ) -> Path:
     """Write the upload set of ``store`` into ``out_dir`` (replacing an earlier one whole); returns ``out_dir``.
 
     ``decoder`` (the dictionary's ``decoder_directions()``, [width, d]) adds the neuron-alignment fields
     and, with ``config.vectors``, the vectors; it must fit the store. ``interpretations`` (latent ->
     ``autointerp.pipeline.scores_for_dashboard``'s value) adds the explanations. ``dictionary_fingerprint``
-    (of the decoder's dictionary) is checked against the one the store recorded.
+    (of the decoder's dictionary) is checked against the one the store recorded. ``out_dir`` may not
+    hold anything but an earlier upload set (``force`` replaces it anyway), nor the store or ``inputs``.
     """
     config = config or UploadConfig()
     check_rules(config, "neuronpedia upload settings")
@@ -367,6 +368,7 @@ def write_upload_set(
         raise SaekitError(f"analysis store {store.directory} holds no latents; rerun `saekit analyze` with latents")
     names = UploadNames.of(store, config)
     out_dir = Path(out_dir)
-    require_replaceable(out_dir, UPLOAD_ENTRIES, "upload set output", "output directory")
-    return replace_directory(out_dir, lambda tmp: _write_set(tmp, store, decoder, names, config, interpretations or {},
-                                                             dictionary_fingerprint, progress))
+    target = OutputTarget(out_dir, "neuronpedia upload set", flag="OUT", inputs=(store.directory, *inputs),
+                          entries=UPLOAD_ENTRIES, force=force)
+    return write_directory(target, lambda tmp: _write_set(tmp, store, decoder, names, config, interpretations or {},
+                                                          dictionary_fingerprint, progress))

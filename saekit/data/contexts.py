@@ -7,6 +7,7 @@ from itertools import islice
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from saekit.data.document import Document
 from saekit.errors import SaekitError
@@ -107,10 +108,48 @@ def _token_batches(
     for start in range(0, len(order), batch_docs):
         texts = [docs[i].text for i in order[start : start + batch_docs].tolist()]
         stream: list[int] = []
-        for ids in _tokenize(tokenizer, texts):
+        for ids in _tokenize_with_progress(tokenizer, texts):
             stream.extend(ids)
             stream.extend(separator)
         yield stream
+
+
+PROGRESS_CHARS = 2_000_000  # a tokenizer takes seconds for this much text (~0.5 MB/s on one core): show a bar
+
+
+def _tokenize_with_progress(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """``_tokenize``, with a bar over characters when there is much text (a huge .jsonl record, long documents).
+
+    The texts go to the tokenizer in runs of about PROGRESS_CHARS so the bar moves; each document is still
+    tokenized whole, so the tokens are the same. One document is one tokenizer call, so a single huge one
+    (61.5 MB: ~3 minutes) moves the bar only once it is done; the bar says which it is working on.
+    """
+    total = sum(len(text) for text in texts)
+    if total < PROGRESS_CHARS:
+        return _tokenize(tokenizer, texts)
+    encoded: list[list[int]] = []
+    with tqdm(total=total, desc="tokenizing", unit="char", unit_scale=True, leave=False) as bar:
+        for group in _runs_of_chars(texts, PROGRESS_CHARS):
+            chars = sum(len(text) for text in group)
+            if len(group) == 1 and chars >= PROGRESS_CHARS:
+                bar.set_postfix_str(f"one document of {chars:,} characters", refresh=True)
+            encoded.extend(_tokenize(tokenizer, group))
+            bar.update(chars)
+    return encoded
+
+
+def _runs_of_chars(texts: list[str], size: int) -> Iterator[list[str]]:
+    """Consecutive texts in groups of up to ``size`` characters, in order; a longer text is a group of its own."""
+    group: list[str] = []
+    chars = 0
+    for text in texts:
+        if group and chars + len(text) > size:
+            yield group
+            group, chars = [], 0
+        group.append(text)
+        chars += len(text)
+    if group:
+        yield group
 
 
 def _tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:

@@ -13,11 +13,14 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from saekit.data.document import Document
 from saekit.errors import SaekitError
 
 LONG_TEXT_CHARS = 20_000  # a .txt file longer than this is split into chunks ...
 CHUNK_CHARS = 10_000  # ... of about this many characters, on blank-line paragraph boundaries
+READ_PROGRESS_CHARS = 100_000_000  # a .jsonl file this long takes seconds to parse: show a bar over its lines
 
 
 def load_path(path: Path, text_field: str) -> list[Document]:
@@ -83,22 +86,41 @@ def group_pieces(pieces: Iterable[str], size: int) -> list[str]:
     return groups
 
 
+LEADING_WHITESPACE = re.compile(r"\s*")  # what str.lstrip() removes (both use Unicode whitespace)
+
+
 def _paragraph_pieces(text: str, size: int) -> Iterator[str]:
     for para in re.split(r"\n[ \t]*\n", text):
         para = para.strip("\n")
         if not para.strip():
             continue
-        while len(para) > 2 * size:  # no blank lines for a long stretch: cut at whitespace near ``size``
-            cut = max(para.rfind("\n", 0, size), para.rfind(" ", 0, size))
-            cut = cut if cut > size // 2 else size
-            yield para[:cut]
-            para = para[cut:].lstrip()
-        yield para
+        yield from _cut_long(para, size)
+
+
+def _cut_long(para: str, size: int) -> Iterator[str]:
+    """A paragraph longer than ``2 * size`` (no blank lines for a long stretch) cut at whitespace near ``size``.
+
+    It walks an offset instead of re-slicing the rest after each cut: the copy of the rest made every cut
+    was quadratic (a 61.5 MB one-line file took minutes before its first document).
+    """
+    start = 0
+    while len(para) - start > 2 * size:
+        found = max(para.rfind("\n", start, start + size), para.rfind(" ", start, start + size)) - start
+        cut = found if found > size // 2 else size
+        yield para[start:start + cut]
+        start = LEADING_WHITESPACE.match(para, start + cut).end()
+    yield para[start:]
 
 
 def _load_jsonl(path: Path, text_field: str) -> list[Document]:
     docs: list[Document] = []
-    for line_no, line in enumerate(_read_text(path).splitlines(), start=1):
+    text = _read_text(path)
+    # Lines end at "\n" alone: str.splitlines() also splits at U+2028, U+2029 and U+0085, which valid JSON
+    # strings may hold raw, and would cut such a record in two.
+    lines = text.split("\n")
+    bar = tqdm(lines, desc=f"reading {path.name}", unit="line", leave=False, disable=len(text) < READ_PROGRESS_CHARS)
+    for line_no, line in enumerate(bar, start=1):
+        line = line.removesuffix("\r")
         if line.strip():
             docs.append(
                 Document(path.name, f"{path.name}#{line_no}", _jsonl_text(path, line_no, line, text_field))

@@ -14,15 +14,16 @@ decoder-norm constraint, the optional skip connection and decoder orthogonality 
 input scaling into the weights, loss assembly) is shared here.
 
 Each architecture names the one sparsity setting it reads (``SPARSITY_SETTING``: ``k``,
-``l1_coefficient`` or ``l0_coefficient``, all typed fields of :class:`DictionaryConfig`). Other
-settings that only some architectures read live in ``DictionaryConfig.extra``. Each class declares
-the keys it understands with their defaults (``EXTRA_DEFAULTS``); an unknown key is an error, so a
-typo cannot silently train with the default. Keys every architecture accepts:
-
-- ``orthogonality_coefficient`` (0 = off): weight of the mean squared off-diagonal cosine
-  similarity between decoder rows (:func:`saekit.dictionaries.losses.orthogonality_penalty`).
-- ``skip_connection`` (False): add a linear map ``x @ W_skip`` (initialised to zero) to the
-  reconstruction, as in skip transcoders.
+``l1_coefficient`` or ``l0_coefficient``, all typed fields of :class:`DictionaryConfig`). Its other
+settings are its *options*: a frozen dataclass (``Dictionary.OPTIONS``, a subclass of
+:class:`DictionaryOptions`, which holds those every architecture takes) whose fields are declared with
+:func:`saekit.settings.setting` (type, default, allowed range, help). A config states only the options
+the user set, as the ``extra`` object (``--extra KEY=VALUE``, sweep grids, ``dictionary.extra`` in a config
+file: old files stay valid); :func:`resolve_options` is the one place that turns it into the typed
+options, refusing an unknown key, a value of another type or one out of range in one line naming the
+key, so a typo cannot silently train with the default. ``DictionaryConfig.options`` and
+``DictionarySettings.options_for`` call it; a built dictionary keeps the result as ``self.options``.
+``saekit train --help`` lists every architecture's options from the same fields.
 
 State updates inside ``forward`` (BatchTopK's inference threshold, JumpReLU's threshold calibration)
 happen only when the module is in training mode *and* autograd is on (:attr:`Dictionary.learning`),
@@ -31,7 +32,7 @@ so evaluating under ``torch.no_grad()`` never moves them. Call ``.eval()`` for i
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -41,12 +42,7 @@ from torch import Tensor, nn
 from saekit.dictionaries.losses import orthogonality_penalty, squared_error
 from saekit.dictionaries.sparse import SparseLatents
 from saekit.errors import SaekitError
-from saekit.settings import copy_setting, from_dict, setting, to_dict
-
-SHARED_EXTRA_DEFAULTS: dict[str, Any] = {
-    "orthogonality_coefficient": 0.0,
-    "skip_connection": False,
-}
+from saekit.settings import checked_value, copy_setting, flat_index, from_dict, loose_value, setting, to_dict
 
 
 def known_architecture(name: str) -> str | None:
@@ -54,6 +50,49 @@ def known_architecture(name: str) -> str | None:
     from saekit.dictionaries.registry import ARCHITECTURES  # the registry imports this module
 
     return None if name in ARCHITECTURES else f"one of {', '.join(sorted(ARCHITECTURES))}"
+
+
+def architecture_class(name: str) -> type[Dictionary]:
+    """The class registered as ``name``; an unknown name is a one-line error listing the known ones."""
+    from saekit.dictionaries.registry import ARCHITECTURES  # the registry imports this module
+
+    if name not in ARCHITECTURES:
+        raise SaekitError(f"unknown architecture {name!r}; choose one of {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+
+@dataclass(frozen=True)
+class DictionaryOptions:
+    """The options every architecture takes; an architecture with options of its own subclasses this."""
+
+    orthogonality_coefficient: float = setting(
+        0.0, "weight of the decoder orthogonality penalty, the mean squared cosine between different decoder rows "
+        "(0 = off)", minimum=0)
+    skip_connection: bool = setting(False, "add a linear skip path x @ W_skip, initialised to zero, to the "
+                                    "reconstruction (a skip transcoder)")
+
+
+def resolve_options(architecture: str, extra: Mapping[str, Any], layers: int = 1,
+                    width: int | None = None) -> DictionaryOptions:
+    """``architecture``'s typed options from the ``extra`` a config states: the one place they are built.
+
+    Each value is read as :func:`saekit.settings.loose_value` reads it (text as a flag's, 0/1 for a bool,
+    256.0 for 256: what ``--extra`` and sweep grids write, and old config files hold), then checked against
+    its field's type and rule; the architecture then checks the options against the layer count and, once
+    known, the width (``Dictionary.check_shape``). Every refusal is one line naming the key as given.
+    """
+    cls = architecture_class(architecture)
+    specs = flat_index(cls.OPTIONS)
+    unknown = sorted(set(extra) - set(specs))
+    if unknown:
+        raise SaekitError(f"architecture {architecture!r} does not understand extra settings {unknown}; it accepts "
+                          f"{sorted(specs)} (saekit train --help describes them)")
+    values = {key: checked_value(specs[key], loose_value(given, specs[key].annotation),
+                                 f"architecture {architecture!r}: extra setting {key!r}", shown=given)
+              for key, given in extra.items()}
+    options = cls.OPTIONS(**values)
+    cls.check_shape(architecture, options, layers, width)
+    return options
 
 
 @dataclass
@@ -77,7 +116,27 @@ class DictionaryConfig:
         minimum=0)
     l0_coefficient: float = setting(1e-3, "JumpReLU: weight of the mean L0 (reconstruction is ~ FVU at this scale)",
                                     minimum=0)
-    extra: dict[str, Any] = setting(help="architecture-specific settings (see each architecture)", factory=dict)
+    extra: dict[str, Any] = setting(help="the architecture options that were set, by name (the rest keep their "
+                                    "defaults); typed by the architecture's options dataclass (``options``)",
+                                    factory=dict)
+    layers: int = setting(1, "the layers a cross-layer dictionary spans (d_in, d_out and width count all of them); "
+                          "1 for one site", minimum=1)
+
+    def __post_init__(self) -> None:
+        # Dictionaries saved before the layer count was a field state it as extra["layers"], and so do callers
+        # not yet moved to ``layers=``; the count divides sizes everywhere, so a bad one is refused here.
+        extra = dict(self.extra)
+        stated = extra.pop("layers", self.layers)
+        spec = flat_index(DictionaryConfig)["layers"]
+        stated = checked_value(spec, loose_value(stated, int), "dictionary config: layers", shown=stated)
+        if self.layers not in (1, stated):
+            raise SaekitError(f"dictionary config: layers={self.layers} but extra layers={stated}; state it once")
+        self.layers, self.extra = stated, extra
+
+    @property
+    def options(self) -> DictionaryOptions:
+        """The architecture's typed options, checked against this dictionary's layer count and width."""
+        return resolve_options(self.architecture, self.extra, self.layers, self.width)
 
     @property
     def is_transcoder(self) -> bool:
@@ -102,46 +161,42 @@ class DictionarySettings:
     """The ``dictionary`` section of a run config: what to build once the activation widths are known."""
 
     architecture: str = copy_setting(DictionaryConfig, "architecture", default="topk",
-                                     help="relu, gated, gated_rescale, topk, batchtopk or jumprelu")
+                                     help="relu, gated, gated_rescale, topk, batchtopk, jumprelu, "
+                                     "matryoshka_batchtopk, or over a layer range clt_topk, clt_jumprelu, crosscoder "
+                                     "(each one's options are listed below)")
     expansion_factor: int = setting(8, "width = this x the input width, unless width is set", minimum=1)
     width: int | None = copy_setting(DictionaryConfig, "width", default=None,
                                      help="number of latents (overrides expansion_factor)")
     k: int = copy_setting(DictionaryConfig, "k")
     l1_coefficient: float = copy_setting(DictionaryConfig, "l1_coefficient")
     l0_coefficient: float = copy_setting(DictionaryConfig, "l0_coefficient")
-    extra: dict[str, Any] = copy_setting(DictionaryConfig, "extra")
+    extra: dict[str, Any] = copy_setting(DictionaryConfig, "extra", help="an architecture option as KEY=VALUE (repeat "
+                                         "the flag); each architecture's options are listed below")
 
-    def build_config(self, d_in: int, d_out: int | None) -> DictionaryConfig:
-        """The built dictionary's config; ``d_out`` set (even to d_in) makes a transcoder."""
+    def options_for(self, layers: int = 1) -> DictionaryOptions:
+        """The architecture's typed options for a run over ``layers`` layers (checked against the width if set)."""
+        return resolve_options(self.architecture, self.extra, layers, self.width)
+
+    def build_config(self, d_in: int, d_out: int | None, layers: int = 1) -> DictionaryConfig:
+        """The built dictionary's config; ``d_out`` set (even to d_in) makes a transcoder; ``layers`` > 1 a
+        cross-layer one (d_in and d_out then count every layer)."""
         return DictionaryConfig(architecture=self.architecture, d_in=d_in,
                                 width=self.width or self.expansion_factor * d_in, d_out=d_out, k=self.k,
                                 l1_coefficient=self.l1_coefficient, l0_coefficient=self.l0_coefficient,
-                                extra=dict(self.extra))
+                                extra=dict(self.extra), layers=layers)
 
 
 def upgrade_sparsity(data: dict[str, Any]) -> dict[str, Any]:
-    """Older files kept JumpReLU's ``l0_coefficient`` in ``extra``; it is a typed field now."""
+    """Older files kept JumpReLU's ``l0_coefficient`` in ``extra``; it is a typed field now.
+
+    Anything but a JSON object is returned as it is, for the settings loader to refuse in one line."""
+    if not isinstance(data, dict):
+        return data
     extra = data.get("extra")
     if not isinstance(extra, dict) or "l0_coefficient" not in extra:
         return dict(data)
     extra = dict(extra)
     return {**data, "l0_coefficient": extra.pop("l0_coefficient"), "extra": extra}
-
-
-def _extra_kind_problem(value: Any, default: Any) -> str | None:
-    """None when ``value`` is of the kind of ``default`` (a bool, a whole number, a finite number), else that kind.
-
-    Lenient where a sweep grid can only write numbers: 0/1 for a bool, 256.0 for a whole number.
-    """
-    number = not isinstance(value, bool) and (isinstance(value, int) or (isinstance(value, float)
-                                                                        and math.isfinite(value)))
-    if isinstance(default, bool):
-        return None if isinstance(value, bool) or (number and value in (0, 1)) else "true or false"
-    if isinstance(default, int):
-        return None if number and (isinstance(value, int) or value.is_integer()) else "a whole number"
-    if isinstance(default, float):
-        return None if number else "a finite number"
-    return None
 
 
 class DictionaryOutput:
@@ -196,8 +251,9 @@ class DictionaryOutput:
 class Dictionary(nn.Module):
     """Base class: shared parameters, encoding/decoding and loss assembly."""
 
-    EXTRA_DEFAULTS: ClassVar[dict[str, Any]] = {}  # architecture-specific ``extra`` keys and defaults
+    OPTIONS: ClassVar[type[DictionaryOptions]] = DictionaryOptions  # the options this architecture takes
     SPARSITY_SETTING: ClassVar[str] = "l1_coefficient"  # the DictionaryConfig field that sets the sparsity
+    options: DictionaryOptions
 
     @classmethod
     def fixed_l0(cls) -> bool:
@@ -211,7 +267,7 @@ class Dictionary(nn.Module):
         if config.width < 1 or config.d_in < 1 or config.output_dim < 1:
             raise SaekitError(f"dictionary sizes must be positive, got d_in={config.d_in} width={config.width}")
         self.config = config
-        self.options = self.resolve_options(config.architecture, config.extra)
+        self.options = config.options
         direction = torch.randn(config.width, config.output_dim)
         direction = direction / direction.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(direction)
@@ -225,7 +281,7 @@ class Dictionary(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(config.width))
         self.b_dec = nn.Parameter(torch.zeros(config.output_dim))
         # Zero start: the skip transcoder begins as a plain transcoder and learns the linear part.
-        skip = torch.zeros(config.d_in, config.output_dim) if self.options["skip_connection"] else None
+        skip = torch.zeros(config.d_in, config.output_dim) if self.options.skip_connection else None
         self.register_parameter("W_skip", nn.Parameter(skip) if skip is not None else None)
 
     def encoder_init_scale(self) -> float:
@@ -246,26 +302,11 @@ class Dictionary(nn.Module):
         return min(1.0, ratio**0.5 if self.config.is_transcoder else ratio)
 
     @classmethod
-    def resolve_options(cls, architecture: str, extra: dict[str, Any]) -> dict[str, Any]:
-        """The ``extra`` settings with their defaults filled in; an unknown key, or a value of another
-        kind than the key's default (text for a number...), is a one-line error before anything is built."""
-        defaults = {**SHARED_EXTRA_DEFAULTS, **cls.EXTRA_DEFAULTS}
-        unknown = set(extra) - set(defaults)
-        if unknown:
-            raise SaekitError(
-                f"architecture {architecture!r} does not understand extra settings {sorted(unknown)}; "
-                f"it accepts {sorted(defaults)}"
-            )
-        for key, value in extra.items():
-            expected = _extra_kind_problem(value, defaults[key])
-            if expected is not None:
-                raise SaekitError(f"architecture {architecture!r}: extra setting {key!r} must be {expected}, "
-                                  f"got {value!r}")
-        return {**defaults, **extra}
-
-    @classmethod
-    def check_width(cls, options: dict[str, Any], width: int) -> None:
-        """Refuse resolved options that cannot hold at ``width`` (a run config checks this before any work)."""
+    def check_shape(cls, architecture: str, options: DictionaryOptions, layers: int, width: int | None) -> None:
+        """Refuse options that cannot hold over ``layers`` layers at ``width`` latents (None: not known yet; a run
+        config checks again once it is, before any model loads). One site unless the architecture is cross-layer."""
+        if layers != 1:
+            raise SaekitError(f"architecture {architecture!r} reads one site; it cannot span {layers} layers")
 
     # ---- the architecture-specific part -------------------------------------------------------
     def activation(self, pre: Tensor) -> Tensor:
@@ -375,7 +416,7 @@ class Dictionary(nn.Module):
 
     def decoder_losses(self) -> dict[str, Tensor]:
         """Penalties on the decoder alone (currently the optional orthogonality term)."""
-        coefficient = float(self.options["orthogonality_coefficient"])
+        coefficient = self.options.orthogonality_coefficient
         if coefficient <= 0:
             return {}
         return {"orthogonality": coefficient * orthogonality_penalty(self.W_dec)}

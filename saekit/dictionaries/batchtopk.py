@@ -7,8 +7,8 @@ latents depend on the rest of its batch, inference uses a fixed threshold instea
     latents = pre * 1[pre > threshold]         (eval mode; the same for a token alone or in a batch)
 
 ``threshold`` is a buffer (saved with the weights) holding an exponential moving average, over
-training steps, of the smallest activation the batch top-k kept; ``extra["threshold_momentum"]``
-sets the average's decay (the first training step sets it directly). It is updated inside
+training steps, of the smallest activation the batch top-k kept; the option ``threshold_momentum``
+(:class:`BatchTopKOptions`) sets the average's decay (the first training step sets it directly). It is updated inside
 ``forward`` during training (see ``Dictionary.learning``), so the trainer needs no extra call.
 Before any training step it is negative (unset) and eval falls back to per-token TopK.
 
@@ -19,30 +19,37 @@ threshold path stays dense.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from saekit.dictionaries.base import Dictionary, DictionaryConfig, DictionaryOutput
 from saekit.dictionaries.sparse import top_k_over_batch, top_k_over_batch_bounded
-from saekit.dictionaries.topk import TopKDictionary, scatter_top
+from saekit.dictionaries.topk import TopKDictionary, TopKOptions, scatter_top
+from saekit.settings import setting
 
 UNSET = -1.0
+
+
+@dataclass(frozen=True)
+class BatchTopKOptions(TopKOptions):
+    """TopK's options and the decay of the inference threshold's moving average."""
+
+    # The kept minimum drifts as training moves the pre-activations, so the average must forget early steps:
+    # on the default model (blocks.14.resid_post, 97 steps of 2048 tokens, k=32) 0.99 left the threshold at
+    # early values (inference L0 117, FVU 1.08), while 0.9 gave L0 32.4 and FVU 0.566, as batch top-k's 0.568.
+    # 1 would never move it from the first step's value.
+    threshold_momentum: float = setting(
+        0.9, "decay per training step of the moving average of the smallest kept activation, which is the "
+        "inference threshold", minimum=0, below=1)
 
 
 class BatchTopKDictionary(TopKDictionary):
     """TopK over the batch in training, a learned global threshold at inference."""
 
-    EXTRA_DEFAULTS: ClassVar[dict[str, Any]] = {
-        **TopKDictionary.EXTRA_DEFAULTS,
-        # EMA decay of the inference threshold per training step. The kept minimum drifts as training
-        # moves the pre-activations, so the average must forget early steps: on the default model
-        # (blocks.14.resid_post, 97 steps of 2048 tokens, k=32) 0.99 left the threshold at early values
-        # (inference L0 117, FVU 1.08), while 0.9 gave L0 32.4 and FVU 0.566, as batch top-k's 0.568.
-        "threshold_momentum": 0.9,
-    }
-
+    OPTIONS = BatchTopKOptions
+    options: BatchTopKOptions
     threshold: Tensor
 
     def __init__(self, config: DictionaryConfig) -> None:
@@ -107,7 +114,7 @@ class BatchTopKDictionary(TopKDictionary):
             return
         positive = kept > 0
         smallest = torch.where(positive, kept, torch.inf).min().to(self.threshold.dtype)
-        momentum = float(self.options["threshold_momentum"])
+        momentum = self.options.threshold_momentum
         moved = torch.where(self.threshold >= 0, self.threshold * momentum + (1 - momentum) * smallest, smallest)
         self.threshold.copy_(torch.where(positive.any(), moved, self.threshold))
 

@@ -2,8 +2,8 @@
 
 Both take the L layers' activations concatenated, x = [x_0 | ... | x_{L-1}] (each d wide, so
 ``DictionaryConfig.d_in`` = L d; likewise ``d_out``), and their ``width`` counts every latent; the
-layer count is ``extra["layers"]`` (set by the run from its ``layers`` range; 1 = one site, where each
-class is exactly its single-site parent: the tests of every architecture run on it).
+layer count is ``DictionaryConfig.layers`` (set by the run from its ``layers`` range; 1 = one site, where
+each class is exactly its single-site parent, options included: the tests of every architecture run on it).
 
 Cross-layer transcoder (``clt_topk``, ``clt_jumprelu``): width = L m, latents [z_0 | ... | z_{L-1}].
 Layer i's encoder reads only that layer's MLP input; its latents write to the MLP output of layer i
@@ -44,20 +44,18 @@ when the layers' scales agree.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saekit.dictionaries.base import Dictionary, DictionaryConfig, DictionaryOutput
+from saekit.dictionaries.base import Dictionary, DictionaryConfig, DictionaryOptions, DictionaryOutput
 from saekit.dictionaries.jumprelu import JumpReLUDictionary, _JumpReLU, _Step
 from saekit.dictionaries.relu import ReLUDictionary
 from saekit.dictionaries.sparse import SparseLatents, selected_preactivations, top_k_per_token
 from saekit.dictionaries.topk import TopKDictionary, scatter_top
 from saekit.errors import SaekitError
-
-LAYERS_DEFAULT: dict[str, Any] = {"layers": 1}  # the extra key every layered architecture reads
 
 
 def per_layer(scale: float | list[float] | Tensor, layers: int) -> Tensor:
@@ -73,23 +71,34 @@ def per_layer(scale: float | list[float] | Tensor, layers: int) -> Tensor:
 class LayeredDictionary(Dictionary):
     """What the cross-layer dictionaries share: the layer count, per-layer folding and per-layer metrics."""
 
-    # ``extra`` keys whose mechanism assumes one site: refused above one layer.
+    # Options whose mechanism assumes one site: refused (when on) above one layer.
     SINGLE_LAYER_ONLY: ClassVar[tuple[str, ...]] = ()
+    # The sizes that count every layer's share, so must divide by the layer count.
+    LAYERED_SIZES: ClassVar[tuple[str, ...]] = ("d_in", "d_out")
 
     @classmethod
-    def resolve_options(cls, architecture: str, extra: dict[str, Any]) -> dict[str, Any]:
-        options = super().resolve_options(architecture, extra)
-        layers = int(options["layers"])
-        if layers < 1:
-            raise SaekitError(f"architecture {architecture!r}: extra setting 'layers' must be at least 1, got {layers}")
-        used = [key for key in cls.SINGLE_LAYER_ONLY if layers > 1 and options.get(key)]
+    def check_shape(cls, architecture: str, options: DictionaryOptions, layers: int, width: int | None) -> None:
+        used = [name for name in cls.SINGLE_LAYER_ONLY if layers > 1 and getattr(options, name, None)]
         if used:
             raise SaekitError(f"architecture {architecture!r} does not support {used} over several layers")
-        return options
+        if "width" in cls.LAYERED_SIZES and width is not None and width % layers:
+            raise SaekitError(f"width {width} must be a multiple of the {layers} layers "
+                              "(width counts every layer's latents)")
+
+    @classmethod
+    def check_layered_sizes(cls, config: DictionaryConfig) -> None:
+        """Refuse a config whose layered sizes (``LAYERED_SIZES``) do not divide by its layer count."""
+        sizes = {"d_in": config.d_in, "d_out": config.output_dim, "width": config.width}
+        stated = {name: sizes[name] for name in cls.LAYERED_SIZES}
+        if any(size % config.layers for size in stated.values()):
+            *first, last = stated
+            names = f"{', '.join(first)} and {last}"
+            raise SaekitError(f"a {config.layers}-layer {config.architecture} needs {names} divisible by "
+                              f"{config.layers}, got {', '.join(map(str, stated.values()))}")
 
     @property
     def layers(self) -> int:
-        return int(self.options["layers"])
+        return self.config.layers
 
     @property
     def layer_input_width(self) -> int:
@@ -143,12 +152,11 @@ class CrossLayerTranscoder(LayeredDictionary):
     """The CLT layout and forward (module docstring); subclasses choose the activation."""
 
     SINGLE_LAYER_ONLY = ("aux_k", "orthogonality_coefficient")
+    LAYERED_SIZES = ("d_in", "d_out", "width")
 
     def __init__(self, config: DictionaryConfig) -> None:
-        layers = int(self.resolve_options(config.architecture, config.extra)["layers"])
-        if config.d_in % layers or config.output_dim % layers or config.width % layers:
-            raise SaekitError(f"a {layers}-layer {config.architecture} needs d_in, d_out and width divisible by "
-                              f"{layers}, got {config.d_in}, {config.output_dim}, {config.width}")
+        self.check_layered_sizes(config)
+        layers = config.layers
         # The parent builds one layer's shapes (d_in / L, d_out / L, all L m latents); above one layer
         # the decoder, its bias and the skip are then replaced by the packed cross-layer ones.
         super().__init__(replace(config, d_in=config.d_in // layers,
@@ -159,7 +167,7 @@ class CrossLayerTranscoder(LayeredDictionary):
 
     def encoder_init_scale(self) -> float:
         # Called while ``self.config`` is the one-layer config: per layer, m latents read d inputs.
-        latents = self.config.width // int(self.options["layers"])
+        latents = self.config.width // self.config.layers
         return min(1.0, (2 * self.config.d_in / latents) ** (0.5 if self.config.is_transcoder else 1.0))
 
     def _build_cross_layer_decoder(self) -> None:
@@ -176,12 +184,6 @@ class CrossLayerTranscoder(LayeredDictionary):
     @property
     def latents_per_layer(self) -> int:
         return self.config.width // self.layers
-
-    @classmethod
-    def check_width(cls, options: dict[str, Any], width: int) -> None:
-        if width % int(options["layers"]):
-            raise SaekitError(f"width {width} must be a multiple of the {options['layers']} layers "
-                              "(width counts every layer's latents)")
 
     def decoder_block(self, source: int) -> Tensor:
         """[m, (L - source) d_out]: each of layer ``source``'s latents' decoders into layers source..L-1 (a view)."""
@@ -321,8 +323,6 @@ class CrossLayerTopK(CrossLayerTranscoder, TopKDictionary):
     tokens, 2 cores): see ``benchmarks/crosslayer_step.py``.
     """
 
-    EXTRA_DEFAULTS: ClassVar[dict[str, Any]] = {**TopKDictionary.EXTRA_DEFAULTS, **LAYERS_DEFAULT}
-
     def __init__(self, config: DictionaryConfig) -> None:
         super().__init__(config)
         if not 0 < config.k <= self.latents_per_layer:
@@ -405,8 +405,6 @@ class CrossLayerTopK(CrossLayerTranscoder, TopKDictionary):
 class CrossLayerJumpReLU(CrossLayerTranscoder, JumpReLUDictionary):
     """CLT with JumpReLU latents; the L0 penalty is weighted by each latent's summed decoder norms."""
 
-    EXTRA_DEFAULTS: ClassVar[dict[str, Any]] = {**JumpReLUDictionary.EXTRA_DEFAULTS, **LAYERS_DEFAULT}
-
     def layer_activation(self, layer: int, pre: Tensor) -> Tensor:
         latents = self.layer_slice(layer, self.latents_per_layer)
         return _JumpReLU.apply(pre, self.threshold[latents], self.bandwidth)
@@ -419,13 +417,8 @@ class CrossLayerJumpReLU(CrossLayerTranscoder, JumpReLUDictionary):
 class Crosscoder(LayeredDictionary, ReLUDictionary):
     """Acausal crosscoder: the ReLU SAE on the concatenated layers, L1 weighted by summed per-layer decoder norms."""
 
-    EXTRA_DEFAULTS: ClassVar[dict[str, Any]] = {**ReLUDictionary.EXTRA_DEFAULTS, **LAYERS_DEFAULT}
-
     def __init__(self, config: DictionaryConfig) -> None:
-        layers = int(self.resolve_options(config.architecture, config.extra)["layers"])
-        if config.d_in % layers or config.output_dim % layers:
-            raise SaekitError(f"a {layers}-layer crosscoder needs d_in and d_out divisible by {layers}, "
-                              f"got {config.d_in}, {config.output_dim}")
+        self.check_layered_sizes(config)
         super().__init__(config)
 
     def decoder_norms(self) -> Tensor:

@@ -42,12 +42,14 @@ that the measurement happened, so a reloaded or folded dictionary is never re-ca
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from saekit.dictionaries.base import Dictionary, DictionaryConfig
+from saekit.dictionaries.base import Dictionary, DictionaryConfig, DictionaryOptions
+from saekit.settings import setting
 
 
 def _rectangle(pre: Tensor, threshold: Tensor, bandwidth: Tensor) -> Tensor:
@@ -88,14 +90,23 @@ class _Step(torch.autograd.Function):
         return pseudo, -_sum_to_latents(pseudo), None
 
 
+@dataclass(frozen=True)
+class JumpReLUOptions(DictionaryOptions):
+    """Where the thresholds and the bandwidth start, relative to the first batch (see the module docstring)."""
+
+    # Both are scales, so zero (log(0) for the threshold, a kernel of no width) or less is refused.
+    threshold_init_fraction: float = setting(
+        1.0, "initial threshold as a fraction of the RMS pre-activation on the first training batch", above=0)
+    bandwidth_fraction: float = setting(
+        0.5, "width of the straight-through gradients' rectangle kernel, as a fraction of the same RMS", above=0)
+
+
 class JumpReLUDictionary(Dictionary):
     """JumpReLU SAE with an L0 penalty; thresholds and bandwidth calibrated on the first training batch."""
 
     SPARSITY_SETTING = "l0_coefficient"
-    EXTRA_DEFAULTS: ClassVar[dict[str, Any]] = {
-        "threshold_init_fraction": 1.0,  # theta_0 / RMS(pre-activations on the first batch)
-        "bandwidth_fraction": 0.5,  # eps / RMS(pre-activations on the first batch)
-    }
+    OPTIONS = JumpReLUOptions
+    options: JumpReLUOptions
 
     bandwidth: Tensor
     calibrated: Tensor
@@ -103,9 +114,9 @@ class JumpReLUDictionary(Dictionary):
     def __init__(self, config: DictionaryConfig) -> None:
         super().__init__(config)
         nominal_scale = self.encoder_init_scale() * config.d_in**-0.5
-        theta_0 = float(self.options["threshold_init_fraction"]) * nominal_scale
+        theta_0 = self.options.threshold_init_fraction * nominal_scale
         self.log_threshold = nn.Parameter(torch.full((config.width,), math.log(theta_0)))
-        self.register_buffer("bandwidth", torch.tensor(float(self.options["bandwidth_fraction"]) * nominal_scale))
+        self.register_buffer("bandwidth", torch.tensor(self.options.bandwidth_fraction * nominal_scale))
         self.register_buffer("calibrated", torch.tensor(0.0))
 
     @property
@@ -117,8 +128,8 @@ class JumpReLUDictionary(Dictionary):
     def calibrate(self, pre: Tensor) -> None:
         """Set theta_0 and eps relative to the RMS of these pre-activations (see the module docstring)."""
         scale = pre.detach().pow(2).mean().sqrt().clamp_min(1e-12)
-        self.log_threshold.fill_(math.log(float(self.options["threshold_init_fraction"]) * scale.item()))
-        self.bandwidth.fill_(float(self.options["bandwidth_fraction"]) * scale.item())
+        self.log_threshold.fill_(math.log(self.options.threshold_init_fraction * scale.item()))
+        self.bandwidth.fill_(self.options.bandwidth_fraction * scale.item())
         self.calibrated.fill_(1.0)
 
     def activation(self, pre: Tensor) -> Tensor:

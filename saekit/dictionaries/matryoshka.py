@@ -1,8 +1,9 @@
 """Matryoshka BatchTopK dictionary (Bussmann et al., ICML 2025): nested prefixes that each reconstruct.
 
-The latents are split into consecutive groups of sizes ``extra["group_sizes"]`` (summing to the
-width); prefix j is the latents [0, m_j), m_j the sum of the first j + 1 group sizes, so the last
-prefix is the whole dictionary. Every prefix reconstructs the target on its own,
+The latents are split into consecutive groups of sizes ``group_sizes`` (an option of
+:class:`MatryoshkaOptions`, summing to the width); prefix j is the latents [0, m_j), m_j the sum of
+the first j + 1 group sizes, so the last prefix is the whole dictionary. Every prefix reconstructs
+the target on its own,
 
     x_hat_j = z[:, :m_j] @ W_dec[:m_j] + b_dec [+ x @ W_skip]
 
@@ -21,8 +22,8 @@ Default groups (``group_sizes`` unset): five prefixes whose sizes double up to t
 width/16, width/8, width/4, width/2, width (integer division; empty or repeated prefixes of a tiny
 width dropped), i.e. groups [w/16, w/16, w/8, w/4, w/2]. A list of whole numbers (or, from the
 command line, ``--extra=group_sizes=64,64,128,256``) sets them; sizes that are not positive whole
-numbers are refused when the config is checked, sizes that do not sum to the width when the
-dictionary is built (the width is known only then).
+numbers are refused when the options are read, sizes that do not sum to the width as soon as the
+width is known (a run config's, or the one its model gives, before any model loads).
 
 Everything else is :class:`~saekit.dictionaries.batchtopk.BatchTopKDictionary`'s: the batch-level
 top-k selection over all latents (not per group), the inference threshold and its EMA, the sparse
@@ -33,19 +34,18 @@ latents) or from the dense latents.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from itertools import accumulate
-from typing import Any, ClassVar
 
 from torch import Tensor
 
 from saekit.dictionaries.base import DictionaryConfig, DictionaryOutput
-from saekit.dictionaries.batchtopk import BatchTopKDictionary
+from saekit.dictionaries.batchtopk import BatchTopKDictionary, BatchTopKOptions
 from saekit.dictionaries.losses import squared_error
 from saekit.dictionaries.sparse import SparseLatents
 from saekit.errors import SaekitError
+from saekit.settings import setting
 
-GROUP_SIZES = "group_sizes"
 DEFAULT_PREFIXES = 5  # prefixes width/16 ... width when group_sizes is not given
 PREFIX_LOSS = "reconstruction_prefix_{}"
 
@@ -56,71 +56,42 @@ def default_group_sizes(width: int, prefixes: int = DEFAULT_PREFIXES) -> list[in
     return [end - start for start, end in zip([0, *ends[:-1]], ends)]
 
 
-def parse_group_sizes(value: Any, architecture: str = "matryoshka_batchtopk") -> list[int] | None:
-    """``extra["group_sizes"]`` as a list of positive whole numbers (None: the default); else one-line error.
-
-    Accepts a list or tuple of whole numbers (256.0 is 256, as sweep grids write numbers), a single
-    whole number (one group: plain BatchTopK) and the command line's comma-separated text ("64,64,128").
-    """
-    if value is None:
-        return None
-    items = value
-    if isinstance(value, str):
-        items = [part.strip() for part in value.split(",")]
-        try:
-            items = [float(part) for part in items]
-        except ValueError:
-            items = None
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        items = [value]
-    elif not isinstance(value, (list, tuple)):
-        items = None
-    whole = items is not None and len(items) > 0 and all(
-        not isinstance(item, bool) and isinstance(item, (int, float)) and float(item).is_integer() and item > 0
-        for item in items)
-    if not whole:
-        raise SaekitError(
-            f"architecture {architecture!r}: extra setting {GROUP_SIZES!r} must be a list of positive whole "
-            f"numbers summing to the width (e.g. [64, 64, 128, 256] for width 512, or 64,64,128,256 on the "
-            f"command line), or left out for prefixes doubling up to the width; got {value!r}")
-    return [int(item) for item in items]
+def check_group_sizes(sizes: tuple[int, ...], width: int | None, architecture: str = "matryoshka_batchtopk") -> None:
+    """Refuse no sizes, or sizes that do not sum to ``width`` (once known), in one line saying how to fix them."""
+    if sizes and (width is None or sum(sizes) == width):
+        return
+    problem = "is empty" if not sizes else f"{list(sizes)} sums to {sum(sizes)}, not the width {width}"
+    default = "" if width is None else f" ({default_group_sizes(width)})"
+    raise SaekitError(f"architecture {architecture!r}: extra setting 'group_sizes' {problem}; give group sizes that "
+                      f"add up to the width, or leave 'group_sizes' out for prefixes doubling up to the width{default}")
 
 
-def check_group_sizes(sizes: list[int], width: int, architecture: str = "matryoshka_batchtopk") -> list[int]:
-    """``sizes`` if they sum to ``width``, else a one-line error saying how to fix them."""
-    if sum(sizes) != width:
-        raise SaekitError(
-            f"architecture {architecture!r}: extra setting {GROUP_SIZES!r} {sizes} sums to {sum(sizes)}, not "
-            f"the width {width}; give group sizes that add up to the width, or leave {GROUP_SIZES!r} out for "
-            f"prefixes doubling up to the width ({default_group_sizes(width)})")
-    return sizes
+@dataclass(frozen=True)
+class MatryoshkaOptions(BatchTopKOptions):
+    """BatchTopK's options and the nested groups."""
+
+    group_sizes: tuple[int, ...] | None = setting(
+        None, "sizes of the nested latent groups, in order, summing to the width, such as 64,64,128,256 (none: five "
+        "prefixes doubling up to the width)", minimum=1)
 
 
 class MatryoshkaBatchTopKDictionary(BatchTopKDictionary):
     """BatchTopK whose nested latent prefixes each reconstruct the target; the loss sums their errors."""
 
-    EXTRA_DEFAULTS: ClassVar[dict[str, Any]] = {
-        **BatchTopKDictionary.EXTRA_DEFAULTS,
-        GROUP_SIZES: None,  # None: five prefixes doubling up to the width (see the module docstring)
-    }
+    OPTIONS = MatryoshkaOptions
+    options: MatryoshkaOptions
 
     def __init__(self, config: DictionaryConfig) -> None:
         super().__init__(config)
-        sizes = self.options[GROUP_SIZES]
-        self.group_sizes = check_group_sizes(sizes, config.width, config.architecture) if sizes is not None \
-            else default_group_sizes(config.width)
+        sizes = self.options.group_sizes  # already checked against the width (check_shape)
+        self.group_sizes = list(sizes) if sizes is not None else default_group_sizes(config.width)
         self.prefix_ends: list[int] = list(accumulate(self.group_sizes))  # m_0 < m_1 < ... < m_{n-1} = width
 
     @classmethod
-    def resolve_options(cls, architecture: str, extra: dict[str, Any]) -> dict[str, Any]:
-        options = super().resolve_options(architecture, extra)
-        options[GROUP_SIZES] = parse_group_sizes(options[GROUP_SIZES], architecture)
-        return options
-
-    @classmethod
-    def check_width(cls, options: dict[str, Any], width: int) -> None:
-        if options[GROUP_SIZES] is not None:
-            check_group_sizes(options[GROUP_SIZES], width)
+    def check_shape(cls, architecture: str, options: MatryoshkaOptions, layers: int, width: int | None) -> None:
+        super().check_shape(architecture, options, layers, width)
+        if options.group_sizes is not None:
+            check_group_sizes(options.group_sizes, width, architecture)
 
     def prefix_reconstructions(self, x: Tensor, latents: Tensor | SparseLatents) -> list[Tensor]:
         """The reconstructions from the proper prefixes [0, m_j), j < n - 1 (each with b_dec and the skip path)."""

@@ -1,6 +1,6 @@
 """TopK dictionary: keep the k largest pre-activations per token (after ReLU), zero the rest.
 
-Optional auxiliary-K loss (``extra["aux_k"] > 0``) revives dead latents: the main reconstruction's
+Optional auxiliary-K loss (option ``aux_k`` > 0, :class:`TopKOptions`) revives dead latents: the main reconstruction's
 error e = target - reconstruction, with its gradient stopped, is reconstructed from the k_aux largest
 pre-activations among the latents the trainer reports dead (``dead_mask``), decoded WITHOUT the
 decoder bias (the bias belongs to the main reconstruction; e already has it subtracted). The input
@@ -19,14 +19,25 @@ token the dense forward is the cheaper one and is used instead.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from saekit.dictionaries.base import Dictionary, DictionaryOutput
+from saekit.dictionaries.base import Dictionary, DictionaryOptions, DictionaryOutput
 from saekit.dictionaries.losses import squared_error
 from saekit.dictionaries.sparse import SparseLatents, selected_preactivations, top_k_per_token
+from saekit.settings import setting
+
+
+@dataclass(frozen=True)
+class TopKOptions(DictionaryOptions):
+    """The TopK family's options: the auxiliary-K loss that revives dead latents."""
+
+    aux_k: int = setting(0, "auxiliary-K loss: per token, reconstruct the residual error from this many dead latents "
+                         "(0 = off; Gao et al. use about d_in / 2)", minimum=0)
+    aux_k_coefficient: float = setting(1 / 32, "weight of the auxiliary-K loss", minimum=0)
 
 
 def scatter_top(values: Tensor, k: int, dim: int = -1) -> Tensor:
@@ -39,10 +50,8 @@ class TopKDictionary(Dictionary):
     """L0 is fixed at k, so there is no sparsity penalty and no shrinkage."""
 
     SPARSITY_SETTING = "k"
-    EXTRA_DEFAULTS: ClassVar[dict[str, Any]] = {
-        "aux_k": 0,  # dead latents used by the auxiliary loss per token; 0 = off (Gao et al. use ~d_in / 2)
-        "aux_k_coefficient": 1 / 32,
-    }
+    OPTIONS = TopKOptions
+    options: TopKOptions
 
     # The sparse forward pays below this share of active latents per token (measured crossover of the
     # encoder gradient's cost, see saekit.dictionaries.sparse).
@@ -80,10 +89,10 @@ class TopKDictionary(Dictionary):
         self, x: Tensor, target: Tensor, pre: Tensor, latents: Tensor | None, reconstruction: Tensor,
         dead_mask: Tensor | None,
     ) -> dict[str, Tensor]:
-        if int(self.options["aux_k"]) <= 0:
+        if self.options.aux_k <= 0:
             return {}
         loss = self.aux_k_loss(x, target, reconstruction, dead_mask)
-        return {"aux_k": float(self.options["aux_k_coefficient"]) * loss}
+        return {"aux_k": self.options.aux_k_coefficient * loss}
 
     def aux_k_loss(self, x: Tensor, target: Tensor, reconstruction: Tensor, dead_mask: Tensor | None) -> Tensor:
         """Unweighted auxiliary-K loss (see the module docstring); zero without dead latents."""
@@ -93,5 +102,5 @@ class TopKDictionary(Dictionary):
         residual = (target - reconstruction).detach()
         # Only the dead columns are computed: cheaper, and no graph edge to live latents.
         dead_pre = (x - self.b_pre.detach()) @ self.W_enc[:, dead] + self.b_enc[dead]
-        dead_latents = scatter_top(dead_pre, min(int(self.options["aux_k"]), dead.numel()))
+        dead_latents = scatter_top(dead_pre, min(self.options.aux_k, dead.numel()))
         return squared_error(dead_latents @ self.W_dec[dead], residual)

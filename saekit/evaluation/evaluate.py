@@ -21,7 +21,7 @@ from saekit.dictionaries.registry import load_dictionary, read_sites, written_si
 from saekit.errors import SaekitError
 from saekit.evaluation.damage import token_damage
 from saekit.evaluation.effective_compute import LawLike, effective_compute_report, get_law
-from saekit.evaluation.generation import side_by_side
+from saekit.evaluation.generation import ACAUSAL, SideBySide, generation_prompts, side_by_side
 from saekit.evaluation.report import render_report
 from saekit.evaluation.results import EvaluationResults, LossResults
 from saekit.evaluation.splice import (
@@ -31,8 +31,8 @@ from saekit.evaluation.splice import (
     SpliceTarget,
     compare_losses_many,
 )
-from saekit.io import load_tensors, read_json, write_json, write_text
-from saekit.locks import exclusive
+from saekit.io import OutputTarget, claim_output, load_tensors, mark_output, read_json, write_json, write_text
+from saekit.locks import LOCK_FILE, exclusive
 from saekit.models.loading import (
     DEFAULT_MODEL,
     DEFAULT_MODEL_PARAMS,
@@ -43,6 +43,14 @@ from saekit.training.config import TrainConfig
 from saekit.training.run import DICTIONARY_DIR, STATS_FILE, THROUGHPUT_FILE, load_run_config
 
 EVAL_SEED_OFFSET = 1_000_003  # eval contexts use their own document order, independent of training's
+GENERATIONS = 4  # side-by-side generations in a report unless asked otherwise
+
+
+def check_generations(count: int) -> int:
+    """``count`` if it is a number of generations to sample (>= 0); checked before any model loads."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise SaekitError(f"generations must be a whole number >= 0 (0: sample none), got {count!r}")
+    return count
 
 
 def eval_contexts(loaded: LoadedModel, config: TrainConfig, tokens: int) -> Tensor:
@@ -97,7 +105,7 @@ def _batches(contexts: Tensor, batch_size: int, desc: str) -> Iterator[Tensor]:
 
 
 def evaluate_runs(run_dirs: list[Path], loaded: LoadedModel | None = None, eval_tokens: int | None = None,
-                  law: LawLike = "chinchilla", generations: int = 4) -> EvaluationResults:
+                  law: LawLike = "chinchilla", generations: int = GENERATIONS) -> EvaluationResults:
     """Splice the runs' dictionaries jointly (one run: alone) and measure everything.
 
     The held-out contexts come from the first run's corpus split; all runs must share the model.
@@ -115,6 +123,8 @@ def _evaluate_groups(groups: list[list[Path]], loaded: LoadedModel | None, eval_
                      generations: list[int]) -> list[EvaluationResults]:
     """Each group of runs spliced jointly, on the same contexts, sharing the clean and ablation passes."""
     law = get_law(law)  # an unknown law name fails now, not as an error entry after the whole evaluation
+    for count in generations:
+        check_generations(count)
     configs = [load_run_config(d) for group in groups for d in group]
     config = configs[0]
     if len({(c.data.model, c.data.randomize_weights, c.data.randomization_seed) for c in configs}) > 1:
@@ -140,8 +150,7 @@ def _metrics(loaded: LoadedModel, run_dirs: list[Path], targets: list[SpliceTarg
              generations: int) -> EvaluationResults:
     # Read the reconstruction metrics before sampling: generation runs the splice too and would add to them.
     reconstruction = {str(t.write_site): t.metrics.result() for t in targets}
-    causal = all(target.causal for target in targets)  # an acausal splice needs its capture before each forward
-    rows = side_by_side(loaded, targets, seed=config.data.seed)[:generations] if generations and causal else []
+    rows, skipped = _generations(loaded, targets, generations, config.data.seed)
     return EvaluationResults(
         model=loaded.name,
         runs=[str(d) for d in run_dirs],
@@ -155,7 +164,18 @@ def _metrics(loaded: LoadedModel, run_dirs: list[Path], targets: list[SpliceTarg
         token_damage=token_damage(contexts, comparison.token_delta(), loaded.tokenizer),
         effective_compute=_effective_compute(config, losses, law),
         generations=[vars(row) for row in rows],
+        generations_skipped=skipped,
     )
+
+
+def _generations(loaded: LoadedModel, targets: list[SpliceTarget], count: int,
+                 seed: int) -> tuple[list[SideBySide], str | None]:
+    """``count`` side-by-side samples, or none and why not (the report says so instead of an empty section)."""
+    if count == 0:
+        return [], "0 generations requested"
+    if not all(target.causal for target in targets):  # an acausal splice needs its capture before each forward
+        return [], ACAUSAL
+    return side_by_side(loaded, targets, generation_prompts(count), seed=seed), None
 
 
 def _effective_compute(config: TrainConfig, losses: LossResults, law: LawLike) -> dict[str, Any]:
@@ -170,9 +190,10 @@ def _effective_compute(config: TrainConfig, losses: LossResults, law: LawLike) -
 
 
 def evaluate_run(run_dir: str | Path, loaded: LoadedModel | None = None, eval_tokens: int | None = None,
-                 law: LawLike = "chinchilla", generations: int = 4) -> EvaluationResults:
+                 law: LawLike = "chinchilla", generations: int = GENERATIONS) -> EvaluationResults:
     """Evaluate one run and write metrics.json and report.md beside it (holding the run's lock throughout)."""
     run_dir = Path(run_dir)
+    check_generations(generations)
     load_run_config(run_dir)  # a missing run is one line, not a lock directory created for it
     with exclusive(run_dir):
         return write_run_evaluation(run_dir, evaluate_runs([run_dir], loaded, eval_tokens, law, generations))
@@ -194,16 +215,28 @@ def write_evaluation(out_dir: Path, results: EvaluationResults) -> None:
     write_json(out_dir / "metrics.json", results.to_dict())
 
 
+JOINT_ENTRIES = frozenset({"report.md", "metrics.json", LOCK_FILE})  # a joint evaluation's files before records
+
+
 def evaluate_joint(run_dirs: list[Path], out_dir: str | Path, loaded: LoadedModel | None = None,
-                   eval_tokens: int | None = None, law: LawLike = "chinchilla") -> EvaluationResults:
-    """Splice several runs' dictionaries at once, and each alone on the same contexts; write a joint report."""
+                   eval_tokens: int | None = None, law: LawLike = "chinchilla",
+                   generations: int = GENERATIONS, force: bool = False) -> EvaluationResults:
+    """Splice several runs' dictionaries at once, and each alone on the same contexts; write a joint report.
+
+    The joint splice gets ``generations`` side-by-side samples; each run alone gets none. ``out_dir`` may
+    hold an earlier joint evaluation only, unless ``force``.
+    """
     out_dir = Path(out_dir)
+    check_generations(generations)  # before the model loads
+    target = OutputTarget(out_dir, "evaluate", entries=JOINT_ENTRIES, force=force)
+    target.check()
     first = load_run_config(run_dirs[0])
     loaded = loaded or first.data.load_model(first.run.device)
     # One pass over the contexts: the joint splice and each run alone share the clean and ablation passes.
     joint, *alone = _evaluate_groups([run_dirs] + [[d] for d in run_dirs], loaded, eval_tokens, law,
-                                     [4] + [0] * len(run_dirs))
+                                     [generations] + [0] * len(run_dirs))
     joint.alone = {str(d): results for d, results in zip(run_dirs, alone)}
-    with exclusive(out_dir, "evaluation output"):
+    with claim_output(target):
+        mark_output(target)
         write_evaluation(out_dir, joint)
     return joint

@@ -1,18 +1,27 @@
 """The degraded model in words: continuations of the same prompts, clean and spliced, side by side.
 
 Sampling uses the same seed for both, so differences come from the splice and not from chance.
-Generation runs without a KV cache: the splice keeps position 0 (BOS) clean, which needs the whole
-sequence in every forward pass.
+
+Generation uses the model's KV cache: the prompt runs once, then each step runs the new token alone.
+The splice is applied to the positions a forward computes, and only to those: in the prompt's forward
+every position but BOS (which stays clean, as in evaluation), in each later forward the one new
+position. The cached keys and values of earlier positions were computed with the splice in place, so
+this is exactly the uncached generation that re-splices the whole sequence at every step (tested).
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor, nn
 
-from saekit.evaluation.splice import SpliceTarget, spliced_context
+from saekit.errors import SaekitError
+from saekit.evaluation.splice import SpliceTarget
+from saekit.models.hooks import splice, splice_module
 from saekit.models.loading import LoadedModel
 from saekit.render import markdown_table
 
@@ -31,34 +40,103 @@ class SideBySide:
     spliced: str
 
 
+ACAUSAL = ("a crosscoder reads every layer before writing any, so it cannot be spliced into token-by-token "
+           "generation")
+
+
+def _require_causal(targets: Sequence[SpliceTarget]) -> None:
+    if not all(target.causal for target in targets):
+        raise SaekitError(f"{ACAUSAL}; evaluate it with saekit evaluate")
+
+
+@dataclass
+class _Forward:
+    """Where the forward being run starts in the sequence: 0 for the prompt, its cached length after."""
+
+    start: int = 0
+
+
+def _splice_new_positions(target: SpliceTarget, forward: _Forward) -> Callable[[Tensor, Tensor], Tensor]:
+    """``target``'s splice as ``fn(read, original)`` over the positions this forward computes, BOS kept clean."""
+    def replaced(read: Tensor, original: Tensor) -> Tensor:
+        clean = 1 if forward.start == 0 else 0  # BOS is position 0, so only the prompt's forward holds it
+        spliced = target.replace(read[:, clean:], original[:, clean:])
+        return torch.cat([original[:, :clean], spliced.to(original.dtype)], dim=1)
+    return replaced
+
+
+@contextmanager
+def _spliced(loaded: LoadedModel, targets: Sequence[SpliceTarget], forward: _Forward) -> Iterator[None]:
+    """Hooks splicing every target into each forward; none at all for the clean model (no targets)."""
+    adapter = loaded.adapter
+    # SAEs are hooked before transcoders, as in evaluation (splice.py), so a transcoder reading a site an
+    # SAE writes reads the SAE's reconstruction there too.
+    ordered = sorted(targets, key=lambda target: target.read_site != target.write_site)
+    with ExitStack() as stack:
+        for target in ordered:
+            fn = _splice_new_positions(target, forward)
+            if target.read_site == target.write_site:
+                stack.enter_context(splice(adapter, {target.write_site: lambda x, fn=fn: fn(x, x)}))
+            else:
+                stack.enter_context(splice_module(adapter, target.read_site, target.write_site, fn))
+        yield
+
+
+def _model_keywords(model: nn.Module) -> tuple[str, dict[str, int]]:
+    """The KV cache's keyword and output field (``cache`` in transformers 5, ``past_key_values`` before), and
+    ``logits_to_keep=1`` where the model takes it: only the last position is unembedded (49k-wide rows)."""
+    parameters = inspect.signature(model.forward).parameters
+    return ("cache" if "cache" in parameters else "past_key_values",
+            {"logits_to_keep": 1} if "logits_to_keep" in parameters else {})
+
+
+def _next_token(logits: Tensor, temperature: float, generator: torch.Generator) -> int:
+    # On the CPU, so the seeded generator draws the same numbers on every device.
+    logits = logits.float().cpu()
+    if temperature <= 0:
+        return int(logits.argmax())
+    return int(torch.multinomial((logits / temperature).softmax(-1), 1, generator=generator))
+
+
 @torch.no_grad()
-def _sample(loaded: LoadedModel, prompt: str, max_new_tokens: int, temperature: float, seed: int) -> str:
-    ids = loaded.prompt_ids(prompt)[None].to(loaded.device)
+def continuation(loaded: LoadedModel, targets: Sequence[SpliceTarget], prompt: str, max_new_tokens: int = 32,
+                 temperature: float = 0.7, seed: int = 0) -> list[int]:
+    """The sampled token ids after ``prompt`` (ending at EOS if sampled), ``targets`` spliced in (none: clean)."""
+    _require_causal(targets)
     generator = torch.Generator().manual_seed(seed)
-    for _ in range(max_new_tokens):
-        logits = loaded.model(input_ids=ids, use_cache=False).logits[0, -1].float().cpu()
-        if temperature <= 0:
-            next_id = int(logits.argmax())
-        else:
-            next_id = int(torch.multinomial((logits / temperature).softmax(-1), 1, generator=generator))
-        ids = torch.cat([ids, torch.tensor([[next_id]], device=ids.device)], dim=1)
-        if next_id == loaded.eos_token_id:
-            break
-    prompt_length = 1 + len(loaded.tokenizer(prompt, add_special_tokens=False).input_ids)
-    return loaded.tokenizer.decode(ids[0, prompt_length:], skip_special_tokens=True)
+    forward = _Forward()
+    ids = loaded.prompt_ids(prompt)[None].to(loaded.device)
+    cache_name, last_only = _model_keywords(loaded.model)
+    cache = None
+    sampled: list[int] = []
+    with _spliced(loaded, targets, forward):
+        for _ in range(max_new_tokens):
+            output = loaded.model(input_ids=ids, use_cache=True, **{cache_name: cache}, **last_only)
+            cache = getattr(output, cache_name)
+            sampled.append(_next_token(output.logits[0, -1], temperature, generator))
+            if sampled[-1] == loaded.eos_token_id:
+                break
+            forward.start += ids.shape[1]
+            ids = torch.tensor([[sampled[-1]]], device=ids.device)
+    return sampled
+
+
+def generation_prompts(count: int, prompts: Sequence[str] = DEFAULT_PROMPTS) -> list[str]:
+    """``count`` prompts: ``prompts`` in turn, repeated if more are asked for (side_by_side gives each its seed)."""
+    return [prompts[index % len(prompts)] for index in range(count)]
 
 
 def side_by_side(
-    loaded: LoadedModel, targets: list[SpliceTarget], prompts: tuple[str, ...] | list[str] = DEFAULT_PROMPTS,
+    loaded: LoadedModel, targets: list[SpliceTarget], prompts: Sequence[str] = DEFAULT_PROMPTS,
     max_new_tokens: int = 32, temperature: float = 0.7, seed: int = 0,
 ) -> list[SideBySide]:
     """Sample each prompt's continuation from the clean and the spliced model with the same seed."""
+    _require_causal(targets)  # before any sampling, not after the first clean continuation
     results = []
     for index, prompt in enumerate(prompts):
-        texts = []
-        for context in (nullcontext(), spliced_context(loaded, targets)):
-            with context:
-                texts.append(_sample(loaded, prompt, max_new_tokens, temperature, seed + index))
+        texts = [loaded.tokenizer.decode(continuation(loaded, spliced, prompt, max_new_tokens, temperature,
+                                                      seed + index), skip_special_tokens=True)
+                 for spliced in ([], targets)]
         results.append(SideBySide(prompt, *texts))
     return results
 

@@ -110,12 +110,19 @@ def render_report(metrics: EvaluationResults) -> str:
         lines += ["## Where the splice hurts", "", damage_markdown(metrics.token_damage), ""]
     if metrics.training:
         lines += _training_lines(metrics.training, metrics.run)
+    return "\n".join(lines + _generation_lines(metrics)) + "\n"
+
+
+def _generation_lines(metrics: EvaluationResults) -> list[str]:
+    """The side-by-side samples; where none were sampled, why (nothing for metrics that never recorded it)."""
+    heading = ["## The degraded model, side by side", ""]
     if metrics.generations:
         rows = [SideBySide(**row) for row in metrics.generations]
-        lines += ["## The degraded model, side by side", "",
-                  "Same prompts, same sampling seed (temperature 0.7), clean vs spliced:", "",
-                  generations_markdown(rows), ""]
-    return "\n".join(lines) + "\n"
+        return heading + ["Same prompts, same sampling seed (temperature 0.7), clean vs spliced:", "",
+                          generations_markdown(rows), ""]
+    if metrics.generations_skipped:
+        return heading + [f"None sampled: {markdown_inline(metrics.generations_skipped)}.", ""]
+    return []
 
 
 def _cross_layer_lines(run: dict | None) -> list[str]:

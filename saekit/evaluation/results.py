@@ -119,6 +119,9 @@ class EvaluationResults:
     # saekit.evaluation.effective_compute.effective_compute_report, or {"error": why not}
     effective_compute: dict[str, Any] = field(default_factory=dict)
     generations: list[dict[str, Any]] = field(default_factory=list)  # SideBySide rows
+    # Why no generations were sampled (none requested, an acausal splice); absent where some were, and in
+    # metrics written before it was recorded.
+    generations_skipped: str | None = None
     run: dict[str, Any] | None = None  # the run's config.json, for a single-run evaluation
     alone: dict[str, EvaluationResults] = field(default_factory=dict)  # a joint evaluation: each run alone
     # The run's throughput.json (where its last training session's time went), for a single-run evaluation
@@ -131,7 +134,7 @@ class EvaluationResults:
     def to_dict(self) -> dict[str, Any]:
         data = to_dict(self)
         data["alone"] = {run: results.to_dict() for run, results in self.alone.items()}
-        for optional in ("generations", "run", "alone", "training"):  # written only when present, as before
+        for optional in ("generations", "generations_skipped", "run", "alone", "training"):  # only when present
             if not data[optional]:
                 del data[optional]
         return data

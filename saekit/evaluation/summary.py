@@ -26,7 +26,7 @@ from saekit.dictionaries.crosslayer import CrossLayerTranscoder  # noqa: E402
 from saekit.dictionaries.registry import ARCHITECTURES  # noqa: E402
 from saekit.errors import SaekitError  # noqa: E402
 from saekit.evaluation.results import EvaluationResults  # noqa: E402
-from saekit.io import read_json, write_json, write_text  # noqa: E402
+from saekit.io import OutputTarget, claim_output, mark_output, read_json, write_json, write_text  # noqa: E402
 from saekit.models.sites import parse_site  # noqa: E402
 from saekit.render import escape_html, markdown_table, save_png  # noqa: E402
 from saekit.training.config import TrainConfig  # noqa: E402
@@ -234,18 +234,30 @@ def _html(markdown_rows: list[dict[str, Any]], plots: list[Path]) -> str:
             f"<table><tr>{head}</tr>{cells}</table>{images}")
 
 
-def summarize(run_dirs: list[Path], out_dir: str | Path, match_l0: float | None = None) -> dict[str, Any]:
-    """Write the comparison; ``match_l0`` is the L0 to compare at (default: :func:`default_match_l0`)."""
+# What a summary directory held before outputs recorded their writer (a sweep's also holds sweep.json).
+SUMMARY_ENTRIES = frozenset({"summary.json", "summary.md", "summary.html", "delta_ce_by_layer.png", "pareto.png",
+                             "sweep.json"})
+
+
+def summarize(run_dirs: list[Path], out_dir: str | Path, match_l0: float | None = None,
+              force: bool = False) -> dict[str, Any]:
+    """Write the comparison; ``match_l0`` is the L0 to compare at (default: :func:`default_match_l0`).
+
+    ``out_dir`` may hold nothing but an earlier summary unless ``force`` (a sweep's own directory, where
+    its runs live, is written with it)."""
     if not run_dirs:
         raise SaekitError("give at least one evaluated run directory")
     if match_l0 is not None and match_l0 <= 0:
         raise SaekitError(f"--match-l0 must be positive, got {match_l0}")
-    out_dir = Path(out_dir)
+    output = OutputTarget(Path(out_dir), "report", entries=SUMMARY_ENTRIES, force=force)
+    output.check()
     rows = sorted((run_row(Path(d)) for d in run_dirs), key=lambda r: (r["layer"], r["l0"]))
     target = match_l0 if match_l0 is not None else default_match_l0(rows)
     matched = matched_l0(rows, target) if target > 0 else []
-    plots = plot_summary(rows, out_dir, target)
-    write_json(out_dir / "summary.json", {"runs": rows, "matched_l0": matched})
-    write_text(out_dir / "summary.md", _markdown(rows, matched, plots))
-    write_text(out_dir / "summary.html", _html(rows, plots))
+    with claim_output(output) as out_dir:
+        mark_output(output)
+        plots = plot_summary(rows, out_dir, target)
+        write_json(out_dir / "summary.json", {"runs": rows, "matched_l0": matched})
+        write_text(out_dir / "summary.md", _markdown(rows, matched, plots))
+        write_text(out_dir / "summary.html", _html(rows, plots))
     return {"runs": rows, "matched_l0": matched, "plots": [str(p) for p in plots]}

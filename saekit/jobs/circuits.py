@@ -19,12 +19,14 @@ import torch
 from saekit.analysis.store import ANALYSIS_DIR, AnalysisStore, open_run_store, store_exists
 from saekit.autointerp.pipeline import scores_for_dashboard
 from saekit.circuits.attribution import AttributionConfig, attribute
+from saekit.circuits.budget import check_prompt_memory
 from saekit.circuits.graph import Graph, PrunedGraph, prune
 from saekit.circuits.graph_files import write_graph_files
 from saekit.circuits.interventions import (
     Intervention,
     ablation_check,
     check_interventions,
+    check_positions,
     intervened_generation,
     intervened_logits,
 )
@@ -32,7 +34,7 @@ from saekit.circuits.page import FeatureSource
 from saekit.circuits.replacement import ReplacementModel
 from saekit.circuits.transcoders import TranscoderSet, load_model_for, load_transcoders, transcoder_run_dirs
 from saekit.errors import SaekitError
-from saekit.io import write_json, write_text
+from saekit.io import OutputTarget, claim_output, mark_output, write_json, write_text
 from saekit.jobs.dashboard import DASHBOARD_DIR
 from saekit.models.loading import LoadedModel
 from saekit.models.sites import parse_site
@@ -109,23 +111,31 @@ def _report(graph: Graph, pruned: PrunedGraph, checks: list[dict]) -> str:
 
 
 def attribute_prompt(transcoders_path: str | Path, prompt: str, out_dir: str | Path, job: GraphJob | None = None,
-                     loaded: LoadedModel | None = None) -> Path:
-    """Build, prune and check the attribution graph of ``prompt``; write it to ``out_dir``."""
+                     loaded: LoadedModel | None = None, force: bool = False) -> Path:
+    """Build, prune and check the attribution graph of ``prompt``; write it to ``out_dir``.
+
+    ``out_dir`` may hold other graphs this command wrote, and nothing else unless ``force``."""
     job = job or GraphJob()
     if not prompt.strip():
         raise SaekitError("the prompt is empty; give --prompt TEXT")
+    target = OutputTarget(Path(out_dir), "attribute", force=force)
+    target.check()  # before the model loads
     path = Path(transcoders_path)
     transcoders = load_transcoders(path, job.device)
     loaded = loaded or load_model_for(transcoders, job.device)
-    replacement = ReplacementModel(loaded, transcoders, loaded.prompt_ids(prompt))
+    ids = loaded.prompt_ids(prompt)
+    check_prompt_memory(loaded, transcoders, len(ids), job.attribution.batch_size, job.attribution.max_memory_gb)
+    replacement = ReplacementModel(loaded, transcoders, ids)
     graph = attribute(replacement, prompt, job.attribution, str(path))
     pruned = prune(graph, job.node_threshold, job.edge_threshold)
     influence = torch.where(pruned.node_mask[:graph.n_features], pruned.influence[:graph.n_features], -1.0)
     top = influence.argsort(descending=True)[:min(job.check_ablations, graph.n_features)].tolist()
     checks = ablation_check(loaded, transcoders, graph, top) if top else []
-    out = write_graph_files(graph, pruned, out_dir, slug_of(prompt), feature_sources(path, transcoders))
-    write_json(out / "ablations.json", {"target_logits": graph.logit_strings, "checks": checks})
-    write_text(out / "report.md", _report(graph, pruned, checks))
+    with claim_output(target):
+        mark_output(target)
+        out = write_graph_files(graph, pruned, out_dir, slug_of(prompt), feature_sources(path, transcoders))
+        write_json(out / "ablations.json", {"target_logits": graph.logit_strings, "checks": checks})
+        write_text(out / "report.md", _report(graph, pruned, checks))
     return out
 
 
@@ -139,6 +149,7 @@ def steer_prompt(transcoders_path: str | Path, prompt: str, interventions: list[
     check_interventions(transcoders, interventions)  # before the model loads: a typo costs no wait
     loaded = loaded or load_model_for(transcoders, device)
     ids = loaded.prompt_ids(prompt)
+    check_positions(interventions, len(ids))  # before the model runs
     clean = intervened_logits(loaded, transcoders, ids, [])[-1]
     steered = intervened_logits(loaded, transcoders, ids, interventions)[-1]
     tokens = torch.cat([clean.topk(top).indices, steered.topk(top).indices]).unique()

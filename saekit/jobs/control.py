@@ -33,9 +33,7 @@ from saekit.io import read_json, write_json, write_text
 from saekit.models.loading import LoadedModel
 from saekit.render import markdown_inline, markdown_table
 from saekit.training.config import TrainConfig
-from saekit.training.run import CHECKPOINT_FILE, DICTIONARY_DIR, load_run_config, train_run
-
-CONTROL_MARKER = "control.json"
+from saekit.training.run import CHECKPOINT_FILE, CONTROL_MARKER, DICTIONARY_DIR, load_run_config, train_run
 
 
 @dataclass

@@ -10,10 +10,10 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from saekit.analysis.analyze import AnalysisConfig, analyze_run
+from saekit.analysis.analyze import AnalysisConfig, analyze_run, gigabytes, memory_budget
 from saekit.analysis.store import ANALYSIS_DIR, open_run_store, store_exists
 from saekit.autointerp.pipeline import scores_for_dashboard
-from saekit.dashboard.build import MANIFEST, build_dashboard
+from saekit.dashboard.build import MANIFEST, build_dashboard, site_target
 from saekit.dashboard.pages import DashboardConfig
 from saekit.dictionaries.registry import dictionary_fingerprint, load_dictionary
 from saekit.errors import SaekitError
@@ -32,22 +32,40 @@ def run_lock(run_dir: Path) -> AbstractContextManager[None]:
     return exclusive(run_dir)
 
 
+def check_dashboard_memory(run_dir: Path, max_memory_gb: float | None) -> None:
+    """Refuse (one line) a dashboard whose inputs will not fit: the analysis store's tensors and the
+    dictionary are read whole, so their files' sizes are what they take."""
+    store = sum(path.stat().st_size for path in (run_dir / ANALYSIS_DIR).iterdir() if path.is_file())
+    dictionary = sum(path.stat().st_size for path in (run_dir / DICTIONARY_DIR).iterdir() if path.is_file())
+    budget = memory_budget(max_memory_gb)
+    if budget is not None and store + dictionary > budget:
+        raise SaekitError(f"the dashboard would read {gigabytes(store + dictionary)} (the analysis store "
+                          f"{gigabytes(store)}, the dictionary {gigabytes(dictionary)}), over the "
+                          f"{gigabytes(budget)} budget; make a smaller store with `saekit analyze {run_dir} "
+                          "--latents N`, or raise --max-memory-gb")
+
+
 def build_run_dashboard(run_dir: Path, out: Path | None = None, max_latents: int | None = None,
                         loaded: LoadedModel | None = None, config: AnalysisConfig | None = None,
-                        neuronpedia: bool = True) -> Path:
+                        neuronpedia: bool = True, force: bool = False) -> Path:
     """Build ``RUN_DIR/dashboard`` (or ``out``) from the analysis store, analysing first if it is missing.
+
+    ``out`` is checked before the analysis runs: it may hold only an earlier site unless ``force``.
 
     A store made from another dictionary is refused before anything is written. Explanations and
     scores from ``saekit explain`` (``RUN_DIR/autointerp``) are shown when present.
     """
     run_dir = Path(run_dir)
+    out = out or run_dir / DASHBOARD_DIR
+    site_target(out, run_dir / ANALYSIS_DIR, force).check()
     with run_lock(run_dir):
         if not store_exists(run_dir / ANALYSIS_DIR):
-            analyze_run(run_dir, loaded, config)
+            analyze_run(run_dir, loaded, config)  # refuses an analysis over config.max_memory_gb
+        check_dashboard_memory(run_dir, config.max_memory_gb if config is not None else None)
         store = open_run_store(run_dir)
         dictionary, _ = load_dictionary(run_dir / DICTIONARY_DIR)
         dashboard = DashboardConfig(max_latents=max_latents, neuronpedia=neuronpedia)
-        return build_dashboard(store, out or run_dir / DASHBOARD_DIR, dashboard,
+        return build_dashboard(store, out, dashboard, force=force,
                                decoder=dictionary.decoder_directions().detach(),
                                interpretations=scores_for_dashboard(run_dir),
                                dictionary_fingerprint=dictionary_fingerprint(run_dir / DICTIONARY_DIR))

@@ -36,12 +36,12 @@ from saekit.dictionaries.base import Dictionary
 from saekit.dictionaries.formats.detect import READ_FORMATS, read_dictionaries, split_prefix
 from saekit.dictionaries.registry import save_dictionary, written_sites
 from saekit.errors import SaekitError
-from saekit.io import read_json, replace_directory, save_tensors, write_json
+from saekit.io import check_disjoint, read_json, replace_directory, save_tensors, write_json
 from saekit.locks import exclusive
 from saekit.models.loading import DEFAULT_MODEL, LoadedModel, load_model_config, model_sizes
 from saekit.models.sites import parse_site
 from saekit.provenance import fingerprint_files, fingerprint_json
-from saekit.training.config import TrainConfig
+from saekit.training.config import TrainConfig, run_name
 from saekit.training.run import (
     CHECKPOINT_FILE,
     DICTIONARY_DIR,
@@ -96,6 +96,9 @@ def resolve_hub(spec: str) -> Path:
     if repo.count("/") != 1 or not all(repo.split("/")):
         raise SaekitError(f"hf:{spec}: a hub name is hf:OWNER/REPO[:PATH], e.g. hf:google/gemma-scope-2b-pt-res:"
                           "layer_12/width_16k/average_l0_82")
+    if any(part in ("..", ".") for part in subpath.split("/")) or "\\" in subpath:
+        raise SaekitError(f"hf:{spec}: the PATH inside a hub repository may not hold '..' or '.' parts; name a "
+                          "folder of the repository, e.g. layer_12/width_16k")
     patterns = [f"{subpath}/*"] if subpath else None
     # The cache first, so a cached dictionary never touches the network; the hub only when allowed.
     for local_only in (True,) if constants.HF_HUB_OFFLINE else (True, False):
@@ -103,12 +106,26 @@ def resolve_hub(spec: str) -> Path:
             snapshot = Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=local_only))
         except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError):
             continue
-        if (snapshot / subpath).exists():
-            return snapshot / subpath
+        found = snapshot / subpath
+        if found.exists():  # inside the snapshot: PATH has no '..' parts (its files link to the cache's blobs)
+            _require_complete(spec, found, snapshot)
+            return found
     reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub could not be reached"
     include = f" --include '{subpath}/*'" if subpath else ""
     raise SaekitError(f"hf:{spec} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and {reason}; "
                       f"fetch it on a connected machine with `hf download {repo}{include}` and copy the cache over")
+
+
+def _require_complete(spec: str, found: Path, snapshot: Path) -> None:
+    """Refuse a snapshot whose download stopped midway: its files are links to blobs, and a link whose
+    blob is missing, or a blob still ``.incomplete``, means the files on disk are not the repository's."""
+    missing = [p for p in ([found] if found.is_file() else found.rglob("*")) if p.is_symlink() and not p.exists()]
+    partial = list((snapshot.parent.parent / "blobs").glob("*.incomplete"))
+    if missing or partial:
+        repo, _, subpath = spec.partition(":")
+        include = f" --include '{subpath.strip('/')}/*'" if subpath.strip("/") else ""
+        raise SaekitError(f"hf:{spec} is only partly downloaded ({len(missing)} files missing, {len(partial)} "
+                          f"incomplete in the cache); finish it with `hf download {repo}{include}`")
 
 
 def resolve_source(name: str) -> tuple[str | None, Path, str]:
@@ -206,6 +223,8 @@ def _run_name(given: str, path: Path, settings: ImportSettings, fingerprint: str
     A hub name gives its repository and path (``hf:google/gemma-scope-2b-pt-res:layer_12/width_16k`` ->
     ``gemma-scope-2b-pt-res-layer_12-width_16k-<fp>``); a local path its last two components."""
     if settings.name:
+        if (problem := run_name(settings.name)) is not None:
+            raise SaekitError(f"--name: {problem}, got {settings.name!r}")
         return settings.name
     hub = split_hub_name(given)[1]
     parts = hub.split("/", 1)[1].replace(":", "/").split("/") if hub else [path.parent.name, path.name]
@@ -230,6 +249,7 @@ def import_dictionary(name: str, settings: ImportSettings | None = None,
     fingerprint = fingerprint_json({"files": files, "format": fmt, "settings": [settings.model, settings.site,
                                     settings.target_site, settings.stats_tokens], "base": base and base.to_dict()})
     parent = settings.imports_dir / _run_name(given, path, settings, fingerprint)
+    check_disjoint(parent, [path], "--imports-dir")
     planned = []
     sites = [source.get("site") for _, source in found]
     for index, (dictionary, source) in enumerate(found):

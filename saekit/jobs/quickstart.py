@@ -9,6 +9,7 @@ from saekit.evaluation.evaluate import evaluate_run
 from saekit.jobs.dashboard import build_quick_dashboard
 from saekit.locks import LOCK_FILE, exclusive
 from saekit.models.precision import fast_bfloat16
+from saekit.render import plain_text
 from saekit.training.config import TrainConfig
 from saekit.training.run import CHECKPOINT_FILE, train_run
 
@@ -51,6 +52,12 @@ def run_quickstart(runs_dir: str | Path = "runs", name: str = "quickstart", fres
         evaluate_run(run_dir, loaded=loaded)
         build_quick_dashboard(run_dir, loaded, tokens=QUICK_DASHBOARD_TOKENS, max_latents=QUICK_DASHBOARD_LATENTS)
     return run_dir
+
+
+def terminal_report(run_dir: str | Path) -> str:
+    """The run's ``report.md`` as a terminal should show it: plain text, without the markdown escapes that
+    keep data text (corpus snippets, explanations) from becoming markup in the file, which keeps them."""
+    return plain_text((Path(run_dir) / "report.md").read_text(encoding="utf-8"))
 
 
 def _discard_contents(run_dir: Path) -> None:

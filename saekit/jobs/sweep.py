@@ -32,6 +32,6 @@ def run_sweep(base: TrainConfig, grid: str, widths: list[int | None], runs_dir: 
     for run_dir, metrics in zip(run_dirs, evaluate_alternatives(run_dirs, loaded)):
         write_run_evaluation(run_dir, metrics)
     out_dir = Path(runs_dir) / base.name
-    summary = summarize(run_dirs, out_dir, match_l0)
+    summary = summarize(run_dirs, out_dir, match_l0, force=True)  # the sweep's own directory: its runs are there
     write_json(out_dir / "sweep.json", {"base": base.to_dict(), "grid": grid, "widths": widths, **summary})
     return summary

@@ -85,9 +85,26 @@ def _source(spec: str) -> tuple[str, dict]:
     return spec, {}  # a hub id such as "gpt2" or "EleutherAI/pythia-70m"
 
 
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")  # what a directory without safetensors may hold
+
+
+def _require_safetensors(location: str, kwargs: dict) -> None:
+    """Refuse a local model directory whose weights are not safetensors: transformers would unpickle them
+    (a pickle can run code), and saekit never unpickles. Checked before anything loads or is written."""
+    path = Path(location)
+    if "gguf_file" in kwargs or not path.is_dir() or any(path.glob("*.safetensors")):
+        return
+    pickled = sorted({found.name for pattern in PICKLED_WEIGHTS for found in path.glob(pattern)})
+    found = f" (only {', '.join(pickled)})" if pickled else ""
+    raise SaekitError(f"model directory {path} holds no .safetensors weights{found}; saekit reads safetensors only "
+                      "and never unpickles: convert it, e.g. load it in transformers and "
+                      "save_pretrained(DIR, safe_serialization=True)")
+
+
 def check_model_spec(spec: str) -> None:
-    """Fail now (one line) if ``spec`` names a local file or directory that is not there; reads nothing."""
-    _source(spec)
+    """Fail now (one line) if ``spec`` names a local file or directory that is not there, or a directory
+    without safetensors weights; reads no file's contents."""
+    _require_safetensors(*_source(spec))
 
 
 def load_model_config(spec: str = DEFAULT_MODEL) -> PretrainedConfig:
@@ -121,6 +138,16 @@ def model_sizes(config: PretrainedConfig) -> ModelSizes:
     return ModelSizes(int(config.num_hidden_layers), d_model, int(d_mlp))
 
 
+# The default model's sizes, as its config gives them (tests/models/test_loading.py compares): reading a GGUF
+# file's config parses all its metadata (~8 s), too slow for every config validation.
+DEFAULT_MODEL_SIZES = ModelSizes(layers=30, d_model=576, d_mlp=1536)
+
+
+def sizes_of(spec: str) -> ModelSizes:
+    """The sizes of the model ``spec`` names, from its config alone (no weights; the default's are known)."""
+    return DEFAULT_MODEL_SIZES if spec == DEFAULT_MODEL else model_sizes(load_model_config(spec))
+
+
 @torch.no_grad()
 def randomize(model: PreTrainedModel, seed: int) -> None:
     """Re-initialise every weight as at the start of training (the randomized-weights control).
@@ -150,6 +177,7 @@ def load_model(
 ) -> LoadedModel:
     """Load a causal LM for hooking. ``randomize_weights`` re-initialises it (the randomized control)."""
     location, kwargs = _source(spec)
+    _require_safetensors(location, kwargs)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)

@@ -28,10 +28,11 @@ from typing import Any
 import torch
 
 from saekit.activations.spec import ActivationSpec, DataConfig
-from saekit.dictionaries.base import DictionarySettings, upgrade_sparsity
+from saekit.dictionaries.base import DictionaryOptions, DictionarySettings, upgrade_sparsity
 from saekit.dictionaries.registry import ARCHITECTURES, is_cross_layer
 from saekit.errors import SaekitError
 from saekit.io import read_json
+from saekit.models.loading import sizes_of
 from saekit.models.sites import parse_site
 from saekit.settings import (
     NON_EMPTY,
@@ -39,6 +40,7 @@ from saekit.settings import (
     flat_index,
     from_dict,
     from_flat,
+    printable,
     section_names,
     setting,
     to_dict,
@@ -75,7 +77,10 @@ def layer_range(value: str) -> str | None:
 
 
 def run_name(value: str) -> str | None:
-    """A rule check: a relative path below --runs-dir (no '..', no absolute path, no empty part)."""
+    """A rule check: a relative path of printable characters below --runs-dir (no '..', no absolute path, no
+    empty part; '/' nests it, '\\' is refused)."""
+    if (problem := printable(value)) is not None:
+        return problem
     parts = PurePosixPath(value).parts
     if not value.strip() or value.startswith(("/", "~")) or "\\" in value or any(p in ("..", ".") for p in parts) \
             or "//" in value or value.endswith("/"):
@@ -114,7 +119,7 @@ class TrainConfig:
     """Everything a training run needs; saved as ``config.json`` in the run directory."""
 
     name: str = setting("run", "run directory name under --runs-dir (may hold '/')", check=run_name,
-                        invalid=("", "../elsewhere", "/absolute"))
+                        invalid=("", "../elsewhere", "/absolute", "a\nb", "\x1b[31mred"))
     site: str = setting("blocks.14.resid_post", "the input site, blocks.{layer}.{kind}", check=site_name,
                         invalid=("blocks.x.resid_post", "blocks.0.banana"))
     target_site: str | None = setting(None, "a transcoder's target site (e.g. site=mlp_in, target_site=mlp_out)",
@@ -166,20 +171,39 @@ class TrainConfig:
         """Every rule, then what spans fields or needs the machine, before any model loads."""
         check_rules(self)
         dictionary = self.dictionary
-        architecture = ARCHITECTURES[dictionary.architecture]
-        options = architecture.resolve_options(dictionary.architecture, dictionary.extra)
-        if dictionary.width is not None:
-            architecture.check_width(options, dictionary.width)
+        self.check_layers()  # first: its refusal of extra 'layers' says where the layer count comes from
+        options = dictionary.options_for(len(self.layer_numbers))
         if dictionary.width is not None and ARCHITECTURES[dictionary.architecture].fixed_l0() \
                 and dictionary.k > dictionary.width:
             raise SaekitError(f"k={dictionary.k} is more than the width {dictionary.width}; lower k or raise width")
-        self.check_layers()
         if self.total_steps < 1:
             raise SaekitError(f"train_tokens={self.optim.train_tokens} is less than one batch of "
                               f"{self.optim.batch_size}; raise train_tokens or lower batch_size")
         check_device(self.run.device)
         self.data.check_paths()
+        self.check_k_against_model(options)
         return self
+
+    def check_k_against_model(self, options: DictionaryOptions) -> None:
+        """A TopK-family k (and the resolved ``options``) within the width the model gives when no width is set:
+        expansion_factor x the input sites' widths, from the model's config alone (the weights would load only
+        after files exist)."""
+        dictionary = self.dictionary
+        if dictionary.width is not None or not ARCHITECTURES[dictionary.architecture].fixed_l0():
+            return
+        sizes = sizes_of(self.data.model)
+        # parse_site with the layer count: a layer the model lacks is named as that, not as a width.
+        kinds = [parse_site(site, sizes.layers).kind for site in self.sites]
+        inputs = sum(sizes.d_mlp if kind == "mlp_act" else sizes.d_model for kind in kinds[:len(self.input_sites)])
+        width, count = dictionary.expansion_factor * inputs, len(self.layer_numbers)
+        ARCHITECTURES[dictionary.architecture].check_shape(dictionary.architecture, options, count, width)
+        made = f"expansion_factor {dictionary.expansion_factor} x {inputs}, the width of {', '.join(self.input_sites)}"
+        fix = "lower k or raise expansion_factor or width"
+        if self.target_site is not None and self.layers is not None and dictionary.k > width // count:
+            raise SaekitError(f"k={dictionary.k} is more than the {width // count} latents per layer ({made}, over "
+                              f"{count} layers); {fix}")
+        if dictionary.k > width:
+            raise SaekitError(f"k={dictionary.k} is more than the width {width} ({made}); {fix}")
 
     def check_layers(self) -> None:
         """A layer range goes with a cross-layer architecture, and its sites with the range's first layer."""

@@ -34,8 +34,16 @@ from saekit.activations.spec import ActivationSpec
 from saekit.dictionaries.base import Dictionary, DictionaryConfig
 from saekit.dictionaries.registry import build_dictionary, save_dictionary
 from saekit.errors import SaekitError
-from saekit.io import read_json, remove_stale_temporaries, replace_directory, save_tensors, write_json, write_text
-from saekit.locks import exclusive
+from saekit.io import (
+    OutputTarget,
+    read_json,
+    remove_stale_temporaries,
+    replace_directory,
+    save_tensors,
+    write_json,
+    write_text,
+)
+from saekit.locks import LOCK_FILE, exclusive
 from saekit.models.loading import LoadedModel, load_model_config
 from saekit.models.precision import resolve_autocast
 from saekit.models.sites import parse_site
@@ -54,7 +62,11 @@ DENSITY_FILE = "density.jsonl"  # per-checkpoint latent-density snapshots (and t
 STATS_FILE = "activation_stats.safetensors"
 DICTIONARY_DIR = "dictionary"
 THROUGHPUT_FILE = "throughput.json"
-T = TypeVar("T")  # where the last training session's time went
+T = TypeVar("T")
+CONTROL_MARKER = "control.json"  # how a randomized-weights twin (jobs/control.py) was made, written before it trains
+# What a run directory holds before its first checkpoint: a fresh start may overwrite these and nothing else.
+FRESH_RUN_ENTRIES = frozenset({"config.json", LOG_FILE, DENSITY_FILE, THROUGHPUT_FILE, STATS_FILE, LOCK_FILE,
+                               CONTROL_MARKER})
 
 
 def model_loader(config: TrainConfig, loaded: LoadedModel | None = None,
@@ -102,11 +114,9 @@ def dictionary_config(config: TrainConfig, first_chunk: dict[str, Tensor]) -> Di
     """The dictionary to build: widths from the activations (summed over a cross-layer run's layers)."""
     def width(sites: tuple[str, ...]) -> int:
         return sum(first_chunk[site].shape[1] for site in sites)
-    built = config.dictionary.build_config(width(config.input_sites),
-                                           width(config.target_sites) if config.target_sites else None)
-    if config.layers is not None:
-        built.extra = {**built.extra, "layers": len(config.layer_numbers)}
-    return built
+    return config.dictionary.build_config(width(config.input_sites),
+                                          width(config.target_sites) if config.target_sites else None,
+                                          layers=len(config.layer_numbers))
 
 
 class RunState:
@@ -220,6 +230,10 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
         return
     if any((run_dir / name).exists() for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, DICTIONARY_DIR)):
         raise SaekitError(f"run directory {run_dir} already holds a run; pass --resume or choose another --name")
+    foreign = OutputTarget(run_dir, "train", entries=FRESH_RUN_ENTRIES).foreign_entries(run_dir)
+    if foreign:
+        raise SaekitError(f"run directory {run_dir} holds {', '.join(foreign[:5])}, which is not a run's; training "
+                          "would write over it, so choose another --name or --runs-dir")
     write_json(config_path, config.to_dict())
 
 

@@ -3,7 +3,8 @@
 Every grid point shares the base config's data settings, so all dictionaries train from the same
 model forward (and the same activation cache); ``saekit.jobs.sweep`` trains, evaluates and compares
 them. A grid setting is any run setting by its flat name (``k``, ``l1_coefficient``, ``lr``...);
-anything else is an architecture's ``extra`` setting.
+anything else is one of the architecture's options (``aux_k``, ``threshold_init_fraction``...), given
+as ``extra`` and typed and range-checked with the rest of the point's config (``TrainConfig.validate``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def parse_grid(text: str) -> list[tuple[str, dict[str, Any]]]:
     """``"topk:k=16,32;relu:l1_coefficient=1,3"`` -> one (architecture, overrides) per grid point.
 
     Each architecture takes one setting with a list of values (``arch:name=v1,v2``) or none
-    (``arch``). Run settings (by flat name) go there, others into ``extra``.
+    (``arch``). Run settings (by flat name) go there, options into ``extra``.
     """
     points = []
     for part in filter(None, (p.strip() for p in text.split(";"))):

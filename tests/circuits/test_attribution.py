@@ -30,7 +30,7 @@ def _per_layer(skip: bool = False) -> TranscoderSet:
 
 def _clt() -> TranscoderSet:
     torch.manual_seed(1)
-    clt = build_dictionary(DictionaryConfig("clt_topk", 64, 128, d_out=64, k=6, extra={"layers": 2}))
+    clt = build_dictionary(DictionaryConfig("clt_topk", 64, 128, d_out=64, k=6, layers=2))
     return TranscoderSet([0, 1], clt=clt.eval().requires_grad_(False))
 
 

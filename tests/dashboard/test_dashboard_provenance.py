@@ -105,9 +105,11 @@ def test_output_holding_other_files_is_refused(run, tmp_path):
     (out / "notes.txt").write_text("mine")
     with pytest.raises(SaekitError) as err:
         build_run_dashboard(run, out, max_latents=2)
-    assert str(err.value) == (f"dashboard output {out} holds files saekit did not write (notes.txt); a rebuild "
-                              "replaces the whole directory, so choose a new or empty --out, or move them away")
+    assert str(err.value) == (f"--out {out} holds notes.txt, which saekit's dashboard did not write; writing it "
+                              "replaces those, so choose a new or empty directory, or pass --force to replace it")
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    build_run_dashboard(run, out, max_latents=2, force=True)  # deliberately: the user's file goes
+    assert not (out / "notes.txt").exists() and (out / "index.html").is_file()
 
 
 def test_decoder_of_another_shape_is_refused(run, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import shutil
@@ -16,7 +17,7 @@ from saekit.dashboard import neuronpedia_upload
 from saekit.dashboard.neuronpedia import feature_json, neuron_fields
 from saekit.dashboard.neuronpedia_upload import NEURON_COLUMNS, UploadConfig, write_upload_set
 from saekit.errors import SaekitError
-from saekit.io import TEMP_MARK
+from saekit.io import OUTPUT_RECORD, TEMP_MARK
 
 EVIL_TOKEN = "</script><script>document.title='PWNED'</script><b>bold</b>&amp;"
 BATCH = 50  # 128 latents: batches of 50, 50, 28
@@ -174,8 +175,8 @@ def upload(tmp_path_factory, store, decoder, interpretations) -> Path:
 
 def test_every_file_has_the_schema_columns(upload):
     assert sorted(p.name for p in upload.iterdir()) == sorted([
-        "README.md", "activations", "explanation_model_type.jsonl", "explanation_type.jsonl", "explanations",
-        "features", "model.jsonl", "release.jsonl", "source.jsonl", "sourceset.jsonl"])
+        OUTPUT_RECORD, "README.md", "activations", "explanation_model_type.jsonl", "explanation_type.jsonl",
+        "explanations", "features", "model.jsonl", "release.jsonl", "source.jsonl", "sourceset.jsonl"])
     for name, table in METADATA_TABLES.items():
         rows = read_rows(upload / name)
         assert len(rows) == 1
@@ -320,7 +321,7 @@ def _failing_after(count: int, real):
     def write(path, rows):
         calls.append(path)
         if len(calls) > count:
-            raise OSError("disk full")
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, rows)
     return write
 
@@ -329,7 +330,7 @@ def test_a_failed_write_leaves_no_partial_directory(tmp_path, store, decoder, mo
     config = UploadConfig(features_per_batch=BATCH)
     real = neuronpedia_upload._write_jsonl
     monkeypatch.setattr(neuronpedia_upload, "_write_jsonl", _failing_after(6, real))  # fails at features/batch-1
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(SaekitError, match=r"^cannot write .*fresh: no space left on the disk \(.*batch-1"):
         write_upload_set(store, decoder, tmp_path / "fresh", config, progress=False)
     assert list(tmp_path.iterdir()) == []  # neither the set nor its temporary
 
@@ -338,7 +339,7 @@ def test_a_failed_write_leaves_no_partial_directory(tmp_path, store, decoder, mo
                                 progress=False)
     before = {p: p.read_bytes() for p in previous.rglob("*") if p.is_file()}
     monkeypatch.setattr(neuronpedia_upload, "_write_jsonl", _failing_after(6, real))
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(SaekitError, match="no space left on the disk"):
         write_upload_set(store, decoder, previous, config, progress=False)
     assert {p: p.read_bytes() for p in previous.rglob("*") if p.is_file()} == before
     assert not [p for p in tmp_path.iterdir() if TEMP_MARK in p.name]

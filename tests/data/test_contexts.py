@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pytest
 import torch
 
+from saekit.data import contexts
 from saekit.data.contexts import count_tokens, document_order, iter_contexts, take_contexts
 from saekit.data.corpus import Document
 from saekit.errors import SaekitError
@@ -129,3 +130,15 @@ def test_too_small_corpus_and_bad_arguments(docs, tokenizer):
         iter_contexts(docs, tokenizer, 1, BOS, EOS)
     with pytest.raises(SaekitError, match="got 0"):
         take_contexts(iter_contexts([], tokenizer, 8, BOS, EOS), 1)
+
+
+def test_much_text_is_tokenized_under_a_progress_bar_into_the_same_rows(docs, tokenizer, monkeypatch, capsys):
+    """Past PROGRESS_CHARS a batch is tokenized in runs of documents under a bar; the rows do not change."""
+    expected = list(iter_contexts(docs, tokenizer, 17, BOS, EOS, seed=5))
+    assert capsys.readouterr().err == ""  # a small batch shows no bar
+    total = sum(len(doc.text) for doc in docs)
+    monkeypatch.setattr(contexts, "PROGRESS_CHARS", 300)  # several runs, and the longer documents alone
+    rows = list(iter_contexts(docs, tokenizer, 17, BOS, EOS, seed=5))
+    assert torch.equal(torch.stack(rows), torch.stack(expected))
+    err = capsys.readouterr().err
+    assert "tokenizing" in err and f"0.00/{total / 1000:.2f}k" in err, err

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from saekit.data import files
 from saekit.data.corpus import (
     Document,
     corpus_summary,
@@ -270,3 +272,42 @@ def test_hf_without_datasets_says_how_to_install(monkeypatch):
         load_corpus("hf:roneneldan/TinyStories:validation")
     with pytest.raises(SaekitError, match="bad corpus spec"):
         load_corpus("hf:")
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"])
+def test_load_jsonl_keeps_unicode_line_separators_inside_strings(tmp_path: Path, separator: str):
+    # Valid JSON may hold these raw in a string; only "\n" (with an optional "\r" before it) ends a JSONL line.
+    path = tmp_path / "data.jsonl"
+    texts = [f"one{separator}two", "three"]
+    path.write_text("\r\n".join(json.dumps({"text": t}, ensure_ascii=False) for t in texts) + "\r\n", encoding="utf-8")
+    docs = load_corpus(str(path))
+    assert [(d.doc_id, d.text) for d in docs] == [("data.jsonl#1", f"one{separator}two"), ("data.jsonl#2", "three")]
+
+
+def test_a_long_one_line_txt_is_cut_in_linear_time(tmp_path: Path):
+    """40 M characters on one line. Each cut used to copy the rest of the line twice: quadratic, and past 32 MB
+    every copy is a fresh mmap, so this took 125 s (a 61.5 MB line 330 s) before its first document; now ~0.5 s."""
+    sentence = " ".join(f"w{i}" for i in range(997))
+    text = " ".join([sentence] * (40_000_000 // len(sentence)))
+    path = tmp_path / "one-line.txt"
+    path.write_text(text, encoding="utf-8")
+    started = time.perf_counter()
+    docs = load_corpus(str(path))
+    elapsed = time.perf_counter() - started
+    assert elapsed < 5.0, f"reading {len(text):,} characters took {elapsed:.1f} s"
+    # Cut at spaces into pieces of under CHUNK_CHARS (the last up to twice that), grouped by two: nothing lost.
+    pieces = [piece for d in docs for piece in d.text.split("\n\n")]
+    assert " ".join(pieces) == text
+    assert all(9_990 <= len(piece) < 10_000 for piece in pieces[:-1]), sorted(map(len, pieces[:-1]))[::500]
+    assert [d.doc_id for d in docs[:2]] == ["one-line.txt#0", "one-line.txt#1"]
+
+
+def test_a_long_jsonl_is_read_under_a_progress_bar(tmp_path: Path, monkeypatch, capsys):
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(3)), encoding="utf-8")
+    assert [d.text for d in load_corpus(str(path))] == ["doc 0", "doc 1", "doc 2"]
+    assert capsys.readouterr().err == ""  # a short file shows no bar
+    monkeypatch.setattr(files, "READ_PROGRESS_CHARS", 10)
+    assert [d.text for d in load_corpus(str(path))] == ["doc 0", "doc 1", "doc 2"]
+    err = capsys.readouterr().err
+    assert "reading data.jsonl" in err and "0/4" in err, err  # 3 lines and the empty one after the last "\n"

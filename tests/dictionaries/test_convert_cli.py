@@ -87,7 +87,7 @@ def test_clt_run_to_circuit_tracer_and_one_sae_to_saelens_and_sparsify(tmp_path,
     assert main(["convert", str(run), "--to", "saelens", str(tmp_path / "one")]) == 0
     _same(topk, read_saelens(tmp_path / "one")[0], x)
     assert main(["convert", f"saelens:{tmp_path / 'one'}", "--to", "sparsify", str(tmp_path / "sp")]) == 0
-    assert [p.name for p in (tmp_path / "sp").iterdir()] == ["layers.2"]  # sparsify's hookpoint folder
+    assert sorted(p.name for p in (tmp_path / "sp").iterdir()) == [".saekit-output.json", "layers.2"]  # hookpoint
     _same(topk, read_sparsify(tmp_path / "sp" / "layers.2")[0], x)
     assert detect_format(tmp_path / "sp") == "sparsify"
 

@@ -24,12 +24,12 @@ def _layered(name: str, layers: int = 3, d: int = 4, per_layer: int = 6, skip: b
     transcoder = name.startswith("clt_")
     width = per_layer * layers if transcoder else per_layer
     return build_dictionary(DictionaryConfig(name, d * layers, width, d_out=d * layers if transcoder else None,
-                                             extra={"layers": layers, "skip_connection": skip}, **kwargs))
+                                             layers=layers, extra={"skip_connection": skip}, **kwargs))
 
 
 def test_clt_forward_equals_a_hand_computation():
     # Two layers, d = 2, two latents per layer, k = 1 per layer.
-    clt = build_dictionary(DictionaryConfig("clt_topk", 4, 4, d_out=4, k=1, extra={"layers": 2}))
+    clt = build_dictionary(DictionaryConfig("clt_topk", 4, 4, d_out=4, k=1, layers=2))
     with torch.no_grad():
         clt.W_enc.copy_(torch.tensor([[1.0, -1.0, 2.0, 0.0], [0.0, 1.0, 0.0, 1.0]]))
         clt.b_enc.copy_(torch.tensor([0.0, 0.5, -1.0, 0.0]))
@@ -142,11 +142,11 @@ def test_save_load_round_trip_and_non_finite_refusal(name, tmp_path):
 
 def test_bad_layer_settings_are_one_line():
     with pytest.raises(SaekitError, match="divisible by 3"):
-        build_dictionary(DictionaryConfig("clt_topk", 10, 18, d_out=12, k=2, extra={"layers": 3}))
+        build_dictionary(DictionaryConfig("clt_topk", 10, 18, d_out=12, k=2, layers=3))
     with pytest.raises(SaekitError, match="k=7 .per layer."):
-        build_dictionary(DictionaryConfig("clt_topk", 12, 18, d_out=12, k=7, extra={"layers": 3}))
+        build_dictionary(DictionaryConfig("clt_topk", 12, 18, d_out=12, k=7, layers=3))
     with pytest.raises(SaekitError, match=r"does not support \['aux_k'\] over several layers"):
-        build_dictionary(DictionaryConfig("clt_topk", 12, 18, d_out=12, k=2, extra={"layers": 3, "aux_k": 4}))
+        build_dictionary(DictionaryConfig("clt_topk", 12, 18, d_out=12, k=2, layers=3, extra={"aux_k": 4}))
 
 
 # ---- planted features over layers ----------------------------------------------------------------
@@ -181,7 +181,7 @@ def test_clt_recovers_planted_cross_layer_features():
     y = acts[0] @ dec0 + torch.nn.functional.pad(acts[1] @ dec1, (D, 0))
     x, y = x / x.pow(2).sum(-1).mean().sqrt(), y / y.pow(2).sum(-1).mean().sqrt()
     torch.manual_seed(5)  # not the world's seed: the initial decoder would be the truth
-    clt = build_dictionary(DictionaryConfig("clt_topk", 2 * D, 4 * FEATURES, d_out=2 * D, k=4, extra={"layers": 2}))
+    clt = build_dictionary(DictionaryConfig("clt_topk", 2 * D, 4 * FEATURES, d_out=2 * D, k=4, layers=2))
     before = _max_cosine(dec0, clt.decoder_block(0))
     log = fit_dictionary(clt, _batches((x, y)), STEPS, OptimConfig(lr=3e-3, dead_window_tokens=20 * BATCH))
     recovered = _max_cosine(dec0, clt.decoder_block(0))
@@ -199,7 +199,7 @@ def test_crosscoder_recovers_features_shared_across_layers():
     x = x / x.pow(2).sum(-1).mean().sqrt()
     torch.manual_seed(5)
     coder = build_dictionary(DictionaryConfig("crosscoder", 2 * D, 2 * FEATURES, l1_coefficient=0.3,
-                                              extra={"layers": 2}))
+                                              layers=2))
     with torch.no_grad():
         coder.b_dec.copy_(x.mean(0))
     before = _max_cosine(truth, coder.W_dec)

@@ -32,7 +32,7 @@ def dense_reference(dictionary, x: torch.Tensor, target: torch.Tensor | None = N
         if dictionary.learning:  # the inference threshold's EMA of the smallest kept activation
             with torch.no_grad():
                 smallest = latents[latents > 0].min()
-                momentum = dictionary.options["threshold_momentum"]
+                momentum = dictionary.options.threshold_momentum
                 if dictionary.threshold >= 0:
                     smallest = momentum * dictionary.threshold + (1 - momentum) * smallest
                 dictionary.threshold.copy_(smallest)

@@ -76,7 +76,7 @@ def test_conventions_are_carried():
     assert torch.allclose(relu.W_dec.norm(dim=1), torch.ones(128), atol=1e-5)  # as load_dictionary normalises
     assert any("load_dictionary" in note for note in source["notes"])
     matryoshka, _ = read_dictionary_learning(FIXTURES / "matryoshka")
-    assert matryoshka.options["group_sizes"] == [16, 16, 32, 64]
+    assert matryoshka.options.group_sizes == (16, 16, 32, 64)
 
 
 def test_checkpoint_file_and_trainer_folders(tmp_path):

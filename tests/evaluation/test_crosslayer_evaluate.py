@@ -10,6 +10,7 @@ from run_helpers import crosslayer_configs
 
 from saekit.dictionaries.registry import load_dictionary, save_dictionary
 from saekit.evaluation.evaluate import evaluate_run
+from saekit.evaluation.generation import ACAUSAL
 from saekit.evaluation.results import EvaluationResults
 from saekit.io import load_tensors
 from saekit.training.run import train_run
@@ -65,8 +66,11 @@ def test_crosscoder_splices_each_layer_from_the_clean_activations(runs, tiny_loa
     l0 = [rec.l0_mean for rec in metrics.reconstruction.values()]
     assert l0[0] == l0[1] > 0
     assert metrics.generations == []  # acausal: no generation through it
+    assert metrics.generations_skipped == ACAUSAL
     assert metrics.losses.kl_spliced.mean > 0
-    assert "The crosscoder is acausal" in (runs["cc"] / "report.md").read_text()
+    report = (runs["cc"] / "report.md").read_text()
+    assert "The crosscoder is acausal" in report
+    assert "None sampled: a crosscoder reads every layer before writing any, so it cannot be spliced" in report
 
 
 def test_generate_splices_a_clt_and_refuses_a_crosscoder(runs, tiny_model_dir, capsys):

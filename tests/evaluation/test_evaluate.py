@@ -8,6 +8,7 @@ import pytest
 
 from saekit.errors import SaekitError
 from saekit.evaluation.evaluate import evaluate_run
+from saekit.evaluation.generation import DEFAULT_PROMPTS, side_by_side
 from saekit.evaluation.results import EvaluationResults
 from saekit.training.config import TrainConfig
 from saekit.training.run import train_run
@@ -75,6 +76,55 @@ def test_report_has_damage_and_generations(tiny_run, tiny_loaded):
     assert len(metrics.generations) == 2 and metrics.generations[0]["prompt"]
     report = (tiny_run / "report.md").read_text()
     assert "Where the splice hurts" in report and "side by side" in report
+
+
+def test_generations_sample_as_many_as_asked(tiny_run, tiny_loaded, monkeypatch):
+    import saekit.evaluation.evaluate as evaluate
+
+    asked = []
+
+    def recording(loaded, targets, prompts=DEFAULT_PROMPTS, **kwargs):
+        asked.append(list(prompts))
+        return side_by_side(loaded, targets, prompts, max_new_tokens=2, **kwargs)
+
+    monkeypatch.setattr(evaluate, "side_by_side", recording)
+    metrics = evaluate_run(tiny_run, loaded=tiny_loaded, eval_tokens=140, generations=6)
+    # Past the four built-in prompts they repeat, and only the prompts asked for are sampled.
+    assert asked == [list(DEFAULT_PROMPTS) + list(DEFAULT_PROMPTS[:2])]
+    assert [row["prompt"] for row in metrics.generations] == asked[0]
+    assert metrics.generations_skipped is None
+
+
+def test_evaluate_cli_with_no_generations_samples_none_and_says_so(tiny_run, monkeypatch, capsys):
+    import saekit.evaluation.evaluate as evaluate
+    from saekit.cli import main
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("sampled although --generations 0")
+
+    monkeypatch.setattr(evaluate, "side_by_side", refuse)
+    assert main(["evaluate", str(tiny_run), "--eval-tokens", "140", "--generations", "0"]) == 0
+    saved = json.loads((tiny_run / "metrics.json").read_text())
+    assert "generations" not in saved and saved["generations_skipped"] == "0 generations requested"
+    report = (tiny_run / "report.md").read_text()
+    assert "## The degraded model, side by side\n\nNone sampled: 0 generations requested.\n" in report
+
+
+def test_a_negative_generation_count_is_refused_before_any_model_loads(tmp_path, capsys):
+    from saekit.cli import main
+    from saekit.evaluation.evaluate import evaluate_joint
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(tmp_path / "missing"), "--generations", "-1"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "saekit evaluate: error: argument --generations: expected a whole number >= 0, got '-1' "
+        "(see saekit evaluate --help)"]
+    # Through the API too: the count is checked before the runs are read or the model loads.
+    for call in (lambda: evaluate_run(tmp_path / "missing", generations=-1),
+                 lambda: evaluate_joint([tmp_path / "a", tmp_path / "b"], tmp_path / "out", generations=-1)):
+        with pytest.raises(SaekitError, match=r"^generations must be a whole number >= 0 \(0: sample none\), got -1$"):
+            call()
 
 
 def test_joint_evaluation_and_summary(tiny_run, tiny_loaded, tiny_model_dir, tmp_path):

@@ -3,7 +3,14 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaC
 
 from saekit.errors import SaekitError
 from saekit.models.architecture import ArchitectureAdapter
-from saekit.models.loading import load_model, model_sizes
+from saekit.models.loading import (
+    DEFAULT_MODEL_SIZES,
+    ModelSizes,
+    load_model,
+    load_model_config,
+    model_sizes,
+    sizes_of,
+)
 
 
 def test_loads_a_local_directory(tiny_loaded, tiny_model_dir):
@@ -45,3 +52,9 @@ def test_model_sizes_from_the_config_match_the_built_model(config):
     adapter = ArchitectureAdapter(AutoModelForCausalLM.from_config(config))
     sizes = model_sizes(config)
     assert (sizes.layers, sizes.d_model, sizes.d_mlp) == (adapter.n_layers, adapter.d_model, adapter.d_mlp)
+
+
+def test_the_default_model_sizes_are_what_its_config_says():
+    """Config validation takes the default's sizes from DEFAULT_MODEL_SIZES: its GGUF config takes ~8 s to read."""
+    assert model_sizes(load_model_config("default")) == DEFAULT_MODEL_SIZES == ModelSizes(30, 576, 1536)
+    assert sizes_of("default") is DEFAULT_MODEL_SIZES

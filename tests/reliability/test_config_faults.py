@@ -1,8 +1,9 @@
 """Fault injection into configuration, generated from the settings schema: no case here is listed by hand.
 
-Every leaf of :class:`TrainConfig` (``flat_fields``) gets values of the wrong type (derived from its
-annotation) and out-of-range values (from its :class:`~saekit.settings.Rule`), given by CLI flag and by
-``config.json``; every typed option of every subcommand gets garbage. Each must end the same way: a
+Every leaf of :class:`TrainConfig` (``flat_fields``) and every option of every architecture (the fields of
+its options dataclass, given as ``--extra KEY=VALUE`` or ``dictionary.extra``) gets values of the wrong
+type (derived from its annotation) and out-of-range values (from its :class:`~saekit.settings.Rule`), given
+by CLI flag and by ``config.json``; every typed option of every subcommand gets garbage. Each must end the same way: a
 non-zero exit, exactly one line on stderr naming the setting (no traceback), nothing written, and no
 model loaded (the loaders are replaced by ones that fail the test).
 """
@@ -18,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import run_cli
 
 from saekit.cli import build_parser, main
-from saekit.dictionaries.base import SHARED_EXTRA_DEFAULTS
-from saekit.dictionaries.registry import ARCHITECTURES
+from saekit.dictionaries.registry import ARCHITECTURES, is_cross_layer
 from saekit.errors import SaekitError
 from saekit.models import loading
 from saekit.settings import FlatField, flat_fields, json_safe, section_names, type_name
@@ -146,15 +147,6 @@ def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    """``saekit ARGV`` in-process: (exit code, stderr, stdout); argparse's SystemExit becomes the code."""
-    capsys.readouterr()
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.err, captured.out
 
 
 def assert_one_line_refusal(code: int, err: str, out: str) -> str:
@@ -241,9 +233,9 @@ def test_the_cases_cover_every_field():
 
 def test_the_fields_without_a_rule_are_those_where_every_value_of_the_type_is_valid():
     """Which fields may go without a rule is derived, not listed: a bool (both values are fine) and a
-    dict of architecture-specific settings, whose keys and values only the architecture can judge
-    (``resolve_options``; tested below with unknown keys and wrong-typed values). Any other field, say
-    a new int or str, needs a rule; this test fails until it has one.
+    dict of architecture options, whose keys and values only the architecture's options dataclass can
+    judge (``resolve_options``; its fields' faults are generated below). Any other field, say a new int
+    or str, needs a rule; this test fails until it has one.
     """
     without_rule = {f.flat for f in FIELDS if f.rule is None}
     every_value_valid = {f.flat for f in FIELDS if _kinds(f.annotation) == {bool} or _is_dict(f.annotation)}
@@ -318,56 +310,150 @@ def test_an_unknown_key(section, tiny_model_dir, workdir, capsys):
     assert "unknown keys ['no_such_setting']" in line, line
 
 
-# ``extra``: which keys (and value types) are valid depends on the architecture, so the cases come from
-# each architecture's EXTRA_DEFAULTS: a key some other architecture has, a key none has, a known key with
-# a value of another type than its default's.
-def _extra_keys(cls: type) -> dict[str, Any]:
-    return {**SHARED_EXTRA_DEFAULTS, **cls.EXTRA_DEFAULTS}
+# ---- architecture options (``extra``), generated from each architecture's options dataclass ---------
+# Which keys are valid depends on the architecture, so every case names one: a key it does not have, and
+# for each of its options (``ARCHITECTURES[name].OPTIONS``, fields declared with ``settings.setting``)
+# values of the wrong type from the field's annotation and out-of-range values from its rule, given as
+# ``--extra KEY=VALUE`` and as ``dictionary.extra`` in a config file. Options are read leniently where a
+# flag or a sweep grid can write no better (``settings.loose_value``: text as a flag's, 0/1 for a bool, a
+# whole float for an int, one number for a list), so those forms are not faults.
+OPTION_FIELDS = {name: flat_fields(cls.OPTIONS) for name, cls in ARCHITECTURES.items()}
+LAYERED = {"clt_topk": ["--layers=0-1", "--site=blocks.0.mlp_in", "--target-site=blocks.0.mlp_out"],
+           "clt_jumprelu": ["--layers=0-1", "--site=blocks.0.mlp_in", "--target-site=blocks.0.mlp_out"],
+           "crosscoder": ["--layers=0-1", "--site=blocks.0.resid_post"]}
+
+
+def _architecture_flags(name: str) -> list[str]:
+    """A valid command line for the architecture: a cross-layer one needs its range (and a CLT its target)."""
+    assert is_cross_layer(name) == (name in LAYERED), f"give {name} its layer flags in LAYERED"
+    return [f"--architecture={name}", *LAYERED.get(name, [])]
+
+
+def _architecture_config(name: str, tmp: Path, model_dir: Path) -> dict[str, Any]:
+    """``_architecture_flags`` as a config file."""
+    data = _config_dict(tmp, model_dir)
+    data["dictionary"]["architecture"] = name
+    for flag in LAYERED.get(name, []):
+        key, _, value = flag.removeprefix("--").partition("=")
+        data[key.replace("-", "_")] = value
+    return data
+
+
+def _item(annotation: Any) -> Any:
+    """The item type of a list option (``tuple[int, ...]``), else None."""
+    lists = [t for t in _kinds(annotation) if _is_tuple(t)]
+    return typing.get_args(lists[0])[0] if lists else None
+
+
+def wrong_option_texts(spec: FlatField) -> list[str]:
+    """``--extra KEY=TEXT`` texts that are no value of the option's type (a list's: a bad item)."""
+    item = _item(spec.annotation)
+    if item is not None:
+        return ["abc", f"{GOOD_TEXT[item]},abc"] + (["1.5"] if item is int else [])
+    return wrong_flag_texts(spec)
+
+
+def wrong_option_values(spec: FlatField) -> list[Any]:
+    """``dictionary.extra`` JSON values that are no value of the option's type, even read leniently."""
+    values: list[Any] = [] if NONE in _members(spec.annotation) else [None]
+    item = _item(spec.annotation)
+    if item is not None:
+        return values + ["abc", ["abc"], [GOOD_JSON[item], "abc"], {"0": GOOD_JSON[item]}, True, [True]] + \
+            ([[1.5]] if item is int else [])
+    kinds = _kinds(spec.annotation)
+    sample = GOOD_JSON[sorted(kinds, key=str)[0]]
+    values += [[sample], {"value": sample}, "abc"]
+    if bool in kinds:
+        values.append(2)  # 0 and 1 are read as false and true
+    elif kinds & {int, float}:
+        values.append(True)
+    if int in kinds and float not in kinds:
+        values.append(1.5)
+    return values
 
 
 def _foreign_keys(name: str) -> list[str]:
-    others = {key for other in ARCHITECTURES.values() for key in _extra_keys(other)}
-    return sorted(others - set(_extra_keys(ARCHITECTURES[name])))[:1] + ["no_such_key"]
+    own = {spec.flat for spec in OPTION_FIELDS[name]}
+    others = {spec.flat for fields_ in OPTION_FIELDS.values() for spec in fields_}
+    return sorted(others - own)[:1] + ["no_such_key"]
 
 
-def _wrong_extra_value(default: Any) -> Any:
-    return "abc" if not isinstance(default, str) else 1
+UNKNOWN_OPTION_CASES = [pytest.param(name, key, id=f"{name}:{key}") for name in ARCHITECTURES
+                        for key in _foreign_keys(name)]
+WRONG_OPTION_FLAG_CASES = [pytest.param(name, spec, text, id=f"{name}:{spec.flat}={text}")
+                           for name, specs in OPTION_FIELDS.items() for spec in specs
+                           for text in wrong_option_texts(spec)]
+WRONG_OPTION_JSON_CASES = [pytest.param(name, spec, value, id=f"{name}:{spec.flat}={_id(value)}")
+                           for name, specs in OPTION_FIELDS.items() for spec in specs
+                           for value in wrong_option_values(spec)]
+OUT_OF_RANGE_OPTION_CASES = [pytest.param(name, spec, value, id=f"{name}:{spec.flat}={_id(value)}")
+                             for name, specs in OPTION_FIELDS.items() for spec in specs if spec.rule is not None
+                             for value in spec.rule.invalid_examples(spec.annotation)]
 
 
-UNKNOWN_EXTRA_CASES = [pytest.param(name, key, id=f"{name}:{key}")
-                       for name in ARCHITECTURES for key in _foreign_keys(name)]
-WRONG_EXTRA_CASES = [pytest.param(name, key, _wrong_extra_value(default), id=f"{name}:{key}")
-                     for name, cls in ARCHITECTURES.items() for key, default in _extra_keys(cls).items()]
+def test_the_option_cases_cover_every_option_of_every_architecture():
+    every = {(name, spec.flat) for name, specs in OPTION_FIELDS.items() for spec in specs}
+    assert {(p.values[0], p.values[1].flat) for p in WRONG_OPTION_FLAG_CASES} == every
+    assert {(p.values[0], p.values[1].flat) for p in WRONG_OPTION_JSON_CASES} == every
+    # As for the run settings: only a bool may go without a rule, and every rule has values it refuses.
+    assert {(n, s.flat) for n, specs in OPTION_FIELDS.items() for s in specs if s.rule is None} == \
+        {(n, s.flat) for n, specs in OPTION_FIELDS.items() for s in specs if _kinds(s.annotation) == {bool}}
+    assert [s.flat for specs in OPTION_FIELDS.values() for s in specs
+            if s.rule is not None and not s.rule.invalid_examples(s.annotation)] == []
+
+
+@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+def test_each_architectures_base_command_reaches_the_model_loader(architecture, tiny_model_dir, workdir):
+    """The control for the option cases: without the fault, each architecture's command is valid."""
+    with pytest.raises(AssertionError, match="model loaded"):
+        main(["train", *_base_flags(workdir, tiny_model_dir), *_architecture_flags(architecture)])
+    path = workdir / "config.json"
+    path.write_text(json.dumps(_architecture_config(architecture, workdir, tiny_model_dir)))
+    with pytest.raises(AssertionError, match="model loaded"):
+        main(["train", "--config", str(path), "--runs-dir", str(workdir / "runs")])
+
+
+def _option_refusal(architecture: str, key: str, given: Any, by: str, tmp: Path, model_dir: Path, capsys) -> str:
+    """The one line ``saekit train`` prints for option ``key`` given as ``given`` (flag text, or a JSON value)."""
+    if by == "flag":
+        code, err, out = run_cli(["train", *_base_flags(tmp, model_dir), *_architecture_flags(architecture),
+                                  f"--extra={key}={given}"], capsys)
+        line = assert_one_line_refusal(code, err, out)
+        assert _files(tmp) == [], "a refused command wrote files"
+        return line
+    data = _architecture_config(architecture, tmp, model_dir)
+    data["dictionary"]["extra"] = {key: json_safe(given)}
+    return _train_by_file(tmp, data, capsys)
 
 
 @pytest.mark.parametrize("by", ["flag", "file"])
-@pytest.mark.parametrize(("architecture", "key"), UNKNOWN_EXTRA_CASES)
-def test_an_extra_key_the_architecture_does_not_have(architecture, key, by, tiny_model_dir, workdir, capsys):
-    if by == "flag":
-        code, err, out = run_cli(["train", *_base_flags(workdir, tiny_model_dir), f"--architecture={architecture}",
-                                  f"--extra={key}=1"], capsys)
-        line = assert_one_line_refusal(code, err, out)
-        assert _files(workdir) == []
-    else:
-        data = _config_dict(workdir, tiny_model_dir)
-        data["dictionary"].update(architecture=architecture, extra={key: 1})
-        line = _train_by_file(workdir, data, capsys)
-    assert f"does not understand extra settings [{key!r}]" in line and "it accepts" in line, line
+@pytest.mark.parametrize(("architecture", "key"), UNKNOWN_OPTION_CASES)
+def test_an_option_the_architecture_does_not_have(architecture, key, by, tiny_model_dir, workdir, capsys):
+    line = _option_refusal(architecture, key, 1, by, workdir, tiny_model_dir, capsys)
+    assert f"does not understand extra settings [{key!r}]" in line, line
+    assert all(spec.flat in line for spec in OPTION_FIELDS[architecture]), line  # says what it accepts
+
+
+@pytest.mark.parametrize(("architecture", "spec", "text"), WRONG_OPTION_FLAG_CASES)
+def test_an_option_of_the_wrong_type_by_flag(architecture, spec, text, tiny_model_dir, workdir, capsys):
+    line = _option_refusal(architecture, spec.flat, text, "flag", workdir, tiny_model_dir, capsys)
+    assert f"extra setting {spec.flat!r} must be {type_name(spec.annotation)}, got " in line and text in line, line
+
+
+@pytest.mark.parametrize(("architecture", "spec", "value"), WRONG_OPTION_JSON_CASES)
+def test_an_option_of_the_wrong_type_by_config_file(architecture, spec, value, tiny_model_dir, workdir, capsys):
+    line = _option_refusal(architecture, spec.flat, value, "file", workdir, tiny_model_dir, capsys)
+    assert f"extra setting {spec.flat!r} must be {type_name(spec.annotation)}, got {value!r}" in line, line
 
 
 @pytest.mark.parametrize("by", ["flag", "file"])
-@pytest.mark.parametrize(("architecture", "key", "value"), WRONG_EXTRA_CASES)
-def test_an_extra_value_of_the_wrong_type(architecture, key, value, by, tiny_model_dir, workdir, capsys):
-    if by == "flag":
-        code, err, out = run_cli(["train", *_base_flags(workdir, tiny_model_dir), f"--architecture={architecture}",
-                                  f"--extra={key}={value}"], capsys)
-        line = assert_one_line_refusal(code, err, out)
-        assert _files(workdir) == []
-    else:
-        data = _config_dict(workdir, tiny_model_dir)
-        data["dictionary"].update(architecture=architecture, extra={key: value})
-        line = _train_by_file(workdir, data, capsys)
-    assert f"extra setting {key!r} must be " in line and repr(value) in line, line
+@pytest.mark.parametrize(("architecture", "spec", "value"), OUT_OF_RANGE_OPTION_CASES)
+def test_an_option_out_of_range(architecture, spec, value, by, tiny_model_dir, workdir, capsys):
+    allowed = spec.rule.problem(value)
+    assert allowed, f"invalid_examples gave {value!r}, which the rule allows"
+    given = flag_text(value) if by == "flag" else value
+    line = _option_refusal(architecture, spec.flat, given, by, workdir, tiny_model_dir, capsys)
+    assert f"extra setting {spec.flat!r} must be {allowed}, got " in line, line
 
 
 # ---- every typed option of every subcommand --------------------------------------------------------

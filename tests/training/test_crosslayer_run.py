@@ -33,7 +33,7 @@ def test_cli_trains_a_clt_over_two_layers(tiny_loaded, tiny_model_dir, tmp_path)
     assert log[-1]["l0_layer_0"] == log[-1]["l0_layer_1"] == 4  # k per layer
     assert log[-1]["fvu_layer_1"] < log[0]["fvu_layer_1"]
     dictionary, source = load_dictionary(run_dir / "dictionary")
-    assert dictionary.config.extra["layers"] == 2 and dictionary.config.width == 2 * 4 * 32
+    assert dictionary.config.layers == 2 and dictionary.config.width == 2 * 4 * 32
     assert source["sites"] == ["blocks.0.mlp_in", "blocks.1.mlp_in"]
     assert source["target_sites"] == ["blocks.0.mlp_out", "blocks.1.mlp_out"]
     stats = load_tensors(run_dir / "activation_stats.safetensors")

@@ -9,6 +9,9 @@
 - :mod:`.dictionary_learning`: a dictionary_learning trainer folder, ``config.json`` + ``ae.pt`` (read
   only; the state dict through ``torch.load(weights_only=True)``, never a full unpickle).
 
+:mod:`.table` holds the one table of them (how each is detected, read and written); :mod:`.detect` names a
+path's format from it and reads any.
+
 Each reader returns a saekit :class:`~saekit.dictionaries.base.Dictionary` (built through the
 registry) and a ``source`` dict (model, saekit site, target site, notes on conventions).
 """

@@ -71,6 +71,7 @@ from saekit.dictionaries.base import Dictionary, DictionaryConfig
 from saekit.dictionaries.crosslayer import CrossLayerTranscoder
 from saekit.dictionaries.formats.common import PICKLE_SUFFIXES, load_weights
 from saekit.dictionaries.registry import build_dictionary, read_sites, written_sites
+from saekit.dictionaries.validate import check_tensors, stated
 from saekit.errors import SaekitError
 from saekit.io import load_tensors, replace_directory, save_tensors, write_text
 
@@ -145,20 +146,6 @@ def _numbered(path: Path, stem: str) -> int:
     return len(found)
 
 
-def _check(path: Path, tensors: dict[str, Tensor], expected: dict[str, tuple[int, ...]],
-           optional: dict[str, tuple[int, ...]], implied: str) -> None:
-    for name, shape in {**expected, **optional}.items():
-        if name not in tensors:
-            if name in optional:
-                continue
-            raise SaekitError(f"{path} has no tensor {name!r} (found {sorted(tensors)})")
-        if tuple(tensors[name].shape) != shape:
-            raise SaekitError(f"{path}: {name} has shape {tuple(tensors[name].shape)} but {implied} imply {shape}")
-    extra = set(tensors) - set(expected) - set(optional)
-    if extra:
-        raise SaekitError(f"{path} holds tensors circuit-tracer and saekit cannot place: {sorted(extra)}")
-
-
 def _log_threshold(threshold: Tensor, path: Path) -> Tensor:
     threshold = threshold.double()
     if not bool((threshold > 0).all()):
@@ -194,8 +181,9 @@ def read_circuit_tracer_transcoders(directory: str | Path) -> list[tuple[Diction
             if name not in tensors or tensors[name].dim() != 1:
                 raise SaekitError(f"{file} has no 1-d tensor {name!r} (found {sorted(tensors)})")
         m, d = tensors["b_enc"].shape[0], tensors["b_dec"].shape[0]
-        _check(file, tensors, {"W_enc": (m, d), "W_dec": (m, d), "b_enc": (m,), "b_dec": (d,)},
-               {THRESHOLD: (m,), "W_skip": (d, d)}, "b_enc and b_dec")
+        check_tensors(file, tensors, {"W_enc": (m, d), "W_dec": (m, d), "b_enc": (m,), "b_dec": (d,)},
+                      stated("b_enc and b_dec", d_transcoder=m, d_model=d),
+                      optional={THRESHOLD: (m,), "W_skip": (d, d)})
         if width is not None and (m, d) != (width, d_model):
             raise SaekitError(f"{file}: {m} latents of width {d} but layer 0 has {width} of width {d_model} "
                               "(circuit-tracer needs one d_transcoder for every layer)")
@@ -252,18 +240,19 @@ def read_circuit_tracer_clt(directory: str | Path) -> tuple[Dictionary, dict[str
             expected[f"threshold_{layer}"] = (width,)
         if skip:
             expected[f"W_skip_{layer}"] = (d_model, d_model)
-        _check(file, tensors, expected, {}, "layer 0's b_enc_0 and b_dec_0")
+        layer0 = stated("layer 0's b_enc_0 and b_dec_0", d_transcoder=width, d_model=d_model)
+        check_tensors(file, tensors, expected, layer0)
         dec_file = path / f"W_dec_{layer}.safetensors"
         if not dec_file.is_file():
             raise SaekitError(f"{path}: W_dec_{layer}.safetensors is missing")
         dec = load_tensors(dec_file, "circuit-tracer CLT decoder")
-        _check(dec_file, dec, {f"W_dec_{layer}": (width, layers - layer, d_model)}, {},
-               f"{layers} layers and layer 0's b_enc_0 and b_dec_0")
+        check_tensors(dec_file, dec, {f"W_dec_{layer}": (width, layers - layer, d_model)},
+                      f"{layers} layers and {layer0}")
         encoders.append(tensors)
         decoders.append(dec[f"W_dec_{layer}"].double())
-    extra = {"layers": layers, "skip_connection": skip}
     dictionary = build_dictionary(DictionaryConfig(architecture="clt_jumprelu", d_in=layers * d_model,
-                                                   width=layers * width, d_out=layers * d_model, extra=extra))
+                                                   width=layers * width, d_out=layers * d_model, layers=layers,
+                                                   extra={"skip_connection": skip}))
     assert isinstance(dictionary, CrossLayerTranscoder)
     weights = {
         "W_enc": torch.cat([t[f"W_enc_{i}"].double().T for i, t in enumerate(encoders)], dim=1),

@@ -37,20 +37,9 @@ def read_files(directory: str | Path, config_name: str, weights_name: str, what:
     return config, load_tensors(weights, f"{what} weights")
 
 
-def check_shapes(path: Path, tensors: dict[str, Tensor], expected: dict[str, tuple[int, ...]]) -> None:
-    """Every expected tensor present with its shape; one line naming the first disagreement."""
-    for name, shape in expected.items():
-        if name not in tensors:
-            raise SaekitError(f"{path} has no tensor {name!r} (found {sorted(tensors)})")
-        if tuple(tensors[name].shape) != shape:
-            raise SaekitError(f"{path}: {name} has shape {tuple(tensors[name].shape)} but cfg.json implies {shape}")
-    extra = set(tensors) - set(expected)
-    if extra:
-        raise SaekitError(f"{path} holds tensors saekit cannot place: {sorted(extra)}")
-
-
 def load_weights(dictionary: Dictionary, weights: dict[str, Tensor]) -> Dictionary:
-    """Copy weights into a built dictionary exactly (no decoder renormalisation)."""
+    """Copy weights into a built dictionary exactly (no decoder renormalisation); the readers have checked the
+    raw tensors (``validate.check_tensors``), so this cast is only between float dtypes."""
     with torch.no_grad():
         for name, value in weights.items():
             parameter = getattr(dictionary, name)
@@ -87,3 +76,11 @@ def site_to_saelens_hook(site: Any) -> str:
     if match is None or match.group(2) not in _SAEKIT_TO_HOOK:
         raise SaekitError(f"site {site!r} has no SAELens hook name")
     return f"blocks.{match.group(1)}.{_SAEKIT_TO_HOOK[match.group(2)]}"
+
+
+def site_layer(site: Any) -> int:
+    """The layer of a saekit site name ``blocks.N.<kind>`` (a writer ordering per-layer dictionaries)."""
+    match = re.fullmatch(r"blocks\.(\d+)\.\w+", site) if isinstance(site, str) else None
+    if match is None:
+        raise SaekitError(f"unknown site {site!r}; use blocks.<layer>.<kind>")
+    return int(match.group(1))

@@ -51,6 +51,7 @@ from torch import Tensor
 from saekit.dictionaries.base import Dictionary, DictionaryConfig
 from saekit.dictionaries.formats.common import PICKLE_SUFFIXES, load_weights
 from saekit.dictionaries.registry import build_dictionary
+from saekit.dictionaries.validate import check_tensors, stated
 from saekit.errors import SaekitError
 from saekit.io import read_json
 
@@ -63,6 +64,7 @@ TRAINER_CLASSES = {  # for a config that names only its trainer
     "TopKTrainer": "AutoEncoderTopK", "BatchTopKTrainer": "BatchTopKSAE",
     "MatryoshkaBatchTopKTrainer": "MatryoshkaBatchTopKSAE", "JumpReluTrainer": "JumpReluAutoEncoder",
 }
+COUNTS = ("k", "group_sizes")  # the state dicts' integer tensors
 _SITE_KINDS = ("resid_pre", "attn_out", "mlp_in", "mlp_act", "mlp_out", "resid_post")  # saekit.models.sites
 _SUBMODULE = re.compile(rf"({'|'.join(_SITE_KINDS)})_layer_(\d+)")
 _SITE = re.compile(rf"blocks\.\d+\.({'|'.join(_SITE_KINDS)})")
@@ -151,18 +153,6 @@ def _positive_int(config: dict[str, Any], key: str, file: Path) -> int:
     return value
 
 
-def _check_shapes(file: Path, tensors: dict[str, Tensor], expected: dict[str, tuple[int, ...]], config: Path) -> None:
-    for name, shape in expected.items():
-        if name not in tensors:
-            raise SaekitError(f"{file} has no tensor {name!r} (found {sorted(tensors)})")
-        if tuple(tensors[name].shape) != shape:
-            raise SaekitError(f"{file}: {name} has shape {tuple(tensors[name].shape)} but {config.name} implies "
-                              f"{shape}")
-    extra = set(tensors) - set(expected)
-    if extra:
-        raise SaekitError(f"{file} holds tensors saekit cannot place: {sorted(extra)}")
-
-
 def _stored_k(tensors: dict[str, Tensor], trainer: dict[str, Any], file: Path) -> int:
     k = int(tensors["k"])
     if "k" in trainer and trainer["k"] != k:
@@ -242,7 +232,8 @@ def _gated(t: dict[str, Tensor], file: Path) -> _Mapped:
     return _Mapped("gated", weights, notes=["gate_bias read as b_enc, mag_bias as b_mag"])
 
 
-def _expected_shapes(dict_class: str, d: int, f: int, tensors: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(dict_class: str, d: int, f: int, tensors: dict[str, Tensor],
+                     trainer: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     linear = {"encoder.weight": (f, d), "decoder.weight": (d, f)}
     if dict_class == "AutoEncoder":
         return {**linear, "encoder.bias": (f,), "bias": (d,)}
@@ -253,8 +244,10 @@ def _expected_shapes(dict_class: str, d: int, f: int, tensors: dict[str, Tensor]
     plain = {"W_enc": (d, f), "b_enc": (f,), "W_dec": (f, d), "b_dec": (d,)}
     if dict_class == "JumpReluAutoEncoder":
         return {**plain, "threshold": (f,)}
-    groups = tensors.get("group_sizes")  # MatryoshkaBatchTopKSAE: one entry per group
-    return {**plain, "k": (), "threshold": (), "group_sizes": (groups.numel() if groups is not None else 0,)}
+    # MatryoshkaBatchTopKSAE: one entry per group, as many as config.json lists (else as the state dict holds).
+    stated_groups, groups = trainer.get("group_sizes"), tensors.get("group_sizes")
+    count = len(stated_groups) if isinstance(stated_groups, list) else groups.numel() if groups is not None else 0
+    return {**plain, "k": (), "threshold": (), "group_sizes": (count,)}
 
 
 def _map(dict_class: str, tensors: dict[str, Tensor], trainer: dict[str, Any], file: Path) -> _Mapped:
@@ -309,7 +302,8 @@ def read_dictionary_learning(directory: str | Path, site: str | None = None) -> 
     dict_class = _dict_class(trainer, config_file)
     d, f = _positive_int(trainer, "activation_dim", config_file), _positive_int(trainer, "dict_size", config_file)
     tensors = load_state_dict(weights_file)
-    _check_shapes(weights_file, tensors, _expected_shapes(dict_class, d, f, tensors), config_file)
+    check_tensors(weights_file, tensors, _expected_shapes(dict_class, d, f, tensors, trainer),
+                  stated(config_file.name, activation_dim=d, dict_size=f), counts=COUNTS)
     # Every fold and normalisation in float64 (a bf16 state dict included); copied into float32 at the end.
     tensors = {name: value.double() if value.is_floating_point() else value for name, value in tensors.items()}
     mapped = _map(dict_class, tensors, trainer, weights_file)

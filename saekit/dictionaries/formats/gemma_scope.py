@@ -46,8 +46,9 @@ import numpy as np
 import torch
 
 from saekit.dictionaries.base import Dictionary, DictionaryConfig
-from saekit.dictionaries.formats.common import PICKLE_SUFFIXES, check_shapes, load_weights
+from saekit.dictionaries.formats.common import PICKLE_SUFFIXES, load_weights
 from saekit.dictionaries.registry import build_dictionary
+from saekit.dictionaries.validate import check_tensors, stated
 from saekit.errors import SaekitError
 from saekit.io import load_tensors, read_json
 
@@ -125,21 +126,31 @@ def _notes(transcoder: bool) -> list[str]:
     return [*centring, "decoder rows kept at their stored (non-unit) norms"]
 
 
+def _scope1_name(name: str) -> str:
+    """SAELens's spelling of a Gemma Scope 1 array name (``w_enc`` -> ``W_enc``)."""
+    return "W_" + name[2:] if name.startswith("w_") else name
+
+
 def _read_scope1(file: Path, site: str | None, model: str | None) -> tuple[Dictionary, dict[str, Any]]:
     path_model, path_site = site_from_path(file)
     site, model = site or path_site, model or path_model
     if site is None:
         raise SaekitError(f"{file}: the path names no Gemma Scope layer and kind (layer_N under "
                           "gemma-scope-*-res, -mlp or -transcoders); give the site")
-    tensors = {("W_" + name[2:] if name.startswith("w_") else name): value
-               for name, value in _drop_unit_scaling(file, _load_npz(file)).items()}
-    if "W_enc" not in tensors or tensors["W_enc"].ndim != 2:
-        raise SaekitError(f"{file} has no 2-D W_enc: not a Gemma Scope SAE (found {sorted(tensors)})")
-    d_in, width = tensors["W_enc"].shape
+    raw = _load_npz(file)
+    named = {_scope1_name(name): name for name in raw}  # ours -> the file's
+    if "W_enc" not in named or raw[named["W_enc"]].ndim != 2:
+        raise SaekitError(f"{file} has no 2-D W_enc: not a Gemma Scope SAE (found {sorted(raw)})")
+    d_in, width = raw[named["W_enc"]].shape
     transcoder = re.search(r"gemma-scope-\d+b-(pt|it)-transcoders", file.as_posix()) is not None
-    d_out = tensors["W_dec"].shape[-1] if transcoder and "W_dec" in tensors else d_in
-    check_shapes(file, tensors, {"W_enc": (d_in, width), "b_enc": (width,), "W_dec": (width, d_out),
-                                 "b_dec": (d_out,), "threshold": (width,)})
+    d_out = raw[named["W_dec"]].shape[-1] if transcoder and "W_dec" in named else d_in
+    shapes = {"W_enc": (d_in, width), "b_enc": (width,), "W_dec": (width, d_out), "b_dec": (d_out,),
+              "threshold": (width,)}
+    sizes_from = [named["W_enc"], *([named["W_dec"]] if transcoder and "W_dec" in named else [])]
+    basis = stated(", ".join(sizes_from), d_in=d_in, width=width, d_out=d_out if transcoder else None)
+    check_tensors(file, raw, {named.get(ours, ours): shape for ours, shape in shapes.items()}, basis,
+                  optional={"scaling_factor": (width,)})
+    tensors = {_scope1_name(name): value for name, value in _drop_unit_scaling(file, raw).items()}
     dictionary = _jumprelu(file, {name: value.double() for name, value in tensors.items()}, transcoder)
     target = re.sub(r"\.[a-z_]+$", ".mlp_out", site) if transcoder else None
     return dictionary, {"model": model, "site": site, "target_site": target, "format": "gemma-scope",
@@ -176,6 +187,15 @@ def scope2_sites(file: Path) -> tuple[str, str | None]:
     return site, (f"blocks.{layer.group(1)}.mlp_out" if kind.group(1) == "transcoder" else None)
 
 
+def _stated_width(config: dict[str, Any], config_file: Path, found: int) -> int:
+    """The latent count config.json states (the weights are checked against it), or ``found`` where it states none."""
+    width = config.get("width", found)
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise SaekitError(f"{config_file}: width must be the dictionary's latent count, a positive integer; got "
+                          f"{width!r}")
+    return width
+
+
 def _read_scope2(file: Path) -> tuple[Dictionary, dict[str, Any]]:
     config_file = file.parent / CONFIG_FILE
     config = read_json(config_file, "Gemma Scope 2 config") if config_file.is_file() else {}
@@ -185,10 +205,10 @@ def _read_scope2(file: Path) -> tuple[Dictionary, dict[str, Any]]:
         raise SaekitError(f"{config_file}: architecture {config['architecture']!r} is not Gemma Scope 2's jump_relu")
     site, target = scope2_sites(file)
     transcoder = target is not None
-    raw = _drop_unit_scaling(file, load_tensors(file, "Gemma Scope 2 weights"))
+    raw = load_tensors(file, "Gemma Scope 2 weights")
     if "w_enc" not in raw or raw["w_enc"].ndim != 2 or "w_dec" not in raw or raw["w_dec"].ndim != 2:
         raise SaekitError(f"{file} has no 2-D w_enc and w_dec: not a Gemma Scope 2 dictionary (found {sorted(raw)})")
-    d_in, width = raw["w_enc"].shape
+    d_in, width = raw["w_enc"].shape[0], _stated_width(config, config_file, raw["w_enc"].shape[1])
     d_out = raw["w_dec"].shape[1] if transcoder else d_in
     skip = "affine_skip_connection" in raw
     declared = config.get("affine_connection", "affine" in file.parent.name) if transcoder else False
@@ -199,7 +219,11 @@ def _read_scope2(file: Path) -> tuple[Dictionary, dict[str, Any]]:
                 "threshold": (width,)}
     if transcoder and skip:
         expected["affine_skip_connection"] = (d_in, d_out)
-    check_shapes(file, raw, expected)
+    sizes_from = [*([CONFIG_FILE] if "width" in config else []), "w_enc", *(["w_dec"] if transcoder else [])]
+    check_tensors(file, raw, expected, stated(", ".join(sizes_from), width=width, d_in=d_in,
+                                              d_out=d_out if transcoder else None),
+                  optional={"scaling_factor": (width,)})
+    raw = _drop_unit_scaling(file, raw)
     weights = {ours: raw[theirs].double() for ours, theirs in _SCOPE2_NAMES.items() if theirs in raw}
     dictionary = _jumprelu(file, weights, transcoder)
     notes = _notes(transcoder) + (["affine_skip_connection read as W_skip (same layout)"] if skip else [])

@@ -62,7 +62,6 @@ from torch import Tensor
 
 from saekit.dictionaries.base import Dictionary, DictionaryConfig
 from saekit.dictionaries.formats.common import (
-    check_shapes,
     load_weights,
     positive_int,
     read_files,
@@ -70,6 +69,7 @@ from saekit.dictionaries.formats.common import (
     site_to_saelens_hook,
 )
 from saekit.dictionaries.registry import build_dictionary
+from saekit.dictionaries.validate import check_tensors, stated
 from saekit.errors import SaekitError
 from saekit.io import load_tensors, read_json, replace_directory, save_tensors, write_json
 
@@ -122,14 +122,17 @@ def _field(config: dict[str, Any], *names: str) -> Any:
     return None
 
 
-def _expected_shapes(layout: Layout, d_in: int, width: int, d_out: int) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(layout: Layout, d_in: int, width: int, d_out: int,
+                     tensors: dict[str, Tensor]) -> dict[str, tuple[int, ...]]:
+    """The raw tensors' shapes (a JumpReLU's thresholds under whichever name the file uses)."""
     shapes: dict[str, tuple[int, ...]] = {"W_enc": (d_in, width), "W_dec": (width, d_out), "b_dec": (d_out,)}
     if layout.kind == "gated":
         shapes.update({"b_gate": (width,), "r_mag": (width,), "b_mag": (width,)})
     else:
         shapes["b_enc"] = (width,)
     if layout.kind == "jumprelu":
-        shapes["threshold"] = (width,)
+        shapes["log_threshold" if "log_threshold" in tensors and "threshold" not in tensors else "threshold"] = \
+            (width,)
     if layout.skip:
         shapes["W_skip"] = (d_out, d_in)
     return shapes
@@ -165,7 +168,8 @@ def _whitening(path: Path, d_in: int) -> tuple[Tensor, Tensor, Tensor]:
         raise SaekitError(f"{path}: normalize_activations='covariance_whitening' needs {WHITENING_FILE} (mean, "
                           "matrix, inverse_matrix) beside cfg.json, as a SAELens checkpoint keeps it")
     tensors = load_tensors(file, "SAELens activation whitening")
-    check_shapes(file, tensors, {"mean": (d_in,), "matrix": (d_in, d_in), "inverse_matrix": (d_in, d_in)})
+    check_tensors(file, tensors, {"mean": (d_in,), "matrix": (d_in, d_in), "inverse_matrix": (d_in, d_in)},
+                  stated(CONFIG_FILE, d_in=d_in))
     return tensors["mean"].double(), tensors["matrix"].double(), tensors["inverse_matrix"].double()
 
 
@@ -247,13 +251,15 @@ def read_saelens(directory: str | Path, norm_scaling_factor: float | None = None
         raise SaekitError(f"{path}: reshape_activations={config['reshape_activations']!r} is not supported")
     d_in, width = positive_int(config, "d_in", path), positive_int(config, "d_sae", path)
     d_out = positive_int(config, "d_out", path) if layout.transcoder else d_in
+    check_tensors(path / WEIGHTS_FILE, tensors, _expected_shapes(layout, d_in, width, d_out, tensors),
+                  stated(CONFIG_FILE, d_in=d_in, d_sae=width, d_out=d_out if layout.transcoder else None),
+                  optional={"scaling_factor": (width,)})
     input_map = _input_map(config, path, d_in, layout.transcoder, norm_scaling_factor)
     hook_name = _field(config, "hook_name", "hook_point")
     site = saelens_hook_to_site(hook_name, path)
     hook_out = _field(config, "hook_name_out") if layout.transcoder else None
     target = (saelens_hook_to_site(hook_out, path) if hook_out is not None else site) if layout.transcoder else None
     tensors = _standard_tensors(tensors, path)
-    check_shapes(path / WEIGHTS_FILE, tensors, _expected_shapes(layout, d_in, width, d_out))
     k = _k(config, path) if layout.kind == "topk" else 32
     if layout.kind == "topk" and k > width:
         raise SaekitError(f"{path}: k={k} exceeds d_sae={width}")

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from saekit.dictionaries.base import Dictionary, DictionaryConfig
-from saekit.dictionaries.formats.common import check_shapes, load_weights, positive_int, read_files
+from saekit.dictionaries.formats.common import load_weights, positive_int, read_files
 from saekit.dictionaries.registry import build_dictionary
+from saekit.dictionaries.validate import check_tensors, stated
 from saekit.errors import SaekitError
 from saekit.io import replace_directory, save_tensors, write_json
 
@@ -45,6 +46,16 @@ def site_hookpoint(site: Any) -> str:
     return f"layers.{match.group(1)}" + ("" if match.group(2) == "resid_post" else ".mlp")
 
 
+def _width(config: dict[str, Any], path: Path, d_in: int) -> tuple[int, str]:
+    """The latent count by sparsify's rule (num_latents when non-zero, else d_in x expansion_factor), and the
+    stated sizes it comes from."""
+    if config.get("num_latents"):
+        width = positive_int(config, "num_latents", path)
+        return width, stated(CONFIG_FILE, d_in=d_in, num_latents=width)
+    factor = positive_int(config, "expansion_factor", path)
+    return d_in * factor, stated(CONFIG_FILE, d_in=d_in, expansion_factor=factor)
+
+
 def read_sparsify(directory: str | Path, hookpoint: str | None = None) -> tuple[Dictionary, dict[str, Any]]:
     """A sparsify hookpoint folder -> (saekit TopK Dictionary in eval mode, source dict)."""
     path = Path(directory)
@@ -58,14 +69,14 @@ def read_sparsify(directory: str | Path, hookpoint: str | None = None) -> tuple[
         raise SaekitError(f"{path}: multi_topk sparsify SAEs are not supported")
     d_in = positive_int(config, "d_in", path)
     k = positive_int(config, "k", path)
-    width = config.get("num_latents") or d_in * positive_int(config, "expansion_factor", path)
+    width, sizes = _width(config, path, d_in)
     transcoder = bool(config.get("transcode", False))
     skip = bool(config.get("skip_connection", False))
     expected = {"encoder.weight": (width, d_in), "encoder.bias": (width,), "W_dec": (width, d_in),
                 "b_dec": (d_in,)}
     if skip:
         expected["W_skip"] = (d_in, d_in)
-    check_shapes(path / WEIGHTS_FILE, tensors, expected)
+    check_tensors(path / WEIGHTS_FILE, tensors, expected, sizes)
     if k > width:
         raise SaekitError(f"{path}: k={k} exceeds num_latents={width}")
     site, target = hookpoint_sites(hookpoint, transcoder, path)
