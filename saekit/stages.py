@@ -17,7 +17,8 @@ from pathlib import Path
 
 from saekit.render import markdown_code, markdown_table
 
-CORE = ("errors", "io", "settings", "render", "stages", "provenance", "locks")  # top-level modules below every stage
+# Top-level modules below every stage.
+CORE = ("errors", "io", "settings", "render", "stages", "provenance", "locks", "rundir", "site_kinds")
 
 
 @dataclass(frozen=True)

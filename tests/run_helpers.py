@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 
 from saekit.io import load_tensors
+from saekit.rundir import CHECKPOINT_FILE, LOG_FILE
 from saekit.settings import flat_values
 from saekit.training.config import TrainConfig
-from saekit.training.run import CHECKPOINT_FILE, LOG_FILE, read_checkpoint_step
+from saekit.training.run import read_checkpoint_step
 
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 CROSSLAYER_BASE = dict(context_length=16, contexts_per_chunk=16, expansion_factor=4, k=4, batch_size=256, lr=3e-3,

@@ -42,8 +42,9 @@ from saekit.io import replace_directory, save_tensors, write_json
 from saekit.locks import exclusive
 from saekit.models.loading import LoadedModel
 from saekit.provenance import fingerprint_json
+from saekit.rundir import DICTIONARY_DIR
 from saekit.settings import to_dict
-from saekit.training.run import DICTIONARY_DIR, load_run_config
+from saekit.training.config import load_run_config
 
 GB = 1e9
 # A budget left unset is this share of the memory free when the check runs: the rest is room for what

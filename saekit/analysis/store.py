@@ -31,7 +31,7 @@ from saekit.dictionaries.registry import CONFIG_FILE, dictionary_fingerprint
 from saekit.errors import SaekitError
 from saekit.io import load_tensors, read_json
 from saekit.provenance import fingerprint_files, require_same
-from saekit.training.run import DICTIONARY_DIR
+from saekit.rundir import DICTIONARY_DIR
 
 FORMAT_VERSION = 1
 ANALYSIS_DIR = "analysis"

@@ -276,7 +276,8 @@ def context_firing(run_dir: str | Path, analysis_dir: str | Path, loaded=None, b
     from saekit.analysis.latents import TokenMaskRule, latent_batches
     from saekit.analysis.store import AnalysisStore
     from saekit.dictionaries.registry import load_dictionary, read_sites
-    from saekit.training.run import DICTIONARY_DIR, load_run_config
+    from saekit.rundir import DICTIONARY_DIR
+    from saekit.training.config import load_run_config
 
     run_config = load_run_config(run_dir)
     store = AnalysisStore(analysis_dir)

@@ -73,7 +73,3 @@ def load_prompts(directory: str | Path | None = None) -> dict[str, PromptTemplat
             text, source = path.read_text(encoding="utf-8"), str(path)
         out[name] = parse_template(name, text, source)
     return out
-
-
-def prompt_hashes(prompts: dict[str, PromptTemplate]) -> dict[str, str]:
-    return {name: template.sha256 for name, template in prompts.items()}

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from saekit.activations.spec import DataConfig
@@ -20,7 +19,8 @@ from saekit.dictionaries.registry import load_dictionary, read_sites, written_si
 from saekit.errors import SaekitError
 from saekit.models.loading import LoadedModel
 from saekit.models.sites import parse_site
-from saekit.training.run import DICTIONARY_DIR, load_run_config
+from saekit.rundir import DICTIONARY_DIR
+from saekit.training.config import load_run_config
 
 
 @dataclass
@@ -140,10 +140,6 @@ def check_fits(transcoders: TranscoderSet, n_layers: int, d_model: int) -> None:
         if width != d_model:
             raise SaekitError(f"the transcoder of layer {layer} writes width {width}, the model's MLP output "
                               f"is {d_model}; use the model it was trained on")
-
-
-def zero_latents(transcoders: TranscoderSet, shape: tuple[int, ...], device: torch.device | str) -> dict[int, Tensor]:
-    return {layer: torch.zeros(*shape, transcoders.width(layer), device=device) for layer in transcoders.layers}
 
 
 def load_model_for(transcoders: TranscoderSet, device: str = "cpu") -> LoadedModel:

@@ -16,6 +16,7 @@ from saekit.cli.imports import NAME_HELP, add_dictionary_flags, run_dirs
 from saekit.dictionaries.registry import add_option_groups
 from saekit.errors import SaekitError
 from saekit.evaluation.effective_compute import law_name
+from saekit.rundir import REPORT_FILE
 from saekit.settings import add_flags, flags_given, updated
 from saekit.training.config import TrainConfig
 
@@ -100,12 +101,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     runs = run_dirs(args, args.run_dirs)
     if len(runs) == 1:
         metrics = evaluate_run(runs[0], eval_tokens=args.eval_tokens, law=law, generations=args.generations)
-        report = runs[0] / "report.md"
+        report = runs[0] / REPORT_FILE
     else:
         out = args.out or Path("runs") / ("joint-" + "-".join(d.name for d in runs))
         metrics = evaluate_joint(runs, out, eval_tokens=args.eval_tokens, law=law, generations=args.generations,
                                  force=args.force)
-        report = out / "report.md"
+        report = out / REPORT_FILE
     losses = metrics.losses
     print(f"clean CE {losses.ce_clean.mean:.4f}, spliced CE {losses.ce_spliced.mean:.4f}, "
           f"delta CE {losses.delta_ce_spliced.mean:.4f} nats; report: {report}")
@@ -115,7 +116,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from saekit.evaluation.evaluate import load_splice_targets
     from saekit.evaluation.generation import DEFAULT_PROMPTS, generations_markdown, side_by_side
-    from saekit.training.run import load_run_config
+    from saekit.training.config import load_run_config
 
     runs = run_dirs(args, args.run_dirs)
     config = load_run_config(runs[0])

@@ -31,7 +31,7 @@ from saekit.evaluation.splice import (
     SpliceTarget,
     compare_losses_many,
 )
-from saekit.io import OutputTarget, claim_output, load_tensors, mark_output, read_json, write_json, write_text
+from saekit.io import OutputTarget, claim_output, mark_output, read_json, write_json, write_text
 from saekit.locks import LOCK_FILE, exclusive
 from saekit.models.loading import (
     DEFAULT_MODEL,
@@ -39,8 +39,14 @@ from saekit.models.loading import (
     DEFAULT_MODEL_TRAINING_TOKENS,
     LoadedModel,
 )
-from saekit.training.config import TrainConfig
-from saekit.training.run import DICTIONARY_DIR, STATS_FILE, THROUGHPUT_FILE, load_run_config
+from saekit.rundir import (
+    DICTIONARY_DIR,
+    METRICS_FILE,
+    REPORT_FILE,
+    THROUGHPUT_FILE,
+    load_activation_means,
+)
+from saekit.training.config import TrainConfig, load_run_config
 
 EVAL_SEED_OFFSET = 1_000_003  # eval contexts use their own document order, independent of training's
 GENERATIONS = 4  # side-by-side generations in a report unless asked otherwise
@@ -74,10 +80,7 @@ def load_splice_targets(run_dir: Path, loaded: LoadedModel, device: str = "cpu")
         if adapter.site_width(site) != width:
             raise SaekitError(f"dictionary in {run_dir} has width {width} but {site} of {loaded.name} has "
                               f"{adapter.site_width(site)}; evaluate it with the model it was trained on")
-    stats = load_tensors(run_dir / STATS_FILE, "activation statistics")
-    means = [stats.get(f"mean.{site.name}") for site in writes]
-    if any(mean is None for mean in means):
-        raise SaekitError(f"{run_dir / STATS_FILE} has no mean for {writes[means.index(None)]}; the run is incomplete")
+    means = load_activation_means(run_dir, [site.name for site in writes])
     outliers = load_run_config(run_dir).data.outlier_norm_factor
     if isinstance(dictionary, CrossLayerTranscoder):
         shared: dict = {}
@@ -89,15 +92,6 @@ def load_splice_targets(run_dir: Path, loaded: LoadedModel, device: str = "cpu")
                                     read_sites=tuple(reads), shared=shared)
                 for layer, (read, write, mean) in enumerate(zip(reads, writes, means))]
     return [SpliceTarget(dictionary, reads[0], writes[0], means[0].to(device), outliers)]
-
-
-def load_splice_target(run_dir: Path, loaded: LoadedModel, device: str = "cpu") -> SpliceTarget:
-    """A single-site run's splice target (:func:`load_splice_targets` for any run)."""
-    targets = load_splice_targets(run_dir, loaded, device)
-    if len(targets) != 1:
-        raise SaekitError(f"{run_dir} holds a cross-layer dictionary over {len(targets)} layers; splice it with "
-                          "load_splice_targets (saekit evaluate)")
-    return targets[0]
 
 
 def _batches(contexts: Tensor, batch_size: int, desc: str) -> Iterator[Tensor]:
@@ -211,11 +205,11 @@ def write_run_evaluation(run_dir: Path, results: EvaluationResults) -> Evaluatio
 
 def write_evaluation(out_dir: Path, results: EvaluationResults) -> None:
     # The report first: metrics.json is what other commands read, so it is the last file to change.
-    write_text(out_dir / "report.md", render_report(results))
-    write_json(out_dir / "metrics.json", results.to_dict())
+    write_text(out_dir / REPORT_FILE, render_report(results))
+    write_json(out_dir / METRICS_FILE, results.to_dict())
 
 
-JOINT_ENTRIES = frozenset({"report.md", "metrics.json", LOCK_FILE})  # a joint evaluation's files before records
+JOINT_ENTRIES = frozenset({REPORT_FILE, METRICS_FILE, LOCK_FILE})  # a joint evaluation's files before records
 
 
 def evaluate_joint(run_dirs: list[Path], out_dir: str | Path, loaded: LoadedModel | None = None,

@@ -12,16 +12,14 @@ this is exactly the uncached generation that re-splices the whole sequence at ev
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from saekit.errors import SaekitError
-from saekit.evaluation.splice import SpliceTarget
-from saekit.models.hooks import splice, splice_module
+from saekit.evaluation.splice import SpliceTarget, spliced_context
 from saekit.models.loading import LoadedModel
 from saekit.render import markdown_table
 
@@ -56,32 +54,6 @@ class _Forward:
     start: int = 0
 
 
-def _splice_new_positions(target: SpliceTarget, forward: _Forward) -> Callable[[Tensor, Tensor], Tensor]:
-    """``target``'s splice as ``fn(read, original)`` over the positions this forward computes, BOS kept clean."""
-    def replaced(read: Tensor, original: Tensor) -> Tensor:
-        clean = 1 if forward.start == 0 else 0  # BOS is position 0, so only the prompt's forward holds it
-        spliced = target.replace(read[:, clean:], original[:, clean:])
-        return torch.cat([original[:, :clean], spliced.to(original.dtype)], dim=1)
-    return replaced
-
-
-@contextmanager
-def _spliced(loaded: LoadedModel, targets: Sequence[SpliceTarget], forward: _Forward) -> Iterator[None]:
-    """Hooks splicing every target into each forward; none at all for the clean model (no targets)."""
-    adapter = loaded.adapter
-    # SAEs are hooked before transcoders, as in evaluation (splice.py), so a transcoder reading a site an
-    # SAE writes reads the SAE's reconstruction there too.
-    ordered = sorted(targets, key=lambda target: target.read_site != target.write_site)
-    with ExitStack() as stack:
-        for target in ordered:
-            fn = _splice_new_positions(target, forward)
-            if target.read_site == target.write_site:
-                stack.enter_context(splice(adapter, {target.write_site: lambda x, fn=fn: fn(x, x)}))
-            else:
-                stack.enter_context(splice_module(adapter, target.read_site, target.write_site, fn))
-        yield
-
-
 def _model_keywords(model: nn.Module) -> tuple[str, dict[str, int]]:
     """The KV cache's keyword and output field (``cache`` in transformers 5, ``past_key_values`` before), and
     ``logits_to_keep=1`` where the model takes it: only the last position is unembedded (49k-wide rows)."""
@@ -109,7 +81,7 @@ def continuation(loaded: LoadedModel, targets: Sequence[SpliceTarget], prompt: s
     cache_name, last_only = _model_keywords(loaded.model)
     cache = None
     sampled: list[int] = []
-    with _spliced(loaded, targets, forward):
+    with spliced_context(loaded, targets, start=lambda: forward.start):
         for _ in range(max_new_tokens):
             output = loaded.model(input_ids=ids, use_cache=True, **{cache_name: cache}, **last_only)
             cache = getattr(output, cache_name)

@@ -3,7 +3,9 @@
 For every batch of held-out contexts we run the model several times: clean; with the site replaced
 by the dictionary's reconstruction; with the site zero-ablated; with the site mean-ablated (the mean
 of the training activations). The BOS position always keeps its clean activation (dictionaries are
-not trained on it), and predictions made at the BOS position are left out of every average.
+not trained on it), and predictions made at the BOS position are left out of every average. The hooks
+take where each forward starts in the sequence (:data:`Start`, the positions already in a KV cache), so
+a generation step that computes only new positions splices all of them: it holds no BOS.
 
 A cross-layer dictionary is spliced as one :class:`SpliceTarget` per layer, jointly, sharing its
 latents between them: a cross-layer transcoder's layer-j target (:class:`LayerSpliceTarget`) encodes
@@ -18,7 +20,7 @@ reconstruction metrics compare with those clean activations.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -35,12 +37,24 @@ from saekit.models.loading import LoadedModel
 from saekit.models.sites import Site
 
 Replacement = Callable[[Tensor], Tensor]
+Start = Callable[[], int]  # read at each forward: where it starts, the positions already cached (0: none)
 
 
-def keep_bos(fn: Replacement) -> Replacement:
-    """Apply ``fn`` to positions 1.. and leave position 0 (BOS) untouched."""
+def from_zero() -> int:
+    """The :data:`Start` of forwards over whole sequences (no KV cache): position 0, BOS."""
+    return 0
+
+
+def _clean_positions(start: Start) -> int:
+    """How many leading positions of this forward keep their clean activation: 1 (BOS) if it starts at 0."""
+    return 1 if start() == 0 else 0
+
+
+def keep_bos(fn: Replacement, start: Start = from_zero) -> Replacement:
+    """Apply ``fn`` to the positions a forward computes, leaving position 0 (BOS) untouched where it holds it."""
     def replaced(x: Tensor) -> Tensor:
-        return torch.cat([x[:, :1], fn(x[:, 1:]).to(x.dtype)], dim=1)
+        clean = _clean_positions(start)
+        return torch.cat([x[:, :clean], fn(x[:, clean:]).to(x.dtype)], dim=1)
     return replaced
 
 
@@ -141,29 +155,41 @@ class AcausalSpliceTarget(SpliceTarget):
         return self.reconstruct(x)[0]
 
 
-def _context(loaded: LoadedModel, targets: list[SpliceTarget], mode: str) -> AbstractContextManager:
-    """The hooks for one condition: 'spliced', 'zero' or 'mean' at every target jointly."""
+def _context(loaded: LoadedModel, targets: Sequence[SpliceTarget], mode: str,
+             start: Start = from_zero) -> AbstractContextManager:
+    """The hooks for one condition: 'spliced', 'zero' or 'mean' at every target jointly.
+
+    SAEs are hooked before transcoders, so a transcoder reading a site an SAE writes reads the SAE's
+    reconstruction there.
+    """
     adapter = loaded.adapter
-    replacements = {t.write_site: keep_bos(_replacement(t, mode)) for t in targets if not _is_transcoding(t, mode)}
+    replacements = {t.write_site: keep_bos(_replacement(t, mode), start)
+                    for t in targets if not _is_transcoding(t, mode)}
     transcoders = [t for t in targets if _is_transcoding(t, mode)]
     return _stacked([splice(adapter, replacements)] + [
-        splice_module(adapter, t.read_site, t.write_site, _transcoder_replacement(t)) for t in transcoders
+        splice_module(adapter, t.read_site, t.write_site, _transcoder_replacement(t, start)) for t in transcoders
     ])
 
 
-def spliced_context(loaded: LoadedModel, targets: list[SpliceTarget]) -> AbstractContextManager:
-    """Hooks that splice every target's dictionary in (for generation and other callers)."""
-    return _context(loaded, targets, "spliced")
+def spliced_context(loaded: LoadedModel, targets: Sequence[SpliceTarget],
+                    start: Start = from_zero) -> AbstractContextManager:
+    """Hooks that splice every target's dictionary in (for generation and other callers).
+
+    ``start()`` is read at each forward: the positions already in the KV cache, so a forward that starts
+    there splices every position it computes; one that starts at 0 keeps BOS clean (the default, always).
+    """
+    return _context(loaded, targets, "spliced", start)
 
 
 def _is_transcoding(target: SpliceTarget, mode: str) -> bool:
     return mode == "spliced" and target.read_site != target.write_site
 
 
-def _transcoder_replacement(target: SpliceTarget) -> Callable[[Tensor, Tensor], Tensor]:
+def _transcoder_replacement(target: SpliceTarget, start: Start) -> Callable[[Tensor, Tensor], Tensor]:
     def replaced(read: Tensor, original: Tensor) -> Tensor:
-        reconstruction = target.replace(read[:, 1:], original[:, 1:])
-        return torch.cat([original[:, :1], reconstruction.to(original.dtype)], dim=1)
+        clean = _clean_positions(start)
+        reconstruction = target.replace(read[:, clean:], original[:, clean:])
+        return torch.cat([original[:, :clean], reconstruction.to(original.dtype)], dim=1)
     return replaced
 
 

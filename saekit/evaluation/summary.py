@@ -29,11 +29,12 @@ from saekit.evaluation.results import EvaluationResults  # noqa: E402
 from saekit.io import OutputTarget, claim_output, mark_output, read_json, write_json, write_text  # noqa: E402
 from saekit.models.sites import parse_site  # noqa: E402
 from saekit.render import escape_html, markdown_table, save_png  # noqa: E402
+from saekit.rundir import METRICS_FILE  # noqa: E402
 from saekit.training.config import TrainConfig  # noqa: E402
 
 
 def load_results(run_dir: Path) -> EvaluationResults:
-    path = run_dir / "metrics.json"
+    path = run_dir / METRICS_FILE
     return EvaluationResults.from_dict(read_json(path, "metrics (run `saekit evaluate` first)"), str(path))
 
 
@@ -59,7 +60,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     metrics = load_results(run_dir)
     site = metrics.sites[0].split("->")[-1]
     run = metrics.run
-    architecture = TrainConfig.from_dict(run, f"{run_dir}/metrics.json run").dictionary.architecture if run else "?"
+    architecture = TrainConfig.from_dict(run, f"{run_dir}/{METRICS_FILE} run").dictionary.architecture if run else "?"
     compute, losses = metrics.effective_compute, metrics.losses
     return {
         "run": run_dir.name, "site": site, "layer": parse_site(site).layer, "layers": len(metrics.sites),

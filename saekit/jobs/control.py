@@ -32,8 +32,9 @@ from saekit.errors import SaekitError
 from saekit.io import read_json, write_json, write_text
 from saekit.models.loading import LoadedModel
 from saekit.render import markdown_inline, markdown_table
-from saekit.training.config import TrainConfig
-from saekit.training.run import CHECKPOINT_FILE, CONTROL_MARKER, DICTIONARY_DIR, load_run_config, train_run
+from saekit.rundir import CHECKPOINT_FILE, CONTROL_MARKER, DICTIONARY_DIR
+from saekit.training.config import TrainConfig, load_run_config
+from saekit.training.run import train_run
 
 
 @dataclass

@@ -37,7 +37,8 @@ from saekit.errors import SaekitError
 from saekit.io import OutputTarget, write_directory
 from saekit.jobs.imported import resolve_source
 from saekit.models.loading import load_model_config, model_sizes
-from saekit.training.run import DICTIONARY_DIR, load_run_config
+from saekit.rundir import DICTIONARY_DIR
+from saekit.training.config import load_run_config
 
 
 def write_neuronpedia(run_dir: Path, out: Path, upload: UploadConfig | None = None, force: bool = False) -> Path:

@@ -20,7 +20,7 @@ from saekit.errors import SaekitError
 from saekit.io import read_json
 from saekit.locks import exclusive
 from saekit.models.loading import LoadedModel
-from saekit.training.run import DICTIONARY_DIR
+from saekit.rundir import DICTIONARY_DIR
 
 DASHBOARD_DIR = "dashboard"
 

@@ -36,20 +36,14 @@ from saekit.dictionaries.base import Dictionary
 from saekit.dictionaries.formats.detect import READ_FORMATS, read_dictionaries, split_prefix
 from saekit.dictionaries.registry import save_dictionary, written_sites
 from saekit.errors import SaekitError
-from saekit.io import check_disjoint, read_json, replace_directory, save_tensors, write_json
+from saekit.io import check_disjoint, read_json, replace_directory, write_json
 from saekit.locks import exclusive
 from saekit.models.loading import DEFAULT_MODEL, LoadedModel, load_model_config, model_sizes
 from saekit.models.sites import parse_site
 from saekit.provenance import fingerprint_files, fingerprint_json
+from saekit.rundir import DICTIONARY_DIR, is_run_dir, save_activation_means, write_run_config
 from saekit.training.config import TrainConfig, run_name
-from saekit.training.run import (
-    CHECKPOINT_FILE,
-    DICTIONARY_DIR,
-    LOG_FILE,
-    PREVIOUS_CHECKPOINT_FILE,
-    STATS_FILE,
-    dictionary_source,
-)
+from saekit.training.run import dictionary_source
 
 IMPORT_RECORD = "imported.json"
 LOCKS_DIR = ".locks"  # one writer per import: IMPORTS_DIR/.locks/<name>/
@@ -68,14 +62,6 @@ class ImportSettings:
     imports_dir: Path = DEFAULT_IMPORTS_DIR
     name: str | None = None  # the run directory's name under imports_dir (default: from the source)
     stats_tokens: int = 16_384  # training-split tokens for the activation means (the mean-ablation baseline)
-
-
-def is_run_dir(path: Path) -> bool:
-    """A saekit run directory, finished or not: its config beside a dictionary folder, a checkpoint or a log.
-
-    (An unfinished run is still a run: the command it is given to says what it lacks.)"""
-    return (path / "config.json").is_file() and any((path / name).exists() for name in (
-        DICTIONARY_DIR, CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, LOG_FILE))
 
 
 def split_hub_name(name: str) -> tuple[str | None, str | None]:
@@ -199,7 +185,8 @@ def check_fits(dictionary: Dictionary, config: TrainConfig, where: str) -> None:
 
 
 @torch.no_grad()
-def activation_means(config: TrainConfig, sites: list[str], tokens: int, loaded: LoadedModel) -> dict[str, Any]:
+def activation_means(config: TrainConfig, sites: list[str], tokens: int,
+                     loaded: LoadedModel) -> dict[str, torch.Tensor]:
     """Mean activation of each site over ``tokens`` training-split tokens (BOS and outliers dropped, as in training)."""
     source = ActivationSource(ActivationSpec(config.data, tuple(sites)), config.run.cache_dir, lambda: loaded,
                               config.run.model_batch_contexts)
@@ -214,7 +201,7 @@ def activation_means(config: TrainConfig, sites: list[str], tokens: int, loaded:
             bar.update(rows)
             if seen >= tokens:
                 break
-    return {f"mean.{site}": (total / max(seen, 1)).float() for site, total in sums.items()}
+    return {site: total / max(seen, 1) for site, total in sums.items()}
 
 
 def _run_name(given: str, path: Path, settings: ImportSettings, fingerprint: str) -> str:
@@ -292,9 +279,9 @@ def _write_run(run_dir: Path, dictionary: Dictionary, source: dict[str, Any], co
     means = activation_means(config, written_sites(saved), record["stats_tokens"], loaded)
 
     def build(tmp: Path) -> None:
-        write_json(tmp / "config.json", config.to_dict())
+        write_run_config(tmp, config.to_dict())
         save_dictionary(tmp / DICTIONARY_DIR, dictionary, saved)
-        save_tensors(tmp / STATS_FILE, means)
+        save_activation_means(tmp, means)
         write_json(tmp / IMPORT_RECORD, record)
 
     run_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,9 @@ from saekit.jobs.dashboard import build_quick_dashboard
 from saekit.locks import LOCK_FILE, exclusive
 from saekit.models.precision import fast_bfloat16
 from saekit.render import plain_text
+from saekit.rundir import CHECKPOINT_FILE, REPORT_FILE
 from saekit.training.config import TrainConfig
-from saekit.training.run import CHECKPOINT_FILE, train_run
+from saekit.training.run import train_run
 
 QUICKSTART = TrainConfig.from_flat({
     "name": "quickstart",
@@ -57,7 +58,7 @@ def run_quickstart(runs_dir: str | Path = "runs", name: str = "quickstart", fres
 def terminal_report(run_dir: str | Path) -> str:
     """The run's ``report.md`` as a terminal should show it: plain text, without the markdown escapes that
     keep data text (corpus snippets, explanations) from becoming markup in the file, which keeps them."""
-    return plain_text((Path(run_dir) / "report.md").read_text(encoding="utf-8"))
+    return plain_text((Path(run_dir) / REPORT_FILE).read_text(encoding="utf-8"))
 
 
 def _discard_contents(run_dir: Path) -> None:

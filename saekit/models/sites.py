@@ -6,10 +6,8 @@ import re
 from dataclasses import dataclass
 
 from saekit.errors import SaekitError
+from saekit.site_kinds import SITE_KINDS
 
-# In execution order inside one block (for a sequential block; parallel-attention blocks differ,
-# which is why capture stops on "all sites seen", not on this order).
-SITE_KINDS = ("resid_pre", "attn_out", "mlp_in", "mlp_act", "mlp_out", "resid_post")
 SITE_DESCRIPTIONS = {
     "resid_pre": "residual stream entering the block",
     "attn_out": "attention output (its update to the residual stream)",

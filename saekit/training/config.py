@@ -34,6 +34,7 @@ from saekit.errors import SaekitError
 from saekit.io import read_json
 from saekit.models.loading import sizes_of
 from saekit.models.sites import parse_site
+from saekit.rundir import read_run_config
 from saekit.settings import (
     NON_EMPTY,
     check_rules,
@@ -259,6 +260,11 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
         return cls.from_dict(read_json(path, "config file"), str(path))
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig:
+    """The config of the run in ``run_dir`` (a missing directory or config is one line naming it)."""
+    return TrainConfig.from_dict(read_run_config(run_dir))
 
 
 def check_device(device: str) -> None:

@@ -1,9 +1,10 @@
 """A training run on a model's activations: data, scaling, checkpoints, resume, the saved dictionary.
 
-Layout of ``runs/<name>/``: ``config.json`` (the TrainConfig), ``checkpoint.safetensors`` (latest
-state; scaled weights, optimizer, counters), ``log.jsonl`` (one line per step), ``dictionary/``
-(final weights with the input scaling folded in, ready for raw activations) and
-``activation_stats.safetensors`` (per-site mean of the training activations, for mean-ablation).
+It writes the run directory whose layout ``saekit.rundir`` names: ``config.json`` (the TrainConfig),
+``checkpoint.safetensors`` (latest state; scaled weights, optimizer, counters), ``log.jsonl`` (one
+line per step), ``dictionary/`` (final weights with the input scaling folded in, ready for raw
+activations) and ``activation_stats.safetensors`` (per-site mean of the training activations, for
+mean-ablation).
 
 One process writes a run directory at a time (``saekit.locks.exclusive``; a second gets one line naming
 the first), and the activation cache entry being filled is locked the same way. A checkpoint records
@@ -36,37 +37,34 @@ from saekit.dictionaries.registry import build_dictionary, save_dictionary
 from saekit.errors import SaekitError
 from saekit.io import (
     OutputTarget,
-    read_json,
     remove_stale_temporaries,
     replace_directory,
-    save_tensors,
     write_json,
     write_text,
 )
-from saekit.locks import LOCK_FILE, exclusive
+from saekit.locks import exclusive
 from saekit.models.loading import LoadedModel, load_model_config
 from saekit.models.precision import resolve_autocast
 from saekit.models.sites import parse_site
+from saekit.rundir import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    DENSITY_FILE,
+    DICTIONARY_DIR,
+    FRESH_RUN_ENTRIES,
+    LOG_FILE,
+    PREVIOUS_CHECKPOINT_FILE,
+    THROUGHPUT_FILE,
+    save_activation_means,
+    write_run_config,
+)
 from saekit.settings import differences, flat_values
 from saekit.training.checkpoint import load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
 from saekit.training.config import TrainConfig
 from saekit.training.distributed import ProcessGroup
 from saekit.training.trainer import DictionaryTrainer, NonFiniteLossError
 
-CHECKPOINT_FILE = "checkpoint.safetensors"
-# Runs trained together keep their checkpoint before last: a kill between two runs' (or two processes')
-# checkpoints leaves them one interval apart, and the one ahead then resumes from this one.
-PREVIOUS_CHECKPOINT_FILE = "checkpoint.previous.safetensors"
-LOG_FILE = "log.jsonl"
-DENSITY_FILE = "density.jsonl"  # per-checkpoint latent-density snapshots (and the rare-latent experiment)
-STATS_FILE = "activation_stats.safetensors"
-DICTIONARY_DIR = "dictionary"
-THROUGHPUT_FILE = "throughput.json"
 T = TypeVar("T")
-CONTROL_MARKER = "control.json"  # how a randomized-weights twin (jobs/control.py) was made, written before it trains
-# What a run directory holds before its first checkpoint: a fresh start may overwrite these and nothing else.
-FRESH_RUN_ENTRIES = frozenset({"config.json", LOG_FILE, DENSITY_FILE, THROUGHPUT_FILE, STATS_FILE, LOCK_FILE,
-                               CONTROL_MARKER})
 
 
 def model_loader(config: TrainConfig, loaded: LoadedModel | None = None,
@@ -205,8 +203,8 @@ class RunState:
                                    self.trainer.tokens_seen)
         replace_directory(run_dir / DICTIONARY_DIR, lambda tmp: save_dictionary(tmp, folded, source))
         tokens = max(self.trainer.tokens_seen, 1)
-        save_tensors(run_dir / STATS_FILE, {f"mean.{site}": (total.cpu().double() / tokens).float()
-                                            for site, total in self.activation_sums.items()})
+        save_activation_means(run_dir, {site: total.cpu().double() / tokens
+                                        for site, total in self.activation_sums.items()})
 
 
 def dictionary_source(config: TrainConfig, input_scale: float = 1.0, output_scale: float = 1.0,
@@ -221,9 +219,8 @@ def dictionary_source(config: TrainConfig, input_scale: float = 1.0, output_scal
 
 
 def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
-    config_path = run_dir / "config.json"
     if resume:
-        saved = TrainConfig.from_file(config_path)
+        saved = TrainConfig.from_file(run_dir / CONFIG_FILE)
         if saved != config:
             changed = differences(saved, config)
             raise SaekitError(f"--resume with a different config (changed: {changed}); resume with the saved one")
@@ -234,7 +231,7 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
     if foreign:
         raise SaekitError(f"run directory {run_dir} holds {', '.join(foreign[:5])}, which is not a run's; training "
                           "would write over it, so choose another --name or --runs-dir")
-    write_json(config_path, config.to_dict())
+    write_run_config(run_dir, config.to_dict())
 
 
 def _append_density(run_dir: Path, snapshot: dict) -> None:
@@ -527,10 +524,3 @@ def read_checkpoint_step(path: Path) -> int | None:
     if not path.exists():
         return None
     return load_checkpoint(path)[1]["step"]
-
-
-def load_run_config(run_dir: str | Path) -> TrainConfig:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise SaekitError(f"run directory not found: {run_dir}")
-    return TrainConfig.from_dict(read_json(run_dir / "config.json", "run config"))

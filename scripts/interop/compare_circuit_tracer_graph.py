@@ -517,7 +517,7 @@ def main() -> None:
     comparison["nodes"]["saekit_clean_vs_tl_logits_max_abs"] = float(
         (replacement.clean.logits - ct["tl_logits"]).abs().max())
     first = transcoders.per_layer[transcoders.layers[0]]
-    from saekit.training.run import load_run_config
+    from saekit.training.config import load_run_config
 
     run_dirs = sorted(d for d in Path(run).iterdir() if (d / "dictionary").is_dir())
     result = {

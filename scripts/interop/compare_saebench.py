@@ -129,7 +129,8 @@ def export_inputs(run: Path, contexts_wanted: int, out: Path, batch_size: int) -
     from saekit.evaluation.evaluate import eval_contexts
     from saekit.io import load_tensors, save_tensors
     from saekit.models.hooks import capture
-    from saekit.training.run import DICTIONARY_DIR, STATS_FILE, load_run_config
+    from saekit.rundir import DICTIONARY_DIR, STATS_FILE
+    from saekit.training.config import load_run_config
 
     config = load_run_config(run)
     loaded = config.data.load_model("cpu")
@@ -678,7 +679,7 @@ def main() -> None:
     run = args.run or train(work / "runs", args)
     timed("train", started)
 
-    from saekit.training.run import load_run_config
+    from saekit.training.config import load_run_config
 
     config = load_run_config(run)
     length = config.data.context_length

@@ -130,7 +130,7 @@ def test_a_negative_generation_count_is_refused_before_any_model_loads(tmp_path,
 def test_joint_evaluation_and_summary(tiny_run, tiny_loaded, tiny_model_dir, tmp_path):
     from saekit.evaluation.evaluate import evaluate_joint
     from saekit.evaluation.summary import pareto_front, summarize
-    from saekit.training.run import load_run_config
+    from saekit.training.config import load_run_config
 
     layer0 = load_run_config(tiny_run).updated(name="tiny0", site="blocks.0.resid_post")
     run0 = train_run(layer0, tiny_run.parent, loaded=tiny_loaded, progress=False)

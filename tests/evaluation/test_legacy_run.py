@@ -15,8 +15,7 @@ import pytest
 from saekit.dictionaries.registry import load_dictionary
 from saekit.evaluation.evaluate import evaluate_run
 from saekit.evaluation.summary import summarize
-from saekit.training.config import TrainConfig
-from saekit.training.run import load_run_config
+from saekit.training.config import TrainConfig, load_run_config
 
 LEGACY = Path(__file__).parents[1] / "fixtures" / "legacy_run"
 

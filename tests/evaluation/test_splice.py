@@ -58,3 +58,30 @@ def test_a_splice_that_fails_on_entry_leaves_no_hooks(tiny_loaded):
         with spliced_context(tiny_loaded, [good, bad]):
             pass
     assert _hook_count(tiny_loaded.model) == before
+
+
+@torch.no_grad()
+def test_a_forward_starting_mid_sequence_splices_every_position_it_computes(tiny_loaded):
+    """A prompt then its rest on the KV cache, ``start`` set to the cached length, equals one whole spliced forward."""
+    import inspect
+
+    from saekit.evaluation.splice import spliced_context
+
+    torch.manual_seed(0)
+    adapter = tiny_loaded.adapter
+    sae_site = adapter.site("blocks.0.resid_post")
+    targets = [SpliceTarget(build_dictionary(DictionaryConfig("topk", 32, 64, k=4)).eval(), sae_site, sae_site,
+                            torch.zeros(32)),
+               SpliceTarget(build_dictionary(DictionaryConfig("topk", 32, 64, d_out=32, k=4)).eval(),
+                            adapter.site("blocks.1.mlp_in"), adapter.site("blocks.1.mlp_out"), torch.zeros(32))]
+    ids = torch.randint(3, 1000, (2, 10))
+    ids[:, 0] = tiny_loaded.bos_token_id
+    with spliced_context(tiny_loaded, targets):
+        whole = tiny_loaded.model(input_ids=ids, use_cache=False).logits
+    cache_name = "cache" if "cache" in inspect.signature(tiny_loaded.model.forward).parameters else "past_key_values"
+    cached = {"start": 0}
+    with spliced_context(tiny_loaded, targets, start=lambda: cached["start"]):
+        prompt = tiny_loaded.model(input_ids=ids[:, :6], use_cache=True)
+        cached["start"] = 6
+        rest = tiny_loaded.model(input_ids=ids[:, 6:], use_cache=True, **{cache_name: getattr(prompt, cache_name)})
+    torch.testing.assert_close(torch.cat([prompt.logits, rest.logits], dim=1), whole, atol=1e-4, rtol=1e-4)

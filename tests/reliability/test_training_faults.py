@@ -24,8 +24,9 @@ from saekit.errors import SaekitError
 from saekit.evaluation.evaluate import evaluate_run
 from saekit.io import TEMP_MARK, load_tensors, save_tensors
 from saekit.locks import LOCK_FILE, exclusive
+from saekit.rundir import CHECKPOINT_FILE, DICTIONARY_DIR, LOG_FILE
 from saekit.training.config import TrainConfig
-from saekit.training.run import CHECKPOINT_FILE, DICTIONARY_DIR, LOG_FILE, read_checkpoint_step, train_run
+from saekit.training.run import read_checkpoint_step, train_run
 
 KILL_AT = Path(__file__).with_name("kill_at.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -9,8 +9,7 @@ import pytest
 
 from saekit.cli.toy import add_toy_parser, run_toy
 from saekit.errors import SaekitError
-from saekit.toy import experiments
-from saekit.toy.experiments import RecoveryConfig, ToyRunConfig, run_experiment, run_recovery
+from saekit.toy.experiments import RecoveryConfig, ToyRunConfig, common, run_experiment, run_recovery
 from saekit.toy.worlds import AnimalsWorldConfig, SparseWorldConfig
 
 
@@ -43,14 +42,14 @@ def test_rescaling_experiment_writes_outputs(tmp_path, capsys):
 
 
 def test_tiny_recovery_experiment(tmp_path, monkeypatch):
-    real_fit = experiments.fit_at_l0
+    real_fit = common.fit_at_l0
 
     def fit_or_fail(name, *args):
         if name == "jumprelu":  # stands in for an architecture whose loss blows up
             raise SaekitError("loss became nan at step 3")
         return real_fit(name, *args)
 
-    monkeypatch.setattr(experiments, "fit_at_l0", fit_or_fail)
+    monkeypatch.setattr(common, "fit_at_l0", fit_or_fail)
     config = RecoveryConfig(
         sparse_world=SparseWorldConfig(n_features=16, d=8, firing_probability=0.1),
         animals_world=AnimalsWorldConfig(d=12, n_attributes=4, n_animals=6, attributes_per_animal=2,

@@ -11,8 +11,9 @@ from training.test_run import _config
 from saekit.cli import main
 from saekit.dictionaries.registry import build_dictionary, load_dictionary
 from saekit.io import load_tensors
+from saekit.rundir import CHECKPOINT_FILE, LOG_FILE
 from saekit.training.checkpoint import load_checkpoint
-from saekit.training.run import CHECKPOINT_FILE, LOG_FILE, train_run
+from saekit.training.run import train_run
 
 CLT = dict(architecture="clt_topk", layers="0-1", site="blocks.0.mlp_in", target_site="blocks.0.mlp_out", lr=3e-3)
 

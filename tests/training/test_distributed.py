@@ -14,8 +14,9 @@ import torch
 from run_helpers import ONE_THREAD, train_flags
 
 from saekit.io import load_tensors
+from saekit.rundir import CHECKPOINT_FILE, LOG_FILE, THROUGHPUT_FILE
 from saekit.training.config import TrainConfig
-from saekit.training.run import CHECKPOINT_FILE, LOG_FILE, THROUGHPUT_FILE, read_checkpoint_step
+from saekit.training.run import read_checkpoint_step
 
 KILL_AT = Path(__file__).parents[1] / "reliability" / "kill_at.py"
 SITES = "blocks.0.resid_post,blocks.1.resid_post"

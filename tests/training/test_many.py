@@ -10,8 +10,9 @@ from saekit.dictionaries.registry import build_dictionary
 from saekit.errors import SaekitError
 from saekit.io import load_tensors
 from saekit.jobs.sweep import run_sweep
+from saekit.rundir import DENSITY_FILE
 from saekit.training.config import TrainConfig
-from saekit.training.run import DENSITY_FILE, train_many, train_run
+from saekit.training.run import train_many, train_run
 from saekit.training.schedule import OptimConfig
 from saekit.training.sweep import grid_configs, parse_grid
 from saekit.training.trainer import DictionaryTrainer

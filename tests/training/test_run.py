@@ -9,8 +9,9 @@ from run_helpers import assert_resume_after_kill_matches
 from saekit.dictionaries.registry import load_dictionary
 from saekit.errors import SaekitError
 from saekit.io import load_tensors
+from saekit.rundir import CHECKPOINT_FILE, LOG_FILE
 from saekit.training.config import TrainConfig
-from saekit.training.run import CHECKPOINT_FILE, LOG_FILE, read_checkpoint_step, train_run
+from saekit.training.run import read_checkpoint_step, train_run
 
 
 def _config(tiny_model_dir, tmp_path, **overrides) -> TrainConfig:

@@ -16,13 +16,12 @@ from saekit.dictionaries.formats.table import (
     CONVERT_TARGETS,
     FORMATS,
     READ_FORMATS,
-    RUN_DICTIONARY,
     WRITE_FORMATS,
     reader,
 )
 from saekit.errors import SaekitError
 
-__all__ = ["CONVERT_TARGETS", "READ_FORMATS", "RUN_DICTIONARY", "WRITE_FORMATS", "detect_format",
+__all__ = ["CONVERT_TARGETS", "READ_FORMATS", "WRITE_FORMATS", "detect_format",
            "read_dictionaries", "split_prefix"]
 
 

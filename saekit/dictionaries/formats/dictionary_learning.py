@@ -54,6 +54,7 @@ from saekit.dictionaries.registry import build_dictionary
 from saekit.dictionaries.validate import check_tensors, stated
 from saekit.errors import SaekitError
 from saekit.io import read_json
+from saekit.site_kinds import SITE_KINDS
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "ae.pt"
@@ -65,9 +66,8 @@ TRAINER_CLASSES = {  # for a config that names only its trainer
     "MatryoshkaBatchTopKTrainer": "MatryoshkaBatchTopKSAE", "JumpReluTrainer": "JumpReluAutoEncoder",
 }
 COUNTS = ("k", "group_sizes")  # the state dicts' integer tensors
-_SITE_KINDS = ("resid_pre", "attn_out", "mlp_in", "mlp_act", "mlp_out", "resid_post")  # saekit.models.sites
-_SUBMODULE = re.compile(rf"({'|'.join(_SITE_KINDS)})_layer_(\d+)")
-_SITE = re.compile(rf"blocks\.\d+\.({'|'.join(_SITE_KINDS)})")
+_SUBMODULE = re.compile(rf"({'|'.join(SITE_KINDS)})_layer_(\d+)")
+_SITE = re.compile(rf"blocks\.\d+\.({'|'.join(SITE_KINDS)})")
 
 
 @dataclass
@@ -295,7 +295,7 @@ def read_dictionary_learning(directory: str | Path, site: str | None = None) -> 
     ``site`` names the saekit site when config.json does not (see the module docstring); it overrides it.
     """
     if site is not None and _SITE.fullmatch(site) is None:
-        raise SaekitError(f"site {site!r} is not a saekit site (blocks.<layer>.<{'|'.join(_SITE_KINDS)}>)")
+        raise SaekitError(f"site {site!r} is not a saekit site (blocks.<layer>.<{'|'.join(SITE_KINDS)}>)")
     path = Path(directory)
     config_file, weights_file = _files(path)
     trainer = _trainer_config(config_file)

@@ -37,13 +37,13 @@ from saekit.dictionaries.registry import (
     written_sites,
 )
 from saekit.errors import SaekitError
+from saekit.rundir import DICTIONARY_DIR
 
 Entry = tuple[Dictionary, dict[str, Any]]  # a dictionary and its source (model, sites, notes on conventions)
 Found = list[Entry]
 Reader = Callable[[Path], Found]
 Writer = Callable[[Path, Found, str | None], None]  # (an empty directory OUT, the dictionaries, a model name)
 
-RUN_DICTIONARY = "dictionary"  # a run directory's dictionary folder (saekit.training.run.DICTIONARY_DIR)
 NEURONPEDIA = "neuronpedia"  # a convert target built from a run's analysis, not a dictionary: jobs/convert.py's
 _INNER = "one"  # the folder a writer that makes its own directory writes into, before its files move up into OUT
 
@@ -106,12 +106,12 @@ def _saekit_folders(path: Path) -> list[Path]:
     """The saved dictionaries a saekit path names: itself, its run's, or those of the runs (or dictionaries) inside."""
     if _is_saekit_dictionary(path):
         return [path]
-    if _is_saekit_dictionary(path / RUN_DICTIONARY):
-        return [path / RUN_DICTIONARY]
+    if _is_saekit_dictionary(path / DICTIONARY_DIR):
+        return [path / DICTIONARY_DIR]
     found = []
     for child in sorted(path.glob("*")):
-        if _is_saekit_dictionary(child / RUN_DICTIONARY):
-            found.append(child / RUN_DICTIONARY)
+        if _is_saekit_dictionary(child / DICTIONARY_DIR):
+            found.append(child / DICTIONARY_DIR)
         elif _is_saekit_dictionary(child):
             found.append(child)
     return found
