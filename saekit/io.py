@@ -175,7 +175,7 @@ class OutputTarget:
         if path.exists() and not path.is_dir():
             raise SaekitError(f"{self.flag} {self.path} is a file; name a directory to write to")
         check_disjoint(self.path, self.inputs, self.flag)
-        foreign = self.foreign_entries(path)
+        foreign = self.foreign_entries()
         if foreign and not self.force:
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
             raise SaekitError(f"{self.flag} {self.path} holds {shown}, which saekit's {self.writer} did not write; "
@@ -183,19 +183,18 @@ class OutputTarget:
                               f"{FORCE_FLAG} to replace it")
         _require_writable(path, self.flag)
 
-    def foreign_entries(self, path: Path) -> list[str]:
-        """What ``path`` holds that is not this writer's earlier output ([] for a new, empty or own directory)."""
-        if not path.is_dir():
+    def foreign_entries(self) -> list[str]:
+        """What the target holds that is not this writer's earlier output ([] for a new, empty or own directory)."""
+        if not self.path.is_dir():
             return []
-        names = sorted(p.name for p in path.iterdir() if p.name != LOCK_FILE)
-        record = path / OUTPUT_RECORD
+        record = self.path / OUTPUT_RECORD
         if record.is_file():
             try:
                 writer = json.loads(record.read_text(encoding="utf-8")).get("writer")
             except (ValueError, AttributeError, OSError):
                 writer = None
             return [] if writer == self.writer else [f"a saekit {writer} output" if writer else OUTPUT_RECORD]
-        return [name for name in names if name not in self.entries]
+        return sorted(p.name for p in self.path.iterdir() if p.name not in self.entries and p.name != LOCK_FILE)
 
 
 def check_disjoint(output: Path, inputs: tuple[Path, ...] | list[Path], flag: str = "--out") -> None:

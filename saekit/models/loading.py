@@ -148,6 +148,14 @@ def sizes_of(spec: str) -> ModelSizes:
     return DEFAULT_MODEL_SIZES if spec == DEFAULT_MODEL else model_sizes(load_model_config(spec))
 
 
+def layer_count(spec: str) -> int | None:
+    """The layer count of the model ``spec`` names, from its config alone (None where the config names none),
+    without reading the default GGUF's config (its sizes are known)."""
+    if spec == DEFAULT_MODEL:
+        return DEFAULT_MODEL_SIZES.layers
+    return getattr(load_model_config(spec), "num_hidden_layers", None)
+
+
 @torch.no_grad()
 def randomize(model: PreTrainedModel, seed: int) -> None:
     """Re-initialise every weight as at the start of training (the randomized-weights control).

@@ -43,7 +43,7 @@ from saekit.io import (
     write_text,
 )
 from saekit.locks import exclusive
-from saekit.models.loading import LoadedModel, load_model_config
+from saekit.models.loading import LoadedModel, layer_count
 from saekit.models.precision import resolve_autocast
 from saekit.models.sites import parse_site
 from saekit.rundir import (
@@ -227,7 +227,7 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
         return
     if any((run_dir / name).exists() for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, DICTIONARY_DIR)):
         raise SaekitError(f"run directory {run_dir} already holds a run; pass --resume or choose another --name")
-    foreign = OutputTarget(run_dir, "train", entries=FRESH_RUN_ENTRIES).foreign_entries(run_dir)
+    foreign = OutputTarget(run_dir, "train", entries=FRESH_RUN_ENTRIES).foreign_entries()
     if foreign:
         raise SaekitError(f"run directory {run_dir} holds {', '.join(foreign[:5])}, which is not a run's; training "
                           "would write over it, so choose another --name or --runs-dir")
@@ -366,7 +366,7 @@ def check_group(configs: list[TrainConfig], group: ProcessGroup | None) -> None:
 
 def check_sites_exist(spec: ActivationSpec) -> None:
     """Check each site's layer against the model's config (no weights are read), before the model loads."""
-    n_layers = getattr(load_model_config(spec.data.model), "num_hidden_layers", None)
+    n_layers = layer_count(spec.data.model)
     for name in spec.sites:
         parse_site(name, n_layers)
 

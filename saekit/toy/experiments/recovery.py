@@ -8,11 +8,12 @@ from pathlib import Path
 
 import torch
 
+from saekit.dictionaries.base import Dictionary
 from saekit.dictionaries.registry import ARCHITECTURES
 from saekit.io import write_json, write_text
 from saekit.render import markdown_inline, markdown_table
 from saekit.toy.experiments.common import ToyRunConfig, check_architectures, fit_summary, train_architectures
-from saekit.toy.fitting import FitConfig
+from saekit.toy.fitting import FitConfig, FitResult
 from saekit.toy.plotting import new_figure, save_png
 from saekit.toy.recovery import (
     ANIMAL_SETS,
@@ -45,20 +46,22 @@ def fit_config(config: RecoveryConfig, run: ToyRunConfig, expected_active: float
                      batch_size=config.batch_size, lr=config.lr, seed=run.seed)
 
 
+def _trained_and_random(fits: dict[str, FitResult], report: Callable[[Dictionary], dict], seed: int) -> dict:
+    """Each fit's summary and ``report`` of its dictionary beside a random dictionary of the same shape."""
+    results = {}
+    for name, result in fits.items():
+        random = random_dictionary_like(result.dictionary, seed=seed + 3000)
+        results[name] = {"fit": fit_summary(result), "trained": report(result.dictionary), "random": report(random)}
+    return results
+
+
 def sparse_recovery(config: RecoveryConfig, run: ToyRunConfig, architectures: list[str]) -> dict:
     world = SparseFeatureWorld(config.sparse_world)
     x, magnitudes = world.sample(config.eval_samples, torch.Generator().manual_seed(run.seed + 2000))
     fit = fit_config(config, run, config.sparse_world.expected_active)
     fits, failures = train_architectures(world, config.sparse_world.d, fit, architectures, run.seed + 1000,
                                          run.progress)
-    results = {}
-    for name, result in fits.items():
-        random = random_dictionary_like(result.dictionary, seed=run.seed + 3000)
-        results[name] = {
-            "fit": fit_summary(result),
-            "trained": sparse_world_report(result.dictionary, world.directions, x, magnitudes),
-            "random": sparse_world_report(random, world.directions, x, magnitudes),
-        }
+    results = _trained_and_random(fits, lambda d: sparse_world_report(d, world.directions, x, magnitudes), run.seed)
     return {"world": asdict(config.sparse_world), "k": fit.k, "width": fit.width, "results": results,
             "failures": failures}
 
@@ -69,14 +72,7 @@ def animals_recovery(config: RecoveryConfig, run: ToyRunConfig, architectures: l
     fit = fit_config(config, run, config.animals_world.expected_active)
     fits, failures = train_architectures(world, config.animals_world.d, fit, architectures, run.seed + 1000,
                                          run.progress)
-    results = {}
-    for name, result in fits.items():
-        random = random_dictionary_like(result.dictionary, seed=run.seed + 3000)
-        results[name] = {
-            "fit": fit_summary(result),
-            "trained": animals_report(result.dictionary, world, sample),
-            "random": animals_report(random, world, sample),
-        }
+    results = _trained_and_random(fits, lambda d: animals_report(d, world, sample), run.seed)
     references = {name: animals_report(ref, world, sample) for name, ref in reference_dictionaries(world).items()}
     return {"world": asdict(config.animals_world), "k": fit.k, "width": fit.width, "results": results,
             "references": references, "failures": failures}
