@@ -6,23 +6,12 @@ import argparse
 from pathlib import Path
 
 from saekit.analysis.analyze import AnalysisConfig, analyze_run
-from saekit.cli.argtypes import add_force_flag, latent_count, positive_int
+from saekit.cli.argtypes import add_force_flag, gigabytes, latent_count, positive_int
 from saekit.cli.imports import NAME_HELP, add_dictionary_flags, run_dir
 from saekit.jobs.dashboard import build_run_dashboard
 
 MEMORY_HELP = ("refuse to start when the estimated peak memory is over this many GB (default: 90%% of the memory "
                "free when the check runs)")
-
-
-def memory_gb(text: str) -> float:
-    """A memory budget in GB: a positive number (argtypes has no positive float)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of GB, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of GB, got {text!r}")
-    return value
 
 
 def _analyze(args: argparse.Namespace) -> int:
@@ -55,7 +44,7 @@ def add_analysis_parsers(subparsers: argparse._SubParsersAction) -> None:
                          help="analyse all latents (default) or the first N")
     analyze.add_argument("--batch-contexts", type=positive_int, default=defaults.batch_contexts,
                          help=f"contexts encoded at once; memory grows with it [{defaults.batch_contexts}]")
-    analyze.add_argument("--max-memory-gb", type=memory_gb, default=None, help=MEMORY_HELP)
+    analyze.add_argument("--max-memory-gb", type=gigabytes, default=None, help=MEMORY_HELP)
     analyze.set_defaults(handler=_analyze)
 
     dashboard = subparsers.add_parser("dashboard", help="build a static HTML dashboard from RUN_DIR/analysis "
@@ -77,6 +66,6 @@ def add_analysis_parsers(subparsers: argparse._SubParsersAction) -> None:
                            help="latents for the analysis, if it must be run")
     dashboard.add_argument("--batch-contexts", type=positive_int, default=defaults.batch_contexts,
                            help="contexts encoded at once by the analysis, if it must be run")
-    dashboard.add_argument("--max-memory-gb", type=memory_gb, default=None,
+    dashboard.add_argument("--max-memory-gb", type=gigabytes, default=None,
                            help=f"{MEMORY_HELP}: the analysis, if it must be run, then reading the store")
     dashboard.set_defaults(handler=_dashboard)

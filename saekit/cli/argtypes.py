@@ -33,6 +33,14 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def gigabytes(text: str) -> float:
+    """A memory budget in GB: a positive number (NaN refused)."""
+    value = float(_number(text, float, "a number of GB"))
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of GB, got {text!r}")
+    return value
+
+
 def unit_interval(text: str) -> float:
     """A share: a number in (0, 1]."""
     value = float(_number(text, float, "a number in (0, 1]"))

@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from saekit.cli.analysis import MEMORY_HELP, memory_gb
-from saekit.cli.argtypes import add_force_flag, non_negative_int, positive_int, unit_interval
+from saekit.cli.analysis import MEMORY_HELP
+from saekit.cli.argtypes import add_force_flag, gigabytes, non_negative_int, positive_int, unit_interval
 from saekit.errors import SaekitError
 
 
@@ -35,7 +35,7 @@ def add_circuit_parsers(subparsers: argparse._SubParsersAction) -> None:
                                 "adjacency matrix, and the memory to prune it, grow with the square of the nodes")
     attribute.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
                            help=f"targets per backward pass; memory grows with it [{defaults.batch_size}]")
-    attribute.add_argument("--max-memory-gb", type=memory_gb, default=None, help=MEMORY_HELP)
+    attribute.add_argument("--max-memory-gb", type=gigabytes, default=None, help=MEMORY_HELP)
     attribute.add_argument("--node-threshold", type=unit_interval, default=0.8,
                            help="keep the nodes holding this share of the influence on the logits [0.8]")
     attribute.add_argument("--edge-threshold", type=unit_interval, default=0.98,
