@@ -7,14 +7,13 @@ log-probability of its token and the ``top_logprobs`` most likely alternatives (
 
 from __future__ import annotations
 
-import inspect
 import threading
 from dataclasses import dataclass, field
 
 import torch
 
 from saekit.errors import SaekitError
-from saekit.models.loading import LoadedModel
+from saekit.models.loading import LoadedModel, cached_forward_keywords
 
 Messages = tuple[tuple[str, str], ...]
 
@@ -52,11 +51,8 @@ class ChatModel:
         stop.update(generation_eos if isinstance(generation_eos, list) else [generation_eos])
         self.stop_ids = {int(i) for i in stop if i is not None}
         self.lock = threading.Lock()
-        # Unembed only the last position of the prompt when the model allows it (a fifth of the compute).
-        parameters = inspect.signature(self.model.forward).parameters
-        self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
-        # The KV cache's keyword (and output field): ``cache`` in transformers 5, ``past_key_values`` before.
-        self._cache_name = "cache" if "cache" in parameters else "past_key_values"
+        # The KV cache's keyword, and unembedding only the last position where the model allows it.
+        self._cache_name, self._last_only = cached_forward_keywords(self.model)
 
     @property
     def has_chat_template(self) -> bool:

@@ -11,16 +11,15 @@ this is exactly the uncached generation that re-splices the whole sequence at ev
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from saekit.errors import SaekitError
 from saekit.evaluation.splice import SpliceTarget, spliced_context
-from saekit.models.loading import LoadedModel
+from saekit.models.loading import LoadedModel, cached_forward_keywords
 from saekit.render import markdown_table
 
 DEFAULT_PROMPTS = (
@@ -54,14 +53,6 @@ class _Forward:
     start: int = 0
 
 
-def _model_keywords(model: nn.Module) -> tuple[str, dict[str, int]]:
-    """The KV cache's keyword and output field (``cache`` in transformers 5, ``past_key_values`` before), and
-    ``logits_to_keep=1`` where the model takes it: only the last position is unembedded (49k-wide rows)."""
-    parameters = inspect.signature(model.forward).parameters
-    return ("cache" if "cache" in parameters else "past_key_values",
-            {"logits_to_keep": 1} if "logits_to_keep" in parameters else {})
-
-
 def _next_token(logits: Tensor, temperature: float, generator: torch.Generator) -> int:
     # On the CPU, so the seeded generator draws the same numbers on every device.
     logits = logits.float().cpu()
@@ -78,7 +69,7 @@ def continuation(loaded: LoadedModel, targets: Sequence[SpliceTarget], prompt: s
     generator = torch.Generator().manual_seed(seed)
     forward = _Forward()
     ids = loaded.prompt_ids(prompt)[None].to(loaded.device)
-    cache_name, last_only = _model_keywords(loaded.model)
+    cache_name, last_only = cached_forward_keywords(loaded.model)
     cache = None
     sampled: list[int] = []
     with spliced_context(loaded, targets, start=lambda: forward.start):

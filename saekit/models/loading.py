@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,6 +156,15 @@ def layer_count(spec: str) -> int | None:
         return DEFAULT_MODEL_SIZES.layers
     return getattr(load_model_config(spec), "num_hidden_layers", None)
 
+
+
+def cached_forward_keywords(model: torch.nn.Module) -> tuple[str, dict[str, int]]:
+    """How to run ``model`` one step at a time on its KV cache: the cache's keyword and output field
+    (``cache`` in transformers 5, ``past_key_values`` before), and ``logits_to_keep=1`` where the model
+    takes it, so only the last position is unembedded (a 49k-wide row per position otherwise)."""
+    parameters = inspect.signature(model.forward).parameters
+    return ("cache" if "cache" in parameters else "past_key_values",
+            {"logits_to_keep": 1} if "logits_to_keep" in parameters else {})
 
 @torch.no_grad()
 def randomize(model: PreTrainedModel, seed: int) -> None:
