@@ -18,7 +18,7 @@ from pathlib import Path
 from saekit.render import markdown_code, markdown_table
 
 # Top-level modules below every stage.
-CORE = ("errors", "io", "settings", "render", "stages", "provenance", "locks", "rundir", "site_kinds")
+CORE = ("errors", "io", "settings", "render", "stages", "provenance", "locks", "rundir", "site_kinds", "memory")
 
 
 @dataclass(frozen=True)

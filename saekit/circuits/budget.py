@@ -27,9 +27,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from saekit.analysis.analyze import gigabytes, largest_fitting, memory_budget
 from saekit.circuits.transcoders import TranscoderSet
 from saekit.errors import SaekitError
+from saekit.memory import gigabytes, largest_fitting, memory_budget
 from saekit.models.loading import LoadedModel
 
 FLOAT = 4  # the model and transcoders run in float32 for attribution (load_model_for)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from saekit.analysis.analyze import AnalysisConfig, analyze_run, gigabytes, memory_budget
+from saekit.analysis.analyze import AnalysisConfig, analyze_run
 from saekit.analysis.store import ANALYSIS_DIR, open_run_store, store_exists
 from saekit.autointerp.pipeline import scores_for_dashboard
 from saekit.dashboard.build import MANIFEST, build_dashboard, site_target
@@ -19,6 +19,7 @@ from saekit.dictionaries.registry import dictionary_fingerprint, load_dictionary
 from saekit.errors import SaekitError
 from saekit.io import read_json
 from saekit.locks import exclusive
+from saekit.memory import gigabytes, memory_budget
 from saekit.models.loading import LoadedModel
 from saekit.rundir import DICTIONARY_DIR
 

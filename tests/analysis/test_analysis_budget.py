@@ -13,7 +13,7 @@ from cli_helpers import one_line, quiet_model_loading  # noqa: F401 (a fixture, 
 from memory_helpers import allocated_peak, nbytes
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from saekit.analysis import analyze
+from saekit import memory
 from saekit.analysis.analyze import AnalysisConfig, analysis_memory, analyze_dictionary, check_analysis_memory
 from saekit.analysis.examples import ExampleCollector, ExampleConfig, collector_bytes
 from saekit.analysis.geometry import GeometryConfig
@@ -101,14 +101,14 @@ def test_the_default_budget_is_a_share_of_the_free_memory_the_tightest_limit_all
     (tmp_path / "meminfo").write_text("MemTotal: 8000000 kB\nMemAvailable:    2000000 kB\n")
     cgroup = tmp_path / "cgroup"
     cgroup.mkdir()
-    monkeypatch.setattr(analyze, "MEMINFO", tmp_path / "meminfo")
-    monkeypatch.setattr(analyze, "CGROUP", cgroup)
-    assert analyze.memory_budget(None) == int(0.9 * 2_048_000_000)  # no container limit
+    monkeypatch.setattr(memory, "MEMINFO", tmp_path / "meminfo")
+    monkeypatch.setattr(memory, "CGROUP", cgroup)
+    assert memory.memory_budget(None) == int(0.9 * 2_048_000_000)  # no container limit
     (cgroup / "memory.max").write_text("1000000000\n")
     (cgroup / "memory.current").write_text("600000000\n")
     (cgroup / "memory.stat").write_text("anon 500000000\ninactive_file 100000000\n")
-    assert analyze.memory_budget(None) == int(0.9 * 500_000_000)  # the container's room, cache it can drop free
-    assert analyze.memory_budget(1.5) == 1_500_000_000
+    assert memory.memory_budget(None) == int(0.9 * 500_000_000)  # the container's room, cache it can drop free
+    assert memory.memory_budget(1.5) == 1_500_000_000
 
 
 @pytest.fixture(scope="module")
