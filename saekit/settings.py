@@ -29,7 +29,8 @@ import textwrap
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass, replace
+from pathlib import PurePath
 from typing import Any, TypeVar, Union
 
 from saekit.errors import SaekitError
@@ -128,6 +129,10 @@ def _bound(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:g}"
 
 
+def _is_path(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, PurePath)
+
+
 def _tuple_items(annotation: Any) -> Any:
     """The item type of a homogeneous tuple annotation (``tuple[int, int]``, ``tuple[int, ...]``), else None."""
     if typing.get_origin(annotation) is not tuple:
@@ -141,23 +146,63 @@ def _variadic(annotation: Any) -> bool:
     return typing.get_origin(annotation) is tuple and typing.get_args(annotation)[-1:] == (Ellipsis,)
 
 
+def one_of(choices: tuple[Any, ...]) -> Callable[[Any], str | None]:
+    """A :class:`Rule` check: one of ``choices``."""
+    def check(value: Any) -> str | None:
+        return None if value in choices else "one of " + ", ".join(map(str, choices))
+    return check
+
+
 def setting(default: Any = MISSING, help: str = "", *, flag: str | None = None,
             factory: Callable[[], Any] | None = None, minimum: float | None = None, maximum: float | None = None,
             above: float | None = None, below: float | None = None, check: Callable[[Any], str | None] | None = None,
-            invalid: tuple[Any, ...] = ()) -> Any:
-    """A dataclass field with its help line, its allowed values, and optionally another flat name than its own."""
-    bounds = (minimum, maximum, above, below)
-    rule = Rule(*bounds, check, invalid) if any(b is not None for b in bounds) or check is not None else None
-    metadata = {"help": help, "flag": flag, "rule": rule}
+            invalid: tuple[Any, ...] = (), none: str | None = None, choices: tuple[Any, ...] = (),
+            switch: bool = False, repeat: bool = False, metavar: str | None = None) -> Any:
+    """A dataclass field with its help line, its allowed values, and optionally another flat name than its own.
+
+    How its flag reads (see :func:`add_flags`): ``none`` is the word that means None on the command line besides
+    ``none`` (``all`` for a count of latents, say), and is how ``--help`` shows a None default; ``choices`` are
+    the values allowed (argparse refuses others while parsing); ``switch`` makes a bool a flag without a value that
+    sets the opposite of the default; ``repeat`` makes a tuple's flag repeatable, one item each time; ``metavar``
+    replaces the type's name in ``--help``.
+    """
+    metadata = _metadata(help, flag, _rule(minimum, maximum, above, below, check, invalid, choices), none=none,
+                         choices=choices, switch=switch, repeat=repeat, metavar=metavar)
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
+def _rule(minimum: float | None = None, maximum: float | None = None, above: float | None = None,
+          below: float | None = None, check: Callable[[Any], str | None] | None = None, invalid: tuple[Any, ...] = (),
+          choices: tuple[Any, ...] = ()) -> Rule | None:
+    if choices and check is None:
+        check, invalid = one_of(tuple(choices)), invalid or ("not-a-choice",)
+    bounds = (minimum, maximum, above, below)
+    return Rule(*bounds, check, invalid) if any(b is not None for b in bounds) or check is not None else None
+
+
+def _metadata(help: str, flag: str | None, rule: Rule | None, **how: Any) -> dict[str, Any]:
+    """A setting's metadata: help, flat name and rule, and how its flag reads (only what differs from plain)."""
+    return {"help": help, "flag": flag, "rule": rule, **{k: v for k, v in how.items() if v}}
+
+
+RULE_WORDS = ("minimum", "maximum", "above", "below", "check", "invalid", "choices")
+
+
 def copy_setting(cls: type, name: str, default: Any = MISSING, **changes: Any) -> Any:
-    """``cls``'s field ``name`` again: its default (unless ``default`` is given), help and rule, stated once."""
+    """``cls``'s field ``name`` again: its default (unless ``default`` is given), help and rule, stated once.
+
+    ``changes`` replace parts of it: ``help=``, ``flag=`` (None: the new field's own name), how its flag reads
+    (``none=``, ``metavar=``...), or its rule (any of ``minimum=``, ``maximum=``, ``above=``, ``below=``,
+    ``check=``, ``choices=``: a new rule made of those alone)."""
     source = next(f for f in fields(cls) if f.name == name)
+    rule_changes = {k: changes.pop(k) for k in RULE_WORDS if k in changes}
     metadata = {**source.metadata, **changes}
+    if rule_changes:
+        metadata["rule"] = _rule(**rule_changes)
+        if rule_changes.get("choices"):
+            metadata["choices"] = tuple(rule_changes["choices"])
     if default is not MISSING:
         return field(default=default, metadata=metadata)
     if source.default_factory is not MISSING:
@@ -175,6 +220,11 @@ class FlatField:
     help: str
     default: Any
     rule: Rule | None = None
+    none: str | None = None  # the word for None on the command line (besides NONE_WORDS), and in --help
+    choices: tuple[Any, ...] = ()
+    switch: bool = False  # a bool flag without a value: it sets the opposite of the default
+    repeat: bool = False  # a tuple's flag given once per item
+    metavar: str | None = None
 
     @property
     def flag(self) -> str:
@@ -194,18 +244,22 @@ def _default(spec: Field) -> Any:
     return spec.default_factory() if spec.default_factory is not MISSING else spec.default
 
 
-def flat_fields(cls: type, prefix: tuple[str, ...] = ()) -> list[FlatField]:
-    """Every leaf field of ``cls`` and its sections, with its flat name; clashing names are a bug."""
+def flat_fields(cls: type, prefix: tuple[str, ...] = (), sections: bool = True) -> list[FlatField]:
+    """Every leaf field of ``cls`` and its sections (``sections=False``: its own fields alone), with its flat
+    name; clashing names are a bug."""
     found: list[FlatField] = []
     hints = _hints(cls)
     for spec in fields(cls):
         section = _section_type(hints[spec.name])
         if section is not None:
-            found += flat_fields(section, prefix + (spec.name,))
+            if sections:
+                found += flat_fields(section, prefix + (spec.name,))
             continue
         flat = spec.metadata.get("flag") or spec.name
+        how = {key: spec.metadata[key] for key in ("none", "choices", "switch", "repeat", "metavar")
+               if key in spec.metadata}
         found.append(FlatField(prefix + (spec.name,), flat, hints[spec.name], spec.metadata.get("help", ""),
-                               _default(spec), spec.metadata.get("rule")))
+                               _default(spec), spec.metadata.get("rule"), **how))
     if not prefix:
         names = [f.flat for f in found]
         clashes = sorted({n for n in names if names.count(n) > 1})
@@ -242,6 +296,8 @@ def type_name(annotation: Any) -> str:
             f"a list [{', '.join(type_name(t) for t in items)}]"
     if origin in (dict, list):
         return f"a {origin.__name__}"
+    if _is_path(annotation):
+        return "path"
     return getattr(annotation, "__name__", str(annotation))
 
 
@@ -257,6 +313,10 @@ def check_value(value: Any, annotation: Any, where: str) -> Any:
         raise _type_error(value, annotation, where)
     if annotation is Any:
         return value
+    if _is_path(annotation):
+        if isinstance(value, (str, PurePath)) and str(value):
+            return annotation(value)
+        raise _type_error(value, annotation, where)
     section = _section_type(annotation)
     if section is not None:
         return value if isinstance(value, section) else from_dict(section, value, where)
@@ -367,6 +427,8 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 
 def json_safe(value: Any) -> Any:
+    if isinstance(value, PurePath):
+        return str(value)
     if isinstance(value, dict):
         return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -436,32 +498,114 @@ def differences(a: Any, b: Any) -> list[str]:
 DEST_PREFIX = "setting:"
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), title: str | None = None) -> None:
+SETTINGS_OF = "settings-of:"  # the namespace entry naming the FlatFields add_flags gave a parser, per class
+SETTINGS_NOTE = " (override --config; defaults in [])"
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), title: str | None = None,
+              only: Iterable[str] | None = None, sections: bool = True, note: str = SETTINGS_NOTE) -> None:
     """One optional flag per leaf setting of ``cls``, typed from its annotation, help from its field.
 
-    ``title`` heads the group of ``cls``'s own (unsectioned) fields; by default they are the run identity."""
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for spec in flat_fields(cls):
-        if spec.flat in skip:
+    ``title`` heads the group of ``cls``'s own (unsectioned) fields; by default they are the run identity.
+    ``note`` follows each section's heading (and the default title). ``only`` keeps just the named settings
+    (``skip`` leaves some out); ``sections=False`` leaves out the fields of ``cls``'s sections (for a class
+    whose sections repeat a name).
+    The parser's namespace records which flags are ``cls``'s, for :func:`from_args` and :func:`flags_given`.
+
+    A flag's text is read and type-checked while parsing (a wrong type is argparse's one-line error naming
+    the flag); its range is checked by :func:`from_args`, a one-line SaekitError naming the flag.
+    """
+    keep = set(only) if only is not None else None
+    groups: dict[str | None, argparse._ArgumentGroup] = {}
+    added: list[FlatField] = []
+    for spec in flat_fields(cls, sections=sections):
+        if spec.flat in skip or (keep is not None and spec.flat not in keep):
             continue
         section = spec.path[0] if len(spec.path) > 1 else None
         if section not in groups:
-            heading = (f"{section} settings (override --config; defaults in [])" if section else
-                       title or "run identity settings (override --config; defaults in [])")
+            heading = (f"{section} settings{note}" if section else
+                       (title or "run identity settings" + note))
             groups[section] = parser.add_argument_group(heading)
         group = groups[section]
-        kwargs: dict[str, Any] = {"dest": DEST_PREFIX + spec.flat, "default": None,
+        kwargs: dict[str, Any] = {"dest": DEST_PREFIX + spec.flat, "default": NOT_GIVEN,
                                   "help": help_line(spec).replace("%", "%%")}
-        if typing.get_origin(spec.annotation) is dict:
-            kwargs.update(action="append", type=_key_value, metavar="KEY=VALUE")
+        if spec.switch:
+            kwargs.update(action="store_const", const=not spec.default)
+        elif typing.get_origin(spec.annotation) is dict:  # appended to a list: None until given
+            kwargs.update(action="append", type=_key_value, metavar="KEY=VALUE", default=None)
+        elif spec.repeat:
+            item = _tuple_items(spec.annotation)
+            kwargs.update(action="append", type=_parser_for(item, spec), metavar=spec.metavar or _metavar(item),
+                          default=None)
         else:
-            kwargs.update(type=_parser_for(spec.annotation), metavar=_metavar(spec.annotation))
+            kwargs.update(type=_parser_for(spec.annotation, spec),
+                          metavar=spec.metavar or (None if spec.choices else _metavar(spec.annotation, spec.none)))
+            if spec.choices:
+                kwargs["choices"] = spec.choices
         group.add_argument(spec.flag, **kwargs)
+        added.append(spec)
+    parser.set_defaults(**{SETTINGS_OF + _class_key(cls): tuple(added)})
+
+
+class _NotGiven:
+    """The namespace value of a setting flag the user did not pass (None is a value: ``--lr none``)."""
+
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+NOT_GIVEN = _NotGiven()
+
+
+def _class_key(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _given(args: argparse.Namespace, cls: type) -> list[tuple[FlatField, Any]]:
+    """The settings of ``cls`` the user passed, with the value each flag read (None: not given)."""
+    specs = getattr(args, SETTINGS_OF + _class_key(cls), None)
+    if specs is None:
+        raise TypeError(f"no flags of {cls.__name__} were added to this parser (add_flags)")
+    found = []
+    for spec in specs:
+        value = getattr(args, DEST_PREFIX + spec.flat, NOT_GIVEN)
+        appended = spec.repeat or typing.get_origin(spec.annotation) is dict  # None until the first one
+        if value is NOT_GIVEN or (value is None and appended):
+            continue
+        if spec.repeat:
+            value = tuple(value)
+        elif isinstance(value, list):  # a dict setting's KEY=VALUE pairs
+            value = dict(value)
+        found.append((spec, value))
+    return found
+
+
+def from_args(cls: type[T], args: argparse.Namespace, base: T | None = None) -> T:
+    """``base`` (by default ``cls()``) with the settings of ``cls`` given on the command line.
+
+    Each value is checked against its setting's type and rule first: a bad one is a one-line SaekitError
+    naming the flag the user typed (``--node-threshold must be <= 1, got 1.5``), raised before any work.
+    """
+    config = base if base is not None else cls()
+    for spec, value in _given(args, cls):
+        checked = checked_value(spec, value, spec.flag)
+        config = _replaced(config, spec.path, checked)
+    return config
+
+
+def _replaced(config: Any, path: tuple[str, ...], value: Any) -> Any:
+    head, *rest = path
+    return replace(config, **{head: _replaced(getattr(config, head), tuple(rest), value) if rest else value})
 
 
 def help_line(spec: FlatField) -> str:
-    """The setting's help as ``--help`` shows it: its help, its default in [], its range in ()."""
-    line = spec.help + ("" if spec.default is MISSING else f" [{_show(spec.default)}]")
+    """The setting's help as ``--help`` shows it: its help, its default in [], its range in ().
+
+    A switch (a flag without a value) shows no default: it is off unless given."""
+    line = spec.help
+    if spec.default is not MISSING and not spec.switch:
+        shown = spec.none if spec.default is None and spec.none else _show(spec.default)
+        line += f" [{shown or 'none'}]"
     if spec.rule is not None and spec.rule.describe_range():
         line += f" ({spec.rule.describe_range()})"
     return line
@@ -493,11 +637,14 @@ def help_block(cls: type, names: Iterable[str] | None = None, width: int | None 
     return "\n".join(lines)
 
 
-def flags_given(args: argparse.Namespace) -> dict[str, Any]:
-    """The flat settings the user passed on the command line (dict settings merged from KEY=VALUE)."""
+def flags_given(args: argparse.Namespace, cls: type | None = None) -> dict[str, Any]:
+    """The flat settings the user passed on the command line (dict settings merged from KEY=VALUE); with ``cls``,
+    only the flags :func:`add_flags` added for it."""
+    if cls is not None:
+        return {spec.flat: value for spec, value in _given(args, cls)}
     given = {}
     for dest, value in vars(args).items():
-        if dest.startswith(DEST_PREFIX) and value is not None:
+        if dest.startswith(DEST_PREFIX) and value is not NOT_GIVEN and value is not None:
             name = dest[len(DEST_PREFIX):]
             given[name] = dict(value) if isinstance(value, list) else value
     return given
@@ -509,7 +656,7 @@ def _show(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
-def _metavar(annotation: Any) -> str:
+def _metavar(annotation: Any, none: str | None = None) -> str:
     if _variadic(annotation):
         return f"{type_name(_tuple_items(annotation)).upper()},..."
     if typing.get_origin(annotation) is tuple:
@@ -520,15 +667,21 @@ def _metavar(annotation: Any) -> str:
         base = "VALUE"
     else:  # an optional list (INT,...|none) reads as the list does
         base = _metavar(real[0]) if typing.get_origin(real[0]) is tuple else type_name(real[0]).upper()
-    return base + ("|none" if members and type(None) in members else "")
+    return base + (f"|{none or 'none'}" if members and type(None) in members else "")
 
 
-def _parser_for(annotation: Any) -> Callable[[str], Any]:
+def _parser_for(annotation: Any, spec: FlatField | None = None) -> Callable[[str], Any]:
+    none = spec.none if spec is not None else None
+
     def parse(text: str) -> Any:
         try:
+            if none is not None and text.strip().lower() == none.lower():
+                text = "none"
             return check_value(parse_scalar(text, annotation), annotation, "value")
         except SaekitError:
             expected = _metavar(annotation) if typing.get_origin(annotation) is tuple else type_name(annotation)
+            if none is not None:
+                expected = expected.replace("null", repr(none))
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
     return parse
 

@@ -6,6 +6,12 @@ import in the package (module-level and inside functions, since a deferred impor
 dependency) and reports each edge the table does not allow. ``tests/test_stages.py`` runs it on the
 tree and checks that ``ARCHITECTURE.md`` holds the table :func:`stage_table_markdown` renders; after
 changing ``STAGES``, ``python -m saekit.stages ARCHITECTURE.md`` rewrites that section.
+
+A second rule keeps what an architecture is inside ``saekit/dictionaries``: :func:`architecture_tests`
+reports every place outside it that asks for an architecture by name (comparing with or taking a
+prefix of a registered name) or by class (``isinstance`` / ``issubclass`` with a dictionary class
+other than the ``Dictionary`` interface). The rest of saekit asks the dictionary instead (its
+``SPAN`` and per-layer methods), so a new architecture touches its own module and the registry only.
 """
 
 from __future__ import annotations
@@ -100,6 +106,66 @@ def violations(package_dir: Path) -> list[str]:
             found.append(f"{path}:{line}: {source} is not a stage in saekit/stages.py")
         elif target not in allowed[source]:
             found.append(f"{path}:{line}: {source} imports {target}, which it may not (see saekit/stages.py)")
+    return found
+
+
+DICTIONARIES = "dictionaries"  # the stage that alone may know architectures by name or class
+INTERFACE_CLASSES = {"Dictionary", "DictionaryConfig", "DictionaryOptions", "DictionaryOutput", "DictionarySettings",
+                     "SparseLatents", "Span"}
+
+
+def _dictionary_facts(package_dir: Path) -> tuple[set[str], set[str]]:
+    """(registered architecture names, dictionary classes other than the interface), read from the source."""
+    names: set[str] = set()
+    bases: dict[str, set[str]] = {}
+    for path in (package_dir / DICTIONARIES).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.ClassDef):
+                bases[node.name] = {base.id for base in node.bases if isinstance(base, ast.Name)}
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            if isinstance(node, ast.AnnAssign | ast.Assign) and isinstance(node.value, ast.Dict) and \
+                    path.name == "registry.py" and any(getattr(t, "id", None) == "ARCHITECTURES" for t in targets):
+                names |= {key.value for key in node.value.keys if isinstance(key, ast.Constant)}
+    classes = {"Dictionary"}
+    while True:  # every class descending from Dictionary
+        grown = classes | {name for name, parents in bases.items() if parents & classes}
+        if grown == classes:
+            return names, classes - INTERFACE_CLASSES
+        classes = grown
+
+
+def _asks_for_architecture(node: ast.AST, names: set[str], classes: set[str]) -> str | None:
+    """What ``node`` tests, if it tests an architecture's name or class."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+            node.func.attr in ("startswith", "endswith") and node.args and isinstance(node.args[0], ast.Constant):
+        prefix = node.args[0].value
+        if isinstance(prefix, str) and any(name.startswith(prefix) or name.endswith(prefix) for name in names):
+            return f"{node.func.attr}({prefix!r})"
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("isinstance", "issubclass") \
+            and len(node.args) == 2:
+        tested = {n.id if isinstance(n, ast.Name) else n.attr for n in ast.walk(node.args[1])
+                  if isinstance(n, ast.Name | ast.Attribute)}
+        if tested & classes:
+            return f"{node.func.id}(..., {', '.join(sorted(tested & classes))})"
+    if isinstance(node, ast.Compare):
+        constants = {n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        if constants & names:
+            return f"a comparison with {', '.join(sorted(constants & names))}"
+    return None
+
+
+def architecture_tests(package_dir: Path) -> list[str]:
+    """One line per place outside ``saekit/dictionaries`` that tests an architecture's name or class."""
+    names, classes = _dictionary_facts(package_dir)
+    found = []
+    for path in sorted(package_dir.rglob("*.py")):
+        if path.relative_to(package_dir).parts[0] == DICTIONARIES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            what = _asks_for_architecture(node, names, classes)
+            if what:
+                found.append(f"{path}:{node.lineno}: {what} asks for an architecture by name or class; ask the "
+                             "dictionary (its SPAN and per-layer methods, saekit/dictionaries/base.py) instead")
     return found
 
 

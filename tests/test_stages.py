@@ -3,8 +3,10 @@
 import shutil
 from pathlib import Path
 
+import pytest
+
 import saekit
-from saekit.stages import BEGIN, END, STAGES, import_edges, stage_table_markdown, violations
+from saekit.stages import BEGIN, END, STAGES, architecture_tests, import_edges, stage_table_markdown, violations
 
 PACKAGE = Path(saekit.__file__).parent
 ROOT = PACKAGE.parent
@@ -42,3 +44,31 @@ def test_architecture_md_holds_the_generated_table():
     text = (ROOT / "ARCHITECTURE.md").read_text()
     section = text[text.index(BEGIN):text.index(END) + len(END)]
     assert section == stage_table_markdown(), "run `python -m saekit.stages ARCHITECTURE.md` to regenerate it"
+
+
+def test_no_code_outside_the_dictionaries_asks_for_an_architecture():
+    assert architecture_tests(PACKAGE) == []
+
+
+@pytest.mark.parametrize(("module", "planted", "reported"), [
+    ("evaluation/report.py", 'def _sneaky(name):\n    return name.startswith("clt_")\n', "startswith('clt_')"),
+    ("analysis/analyze.py", 'def _sneaky(name):\n    return name == "crosscoder"\n', "comparison with crosscoder"),
+    ("training/trainer.py", "def _sneaky(d):\n    from saekit.dictionaries.crosslayer import CrossLayerTranscoder\n"
+                            "    return isinstance(d, CrossLayerTranscoder)\n",
+     "isinstance(..., CrossLayerTranscoder)"),
+])
+def test_a_planted_architecture_test_is_caught(tmp_path, module, planted, reported):
+    copy = tmp_path / "saekit"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    path = copy / module
+    path.write_text(path.read_text() + "\n\n" + planted)
+    found = architecture_tests(copy)
+    assert len(found) == 1 and module.split("/")[-1] in found[0] and reported in found[0]
+
+
+def test_the_dictionaries_themselves_may_name_architectures(tmp_path):
+    copy = tmp_path / "saekit"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    path = copy / "dictionaries" / "registry.py"
+    path.write_text(path.read_text() + '\n\ndef _named(name):\n    return name.startswith("clt_")\n')
+    assert architecture_tests(copy) == []

@@ -44,31 +44,27 @@ from saekit.memory import gigabytes, largest_fitting, memory_budget
 from saekit.models.loading import LoadedModel
 from saekit.provenance import fingerprint_json
 from saekit.rundir import DICTIONARY_DIR
-from saekit.settings import to_dict
+from saekit.settings import setting, to_dict
 from saekit.training.config import load_run_config
 
 # What a cross-layer latent's headline logit weights read (its per-layer ones are in layers.safetensors).
-LAYERED_LOGIT_NOTE = {
-    True: "a CLT latent's decoders into every later MLP output added up: its total direct write to the residual stream",
-    False: "a crosscoder latent's decoder into the last layer of its range",
-}
-
 
 @dataclass
 class AnalysisConfig:
     """What to analyse and how much of it."""
 
-    tokens: int = 32_768  # counted (non-BOS) tokens streamed through the model
-    latents: int | None = None  # analyse the first N latents; None: all
-    batch_contexts: int = 8
+    tokens: int = setting(32_768, "held-out tokens (counted, not BOS) to stream through the model", minimum=1)
+    latents: int | None = setting(None, "analyse all latents or the first N", minimum=1, none="all")
+    batch_contexts: int = setting(8, "contexts encoded at once; memory grows with it", minimum=1)
     mask: TokenMaskRule = field(default_factory=TokenMaskRule)
     histogram: HistogramBins = field(default_factory=HistogramBins)
     flags: FlagRule = field(default_factory=FlagRule)
     examples: ExampleConfig = field(default_factory=ExampleConfig)
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
     logits: LogitConfig = field(default_factory=LogitConfig)
-    progress: bool = True
-    max_memory_gb: float | None = None  # refuse an analysis estimated to need more (None: 90% of what is free)
+    progress: bool = setting(True, "show progress bars")
+    max_memory_gb: float | None = setting(None, "refuse to start when the estimated peak memory is over this many GB "
+                                          "(none: 90% of the memory free when the check runs)", above=0)
 
     def __post_init__(self) -> None:
         if self.max_memory_gb is not None and not self.max_memory_gb > 0:
@@ -224,7 +220,7 @@ def _write_logits(loaded: LoadedModel, dictionary: Dictionary, source: dict, n_l
         save_tensors(out_dir / store.LAYERS_TENSORS, by_layer)
         used += [by_layer["positive_ids"].flatten(), by_layer["negative_ids"].flatten()]
         note["output_layers"] = {"sites": writes, "per_latent": int(by_layer["layers"].shape[1]),
-                                 "total": LAYERED_LOGIT_NOTE[dictionary.config.architecture.startswith("clt_")]}
+                                 "total": dictionary.LOGIT_DIRECTION_NOTE}
     return note, torch.cat(used)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import platform
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,119 @@ class AutointerpConfig:
         return data
 
 
+# ---- records: what scores.json holds, as types (their fields, in order, are its keys) ----------------------
+@dataclass(frozen=True)
+class ExampleCounts:
+    """How many examples a latent had to explain from and to score on."""
+
+    train: int
+    test_activating: int
+    test_nonactivating: int
+
+
+@dataclass(frozen=True)
+class ExplanationRecord:
+    """One explainer's explanation of a latent; ``text`` None (with an ``error``) where it gave none."""
+
+    text: str | None
+    error: str | None
+
+
+@dataclass
+class LatentRecord:
+    """Everything about one latent: its examples, each explainer's explanation and scores, the intruder test."""
+
+    latent: int
+    examples: ExampleCounts
+    explanations: dict[str, ExplanationRecord]  # by explainer
+    scores: dict[str, dict[str, ScoreResult]]  # by explainer, then scorer
+    intruder: ScoreResult | None = None  # None: the intruder test was off (absent from scores.json)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.intruder is None:
+            del data["intruder"]
+        return data
+
+    def errors(self) -> list[str]:
+        """Every error message the record holds, explanations first."""
+        errors = [e.error for e in self.explanations.values() if e.error]
+        for result in [*(s for by in self.scores.values() for s in by.values()), self.intruder]:
+            errors += result.errors if result is not None else []
+        return errors
+
+
+@dataclass(frozen=True)
+class MeanOver:
+    """A mean over the latents that have the value (None: none has it), and how many those are."""
+
+    mean: float | None
+    latents: int
+
+    @staticmethod
+    def of(values: list[float | None]) -> MeanOver:
+        return MeanOver(*mean(values))
+
+
+@dataclass(frozen=True)
+class ScorerSummary:
+    """One scorer's metrics (see METRICS) averaged over latents, and the latents it got no answer for."""
+
+    balanced_accuracy: MeanOver
+    f1: MeanOver
+    auroc: MeanOver
+    unanswered_latents: int
+
+    def metric(self, name: str) -> MeanOver:
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class ExplainerSummary:
+    explained: int  # latents the explainer gave an explanation for
+    scorers: dict[str, ScorerSummary]  # only the scorers that scored some
+
+
+@dataclass(frozen=True)
+class Chance:
+    balanced_accuracy: float
+    auroc: float
+    intruder_accuracy: float
+
+
+@dataclass(frozen=True)
+class IntruderSummary:
+    accuracy: MeanOver
+    k: int
+    chance: float
+
+
+@dataclass(frozen=True)
+class ScoresSummary:
+    """The means over latents that ``scores.json`` and the report give, next to chance."""
+
+    latents: int
+    explainers: dict[str, ExplainerSummary]
+    chance: Chance
+    intruder: IntruderSummary | None = None  # None: the intruder test was off (absent from scores.json)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.intruder is None:
+            del data["intruder"]
+        return data
+
+
+@dataclass
+class AutointerpResult:
+    """What :func:`score_examples` wrote: the summary and per-latent records, and the manifest (a JSON
+    document as written to ``manifest.json``)."""
+
+    summary: ScoresSummary
+    manifest: dict[str, Any]
+    latents: list[LatentRecord]
+
+
 @dataclass
 class _Context:
     client: CachedClient
@@ -93,20 +207,19 @@ class _Context:
 
 
 async def _score_explanation(ctx: _Context, explanation: Explanation, examples: LatentExamples,
-                             ) -> dict[str, dict[str, Any]]:
+                             ) -> dict[str, ScoreResult]:
     scoring = ctx.config.scoring
     if explanation.text is None:
-        failed = ScoreResult.failed(f"no explanation: {explanation.error}").to_dict()
+        failed = ScoreResult.failed(f"no explanation: {explanation.error}")
         return {name: failed for name in EXPLANATION_SCORERS if _enabled(ctx, name)}
-    jobs: dict[str, Any] = {}
+    jobs: dict[str, Awaitable[ScoreResult]] = {}
     if scoring.detection:
         jobs["detection"] = detection(ctx.client, ctx.prompts["detect"], explanation.text, examples, scoring)
     if scoring.fuzzing:
         jobs["fuzzing"] = fuzzing(ctx.client, ctx.prompts["fuzz"], explanation.text, examples, scoring)
-    results = dict(zip(jobs, await asyncio.gather(*jobs.values())))
-    out = {name: result.to_dict() for name, result in results.items()}
+    out = dict(zip(jobs, await asyncio.gather(*jobs.values())))
     if ctx.embedder is not None:
-        out["embedding"] = embedding(ctx.embedder, explanation.text, examples).to_dict()
+        out["embedding"] = embedding(ctx.embedder, explanation.text, examples)
     return out
 
 
@@ -116,30 +229,30 @@ def _enabled(ctx: _Context, name: str) -> bool:
     return bool(getattr(ctx.config.scoring, name))
 
 
-async def _score_latent(ctx: _Context, examples: LatentExamples) -> dict[str, Any]:
+async def _score_latent(ctx: _Context, examples: LatentExamples) -> LatentRecord:
     explanations: list[Explanation] = []
     if "llm" in ctx.config.explainers:
         explanations.append(await llm_explanation(ctx.client, ctx.prompts["explain"], examples, ctx.config.explain))
     if "baseline" in ctx.config.explainers:
         explanations.append(baseline_explanation(examples, ctx.config.explain))
     scored = await asyncio.gather(*(_score_explanation(ctx, e, examples) for e in explanations))
-    record: dict[str, Any] = {
-        "latent": examples.latent,
-        "examples": {"train": len(examples.train), "test_activating": len(examples.test_activating),
-                     "test_nonactivating": len(examples.test_nonactivating)},
-        "explanations": {e.explainer: {"text": e.text, "error": e.error} for e in explanations},
-        "scores": {e.explainer: s for e, s in zip(explanations, scored)},
-    }
+    record = LatentRecord(
+        latent=examples.latent,
+        examples=ExampleCounts(train=len(examples.train), test_activating=len(examples.test_activating),
+                               test_nonactivating=len(examples.test_nonactivating)),
+        explanations={e.explainer: ExplanationRecord(text=e.text, error=e.error) for e in explanations},
+        scores={e.explainer: s for e, s in zip(explanations, scored)},
+    )
     if ctx.config.scoring.intruder:
-        result = await intruder(ctx.client, ctx.prompts["intruder"], examples, ctx.everyone, ctx.config.scoring)
-        record["intruder"] = result.to_dict()
+        record.intruder = await intruder(ctx.client, ctx.prompts["intruder"], examples, ctx.everyone,
+                                         ctx.config.scoring)
     return record
 
 
-async def _score_all(ctx: _Context, latents: list[LatentExamples]) -> list[dict[str, Any]]:
+async def _score_all(ctx: _Context, latents: list[LatentExamples]) -> list[LatentRecord]:
     gate = asyncio.Semaphore(max(1, ctx.config.latents_in_flight))
 
-    async def one(examples: LatentExamples) -> dict[str, Any]:
+    async def one(examples: LatentExamples) -> LatentRecord:
         async with gate:
             return await _score_latent(ctx, examples)
 
@@ -153,52 +266,50 @@ async def _score_all(ctx: _Context, latents: list[LatentExamples]) -> list[dict[
     finally:
         for task in tasks:
             task.cancel()
-    return sorted(records, key=lambda r: r["latent"])
+    return sorted(records, key=lambda r: r.latent)
 
 
-def summarize(records: list[dict[str, Any]], config: AutointerpConfig) -> dict[str, Any]:
+def summarize(records: list[LatentRecord], config: AutointerpConfig) -> ScoresSummary:
     """Mean of each scorer's metrics over latents (missing values left out, their count reported)."""
-    explainers: dict[str, Any] = {}
+    explainers: dict[str, ExplainerSummary] = {}
     for explainer in config.explainers:
-        per_scorer: dict[str, Any] = {}
+        per_scorer: dict[str, ScorerSummary] = {}
         for scorer in EXPLANATION_SCORERS:
-            results = [r["scores"].get(explainer, {}).get(scorer) for r in records]
-            results = [x for x in results if x is not None]
+            found = [r.scores.get(explainer, {}).get(scorer) for r in records]
+            results = [x for x in found if x is not None]
             if not results:
                 continue
-            per_scorer[scorer] = {}
-            for metric in METRICS:
-                value, n = mean([x[metric] for x in results])
-                per_scorer[scorer][metric] = {"mean": value, "latents": n}
-            per_scorer[scorer]["unanswered_latents"] = sum(1 for x in results if x["n"] == 0)
-        explained = sum(1 for r in records if (r["explanations"].get(explainer) or {}).get("text"))
-        explainers[explainer] = {"explained": explained, "scorers": per_scorer}
-    summary: dict[str, Any] = {"latents": len(records), "explainers": explainers,
-                               "chance": {"balanced_accuracy": 0.5, "auroc": 0.5,
-                                          "intruder_accuracy": 1 / (config.scoring.intruder_k + 1)}}
+            means = {metric: MeanOver.of([getattr(x, metric) for x in results]) for metric in METRICS}
+            per_scorer[scorer] = ScorerSummary(**means, unanswered_latents=sum(1 for x in results if x.n == 0))
+        explained = sum(1 for r in records if (e := r.explanations.get(explainer)) is not None and e.text)
+        explainers[explainer] = ExplainerSummary(explained=explained, scorers=per_scorer)
+    chance = 1 / (config.scoring.intruder_k + 1)
+    intruder_summary = None
     if config.scoring.intruder:
-        value, n = mean([(r.get("intruder") or {}).get("accuracy") for r in records])
-        summary["intruder"] = {"accuracy": {"mean": value, "latents": n}, "k": config.scoring.intruder_k,
-                               "chance": 1 / (config.scoring.intruder_k + 1)}
-    return summary
+        accuracy = MeanOver.of([r.intruder.accuracy if r.intruder is not None else None for r in records])
+        intruder_summary = IntruderSummary(accuracy=accuracy, k=config.scoring.intruder_k, chance=chance)
+    return ScoresSummary(latents=len(records), explainers=explainers,
+                         chance=Chance(balanced_accuracy=0.5, auroc=0.5, intruder_accuracy=chance),
+                         intruder=intruder_summary)
 
 
-def _fmt(entry: dict[str, Any] | None) -> str:
-    if not entry or entry.get("mean") is None:
+def _fmt(entry: MeanOver | None) -> str:
+    if entry is None or entry.mean is None:
         return "n/a"
-    return f"{entry['mean']:.3f} (n={entry['latents']})"
+    return f"{entry.mean:.3f} (n={entry.latents})"
 
 
-def report_markdown(summary: dict[str, Any], manifest: dict[str, Any]) -> str:
+def report_markdown(summary: ScoresSummary, manifest: dict[str, Any]) -> str:
+    """``report.md``: the summary's means beside chance; ``manifest`` is the JSON written to ``manifest.json``."""
     backend = manifest["backend"]
-    explainers = summary["explainers"]
+    explainers = summary.explainers
     names = [e for e in EXPLAINERS if e in explainers]
     header = {"llm": "LLM explainer", "baseline": "no-LLM baseline"}
     lines = [
         "# Automated interpretability", "",
         f"Explanations and scores produced by **{markdown_inline(backend['description'])}**"
         + (" (a 135M-parameter model: expect modest scores)" if "135M" in backend["description"] else "") + ".",
-        f"Latents scored: {summary['latents']} of {manifest['latents']['examined']} examined; skipped: "
+        f"Latents scored: {summary.latents} of {manifest['latents']['examined']} examined; skipped: "
         + (", ".join(f"{k}: {markdown_inline(v)}" for k, v in manifest["latents"]["skipped"].items()) or "none") + ".",
         "The baseline explains each latent by its most frequent activating tokens, with no LLM; "
         "it is scored by the same scorers and is the floor to read the LLM explainer against.", "",
@@ -206,19 +317,20 @@ def report_markdown(summary: dict[str, Any], manifest: dict[str, Any]) -> str:
     rows = []
     for scorer in EXPLANATION_SCORERS:
         for metric in METRICS:
-            cells = [(explainers[n]["scorers"].get(scorer) or {}).get(metric) for n in names]
-            if all(c is None or c.get("mean") is None for c in cells):
+            scored = [explainers[n].scorers.get(scorer) for n in names]
+            cells = [s.metric(metric) if s is not None else None for s in scored]
+            if all(c is None or c.mean is None for c in cells):
                 continue
             chance = "0.5" if metric != "f1" else "-"
             rows.append([scorer, metric.replace("_", " "), chance, *(_fmt(c) for c in cells)])
     lines.append(markdown_table(["scorer", "metric", "chance", *(header[n] for n in names)], rows))
-    if "intruder" in summary:
-        intruder_row = summary["intruder"]
+    if summary.intruder is not None:
+        intruder_row = summary.intruder
         lines += ["", f"Intruder test (no explanation; pick the 1 context of another latent among "
-                      f"{intruder_row['k'] + 1}): accuracy {_fmt(intruder_row['accuracy'])}, "
-                      f"chance {intruder_row['chance']:.3f}."]
+                      f"{intruder_row.k + 1}): accuracy {_fmt(intruder_row.accuracy)}, "
+                      f"chance {intruder_row.chance:.3f}."]
     usage = manifest["usage"]
-    lines += ["", "Explained: " + ", ".join(f"{header[n]} {explainers[n]['explained']}" for n in names) + ".",
+    lines += ["", "Explained: " + ", ".join(f"{header[n]} {explainers[n].explained}" for n in names) + ".",
               f"Embedding scorer: {markdown_inline(manifest['embedding'])}.",
               f"LLM requests this run: {usage['requests']} sent, {usage['cache_hits']} answered from the cache, "
               f"{usage['failures']} failed; tokens {usage['prompt_tokens']} in / {usage['completion_tokens']} out; "
@@ -247,28 +359,22 @@ def probe_backend(backend: Backend) -> None:
         probe()
 
 
-def _record_errors(record: dict[str, Any]) -> list[str]:
-    """Every error message a latent's record holds, explanations first."""
-    errors = [x["error"] for x in record.get("explanations", {}).values() if x.get("error")]
-    for result in [*(s for by in record.get("scores", {}).values() for s in by.values()), record.get("intruder")]:
-        errors += (result or {}).get("errors", [])
-    return errors
-
-
-def _raise_if_nothing_answered(client: CachedClient, records: list[dict[str, Any]], scores: Path) -> None:
+def _raise_if_nothing_answered(client: CachedClient, records: list[LatentRecord], scores: Path) -> None:
     """A run whose every request failed is an error (its records, all missing, are already written)."""
     stats = client.stats
     if stats.calls == 0 or stats.errors < stats.calls or stats.cache_hits:
         return
-    errors = [e for r in records for e in _record_errors(r)]
+    errors = [e for r in records for e in r.errors()]
     last = one_line(errors[-1])[:300] if errors else "unknown"
     raise SaekitError(f"every one of the {stats.errors} autointerp requests failed (last error: {last}); "
                       f"their scores are recorded as missing in {scores}")
 
 
 def score_examples(example_set: ExampleSet, out_dir: str | Path, config: AutointerpConfig, backend: Backend,
-                   source: dict[str, Any] | None = None) -> dict[str, Any]:
+                   source: dict[str, Any] | None = None) -> AutointerpResult:
     """Explain and score ``example_set`` with ``backend``; write scores, manifest and report to ``out_dir``.
+
+    ``source`` (where the examples came from) is recorded in the manifest as given, JSON.
 
     Raises SaekitError, before anything is sent, if the backend's endpoint does not answer its probe,
     and after writing, if every request of the run failed.
@@ -301,11 +407,11 @@ def score_examples(example_set: ExampleSet, out_dir: str | Path, config: Autoint
         "cache_dir": str(cache.directory), "usage": _usage(client, backend), "config": config.public(),
     }
     write_json(out_dir / SCORES, {"format_version": FORMAT_VERSION, "model": backend.description(),
-                                  "summary": summary, "latents": records})
+                                  "summary": summary.to_json(), "latents": [r.to_json() for r in records]})
     write_json(out_dir / MANIFEST, manifest)
     write_text(out_dir / REPORT, report_markdown(summary, manifest))
     _raise_if_nothing_answered(client, records, out_dir / SCORES)
-    return {"summary": summary, "manifest": manifest, "latents": records}
+    return AutointerpResult(summary=summary, manifest=manifest, latents=records)
 
 
 def run_autointerp(run_dir: str | Path, config: AutointerpConfig | None = None, backend: Backend | None = None,
@@ -338,12 +444,16 @@ def run_autointerp(run_dir: str | Path, config: AutointerpConfig | None = None, 
 
 
 def load_scores(run_dir: str | Path) -> dict[str, Any] | None:
+    """``scores.json`` as the JSON document it is (files of any version read it; None: autointerp has not run)."""
     path = Path(run_dir) / AUTOINTERP_DIR / SCORES
     return read_json(path, "autointerp scores") if path.is_file() else None
 
 
 def scores_for_dashboard(run_dir: str | Path) -> dict[int, dict[str, Any]]:
     """Per latent id: explanations and headline scores for the dashboard ({} if autointerp has not run).
+
+    Read from ``scores.json`` leniently, key by key (a file of an older format still shows what it has), into
+    the JSON-shaped view the dashboard pages and uploads take.
 
     Each value: ``{"explanation": str|None, "baseline": str|None, "model": str, "scores": {explainer:
     {scorer: {"balanced_accuracy", "f1", "auroc", "n"}}}, "intruder": {"accuracy", "chance", "n"}|None,

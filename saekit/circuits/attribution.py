@@ -27,20 +27,25 @@ from saekit.circuits.budget import (
     sizes_of,
 )
 from saekit.circuits.graph import Graph
-from saekit.circuits.replacement import ReplacementModel
+from saekit.circuits.replacement import ReplacementModel, ReplacementOutput
 from saekit.errors import SaekitError
+from saekit.settings import setting
 
 
 @dataclass(frozen=True)
 class AttributionConfig:
     """What the graph covers; the defaults are circuit-tracer's."""
 
-    max_logits: int = 10  # at most this many output logits as target nodes
-    logit_probability: float = 0.95  # ... the fewest most probable tokens reaching this probability
-    batch_size: int = 32  # targets per backward pass
-    max_feature_nodes: int | None = None  # keep only the largest-activation latents (None: all active)
-    progress: bool = True
-    max_memory_gb: float | None = None  # refuse a graph whose estimated peak is larger (None: 90% of what is free)
+    max_logits: int = setting(10, "at most this many output logits as target nodes", minimum=1)
+    logit_probability: float = setting(0.95, "target logits: the most probable tokens until they hold this "
+                                       "probability", above=0, maximum=1)
+    batch_size: int = setting(32, "targets per backward pass; memory grows with it", minimum=1)
+    max_feature_nodes: int | None = setting(None, "keep only this many latents (largest activations; none: all "
+                                            "active). The adjacency matrix, and the memory to prune it, grow with "
+                                            "the square of the nodes", minimum=1)
+    progress: bool = setting(True, "show progress and the memory estimate")
+    max_memory_gb: float | None = setting(None, "refuse to start when the estimated peak memory is over this many "
+                                          "GB (none: 90% of the memory free when the check runs)", above=0)
 
     def __post_init__(self) -> None:
         if self.max_logits < 1 or not 0 < self.logit_probability <= 1 or self.batch_size < 1:
@@ -83,19 +88,38 @@ def check_memory(replacement: ReplacementModel, features: int, logits: int, conf
         print(estimate_attribution(sizes, matmul_rate(sizes, device)).describe(device))
 
 
-def _target_values(output, targets: list[tuple[str, int, int, int]], last: int) -> Tensor:
-    """Each copy's target: ('logit', token, -, -) or ('feature', layer, position, latent)."""
-    values = []
-    for copy, (kind, a, b, c) in enumerate(targets):
-        if kind == "logit":
-            row = output.logits[copy, last]
-            values.append(row[a] - row.mean())
-        else:
-            values.append(output.pre_activations[a][copy, b, c])
-    return torch.stack(values)
+@dataclass(frozen=True)
+class LogitTarget:
+    """A token's logit at the last position, minus the mean logit there (circuit-tracer's logit node)."""
+
+    token: int
+
+    def value(self, output: ReplacementOutput, copy: int, last: int) -> Tensor:
+        row = output.logits[copy, last]
+        return row[self.token] - row.mean()
 
 
-def _direct_effects(output, nodes, targets: list[tuple[str, int, int, int]], features: Tensor,
+@dataclass(frozen=True)
+class LatentTarget:
+    """A latent's pre-activation at a position: what a feature node's incoming edges explain."""
+
+    layer: int
+    position: int
+    latent: int
+
+    def value(self, output: ReplacementOutput, copy: int, last: int) -> Tensor:
+        return output.pre_activations[self.layer][copy, self.position, self.latent]
+
+
+Target = LogitTarget | LatentTarget
+
+
+def _target_values(output: ReplacementOutput, targets: list[Target], last: int) -> Tensor:
+    """Each copy's target value: copy i of the forward holds target i's gradient."""
+    return torch.stack([target.value(output, copy, last) for copy, target in enumerate(targets)])
+
+
+def _direct_effects(output: ReplacementOutput, nodes, targets: list[Target], features: Tensor,
                     activations: Tensor) -> Tensor:
     """[len(targets), sources]: the direct effect of every source node (features, errors, tokens) on each target.
 
@@ -135,8 +159,8 @@ def attribute(replacement: ReplacementModel, prompt: str, config: AttributionCon
     logit_tokens, logit_probabilities = chosen_logits(clean.logits, config)
     features, activations = active_features(replacement, config)
     check_memory(replacement, features.shape[0], len(logit_tokens), config)  # before the passes and the adjacency
-    targets = [("logit", int(token), 0, 0) for token in logit_tokens] + \
-              [("feature", int(layer), int(position), int(latent)) for layer, position, latent in features.tolist()]
+    targets: list[Target] = [LogitTarget(int(token)) for token in logit_tokens] + \
+        [LatentTarget(layer, position, latent) for layer, position, latent in features.tolist()]
     n_sources = features.shape[0] + len(replacement.transcoders.layers) * len(clean.input_ids) + len(clean.input_ids)
     n_nodes = n_sources + len(logit_tokens)
     adjacency = torch.zeros(n_nodes, n_nodes)

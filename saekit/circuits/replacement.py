@@ -1,21 +1,28 @@
 """The local replacement model of one prompt: transcoders in place of the MLPs, everything else frozen.
 
 On the clean run of the prompt we record, per replaced layer, the MLP input and output, and for the
-whole model every norm's scale and every attention pattern. The replacement model then runs the
-real model's modules with three changes (forward hooks, so any Llama-style model works):
+whole model every residual-path norm's scale and every attention pattern. The replacement model then
+runs the real model's modules with these changes (forward hooks; what differs between families, which
+norms sit where, how the attention makes its values, any logit softcap, is read from the family's row
+of the architecture table, ``saekit/models/architecture.py``):
 
 - each norm multiplies its input by the scale it had on the clean run (1/rms per token; LayerNorm
-  also centres), so it is linear in its input;
-- each attention layer applies its clean pattern to the values of its input (``o_proj(A v_proj(x))``),
-  so queries and keys no longer move;
+  also centres), so it is linear in its input (affine, with a LayerNorm's bias);
+- each attention layer applies its clean pattern to the values of its input (``o_proj(A v_proj(x))``,
+  the values sliced out of a fused q/k/v projection where the family has one), so queries and keys,
+  and with them positions and attention softcapping, no longer move;
 - each replaced MLP outputs ``decode(latents) + error``, where the latents are given (the nodes) and
   ``error`` = clean MLP output - the transcoders' reconstruction on the clean run. The pre-activation
-  of every latent is read from the MLP's (now linear) input on the way.
+  of every latent is read from the MLP's (now linear) input on the way;
+- a final logit softcap (Gemma 2: cap * tanh(z / cap)) multiplies each logit by the factor it had on
+  the clean run, as the norms do.
 
 With the latents, errors and token embeddings at their clean values the output is the clean model's
 exactly; and the whole map from (embeddings, latents, errors) to logits and pre-activations is
-linear (plus constant biases), so a gradient times a value is an exact direct effect. At the BOS
-position no latent is a node: its MLP output is all error (transcoders are trained without BOS).
+linear (plus constant biases: learned position embeddings, the projections' and norms' biases), so a
+gradient times a value is an exact direct effect. At the BOS position no latent is a node: its MLP
+output is all error (transcoders are trained without BOS). Families the table marks as unsupported are
+refused (one line) before the clean run.
 """
 
 from __future__ import annotations
@@ -27,9 +34,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from saekit.analysis.logits import norm_linear_part
 from saekit.circuits.transcoders import TranscoderSet, check_fits
 from saekit.errors import SaekitError
+from saekit.models.architecture import AttentionLayout, NormLayout, replacement_layout
 from saekit.models.loading import LoadedModel
 
 
@@ -51,52 +58,53 @@ class ReplacementOutput:
     pre_activations: dict[int, Tensor]  # layer -> [B, S, m]
 
 
-def _norm_modules(model: nn.Module) -> list[nn.Module]:
-    return [module for module in model.modules() if "RMSNorm" in type(module).__name__
-            or isinstance(module, nn.LayerNorm)]
-
-
-def _norm_eps(norm: nn.Module) -> float:
+def _norm_eps(norm: nn.Module, norms: NormLayout) -> float:
+    if norms.fixed_eps is not None:
+        return norms.fixed_eps
     for name in ("variance_epsilon", "eps"):
         if hasattr(norm, name):
             return float(getattr(norm, name))
     raise SaekitError(f"cannot freeze the norm {type(norm).__name__}: no epsilon attribute")
 
 
-def _inverse_scale(norm: nn.Module, x: Tensor) -> Tensor:
-    """The per-token factor the norm divides by on input ``x`` (float32, [..., 1])."""
-    centres, _ = norm_linear_part(norm)
+def _inverse_scale(norm: nn.Module, x: Tensor, norms: NormLayout) -> Tensor:
+    """The per-token factor the norm multiplies by on input ``x`` (float32, [..., 1]): 1/rms or 1/std."""
     x = x.float()
-    if centres:
-        return torch.rsqrt(x.var(-1, keepdim=True, unbiased=False) + _norm_eps(norm))
-    return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + _norm_eps(norm))
+    if norms.kind == "layer":
+        return torch.rsqrt(x.var(-1, keepdim=True, unbiased=False) + _norm_eps(norm, norms))
+    return torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + _norm_eps(norm, norms))
 
 
-def _frozen_norm(norm: nn.Module, x: Tensor, inverse: Tensor) -> Tensor:
-    centres, scale = norm_linear_part(norm)
+def _frozen_norm(norm: nn.Module, x: Tensor, inverse: Tensor, norms: NormLayout) -> Tensor:
+    """The norm with its per-token factor held at ``inverse``: linear in ``x`` (affine with a bias)."""
     out = x.float()
-    if centres:
+    if norms.kind == "layer":
         out = out - out.mean(-1, keepdim=True)
     out = out * inverse
-    if scale is not None:
-        out = out * scale.to(out.device)
+    weight = getattr(norm, "weight", None)
+    if weight is not None:
+        out = out * (weight.float() + norms.weight_offset)
     bias = getattr(norm, "bias", None)
     if bias is not None:
         out = out + bias.float()
     return out.to(x.dtype)
 
 
-def _attention_values(attention: nn.Module, x: Tensor, pattern: Tensor) -> Tensor:
-    """o_proj(pattern @ v_proj(x)) for a Llama-style attention module (grouped-query heads repeated)."""
-    if not all(hasattr(attention, name) for name in ("v_proj", "o_proj", "head_dim")):
-        raise SaekitError(f"attribution needs Llama-style attention (v_proj, o_proj); {type(attention).__name__} "
-                          "is not supported yet")
+def _attention_values(attention: nn.Module, x: Tensor, pattern: Tensor, layout: AttentionLayout) -> Tensor:
+    """output(pattern @ values(x)), the values made as the family's row says (grouped-query heads repeated)."""
     batch, seq, _ = x.shape
-    values = attention.v_proj(x).view(batch, seq, -1, attention.head_dim).transpose(1, 2)  # [B, kv, S, hd]
-    heads = pattern.shape[-3]
+    heads, head_dim = pattern.shape[-3], int(getattr(attention, layout.head_dim))
+    projected = getattr(attention, layout.values)(x)
+    if layout.value_layout == "per_head":  # [.., heads, q | k | v] (GPT-NeoX)
+        values = projected.view(batch, seq, heads, 3 * head_dim)[..., 2 * head_dim:]
+    else:
+        if layout.value_layout == "fused":  # [q | k | v], k and v alike (GPT-2, Phi-3)
+            projected = projected[..., heads * head_dim + (projected.shape[-1] - heads * head_dim) // 2:]
+        values = projected.view(batch, seq, -1, head_dim)
+    values = values.transpose(1, 2)  # [B, kv, S, hd]
     values = values.repeat_interleave(heads // values.shape[1], dim=1)
     mixed = (pattern.to(values.dtype) @ values).transpose(1, 2).reshape(batch, seq, -1)
-    return attention.o_proj(mixed)
+    return getattr(attention, layout.output)(mixed)
 
 
 def _hidden_states(args: tuple, kwargs: dict) -> Tensor:
@@ -108,33 +116,40 @@ class ReplacementModel:
 
     def __init__(self, loaded: LoadedModel, transcoders: TranscoderSet, input_ids: Tensor) -> None:
         adapter = loaded.adapter
+        self.layout = replacement_layout(adapter.model_type)  # one line for a family it cannot handle, first
         check_fits(transcoders, adapter.n_layers, adapter.d_model)
         self.loaded, self.transcoders = loaded, transcoders
         self.model = loaded.model
-        self.norms = _norm_modules(self.model)
+        self.norms = [norm for layer in range(adapter.n_layers) for norm in adapter.block_norms(layer)]
+        self.norms.append(adapter.final_norm())
+        cap = getattr(self.model.config, self.layout.logit_softcap, None) if self.layout.logit_softcap else None
+        self.logit_softcap: float | None = None if cap is None else float(cap)
         self.clean = self._clean_run(input_ids.reshape(-1).to(loaded.device))
 
     @torch.no_grad()
     def _clean_run(self, input_ids: Tensor) -> CleanRun:
-        adapter, transcoders = self.loaded.adapter, self.transcoders
+        adapter, transcoders, norms = self.loaded.adapter, self.transcoders, self.layout.norms
         self.inverse_scales: dict[int, Tensor] = {}
         self.patterns: dict[int, Tensor] = {}
         mlp_in: dict[int, Tensor] = {}
         mlp_out: dict[int, Tensor] = {}
+        unembedded: list[Tensor] = []
         hooks = []
         for index, norm in enumerate(self.norms):
             hooks.append(norm.register_forward_hook(
                 lambda module, args, out, index=index: self.inverse_scales.__setitem__(
-                    index, _inverse_scale(module, args[0]))))
+                    index, _inverse_scale(module, args[0], norms))))
         for layer in range(adapter.n_layers):
             hooks.append(adapter.attention(layer).register_forward_hook(
-                lambda module, args, out, layer=layer: self.patterns.__setitem__(layer, out[1].detach())))
+                lambda module, args, out, layer=layer: self.patterns.__setitem__(layer, out[1])))  # None: not eager
         def record_mlp(args: tuple, out: Tensor, layer: int) -> None:
             mlp_in[layer], mlp_out[layer] = args[0][0], out[0]
 
         for layer in transcoders.layers:
             hooks.append(adapter.mlp(layer).register_forward_hook(
                 lambda module, args, out, layer=layer: record_mlp(args, out, layer)))
+        if self.logit_softcap is not None:
+            hooks.append(adapter.unembedding().register_forward_hook(lambda module, args, out: unembedded.append(out)))
         previous = self.model.config._attn_implementation
         try:
             self.model.set_attn_implementation("eager")  # the only implementation that returns its pattern
@@ -144,8 +159,12 @@ class ReplacementModel:
             self.model.set_attn_implementation(previous)
             for hook in hooks:
                 hook.remove()
-        if any(pattern is None for pattern in self.patterns.values()):
+        if len(self.patterns) != adapter.n_layers or any(p is None for p in self.patterns.values()):
             raise SaekitError("the model's attention did not return its pattern; attribution needs eager attention")
+        if self.logit_softcap is not None:
+            # cap * tanh(z / cap) = z * factor, the factor held at its clean value as the norms' scales are
+            raw, cap = unembedded[0][0].float(), self.logit_softcap
+            self.softcap_factor = torch.where(raw == 0, torch.ones_like(raw), cap * torch.tanh(raw / cap) / raw)
         latents = {}
         for layer in transcoders.layers:
             latents[layer] = transcoders.encode(layer, mlp_in[layer]).float()
@@ -157,15 +176,17 @@ class ReplacementModel:
     @contextmanager
     def _frozen(self, latents: dict[int, Tensor], errors: dict[int, Tensor],
                 pre_activations: dict[int, Tensor]) -> Iterator[None]:
-        adapter, transcoders = self.loaded.adapter, self.transcoders
+        adapter, transcoders, layout = self.loaded.adapter, self.transcoders, self.layout
         hooks = []
         for index, norm in enumerate(self.norms):
             hooks.append(norm.register_forward_hook(
-                lambda module, args, out, index=index: _frozen_norm(module, args[0], self.inverse_scales[index])))
+                lambda module, args, out, index=index: _frozen_norm(module, args[0], self.inverse_scales[index],
+                                                                    layout.norms)))
         for layer in range(adapter.n_layers):
             hooks.append(adapter.attention(layer).register_forward_hook(
                 lambda module, args, kwargs, out, layer=layer: (
-                    _attention_values(module, _hidden_states(args, kwargs), self.patterns[layer]), None),
+                    _attention_values(module, _hidden_states(args, kwargs), self.patterns[layer],
+                                      layout.attention_layout), None),
                 with_kwargs=True))
 
         def replaced_mlp(module: nn.Module, args: tuple, out: Tensor, layer: int) -> Tensor:
@@ -176,11 +197,17 @@ class ReplacementModel:
         for layer in transcoders.layers:
             hooks.append(adapter.mlp(layer).register_forward_hook(
                 lambda module, args, out, layer=layer: replaced_mlp(module, args, out, layer)))
+        if self.logit_softcap is not None:  # the model's own softcap off, its clean factor applied instead
+            setattr(self.model.config, layout.logit_softcap, None)
+            hooks.append(adapter.unembedding().register_forward_hook(
+                lambda module, args, out: out * self.softcap_factor[-out.shape[-2]:].to(out.dtype)))
         try:
             yield
         finally:
             for hook in hooks:
                 hook.remove()
+            if self.logit_softcap is not None:
+                setattr(self.model.config, layout.logit_softcap, self.logit_softcap)
 
     def forward(self, embeddings: Tensor, latents: dict[int, Tensor], errors: dict[int, Tensor],
                 last_logits_only: bool = False) -> ReplacementOutput:

@@ -1,20 +1,20 @@
-"""The transcoders that replace a model's MLPs: one per layer (saekit runs) or one cross-layer transcoder.
+"""The transcoders that replace a model's MLPs: one per layer (saekit runs), one cross-layer transcoder, or both.
 
-Both give, per replaced layer j, ``encode(j, x_j)`` (the latents from the MLP input) and ``decode(j,
-latents, x_j)`` (the MLP output from the latents of the layers that write to j: j alone for per-layer
-transcoders, every layer of the range up to j for a CLT; plus the skip path when there is one).
+Each dictionary covers a run of model layers (one for a per-layer transcoder, its range for a CLT) and
+answers per layer of that run what it reads and writes (``Dictionary.encode_layer``, ``writers``,
+``decoder_into``, ``decode_layer``); the set only maps a model layer to its dictionary and its position
+in that dictionary's range, so it holds no knowledge of any architecture.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from torch import Tensor
 
 from saekit.activations.spec import DataConfig
 from saekit.dictionaries.base import Dictionary
-from saekit.dictionaries.crosslayer import CrossLayerTranscoder
 from saekit.dictionaries.registry import load_dictionary, read_sites, written_sites
 from saekit.errors import SaekitError
 from saekit.models.loading import LoadedModel
@@ -25,53 +25,63 @@ from saekit.training.config import load_run_config
 
 @dataclass
 class TranscoderSet:
-    """Transcoders from ``mlp_in`` to ``mlp_out`` for the model layers ``layers`` (in order)."""
+    """Transcoders from ``mlp_in`` to ``mlp_out``: each dictionary with the model layers it replaces, in order."""
 
-    layers: list[int]
-    per_layer: dict[int, Dictionary] | None = None
-    clt: CrossLayerTranscoder | None = None
+    covering: list[tuple[list[int], Dictionary]]
     data: DataConfig | None = None  # the runs' data settings: which model (and randomization) they read
+    layers: list[int] = field(init=False)  # every replaced model layer, in order
+    _placed: dict[int, tuple[Dictionary, list[int]]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._placed = {}
+        for layers, dictionary in self.covering:
+            if len(layers) != dictionary.layers:
+                raise SaekitError(f"a dictionary over {dictionary.layers} layers cannot replace the "
+                                  f"{len(layers)} MLPs of layers {layers}")
+            for layer in layers:
+                if layer in self._placed:
+                    raise SaekitError(f"two transcoders replace the MLP of layer {layer}; keep one")
+                self._placed[layer] = (dictionary, layers)
+        self.layers = sorted(self._placed)
+
+    @classmethod
+    def per_layer(cls, dictionaries: dict[int, Dictionary], data: DataConfig | None = None) -> TranscoderSet:
+        """One single-site transcoder per model layer."""
+        return cls([([layer], dictionary) for layer, dictionary in sorted(dictionaries.items())], data)
+
+    def dictionary_of(self, layer: int) -> Dictionary:
+        return self._placed[layer][0]
+
+    def _position(self, layer: int) -> tuple[Dictionary, list[int], int]:
+        dictionary, layers = self._placed[layer]
+        return dictionary, layers, layers.index(layer)
 
     def width(self, layer: int) -> int:
-        return self.clt.latents_per_layer if self.clt is not None else self.per_layer[layer].config.width
+        return self.dictionary_of(layer).latents_per_layer
 
     def writers(self, layer: int) -> list[int]:
-        """The layers whose latents write to ``layer``'s MLP output."""
-        return [source for source in self.layers if source <= layer] if self.clt is not None else [layer]
+        """The model layers whose latents write to ``layer``'s MLP output."""
+        dictionary, layers, position = self._position(layer)
+        return [layers[source] for source in dictionary.writers(position)]
 
     def encode(self, layer: int, x: Tensor) -> Tensor:
-        if self.clt is not None:
-            return self.clt.encode_layer(self.layers.index(layer), x)
-        return self.per_layer[layer].encode(x)
+        dictionary, _, position = self._position(layer)
+        return dictionary.encode_layer(position, x)
 
     def pre_activations(self, layer: int, x: Tensor) -> Tensor:
         """Layer ``layer``'s latents before their activation function, from its MLP input ``x``."""
-        if self.clt is not None:
-            latents = self.clt.layer_slice(self.layers.index(layer), self.clt.latents_per_layer)
-            return x @ self.clt.W_enc[:, latents] + self.clt.b_enc[latents]  # a CLT is a transcoder: no b_pre
-        return self.per_layer[layer].pre_activations(x)
+        dictionary, _, position = self._position(layer)
+        return dictionary.layer_pre_activations(position, x)
 
     def decoder(self, source: int, layer: int) -> Tensor:
         """[latents of ``source``, d]: what each latent of layer ``source`` writes to layer ``layer``'s MLP output."""
-        if self.clt is None:
-            return self.per_layer[layer].W_dec
-        first, position = self.layers.index(source), self.layers.index(layer)
-        block = self.clt.decoder_block(first).view(self.clt.latents_per_layer, -1, self.clt.layer_output_width)
-        return block[:, position - first]
+        dictionary, layers, position = self._position(layer)
+        return dictionary.decoder_into(layers.index(source), position)
 
     def decode(self, layer: int, latents: dict[int, Tensor], x: Tensor) -> Tensor:
         """Layer ``layer``'s MLP output from ``latents[source]`` of every writer, and its input ``x`` (skip)."""
-        if self.clt is not None:
-            position = self.layers.index(layer)
-            out = self.clt.b_dec[self.clt.layer_slice(position, self.clt.layer_output_width)]
-            skip = None if self.clt.W_skip is None else \
-                x @ self.clt.W_skip[:, self.clt.layer_slice(position, self.clt.layer_output_width)]
-        else:
-            dictionary = self.per_layer[layer]
-            out, skip = dictionary.b_dec, dictionary.skip(x)
-        for source in self.writers(layer):
-            out = out + latents[source] @ self.decoder(source, layer)
-        return out if skip is None else out + skip
+        dictionary, _, position = self._position(layer)
+        return dictionary.decode_layer(position, [latents[source] for source in self.writers(layer)], x)
 
     def requires_grad_(self, flag: bool) -> TranscoderSet:
         for dictionary in self.dictionaries():
@@ -79,16 +89,15 @@ class TranscoderSet:
         return self
 
     def dictionaries(self) -> list[Dictionary]:
-        return [self.clt] if self.clt is not None else list(self.per_layer.values())
+        return [dictionary for _, dictionary in self.covering]
 
 
-def _check_transcoder(run_dir: Path, source: dict) -> int:
-    """The layer of a per-layer transcoder run reading blocks.L.mlp_in and writing blocks.L.mlp_out."""
-    reads, writes = read_sites(source), written_sites(source)
-    read, write = parse_site(reads[0]), parse_site(writes[0])
-    if len(reads) != 1 or (read.kind, write.kind) != ("mlp_in", "mlp_out") or read.layer != write.layer:
+def _check_transcoder(run_dir: Path, read_name: str, write_name: str) -> int:
+    """The layer whose MLP a transcoder run replaces there: it reads blocks.L.mlp_in and writes blocks.L.mlp_out."""
+    read, write = parse_site(read_name), parse_site(write_name)
+    if (read.kind, write.kind) != ("mlp_in", "mlp_out") or read.layer != write.layer:
         raise SaekitError(f"{run_dir} is not a transcoder from blocks.L.mlp_in to blocks.L.mlp_out (it reads "
-                          f"{', '.join(reads)} and writes {', '.join(writes)}); circuits replace MLPs")
+                          f"{read_name} and writes {write_name}); circuits replace MLPs")
     return read.layer
 
 
@@ -112,22 +121,15 @@ def load_transcoders(path: str | Path, device: str = "cpu") -> TranscoderSet:
         names = ", ".join(sorted({c.model for c in data}))
         raise SaekitError(f"the transcoder runs in {path} come from different models (or randomizations): {names}")
     loaded = [(d, *load_dictionary(d / DICTIONARY_DIR, device)) for d in run_dirs]
-    for _, dictionary, _ in loaded:
-        dictionary.eval().requires_grad_(False)
-    if len(loaded) == 1 and isinstance(loaded[0][1], CrossLayerTranscoder):
-        run_dir, clt, source = loaded[0]
-        layers = [_check_transcoder(run_dir, {"site": r, "target_site": w})
-                  for r, w in zip(read_sites(source), written_sites(source))]
-        return TranscoderSet(layers, clt=clt, data=data[0])
-    per_layer: dict[int, Dictionary] = {}
+    covering = []
     for run_dir, dictionary, source in loaded:
-        if isinstance(dictionary, CrossLayerTranscoder) and dictionary.layers > 1:
-            raise SaekitError(f"{run_dir} is a cross-layer transcoder; give it alone, not among per-layer runs")
-        layer = _check_transcoder(run_dir, source)
-        if layer in per_layer:
-            raise SaekitError(f"two runs in {path} replace the MLP of layer {layer}; keep one")
-        per_layer[layer] = dictionary
-    return TranscoderSet(sorted(per_layer), per_layer=per_layer, data=data[0])
+        dictionary.eval().requires_grad_(False)
+        if dictionary.layers > 1 and len(loaded) > 1:
+            raise SaekitError(f"{run_dir} spans {dictionary.layers} layers; give it alone, not among per-layer runs")
+        layers = [_check_transcoder(run_dir, read, write) for read, write in zip(read_sites(source),
+                                                                                   written_sites(source))]
+        covering.append((layers, dictionary))
+    return TranscoderSet(covering, data=data[0])
 
 
 def check_fits(transcoders: TranscoderSet, n_layers: int, d_model: int) -> None:

@@ -17,7 +17,7 @@ from saekit.dictionaries.registry import add_option_groups
 from saekit.errors import SaekitError
 from saekit.evaluation.effective_compute import law_name
 from saekit.rundir import REPORT_FILE
-from saekit.settings import add_flags, flags_given, updated
+from saekit.settings import add_flags, flags_given, from_args, updated
 from saekit.training.config import TrainConfig
 
 Handler = Callable[[argparse.Namespace], int]
@@ -29,7 +29,7 @@ MATCH_L0_HELP = "compare architectures at this L0 (default: the TopK runs' media
 def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None, validate: bool = True) -> TrainConfig:
     """The --config file (or ``base``, or the defaults) with every setting flag given applied."""
     config = TrainConfig.from_file(args.config) if getattr(args, "config", None) else (base or TrainConfig())
-    config = updated(config, "command line", **flags_given(args))
+    config = updated(config, "command line", **flags_given(args, TrainConfig))
     return config.validate() if validate else config
 
 
@@ -83,12 +83,14 @@ def expand_sites(text: str, model: str) -> list[str]:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from saekit.jobs.sweep import run_sweep
+    from saekit.jobs.sweep import SweepSettings, run_sweep
 
+    settings = from_args(SweepSettings, args)
     config = config_from_args(args)
-    widths = [int(w) for w in args.widths.split(",")] if args.widths else [None]
-    summary = run_sweep(config, args.grid, widths, args.runs_dir, resume=args.resume, match_l0=args.match_l0)
-    out = Path(args.runs_dir) / config.name
+    widths: list[int | None] = list(settings.widths) if settings.widths else [None]
+    summary = run_sweep(config, args.grid, widths, settings.runs_dir, resume=settings.resume,
+                        match_l0=settings.match_l0)
+    out = Path(settings.runs_dir) / config.name
     print(f"sweep of {len(summary['runs'])} dictionaries: {out / 'summary.md'}, {out / 'pareto.png'}")
     return 0
 
@@ -158,20 +160,23 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from saekit.jobs.sweep import SweepSettings
+
     parser = OneLineParser(prog="saekit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     # Raw descriptions: the architecture options' groups (add_option_groups) are laid-out text.
     train = sub.add_parser("train", help="train a dictionary on a model's activations",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    train.add_argument("--config", help="JSON run config (a run's config.json; flags override it)")
+    train.add_argument("--config", help="JSON run config (a run's config.json; flags override it; default: none, "
+                       "the settings' defaults)")
     train.add_argument("--runs-dir", default="runs", help="where run directories go [runs]")
     train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     train.add_argument("--sites", help="train one dictionary per site from one forward pass: comma-separated, "
                        "blocks.*.resid_post = every layer; "
                        "transcoders as SITE->TARGET (blocks.*.mlp_in->blocks.*.mlp_out) "
                        "or with --target-site, whose kind is then taken at each site's layer; runs go to "
-                       "RUNS_DIR/NAME/SITE")
+                       "RUNS_DIR/NAME/SITE (default: none, one run at --site)")
     train.add_argument("--distribute", choices=("data", "sites"), default="data",
                        help="under torchrun: 'data' splits every batch over the processes (one run, or several "
                        "stepping together), 'sites' deals the runs (--sites) out to the processes [data]")
@@ -184,11 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--grid", required=True,
                        help="e.g. 'topk:k=16,32;jumprelu:l0_coefficient=0.0015;relu:l1_coefficient=0.1,0.15'; a "
                        "setting is a flag's name or one of the architecture's options below")
-    sweep.add_argument("--widths", help="comma-separated dictionary widths (default: the config's)")
-    sweep.add_argument("--config", help="JSON run config shared by the grid (flags override it)")
-    sweep.add_argument("--runs-dir", default="runs", help="where run directories go [runs]")
-    sweep.add_argument("--resume", action="store_true", help="continue every grid point from its last checkpoint")
-    sweep.add_argument("--match-l0", type=float, default=None, help=MATCH_L0_HELP)
+    sweep.add_argument("--config", help="JSON run config shared by the grid (flags override it; default: none, the "
+                                        "settings' defaults)")
+    add_flags(sweep, SweepSettings, title="sweep settings (defaults in [])")
     add_flags(sweep, TrainConfig)
     add_option_groups(sweep)
     sweep.set_defaults(handler=_sweep)
@@ -202,8 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="scaling-law preset for effective compute: chinchilla (default) or besiroglu")
     evaluate.add_argument("--law-table", type=Path, default=None, metavar="CSV",
                           help="fit the scaling law to your own model family: a CSV with columns params,tokens,loss "
-                               "(one row per trained model); replaces --law")
-    evaluate.add_argument("--out", type=Path, default=None, help="output directory of a joint evaluation")
+                               "(one row per trained model); replaces --law (default: none)")
+    evaluate.add_argument("--out", type=Path, default=None, help="output directory of a joint evaluation "
+                          "(default: runs/joint-NAME-NAME...)")
     add_force_flag(evaluate, "--out")
     evaluate.add_argument("--generations", type=non_negative_int, default=4, metavar="N",
                           help="side-by-side samples (clean vs spliced, 32 tokens each) in the report; beyond the "
@@ -214,9 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("run_dirs", nargs="+", metavar="RUN", help=NAME_HELP)
     add_dictionary_flags(generate)
     generate.add_argument("--prompt", action="append", help="a prompt (repeatable); default: a built-in set")
-    generate.add_argument("--max-new-tokens", type=positive_int, default=32)
-    generate.add_argument("--temperature", type=non_negative_float, default=0.7, help="0: greedy")
-    generate.add_argument("--seed", type=non_negative_int, default=0)
+    generate.add_argument("--max-new-tokens", type=positive_int, default=32, help="tokens sampled per prompt "
+                          "[%(default)s]")
+    generate.add_argument("--temperature", type=non_negative_float, default=0.7,
+                          help="sampling temperature; 0: greedy [%(default)s]")
+    generate.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed [%(default)s]")
     generate.set_defaults(handler=_generate)
 
     report = sub.add_parser("report", help="compare evaluated runs: markdown + HTML with plots")
@@ -229,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     quick = sub.add_parser("quickstart",
                            help="train and evaluate a TopK SAE on the default model (~3-5 min on 2 CPU cores)")
-    quick.add_argument("--runs-dir", default="runs")
-    quick.add_argument("--name", default="quickstart")
+    quick.add_argument("--runs-dir", default="runs", help="where the run directory goes [%(default)s]")
+    quick.add_argument("--name", default="quickstart", help="the run's name [%(default)s]")
     quick.add_argument("--fresh", action="store_true", help="discard an earlier quickstart run of this name")
     quick.set_defaults(handler=_quickstart)
 

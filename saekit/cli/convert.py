@@ -4,7 +4,18 @@ or an analysed run into a Neuronpedia upload set."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+
+from saekit.settings import setting
+
+
+@dataclass(frozen=True)
+class ConvertSettings:
+    """What ``saekit convert`` records beside the source and the target format."""
+
+    model_name: str | None = setting(None, "the model name to record where the source has none (circuit-tracer's "
+                                     "model_name; none: the source's)")
 
 
 def add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -27,8 +38,7 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
     convert.add_argument("out", type=Path, help="output directory (replaced whole once complete; it may not hold "
                                                 "the source, nor files another command wrote unless --force)")
     add_force_flag(convert, "OUT")
-    convert.add_argument("--model-name", default=None,
-                         help="the model name to record where the source has none (circuit-tracer's model_name)")
+    add_flags(convert, ConvertSettings, title="conversion settings (defaults in [])")
     add_flags(convert, UploadConfig, title="--to neuronpedia: the upload set's names and contents")
     convert.set_defaults(handler=_convert)
 
@@ -36,10 +46,10 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
 def _convert(args: argparse.Namespace) -> int:
     from saekit.dashboard.neuronpedia_upload import UploadConfig
     from saekit.jobs.convert import convert
-    from saekit.settings import flags_given, from_flat
+    from saekit.settings import from_args
 
-    upload = from_flat(UploadConfig, flags_given(args), "command line")
-    fmt, count, out = convert(args.source, args.to, args.out, model_name=args.model_name, upload=upload,
+    settings, upload = from_args(ConvertSettings, args), from_args(UploadConfig, args)
+    fmt, count, out = convert(args.source, args.to, args.out, model_name=settings.model_name, upload=upload,
                               force=args.force)
     print(f"{count} dictionar{'y' if count == 1 else 'ies'} ({fmt}) written as {args.to} to {out}")
     return 0

@@ -24,7 +24,7 @@ def add_toy_parser(subparsers: argparse._SubParsersAction) -> None:
     toy.add_argument("experiment", choices=[*EXPERIMENTS, "all"])
     toy.add_argument("--out", type=Path, default=Path("runs/toy"), help="output directory (default runs/toy)")
     add_force_flag(toy, "--out")
-    toy.add_argument("--seed", type=int, default=0)
+    toy.add_argument("--seed", type=int, default=0, help="seed of the data and the models [%(default)s]")
     toy.add_argument("--steps", type=int, default=ToyRunConfig.steps,
                      help=f"training steps of every model (default {ToyRunConfig.steps}; fewer = faster, rougher)")
     toy.add_argument("--threads", type=int, default=1,

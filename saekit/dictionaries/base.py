@@ -25,6 +25,13 @@ key, so a typo cannot silently train with the default. ``DictionaryConfig.option
 ``DictionarySettings.options_for`` call it; a built dictionary keeps the result as ``self.options``.
 ``saekit train --help`` lists every architecture's options from the same fields.
 
+What a dictionary reads and writes is its :class:`Span` (``Dictionary.SPAN``): one site, a causal range
+of layers (a cross-layer transcoder: layer i's latents read site i and write sites i..L-1) or an acausal
+one (a crosscoder: every latent reads and writes every site). The rest of saekit asks the class (its
+``SPAN``, ``layers``, ``latents_per_layer``, ``writers``, ``encode_layer``, ``decode_layer``,
+``decoder_into``, ``training_metrics``) and never tests an architecture's name or class, so a new
+multi-site dictionary touches its own module and the registry only (``tests/test_stages.py`` keeps it so).
+
 State updates inside ``forward`` (BatchTopK's inference threshold, JumpReLU's threshold calibration)
 happen only when the module is in training mode *and* autograd is on (:attr:`Dictionary.learning`),
 so evaluating under ``torch.no_grad()`` never moves them. Call ``.eval()`` for inference.
@@ -32,8 +39,9 @@ so evaluating under ``torch.no_grad()`` never moves them. Call ``.eval()`` for i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, ClassVar
 
 import torch
@@ -248,9 +256,30 @@ class DictionaryOutput:
         return (self._latents.detach() > 0).sum(-1).float().mean()
 
 
+class Span(str, Enum):
+    """What a dictionary reads and writes: how its latents connect the L sites of its range."""
+
+    SINGLE = "single"  # one site in, one site out: an SAE, or a transcoder of one layer
+    CAUSAL = "causal"  # layer i's latents read site i and write sites i..L-1: a cross-layer transcoder
+    ACAUSAL = "acausal"  # every latent reads all L sites and writes all L: a crosscoder
+
+    @property
+    def over_layers(self) -> bool:
+        """Whether the dictionary reads a range of layers (a run names it as ``layers=FIRST-LAST``)."""
+        return self is not Span.SINGLE
+
+    @property
+    def needs_target(self) -> bool | None:
+        """Whether a run must name a target site (True), must not (False), or may (None: an SAE or a transcoder)."""
+        return {Span.SINGLE: None, Span.CAUSAL: True, Span.ACAUSAL: False}[self]
+
+
 class Dictionary(nn.Module):
     """Base class: shared parameters, encoding/decoding and loss assembly."""
 
+    SPAN: ClassVar[Span] = Span.SINGLE  # what it reads and writes (module docstring)
+    RESAMPLES: ClassVar[bool] = True  # whether the trainer may resample its dead latents
+    LOGIT_DIRECTION_NOTE: ClassVar[str] = "a latent's decoder row"  # what logit_directions gives, for reports
     OPTIONS: ClassVar[type[DictionaryOptions]] = DictionaryOptions  # the options this architecture takes
     SPARSITY_SETTING: ClassVar[str] = "l1_coefficient"  # the DictionaryConfig field that sets the sparsity
     options: DictionaryOptions
@@ -423,6 +452,54 @@ class Dictionary(nn.Module):
 
     def decoder_norms(self) -> Tensor:
         return self.W_dec.norm(dim=1)
+
+    # ---- one layer of its range at a time: what splicing into a model and the circuits read ------------
+    # Layers are positions in the dictionary's range (0 for a single-site dictionary). A cross-layer
+    # transcoder overrides these; an acausal one has no per-layer encoder and refuses them.
+    @property
+    def layers(self) -> int:
+        """The number of layers (sites) it reads."""
+        return self.config.layers
+
+    @property
+    def latents_per_layer(self) -> int:
+        """The latents each layer's encoder produces (every latent for one site or a shared latent space)."""
+        return self.config.width
+
+    def writers(self, layer: int) -> list[int]:
+        """The layers whose latents write to ``layer``'s output, in order."""
+        self._check_layer(layer)
+        return [layer]
+
+    def layer_pre_activations(self, layer: int, x: Tensor) -> Tensor:
+        """Layer ``layer``'s latents [..., latents_per_layer] before their activation, from its input alone."""
+        self._check_layer(layer)
+        return self.pre_activations(x)
+
+    def encode_layer(self, layer: int, x: Tensor) -> Tensor:
+        """Layer ``layer``'s latents from its input [..., d_in per layer] alone."""
+        self._check_layer(layer)
+        return self.encode(x)
+
+    def decoder_into(self, source: int, layer: int) -> Tensor:
+        """[latents_per_layer, d_out per layer]: what each latent of layer ``source`` writes to layer ``layer``."""
+        self._check_layer(layer)
+        self._check_layer(source)
+        return self.W_dec
+
+    def decode_layer(self, layer: int, latents: Sequence[Tensor], x: Tensor) -> Tensor:
+        """Layer ``layer``'s output from the latents of its :meth:`writers` (in that order) and its input ``x``."""
+        self._check_layer(layer)
+        return self.reconstruct(x, latents[0])
+
+    def _check_layer(self, layer: int) -> None:
+        if layer != 0:
+            raise SaekitError(f"a single-site {self.config.architecture} has no layer {layer}")
+
+    def training_metrics(self, latents: Tensor | SparseLatents, reconstruction: Tensor,
+                         target: Tensor) -> dict[str, Tensor]:
+        """Scalars this dictionary adds to the training log beside loss, fvu and l0 (none for one site)."""
+        return {}
 
     # ---- what each latent writes: read by the analysis (one output layer unless cross-layer) ----
     def output_decoders(self, latent_ids: Tensor) -> Tensor:

@@ -43,6 +43,7 @@ when the layers' scales agree.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import ClassVar
 
@@ -50,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saekit.dictionaries.base import Dictionary, DictionaryConfig, DictionaryOptions, DictionaryOutput
+from saekit.dictionaries.base import Dictionary, DictionaryConfig, DictionaryOptions, DictionaryOutput, Span
 from saekit.dictionaries.jumprelu import JumpReLUDictionary, _JumpReLU, _Step
 from saekit.dictionaries.relu import ReLUDictionary
 from saekit.dictionaries.sparse import SparseLatents, selected_preactivations, top_k_per_token
@@ -97,10 +98,6 @@ class LayeredDictionary(Dictionary):
                               f"{config.layers}, got {', '.join(map(str, stated.values()))}")
 
     @property
-    def layers(self) -> int:
-        return self.config.layers
-
-    @property
     def layer_input_width(self) -> int:
         return self.config.d_in // self.layers
 
@@ -138,6 +135,11 @@ class LayeredDictionary(Dictionary):
     def scale_skip(self, c_in: Tensor, c_out: Tensor) -> None:
         raise NotImplementedError
 
+    def training_metrics(self, latents: Tensor | SparseLatents, reconstruction: Tensor,
+                         target: Tensor) -> dict[str, Tensor]:
+        """Above one layer, each layer's figures (:meth:`layer_metrics`)."""
+        return self.layer_metrics(latents, reconstruction, target) if self.layers > 1 else {}
+
     def layer_metrics(self, latents: Tensor | SparseLatents, reconstruction: Tensor,
                       target: Tensor) -> dict[str, Tensor]:
         """Per output layer j (position in the range): ``fvu_layer_j``; per-layer latents add ``l0_layer_j``."""
@@ -151,6 +153,10 @@ class LayeredDictionary(Dictionary):
 class CrossLayerTranscoder(LayeredDictionary):
     """The CLT layout and forward (module docstring); subclasses choose the activation."""
 
+    SPAN = Span.CAUSAL
+    LOGIT_DIRECTION_NOTE = ("a CLT latent's decoders into every later MLP output added up: its total direct write to "
+                            "the residual stream")
+    RESAMPLES = False  # a latent's decoders into several layers have no single direction to resample along
     SINGLE_LAYER_ONLY = ("aux_k", "orthogonality_coefficient")
     LAYERED_SIZES = ("d_in", "d_out", "width")
 
@@ -222,20 +228,41 @@ class CrossLayerTranscoder(LayeredDictionary):
         weight = self.W_skip.view(d, self.layers, d_out)
         return torch.einsum("...ld,dle->...le", x.unflatten(-1, (self.layers, d)), weight).flatten(-2)
 
-    # ---- one layer at a time: what splicing into the model uses ---------------------------------
+    # ---- one layer at a time: what splicing into the model and the circuits use -----------------
+    def _check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.layers:
+            raise SaekitError(f"this {self.config.architecture} spans layers 0..{self.layers - 1} of its range, "
+                              f"not {layer}")
+
+    def writers(self, layer: int) -> list[int]:
+        """Every layer of the range up to ``layer``: their latents all write to its output."""
+        self._check_layer(layer)
+        return list(range(layer + 1))
+
+    def layer_pre_activations(self, layer: int, x: Tensor) -> Tensor:
+        """Layer ``layer``'s pre-activations [..., m] from its input [..., d] alone."""
+        self._check_layer(layer)
+        inputs, latents = (self.layer_slice(layer, w) for w in (self.layer_input_width, self.latents_per_layer))
+        return (x - self.b_pre[inputs]) @ self.W_enc[:, latents] + self.b_enc[latents]
+
     def encode_layer(self, layer: int, x: Tensor) -> Tensor:
         """Layer ``layer``'s latents [..., m] from its input [..., d] alone."""
-        inputs, latents = (self.layer_slice(layer, w) for w in (self.layer_input_width, self.latents_per_layer))
-        pre = (x - self.b_pre[inputs]) @ self.W_enc[:, latents] + self.b_enc[latents]
-        return self.layer_activation(layer, pre)
+        return self.layer_activation(layer, self.layer_pre_activations(layer, x))
 
-    def decode_layer(self, layer: int, latents: list[Tensor], x: Tensor) -> Tensor:
+    def decoder_into(self, source: int, layer: int) -> Tensor:
+        """[m, d_out]: the decoders of layer ``source``'s latents into layer ``layer`` (a view; ``source <= layer``)."""
+        self._check_layer(layer)
+        if not 0 <= source <= layer:
+            raise SaekitError(f"layer {source}'s latents do not write to layer {layer} (they write to {source} "
+                              "and later layers)")
+        return self.decoder_block(source).view(self.latents_per_layer, -1, self.layer_output_width)[:, layer - source]
+
+    def decode_layer(self, layer: int, latents: Sequence[Tensor], x: Tensor) -> Tensor:
         """Layer ``layer``'s output from the latents of layers 0..layer (``latents[i]`` [..., m]) and its input."""
         d_out = self.layer_output_width
         out = self.b_dec[self.layer_slice(layer, d_out)]
-        for source in range(layer + 1):
-            decoders = self.decoder_block(source).view(self.latents_per_layer, -1, d_out)[:, layer - source]
-            out = out + latents[source] @ decoders
+        for source in self.writers(layer):
+            out = out + latents[source] @ self.decoder_into(source, layer)
         if self.W_skip is not None:
             out = out + x @ self.W_skip[:, self.layer_slice(layer, d_out)]
         return out
@@ -416,6 +443,13 @@ class CrossLayerJumpReLU(CrossLayerTranscoder, JumpReLUDictionary):
 
 class Crosscoder(LayeredDictionary, ReLUDictionary):
     """Acausal crosscoder: the ReLU SAE on the concatenated layers, L1 weighted by summed per-layer decoder norms."""
+
+    SPAN = Span.ACAUSAL
+    LOGIT_DIRECTION_NOTE = "a crosscoder latent's decoder into the last layer of its range"
+
+    def _check_layer(self, layer: int) -> None:
+        raise SaekitError("a crosscoder's latents read every layer of its range together; it has no per-layer "
+                          "encoder or decoder (splice it whole)")
 
     def __init__(self, config: DictionaryConfig) -> None:
         self.check_layered_sizes(config)

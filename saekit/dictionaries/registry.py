@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from saekit.dictionaries.base import Dictionary, DictionaryConfig, DictionaryOptions, architecture_class
+from saekit.dictionaries.base import Dictionary, DictionaryConfig, DictionaryOptions, Span, architecture_class
 from saekit.dictionaries.batchtopk import BatchTopKDictionary
-from saekit.dictionaries.crosslayer import Crosscoder, CrossLayerJumpReLU, CrossLayerTopK, LayeredDictionary
+from saekit.dictionaries.crosslayer import Crosscoder, CrossLayerJumpReLU, CrossLayerTopK
 from saekit.dictionaries.gated import GatedDictionary
 from saekit.dictionaries.gated_rescale import GatedRescaleDictionary
 from saekit.dictionaries.jumprelu import JumpReLUDictionary
@@ -43,9 +43,19 @@ ARCHITECTURES: dict[str, type[Dictionary]] = {
 }
 
 
+def span_of(architecture: str) -> Span:
+    """What a registered architecture reads and writes (:class:`~saekit.dictionaries.base.Span`)."""
+    return architecture_class(architecture).SPAN
+
+
 def is_cross_layer(architecture: str) -> bool:
     """Whether the architecture reads a range of layers (``layers`` in a run config) rather than one site."""
-    return architecture in ARCHITECTURES and issubclass(ARCHITECTURES[architecture], LayeredDictionary)
+    return span_of(architecture).over_layers
+
+
+def architectures_over_layers() -> list[str]:
+    """The registered architectures that read a range of layers, for messages and help."""
+    return [name for name, cls in ARCHITECTURES.items() if cls.SPAN.over_layers]
 
 
 def add_option_groups(parser: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ import argparse
 import difflib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from saekit.errors import SaekitError
@@ -27,8 +27,12 @@ from saekit.render import markdown_code, markdown_inline, markdown_table
 
 __all__ = [
     "PRESETS",
+    "ComputeNotReported",
+    "EffectiveCompute",
     "LawLike",
+    "ParameterEquivalent",
     "ScalingLaw",
+    "SensitivityRow",
     "compute_fraction",
     "effective_compute_report",
     "format_report_markdown",
@@ -93,6 +97,54 @@ class ScalingLaw:
     def constants(self) -> dict[str, float]:
         """The five constants as a plain dict (the shape :func:`get_law` accepts)."""
         return {key: float(getattr(self, key)) for key in _CONSTANT_NAMES}
+
+
+@dataclass(frozen=True)
+class SensitivityRow:
+    """The compute fraction with the law's floor set to ``E`` (:func:`sensitivity_to_E`)."""
+
+    E: float
+    compute_fraction: float
+
+
+@dataclass(frozen=True)
+class ParameterEquivalent:
+    """What :func:`parameter_equivalent` finds; ``params_equivalent`` and ``params_ratio`` are None with a
+    ``reason`` where no parameter count reaches the shifted loss."""
+
+    params: float
+    tokens: float
+    degradation: float
+    law_loss: float
+    target_loss: float
+    loss_floor_at_tokens: float
+    params_equivalent: float | None = None
+    params_ratio: float | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class EffectiveCompute:
+    """Everything about one (clean, spliced) loss pair (:func:`effective_compute_report`); its fields, in
+    order, are the keys of ``effective_compute`` in ``metrics.json``."""
+
+    law: ScalingLaw  # name, the five constants (as floats) and source
+    gamma: float
+    loss_clean: float
+    loss_spliced: float
+    degradation: float
+    compute_fraction: float
+    sensitivity: tuple[SensitivityRow, ...]
+    parameter_equivalent: ParameterEquivalent | None
+    statement: str
+
+
+@dataclass(frozen=True)
+class ComputeNotReported:
+    """Why an evaluation reports no effective compute (e.g. the clean loss is below the law's floor ``E``):
+    ``{"error": why}`` in ``metrics.json``."""
+
+    error: str
 
 
 PRESETS: dict[str, ScalingLaw] = {
@@ -213,7 +265,7 @@ def compute_fraction(law: LawLike, loss_clean: float, loss_spliced: float) -> fl
 
 def parameter_equivalent(
     law: LawLike, loss_clean: float, loss_spliced: float, params: float, tokens: float
-) -> dict[str, Any]:
+) -> ParameterEquivalent:
     """Parameter count that, at the original token count, loses as much as the spliced model.
 
     A law's absolute loss rarely matches a particular model (different tokenizer and data), so the
@@ -231,47 +283,33 @@ def parameter_equivalent(
     law_loss = law.loss(params, tokens)
     target = law_loss + degradation
     floor = law.E + law.B / tokens**law.beta
-    result: dict[str, Any] = {
-        "params": params,
-        "tokens": tokens,
-        "degradation": degradation,
-        "law_loss": law_loss,
-        "target_loss": target,
-        "loss_floor_at_tokens": floor,
-        "params_equivalent": None,
-        "params_ratio": None,
-        "reason": None,
-    }
+    result = ParameterEquivalent(params=params, tokens=tokens, degradation=degradation, law_loss=law_loss,
+                                 target_loss=target, loss_floor_at_tokens=floor)
     excess = target - floor
     if excess <= 0:
-        result["reason"] = (
+        return replace(result, reason=(
             f"shifted loss {target:.4f} is at or below the law's floor {floor:.4f} at {tokens:.3g} tokens, "
             "so no parameter count reaches it"
-        )
-        return result
+        ))
     try:
         equivalent = (law.A / excess) ** (1.0 / law.alpha)
     except OverflowError:
         equivalent = math.inf
     if not math.isfinite(equivalent):
-        result["reason"] = (
+        return replace(result, reason=(
             f"shifted loss {target:.4f} is so close to the law's floor {floor:.4f} that the parameter count "
             "overflows"
-        )
-        return result
-    result["params_equivalent"] = equivalent
-    result["params_ratio"] = equivalent / params
-    return result
+        ))
+    return replace(result, params_equivalent=equivalent, params_ratio=equivalent / params)
 
 
 def sensitivity_to_E(
     law: LawLike, loss_clean: float, loss_spliced: float, E_values: Sequence[float] | None = None
-) -> list[dict[str, float]]:
+) -> list[SensitivityRow]:
     """Compute fraction for several values of the floor ``E``, other constants fixed.
 
     The default grid is ``law.E * [0.8, 0.9, 1.0, 1.1, 1.2]``, dropping values not below both losses (the
-    formula needs ``E < loss``). Explicit ``E_values`` must all be valid. Rows are
-    ``{"E": ..., "compute_fraction": ...}`` in grid order.
+    formula needs ``E < loss``). Explicit ``E_values`` must all be valid. Rows are in grid order.
     """
     law = get_law(law)
     loss_clean = _finite(loss_clean, "loss_clean")
@@ -291,10 +329,7 @@ def sensitivity_to_E(
             grid.append(value)
         if not grid:
             raise SaekitError("E_values is empty; pass at least one E or None for the default grid")
-    return [
-        {"E": value, "compute_fraction": _fraction(value, law.gamma, loss_clean, loss_spliced, law.name)}
-        for value in grid
-    ]
+    return [SensitivityRow(value, _fraction(value, law.gamma, loss_clean, loss_spliced, law.name)) for value in grid]
 
 
 def effective_compute_report(
@@ -303,13 +338,13 @@ def effective_compute_report(
     loss_spliced: float,
     params: float | None = None,
     tokens: float | None = None,
-) -> dict[str, Any]:
-    """Everything about one (clean, spliced) loss pair as a JSON-able dict.
+) -> EffectiveCompute:
+    """Everything about one (clean, spliced) loss pair (its JSON form: ``saekit.settings.to_dict``).
 
     ``law`` is anything :func:`get_law` takes: a preset name, a dict of constants, or a :class:`ScalingLaw`
     such as :func:`saekit.evaluation.scaling_fit.law_from_table` returns. Losses at or below its floor ``E``
     raise :class:`SaekitError` (a property of the data, so callers may report it instead of a number).
-    Keys: ``law`` (name, constants, source), ``gamma``, ``loss_clean``, ``loss_spliced``, ``degradation``,
+    Fields: ``law`` (name, constants, source), ``gamma``, ``loss_clean``, ``loss_spliced``, ``degradation``,
     ``compute_fraction``, ``sensitivity`` (see :func:`sensitivity_to_E`), ``parameter_equivalent`` (only
     when both ``params`` and ``tokens`` are given, else ``None``) and a one-line ``statement``.
     """
@@ -325,11 +360,11 @@ def effective_compute_report(
         if params is not None and tokens is not None
         else None
     )
-    fractions = [row["compute_fraction"] for row in sensitivity]
+    fractions = [row.compute_fraction for row in sensitivity]
     spread = ""
     if len(sensitivity) > 1:
         spread = (
-            f"; E in [{sensitivity[0]['E']:.3g}, {sensitivity[-1]['E']:.3g}] gives "
+            f"; E in [{sensitivity[0].E:.3g}, {sensitivity[-1].E:.3g}] gives "
             f"{_fmt_fraction(min(fractions))}x-{_fmt_fraction(max(fractions))}x"
         )
     statement = (
@@ -337,51 +372,48 @@ def effective_compute_report(
         f"{_fmt_fraction(fraction)}x the compute of one reaching {float(loss_clean):.3f} "
         f"(law: {law.name}, E={law.E:.4g}, gamma={law.gamma:.4g}{spread})."
     )
-    return {
-        "law": {"name": law.name, **law.constants(), "source": law.source},
-        "gamma": law.gamma,
-        "loss_clean": float(loss_clean),
-        "loss_spliced": float(loss_spliced),
-        "degradation": float(loss_spliced) - float(loss_clean),
-        "compute_fraction": fraction,
-        "sensitivity": sensitivity,
-        "parameter_equivalent": equivalent,
-        "statement": statement,
-    }
+    return EffectiveCompute(
+        law=replace(law, **law.constants()),  # the constants as floats, as the JSON has always held them
+        gamma=law.gamma,
+        loss_clean=float(loss_clean),
+        loss_spliced=float(loss_spliced),
+        degradation=float(loss_spliced) - float(loss_clean),
+        compute_fraction=fraction,
+        sensitivity=tuple(sensitivity),
+        parameter_equivalent=equivalent,
+        statement=statement,
+    )
 
 
-def format_report_markdown(report: Mapping[str, Any]) -> str:
+def format_report_markdown(report: EffectiveCompute) -> str:
     """A short markdown section for a report from :func:`effective_compute_report`."""
-    missing = [
-        key for key in ("law", "gamma", "compute_fraction", "sensitivity", "statement") if key not in report
-    ]
-    if missing:
-        raise SaekitError(f"report lacks {missing}; pass the dict returned by effective_compute_report")
-    law = report["law"]
+    if not isinstance(report, EffectiveCompute):
+        raise SaekitError(f"cannot format {type(report).__name__}; pass what effective_compute_report returns")
+    law = report.law
     lines = [
         "### Effective compute",
         "",
-        markdown_inline(report["statement"]),
+        markdown_inline(report.statement),
         "",
-        f"- Compute fraction: **{_fmt_fraction(report['compute_fraction'])}x**",
+        f"- Compute fraction: **{_fmt_fraction(report.compute_fraction)}x**",
         (
-            f"- Law {markdown_code(law['name'])}: L(N, D) = {law['E']:.4g} + {law['A']:.4g}/N^{law['alpha']:.4g} "
-            f"+ {law['B']:.4g}/D^{law['beta']:.4g} (gamma = {report['gamma']:.4g})"
+            f"- Law {markdown_code(law.name)}: L(N, D) = {law.E:.4g} + {law.A:.4g}/N^{law.alpha:.4g} "
+            f"+ {law.B:.4g}/D^{law.beta:.4g} (gamma = {report.gamma:.4g})"
         ),
     ]
-    if law.get("source"):
-        lines.append(f"- Source: {markdown_inline(law['source'])}")
-    equivalent = report.get("parameter_equivalent")
+    if law.source:
+        lines.append(f"- Source: {markdown_inline(law.source)}")
+    equivalent = report.parameter_equivalent
     if equivalent is not None:
-        if equivalent.get("params_equivalent") is None:
-            lines.append(f"- Parameter equivalent: none ({markdown_inline(equivalent.get('reason'))})")
+        if equivalent.params_equivalent is None or equivalent.params_ratio is None:
+            lines.append(f"- Parameter equivalent: none ({markdown_inline(equivalent.reason or '')})")
         else:
             lines.append(
-                f"- Parameter equivalent at {equivalent['tokens']:.3g} tokens: "
-                f"{equivalent['params_equivalent']:.3g} params "
-                f"({equivalent['params_ratio']:.3g}x the original {equivalent['params']:.3g})"
+                f"- Parameter equivalent at {equivalent.tokens:.3g} tokens: "
+                f"{equivalent.params_equivalent:.3g} params "
+                f"({equivalent.params_ratio:.3g}x the original {equivalent.params:.3g})"
             )
-    rows = [(f"{row['E']:.4g}", _fmt_fraction(row["compute_fraction"])) for row in report["sensitivity"]]
+    rows = [(f"{row.E:.4g}", _fmt_fraction(row.compute_fraction)) for row in report.sensitivity]
     lines += ["", markdown_table(("E", "compute fraction"), rows, align=("right", "right"))]
     return "\n".join(lines) + "\n"
 

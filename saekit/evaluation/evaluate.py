@@ -9,28 +9,26 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from saekit.activations.source import contexts_for, load_split
 from saekit.data.contexts import take_contexts
-from saekit.dictionaries.crosslayer import CrossLayerTranscoder, LayeredDictionary
 from saekit.dictionaries.registry import load_dictionary, read_sites, written_sites
 from saekit.errors import SaekitError
 from saekit.evaluation.damage import token_damage
-from saekit.evaluation.effective_compute import LawLike, effective_compute_report, get_law
+from saekit.evaluation.effective_compute import (
+    ComputeNotReported,
+    EffectiveCompute,
+    LawLike,
+    effective_compute_report,
+    get_law,
+)
 from saekit.evaluation.generation import ACAUSAL, SideBySide, generation_prompts, side_by_side
 from saekit.evaluation.report import render_report
 from saekit.evaluation.results import EvaluationResults, LossResults
-from saekit.evaluation.splice import (
-    AcausalSpliceTarget,
-    LayerSpliceTarget,
-    LossComparison,
-    SpliceTarget,
-    compare_losses_many,
-)
+from saekit.evaluation.splice import LossComparison, SpliceTarget, compare_losses_many, splice_targets
 from saekit.io import OutputTarget, claim_output, mark_output, read_json, write_json, write_text
 from saekit.locks import LOCK_FILE, exclusive
 from saekit.models.loading import (
@@ -82,16 +80,7 @@ def load_splice_targets(run_dir: Path, loaded: LoadedModel, device: str = "cpu")
                               f"{adapter.site_width(site)}; evaluate it with the model it was trained on")
     means = load_activation_means(run_dir, [site.name for site in writes])
     outliers = load_run_config(run_dir).data.outlier_norm_factor
-    if isinstance(dictionary, CrossLayerTranscoder):
-        shared: dict = {}
-        return [LayerSpliceTarget(dictionary, read, write, mean.to(device), outliers, layer=layer, latents=shared)
-                for layer, (read, write, mean) in enumerate(zip(reads, writes, means))]
-    if isinstance(dictionary, LayeredDictionary):
-        shared = {}
-        return [AcausalSpliceTarget(dictionary, read, write, mean.to(device), outliers, layer=layer,
-                                    read_sites=tuple(reads), shared=shared)
-                for layer, (read, write, mean) in enumerate(zip(reads, writes, means))]
-    return [SpliceTarget(dictionary, reads[0], writes[0], means[0].to(device), outliers)]
+    return splice_targets(dictionary, reads, writes, [mean.to(device) for mean in means], outliers)
 
 
 def _batches(contexts: Tensor, batch_size: int, desc: str) -> Iterator[Tensor]:
@@ -157,7 +146,7 @@ def _metrics(loaded: LoadedModel, run_dirs: list[Path], targets: list[SpliceTarg
         reconstruction=reconstruction,
         token_damage=token_damage(contexts, comparison.token_delta(), loaded.tokenizer),
         effective_compute=_effective_compute(config, losses, law),
-        generations=[vars(row) for row in rows],
+        generations=rows,
         generations_skipped=skipped,
     )
 
@@ -172,7 +161,8 @@ def _generations(loaded: LoadedModel, targets: list[SpliceTarget], count: int,
     return side_by_side(loaded, targets, generation_prompts(count), seed=seed), None
 
 
-def _effective_compute(config: TrainConfig, losses: LossResults, law: LawLike) -> dict[str, Any]:
+def _effective_compute(config: TrainConfig, losses: LossResults, law: LawLike,
+                       ) -> EffectiveCompute | ComputeNotReported:
     # Only the embedded model's size and training tokens are known; a randomized one was never trained.
     known = config.data.model == DEFAULT_MODEL and not config.data.randomize_weights
     params, train_tokens = (DEFAULT_MODEL_PARAMS, DEFAULT_MODEL_TRAINING_TOKENS) if known else (None, None)
@@ -180,7 +170,7 @@ def _effective_compute(config: TrainConfig, losses: LossResults, law: LawLike) -
         return effective_compute_report(law, losses.ce_clean.mean, losses.ce_spliced.mean,
                                         params, train_tokens)
     except SaekitError as err:  # e.g. clean loss below the law's floor E: say so instead of a number
-        return {"error": str(err)}
+        return ComputeNotReported(str(err))
 
 
 def evaluate_run(run_dir: str | Path, loaded: LoadedModel | None = None, eval_tokens: int | None = None,

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from saekit.errors import SaekitError
+from saekit.evaluation.results import SideBySide
 from saekit.evaluation.splice import SpliceTarget, spliced_context
 from saekit.models.loading import LoadedModel, cached_forward_keywords
 from saekit.render import markdown_table
@@ -28,13 +29,6 @@ DEFAULT_PROMPTS = (
     "A wise man once said that",
     "To open a file for reading, call",
 )
-
-
-@dataclass
-class SideBySide:
-    prompt: str
-    clean: str
-    spliced: str
 
 
 ACAUSAL = ("a crosscoder reads every layer before writing any, so it cannot be spliced into token-by-token "

@@ -7,9 +7,11 @@ helpers; headings, labels and numbers are written as they are.
 
 from __future__ import annotations
 
+from saekit.dictionaries.base import Span
+from saekit.dictionaries.registry import span_of
 from saekit.evaluation.damage import damage_markdown
-from saekit.evaluation.effective_compute import format_report_markdown
-from saekit.evaluation.generation import SideBySide, generations_markdown
+from saekit.evaluation.effective_compute import ComputeNotReported, EffectiveCompute, format_report_markdown
+from saekit.evaluation.generation import generations_markdown
 from saekit.evaluation.results import CONDITIONS, EvaluationResults, LossResults, MeanSE, ReconstructionResults
 from saekit.render import markdown_code, markdown_inline, markdown_table
 
@@ -91,9 +93,9 @@ def render_report(metrics: EvaluationResults) -> str:
         "",
     ]
     compute = metrics.effective_compute
-    if "error" in compute:
-        lines += ["### Effective compute", "", f"Not reported: {markdown_inline(compute['error'])}", ""]
-    elif compute:
+    if isinstance(compute, ComputeNotReported):
+        lines += ["### Effective compute", "", f"Not reported: {markdown_inline(compute.error)}", ""]
+    elif isinstance(compute, EffectiveCompute):
         lines += [format_report_markdown(compute), ""]
     if metrics.is_joint:
         lines += _alone_lines(metrics)
@@ -106,7 +108,7 @@ def render_report(metrics: EvaluationResults) -> str:
                   "differ from each dictionary alone (the FVU column above).", ""]
     for site, rec in metrics.reconstruction.items():
         lines += _reconstruction_lines(site, rec)
-    if metrics.token_damage:
+    if metrics.token_damage is not None:
         lines += ["## Where the splice hurts", "", damage_markdown(metrics.token_damage), ""]
     if metrics.training:
         lines += _training_lines(metrics.training, metrics.run)
@@ -117,20 +119,20 @@ def _generation_lines(metrics: EvaluationResults) -> list[str]:
     """The side-by-side samples; where none were sampled, why (nothing for metrics that never recorded it)."""
     heading = ["## The degraded model, side by side", ""]
     if metrics.generations:
-        rows = [SideBySide(**row) for row in metrics.generations]
         return heading + ["Same prompts, same sampling seed (temperature 0.7), clean vs spliced:", "",
-                          generations_markdown(rows), ""]
+                          generations_markdown(metrics.generations), ""]
     if metrics.generations_skipped:
         return heading + [f"None sampled: {markdown_inline(metrics.generations_skipped)}.", ""]
     return []
 
 
+# ``run`` and ``training`` are the JSON documents EvaluationResults keeps them as (config.json, throughput.json).
 def _cross_layer_lines(run: dict | None) -> list[str]:
     """How a cross-layer run was spliced (its config names the layer range); nothing for a single-site run."""
     if not run or not run.get("layers"):
         return []
     layers = markdown_code(run["layers"])
-    if run["dictionary"]["architecture"].startswith("clt_"):
+    if span_of(run["dictionary"]["architecture"]) is Span.CAUSAL:
         text = (f"The cross-layer transcoder replaces the output of every MLP in layers {layers} at once: layer j's "
                 "output is the sum of the decoders into j of the latents of every layer up to j, each layer's encoder "
                 "reading the spliced model's own MLP input there. The per-layer figures below (FVU of each MLP "

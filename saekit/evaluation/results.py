@@ -1,18 +1,31 @@
 """The metrics that flow from evaluation to reports, summaries, the CLI and ``metrics.json``, as types.
 
-Each key is defined once, here: :class:`LossResults` (cross-entropy and KL per condition, loss
-recovered per baseline), :class:`ReconstructionResults` (one spliced site), and
-:class:`EvaluationResults` (one evaluation, single or joint). They serialise to exactly the JSON
+Each key is defined once, as a dataclass field: here :class:`LossResults` (cross-entropy and KL per
+condition, loss recovered per baseline), :class:`ReconstructionResults` (one spliced site),
+:class:`SideBySide` (one generation) and :class:`EvaluationResults` (one evaluation, single or joint);
+beside their producers :class:`~saekit.evaluation.damage.TokenDamage` and
+:class:`~saekit.evaluation.effective_compute.EffectiveCompute` (or
+:class:`~saekit.evaluation.effective_compute.ComputeNotReported`). They serialise to exactly the JSON
 ``metrics.json`` has always held, and load it back with every field type-checked, so a report or a
 summary never reads a key that evaluation does not write.
+
+Two fields stay JSON documents on purpose: ``run`` (the run's ``config.json``, copied in as written:
+an old flat config stays flat, see :meth:`EvaluationResults.run_config` for the typed view) and
+``training`` (the run's ``throughput.json``, which no type describes).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from saekit.evaluation.damage import TokenDamage
+from saekit.evaluation.effective_compute import ComputeNotReported, EffectiveCompute
 from saekit.settings import from_dict, to_dict
+
+if TYPE_CHECKING:
+    from saekit.training.config import TrainConfig
 
 CONDITIONS = ("clean", "spliced", "zero", "mean")  # the model as is, with the dictionary, site zeroed, site at its mean
 BASELINES = ("zero", "mean")  # the ablations loss recovered is measured against
@@ -104,6 +117,18 @@ class ReconstructionResults:
 
 
 @dataclass
+class SideBySide:
+    """One prompt's continuations from the clean and the spliced model, sampled with the same seed."""
+
+    prompt: str
+    clean: str
+    spliced: str
+
+
+EMPTY_WHEN_NONE = ("token_damage", "effective_compute")  # written as {} when absent, as they always were
+
+
+@dataclass
 class EvaluationResults:
     """One evaluation: the splice's losses, reconstruction per site, and what the report shows beside them."""
 
@@ -115,24 +140,38 @@ class EvaluationResults:
     bos_handling: str
     losses: LossResults
     reconstruction: dict[str, ReconstructionResults]
-    token_damage: dict[str, Any] = field(default_factory=dict)  # saekit.evaluation.damage.token_damage
-    # saekit.evaluation.effective_compute.effective_compute_report, or {"error": why not}
-    effective_compute: dict[str, Any] = field(default_factory=dict)
-    generations: list[dict[str, Any]] = field(default_factory=list)  # SideBySide rows
+    token_damage: TokenDamage | None = None  # saekit.evaluation.damage.token_damage; None: {} in the JSON
+    # saekit.evaluation.effective_compute.effective_compute_report, or why not ({"error": why} in the JSON);
+    # None: {} in the JSON
+    effective_compute: EffectiveCompute | ComputeNotReported | None = None
+    generations: list[SideBySide] = field(default_factory=list)
     # Why no generations were sampled (none requested, an acausal splice); absent where some were, and in
     # metrics written before it was recorded.
     generations_skipped: str | None = None
-    run: dict[str, Any] | None = None  # the run's config.json, for a single-run evaluation
+    # JSON boundary, on purpose: the run's config.json as written (an old flat one stays flat, so a loaded
+    # metrics.json writes back as it was), for a single-run evaluation. Typed: run_config().
+    run: dict[str, Any] | None = None
     alone: dict[str, EvaluationResults] = field(default_factory=dict)  # a joint evaluation: each run alone
-    # The run's throughput.json (where its last training session's time went), for a single-run evaluation
+    # JSON boundary, on purpose: the run's throughput.json (where its last training session's time went; no
+    # type describes it), for a single-run evaluation
     training: dict[str, Any] | None = None
 
     @property
     def is_joint(self) -> bool:
         return bool(self.alone)
 
+    def run_config(self, where: str = "metrics: run") -> TrainConfig | None:
+        """The run's config as a :class:`~saekit.training.config.TrainConfig` (an old flat one upgraded), or
+        None for a joint evaluation."""
+        from saekit.training.config import TrainConfig  # training sits above evaluation's result types
+
+        return TrainConfig.from_dict(self.run, where) if self.run else None
+
     def to_dict(self) -> dict[str, Any]:
         data = to_dict(self)
+        for name in EMPTY_WHEN_NONE:
+            if data[name] is None:
+                data[name] = {}
         data["alone"] = {run: results.to_dict() for run, results in self.alone.items()}
         for optional in ("generations", "generations_skipped", "run", "alone", "training"):  # only when present
             if not data[optional]:
@@ -140,5 +179,11 @@ class EvaluationResults:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "metrics") -> EvaluationResults:
+    def from_dict(cls, data: Mapping[str, Any], where: str = "metrics") -> EvaluationResults:
+        if isinstance(data, Mapping):
+            data = {key: value for key, value in data.items() if not (key in EMPTY_WHEN_NONE and value == {})}
+            alone = data.get("alone")
+            if isinstance(alone, Mapping):  # each run alone is an evaluation of its own, read the same way
+                data["alone"] = {run: cls.from_dict(results, f"{where}: alone[{run!r}]")
+                                 for run, results in alone.items()}
         return from_dict(cls, data, where)

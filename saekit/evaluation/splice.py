@@ -28,13 +28,13 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from saekit.dictionaries.base import Dictionary
-from saekit.dictionaries.crosslayer import CrossLayerTranscoder
+from saekit.dictionaries.base import Dictionary, Span
 from saekit.evaluation.reconstruction import ReconstructionMetrics
 from saekit.evaluation.results import BASELINES, CONDITIONS, LossResults, MeanSE
 from saekit.models.hooks import capture, splice, splice_module
 from saekit.models.loading import LoadedModel
 from saekit.models.sites import Site
+from saekit.training.objectives import token_kl
 
 Replacement = Callable[[Tensor], Tensor]
 Start = Callable[[], int]  # read at each forward: where it starts, the positions already cached (0: none)
@@ -65,10 +65,9 @@ def next_token_nll(logits: Tensor, input_ids: Tensor) -> Tensor:
 
 
 def kl_divergence(clean_logits: Tensor, other_logits: Tensor) -> Tensor:
-    """[batch, seq-2] KL(clean || other) of the next-token distributions, same positions as the NLL."""
-    clean = clean_logits[:, 1:-1].float().log_softmax(-1)
-    other = other_logits[:, 1:-1].float().log_softmax(-1)
-    return (clean.exp() * (clean - other)).sum(-1)
+    """[batch, seq-2] KL(clean || other) of the next-token distributions, same positions as the NLL: the one KL
+    saekit has, which the model-loss training objectives minimise (``saekit.training.objectives``)."""
+    return token_kl(clean_logits, other_logits)
 
 
 @dataclass
@@ -86,6 +85,12 @@ class SpliceTarget:
 
     def __post_init__(self) -> None:
         self.metrics = ReconstructionMetrics(self.latent_width(), outlier_norm_factor=self.outlier_norm_factor)
+
+    @classmethod
+    def for_layers(cls, dictionary: Dictionary, reads: list[Site], writes: list[Site], means: list[Tensor],
+                   outlier_norm_factor: float | None) -> list[SpliceTarget]:
+        """The targets that splice ``dictionary`` (reading ``reads``, writing ``writes``, one per layer)."""
+        return [cls(dictionary, reads[0], writes[0], means[0], outlier_norm_factor)]
 
     def latent_width(self) -> int:
         """The width of the latents :meth:`reconstruct` returns (the metrics' latent count)."""
@@ -113,15 +118,21 @@ class LayerSpliceTarget(SpliceTarget):
     layer: int = 0
     latents: dict[int, Tensor] = field(default_factory=dict)  # shared by the layers' targets: this forward's
 
+    @classmethod
+    def for_layers(cls, dictionary: Dictionary, reads: list[Site], writes: list[Site], means: list[Tensor],
+                   outlier_norm_factor: float | None) -> list[SpliceTarget]:
+        shared: dict[int, Tensor] = {}
+        return [cls(dictionary, read, write, mean, outlier_norm_factor, layer=layer, latents=shared)
+                for layer, (read, write, mean) in enumerate(zip(reads, writes, means))]
+
     def latent_width(self) -> int:
-        assert isinstance(self.dictionary, CrossLayerTranscoder)
         return self.dictionary.latents_per_layer
 
     def reconstruct(self, x: Tensor) -> tuple[Tensor, Tensor]:
         # The forward reaches layer j after every earlier layer: their entries are this forward's.
         x = x.float()
         self.latents[self.layer] = self.dictionary.encode_layer(self.layer, x)
-        upstream = [self.latents[layer] for layer in range(self.layer + 1)]
+        upstream = [self.latents[layer] for layer in self.dictionary.writers(self.layer)]
         return self.dictionary.decode_layer(self.layer, upstream, x), self.latents[self.layer]
 
 
@@ -133,6 +144,13 @@ class AcausalSpliceTarget(SpliceTarget):
     layer: int = 0
     read_sites: tuple[Site, ...] = ()
     shared: dict[str, Tensor] = field(default_factory=dict)  # shared by the layers' targets
+
+    @classmethod
+    def for_layers(cls, dictionary: Dictionary, reads: list[Site], writes: list[Site], means: list[Tensor],
+                   outlier_norm_factor: float | None) -> list[SpliceTarget]:
+        shared: dict[str, Tensor] = {}
+        return [cls(dictionary, read, write, mean, outlier_norm_factor, layer=layer, read_sites=tuple(reads),
+                    shared=shared) for layer, (read, write, mean) in enumerate(zip(reads, writes, means))]
 
     def prepare(self, loaded: LoadedModel, input_ids: Tensor) -> None:
         if self.shared.get("input_ids") is not input_ids:
@@ -153,6 +171,16 @@ class AcausalSpliceTarget(SpliceTarget):
 
     def replace(self, x: Tensor, original: Tensor) -> Tensor:
         return self.reconstruct(x)[0]
+
+
+SPLICE_TARGETS: dict[Span, type[SpliceTarget]] = {
+    Span.SINGLE: SpliceTarget, Span.CAUSAL: LayerSpliceTarget, Span.ACAUSAL: AcausalSpliceTarget}
+
+
+def splice_targets(dictionary: Dictionary, reads: list[Site], writes: list[Site], means: list[Tensor],
+                   outlier_norm_factor: float | None) -> list[SpliceTarget]:
+    """How ``dictionary`` is spliced, by what it reads and writes: one target, or one per layer sharing latents."""
+    return SPLICE_TARGETS[dictionary.SPAN].for_layers(dictionary, reads, writes, means, outlier_norm_factor)
 
 
 def _context(loaded: LoadedModel, targets: Sequence[SpliceTarget], mode: str,

@@ -39,6 +39,7 @@ from saekit.jobs.dashboard import DASHBOARD_DIR
 from saekit.models.loading import LoadedModel
 from saekit.models.sites import parse_site
 from saekit.render import markdown_table
+from saekit.settings import NON_EMPTY, copy_setting, setting
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,22 @@ class GraphJob:
     """Settings of ``saekit attribute`` beyond the attribution itself."""
 
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
-    node_threshold: float = 0.8  # circuit-tracer's defaults
-    edge_threshold: float = 0.98
-    check_ablations: int = 10  # the most influential latents whose ablation is measured (0: none)
-    device: str = "cpu"
+    node_threshold: float = setting(0.8, "keep the nodes holding this share of the influence on the logits "
+                                    "(circuit-tracer's default)", above=0, maximum=1)
+    edge_threshold: float = setting(0.98, "keep the edges holding this share of the edge influence "
+                                    "(circuit-tracer's default)", above=0, maximum=1)
+    check_ablations: int = setting(10, "measure the ablation of this many of the most influential latents (0: none)",
+                                   minimum=0)
+    device: str = setting("cpu", "torch device for the model and transcoders", **NON_EMPTY)
+
+
+@dataclass(frozen=True)
+class SteerJob:
+    """Settings of ``saekit steer`` beyond the prompt and its interventions."""
+
+    new_tokens: int = setting(20, "greedy continuation length", minimum=1)
+    top: int = setting(10, "next tokens listed: the top of each distribution, clean and steered", minimum=1)
+    device: str = copy_setting(GraphJob, "device")
 
 
 def slug_of(prompt: str) -> str:
@@ -71,7 +84,7 @@ def feature_sources(path: Path, transcoders: TranscoderSet) -> dict[int, Feature
         interpretations = scores_for_dashboard(run)
         for index, layer in enumerate(_run_layers(store)):
             if layer in transcoders.layers:
-                offset = index * transcoders.width(layer) if transcoders.clt is not None else 0
+                offset = index * transcoders.width(layer)  # a store over several layers: their latents in order
                 sources[layer] = FeatureSource(store, offset, interpretations, dashboard)
     return sources
 
@@ -140,7 +153,7 @@ def attribute_prompt(transcoders_path: str | Path, prompt: str, out_dir: str | P
 
 
 def steer_prompt(transcoders_path: str | Path, prompt: str, interventions: list[Intervention],
-                 new_tokens: int = 20, top: int = 10, device: str = "cpu",
+                 new_tokens: int = SteerJob.new_tokens, top: int = SteerJob.top, device: str = SteerJob.device,
                  loaded: LoadedModel | None = None) -> dict[str, Any]:
     """The next-token distribution and a greedy continuation, without and with the interventions."""
     if not interventions:

@@ -6,7 +6,8 @@ features are the usual culprit). :func:`randomized_control` trains the run's rec
 randomized model (name ``NAME-randomized``; its config's data section says ``randomize_weights``,
 so its activations get their own cache key, and evaluating it loads the randomized model), analyses it with
 that model, explains and scores both runs with the same backend, and writes the side-by-side
-``RUN_DIR/autointerp/control.md`` (and ``control.json``). Both are analysed over the same number of
+``RUN_DIR/autointerp/control.md`` (and its data, ``control-comparison.json``: not the twin's own
+``control.json``, the marker saying how it was made). Both are analysed over the same number of
 tokens: the real run's existing analysis sets it (else ``analysis_tokens``).
 """
 
@@ -30,22 +31,39 @@ from saekit.autointerp.pipeline import (
 )
 from saekit.errors import SaekitError
 from saekit.io import read_json, write_json, write_text
+from saekit.jobs.explain import ExplainSettings
 from saekit.models.loading import LoadedModel
 from saekit.render import markdown_inline, markdown_table
 from saekit.rundir import CHECKPOINT_FILE, CONTROL_MARKER, DICTIONARY_DIR
+from saekit.settings import NON_EMPTY, SEED, copy_setting, setting
 from saekit.training.config import TrainConfig, load_run_config
 from saekit.training.run import train_run
+
+CONTROL_REPORT = "control.md"  # in RUN_DIR/autointerp: the side-by-side comparison
+CONTROL_COMPARISON = "control-comparison.json"  # ... and its data (the twin's CONTROL_MARKER is another file)
 
 
 @dataclass
 class ControlConfig:
     """How the control run is made and scored."""
 
-    suffix: str = "-randomized"
-    randomization_seed: int = 0
-    analysis_tokens: int = 32_768
+    suffix: str = setting("-randomized", "the control run's name: the real run's name and this", **NON_EMPTY)
+    randomization_seed: int = setting(0, "seed of the re-initialised weights", **SEED)
+    analysis_tokens: int = setting(32_768, "tokens streamed to analyse each run (when an analysis is missing)",
+                                   minimum=1)
     autointerp: AutointerpConfig = field(default_factory=AutointerpConfig)
-    progress: bool = True
+    progress: bool = setting(True, "show progress bars")
+
+
+@dataclass(frozen=True)
+class ControlSettings(ExplainSettings):
+    """The settings of ``saekit control``: those of ``explain`` and the control's own."""
+
+    analysis_tokens: int = copy_setting(ControlConfig, "analysis_tokens")
+
+    def control(self) -> ControlConfig:
+        """The :class:`ControlConfig` these settings make (the autointerp part validated)."""
+        return ControlConfig(analysis_tokens=self.analysis_tokens, autointerp=self.autointerp())
 
 
 def control_train_config(config: TrainConfig, suffix: str = "-randomized", seed: int = 0) -> TrainConfig:
@@ -168,10 +186,10 @@ def randomized_control(run_dir: str | Path, config: ControlConfig | None = None,
         raise SaekitError("autointerp scores are missing after scoring; rerun `saekit control`")
     rows = comparison(real_scores["summary"], control_scores["summary"])
     out = run_dir / AUTOINTERP_DIR
-    write_json(out / "control.json", {"real_run": str(run_dir), "control_run": str(control_dir),
-                                      "model": real_scores["model"], "rows": rows,
-                                      "real": real_scores["summary"], "randomized": control_scores["summary"]})
-    report = out / "control.md"
+    write_json(out / CONTROL_COMPARISON, {"real_run": str(run_dir), "control_run": str(control_dir),
+                                        "model": real_scores["model"], "rows": rows,
+                                        "real": real_scores["summary"], "randomized": control_scores["summary"]})
+    report = out / CONTROL_REPORT
     write_text(report, comparison_markdown(rows, real_scores["model"], control_dir, real_scores["summary"],
                                            control_scores["summary"]))
     return report

@@ -8,6 +8,7 @@ A missing analysis store is made first, as it always was; a store made from anot
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 
 from saekit.analysis.analyze import AnalysisConfig, analyze_run
@@ -22,8 +23,19 @@ from saekit.locks import exclusive
 from saekit.memory import gigabytes, memory_budget
 from saekit.models.loading import LoadedModel
 from saekit.rundir import DICTIONARY_DIR
+from saekit.settings import setting
 
 DASHBOARD_DIR = "dashboard"
+
+
+@dataclass(frozen=True)
+class DashboardSettings:
+    """What ``saekit dashboard`` builds, beyond the analysis it may have to run."""
+
+    max_latents: int | None = setting(None, "feature pages for the first N analysed latents (the index lists all)",
+                                      minimum=1, none="all")
+    neuronpedia: bool = setting(True, "skip the Neuronpedia-shaped per-feature JSON (neuronpedia/<id>.json)",
+                                flag="no_neuronpedia", switch=True)
 
 
 def run_lock(run_dir: Path) -> AbstractContextManager[None]:
@@ -46,9 +58,9 @@ def check_dashboard_memory(run_dir: Path, max_memory_gb: float | None) -> None:
                           "--latents N`, or raise --max-memory-gb")
 
 
-def build_run_dashboard(run_dir: Path, out: Path | None = None, max_latents: int | None = None,
+def build_run_dashboard(run_dir: Path, out: Path | None = None, max_latents: int | None = DashboardSettings.max_latents,
                         loaded: LoadedModel | None = None, config: AnalysisConfig | None = None,
-                        neuronpedia: bool = True, force: bool = False) -> Path:
+                        neuronpedia: bool = DashboardSettings.neuronpedia, force: bool = False) -> Path:
     """Build ``RUN_DIR/dashboard`` (or ``out``) from the analysis store, analysing first if it is missing.
 
     ``out`` is checked before the analysis runs: it may hold only an earlier site unless ``force``.

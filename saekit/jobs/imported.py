@@ -42,6 +42,7 @@ from saekit.models.loading import DEFAULT_MODEL, LoadedModel, load_model_config,
 from saekit.models.sites import parse_site
 from saekit.provenance import fingerprint_files, fingerprint_json
 from saekit.rundir import DICTIONARY_DIR, is_run_dir, save_activation_means, write_run_config
+from saekit.settings import setting
 from saekit.training.config import TrainConfig, run_name
 from saekit.training.run import dictionary_source
 
@@ -54,14 +55,22 @@ DEFAULT_MODEL_NAMES = {"default", "smollm2-135m-instruct", "huggingfacetb/smollm
 
 @dataclass
 class ImportSettings:
-    """What an imported dictionary's files may not say: its model and sites, where the run goes."""
+    """What an imported dictionary's files may not say: its model and sites, where the run goes.
 
-    model: str | None = None  # overrides the file's model name
-    site: str | None = None  # overrides the file's input site (one dictionary only)
-    target_site: str | None = None  # a transcoder's target site, with ``site``
-    imports_dir: Path = DEFAULT_IMPORTS_DIR
-    name: str | None = None  # the run directory's name under imports_dir (default: from the source)
-    stats_tokens: int = 16_384  # training-split tokens for the activation means (the mean-ablation baseline)
+    Commands taking a run take these as ``--import-*`` flags (``saekit.cli.imports``); ``saekit import`` has its
+    own names for them (``--model``, ``--site``, ``--runs-dir``...)."""
+
+    model: str | None = setting(None, "the model it was trained on, where the file names none or another name for "
+                                "it (default, a local Hugging Face directory, or a hub id)", flag="import_model")
+    site: str | None = setting(None, "the site it reads, blocks.N.KIND, where the file says none",
+                               flag="import_site")
+    target_site: str | None = setting(None, "a transcoder's target site, with --import-site",
+                                      flag="import_target_site")
+    imports_dir: Path = setting(DEFAULT_IMPORTS_DIR, "where imported dictionaries' run directories go")
+    name: str | None = setting(None, "the run directory's name (none: the source's name and a fingerprint of the "
+                               "import)", flag="import_name")
+    stats_tokens: int = setting(16_384, "training-split tokens for the activation means of the mean-ablation "
+                                "baseline", flag="import_stats_tokens", minimum=1)
 
 
 def split_hub_name(name: str) -> tuple[str | None, str | None]:

@@ -7,6 +7,7 @@ plots, matched-L0 rows) is written by ``saekit.evaluation.summary``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +15,28 @@ from saekit.evaluation.evaluate import evaluate_alternatives, write_run_evaluati
 from saekit.evaluation.summary import summarize
 from saekit.io import write_json
 from saekit.models.loading import LoadedModel
+from saekit.settings import setting
 from saekit.training.config import TrainConfig
 from saekit.training.run import train_many
 from saekit.training.sweep import grid_configs, parse_grid
 
+MATCH_L0_HELP = "compare architectures at this L0 (none: the TopK runs' median L0, else all runs')"
 
-def run_sweep(base: TrainConfig, grid: str, widths: list[int | None], runs_dir: str | Path = "runs",
-              resume: bool = False, loaded: LoadedModel | None = None,
-              match_l0: float | None = None) -> dict[str, Any]:
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """What ``saekit sweep`` does beside the grid and the shared run config."""
+
+    widths: tuple[int, ...] | None = setting(None, "comma-separated dictionary widths (none: the config's)",
+                                             minimum=1)
+    runs_dir: Path = setting(Path("runs"), "where run directories go")
+    resume: bool = setting(False, "continue every grid point from its last checkpoint", switch=True)
+    match_l0: float | None = setting(None, MATCH_L0_HELP)
+
+
+def run_sweep(base: TrainConfig, grid: str, widths: list[int | None], runs_dir: str | Path = SweepSettings.runs_dir,
+              resume: bool = SweepSettings.resume, loaded: LoadedModel | None = None,
+              match_l0: float | None = SweepSettings.match_l0) -> dict[str, Any]:
     """Train the grid in one pass, evaluate every point, write the sweep table and Pareto plots.
 
     ``match_l0`` is the L0 at which the summary compares architectures (see ``matched_l0``).

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from saekit.activations.spec import ActivationSpec, DataConfig
-from saekit.dictionaries.base import DictionaryOptions, DictionarySettings, upgrade_sparsity
-from saekit.dictionaries.registry import ARCHITECTURES, is_cross_layer
+from saekit.dictionaries.base import DictionaryOptions, DictionarySettings, Span, upgrade_sparsity
+from saekit.dictionaries.registry import ARCHITECTURES, architectures_over_layers, span_of
 from saekit.errors import SaekitError
 from saekit.io import read_json
 from saekit.models.loading import sizes_of
@@ -138,6 +138,12 @@ class TrainConfig:
         return self.optim.total_steps
 
     @property
+    def over_layers(self) -> bool:
+        """Whether the run reads a range of layers (``layers=FIRST-LAST``: a dictionary whose span is not one site);
+        its scales and saved sources are then per layer."""
+        return self.layers is not None
+
+    @property
     def layer_numbers(self) -> range:
         """The layers a cross-layer run reads; the site's own layer otherwise."""
         if self.layers is None:
@@ -200,7 +206,7 @@ class TrainConfig:
         ARCHITECTURES[dictionary.architecture].check_shape(dictionary.architecture, options, count, width)
         made = f"expansion_factor {dictionary.expansion_factor} x {inputs}, the width of {', '.join(self.input_sites)}"
         fix = "lower k or raise expansion_factor or width"
-        if self.target_site is not None and self.layers is not None and dictionary.k > width // count:
+        if span_of(dictionary.architecture) is Span.CAUSAL and dictionary.k > width // count:
             raise SaekitError(f"k={dictionary.k} is more than the {width // count} latents per layer ({made}, over "
                               f"{count} layers); {fix}")
         if dictionary.k > width:
@@ -209,18 +215,19 @@ class TrainConfig:
     def check_layers(self) -> None:
         """A layer range goes with a cross-layer architecture, and its sites with the range's first layer."""
         architecture = self.dictionary.architecture
-        if not is_cross_layer(architecture):
+        span = span_of(architecture)
+        if not span.over_layers:
             if self.layers is not None:
-                raise SaekitError(f"layers={self.layers} is only for the cross-layer architectures (clt_topk, "
-                                  f"clt_jumprelu, crosscoder), not {architecture}")
+                raise SaekitError(f"layers={self.layers} is only for the cross-layer architectures "
+                                  f"({', '.join(architectures_over_layers())}), not {architecture}")
             return
         if self.layers is None:
             raise SaekitError(f"architecture {architecture} needs a layer range: set layers=FIRST-LAST (--layers 0-29)")
         if "layers" in self.dictionary.extra:
             raise SaekitError("the layer count comes from layers=FIRST-LAST; remove 'layers' from extra")
-        transcoder = architecture.startswith("clt_")
-        if transcoder != (self.target_site is not None):
-            raise SaekitError(f"architecture {architecture} " + ("needs a target_site (blocks.N.mlp_out)" if transcoder
+        if span.needs_target != (self.target_site is not None):
+            raise SaekitError(f"architecture {architecture} " + ("needs a target_site (blocks.N.mlp_out)"
+                                                                if span.needs_target
                                                                 else "reconstructs its input: leave target_site unset"))
         first = self.layer_numbers.start
         for site in (self.site, self.target_site):
@@ -229,12 +236,12 @@ class TrainConfig:
                                   f"{parse_site(site).layer}; name the first layer's site (blocks.{first}."
                                   f"{parse_site(site).kind})")
         count, dictionary = len(self.layer_numbers), self.dictionary
-        if transcoder and self.optim.resample_every:
+        if not ARCHITECTURES[architecture].RESAMPLES and self.optim.resample_every:
             raise SaekitError(f"{architecture} does not support resampling; set resample_every=0")
         if dictionary.width is not None and dictionary.width % count:
             raise SaekitError(f"width={dictionary.width} counts every layer's latents: use a multiple of the "
                               f"{count} layers")
-        if transcoder and ARCHITECTURES[architecture].fixed_l0() and dictionary.width is not None \
+        if span is Span.CAUSAL and ARCHITECTURES[architecture].fixed_l0() and dictionary.width is not None \
                 and dictionary.k > dictionary.width // count:
             raise SaekitError(f"k={dictionary.k} (per layer) is more than the {dictionary.width // count} latents "
                               "per layer; lower k or raise width")

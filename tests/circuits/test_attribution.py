@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saekit.circuits.attribution import AttributionConfig, _target_values, attribute
+from saekit.circuits.attribution import AttributionConfig, LatentTarget, LogitTarget, _target_values, attribute
 from saekit.circuits.graph import prune
 from saekit.circuits.replacement import ReplacementModel
 from saekit.circuits.transcoders import TranscoderSet
@@ -25,13 +25,13 @@ def _per_layer(skip: bool = False) -> TranscoderSet:
             if skip:
                 dictionary.W_skip.normal_(0, 0.1)
         dictionary.requires_grad_(False)
-    return TranscoderSet([0, 1], per_layer=per_layer)
+    return TranscoderSet.per_layer(per_layer)
 
 
 def _clt() -> TranscoderSet:
     torch.manual_seed(1)
     clt = build_dictionary(DictionaryConfig("clt_topk", 64, 128, d_out=64, k=6, layers=2))
-    return TranscoderSet([0, 1], clt=clt.eval().requires_grad_(False))
+    return TranscoderSet([([0, 1], clt.eval().requires_grad_(False))])
 
 
 def _ids(loaded) -> torch.Tensor:
@@ -69,9 +69,9 @@ def test_each_target_is_the_sum_of_its_incoming_edges_plus_the_biases(replacemen
     assert graph.n_features > 10 and graph.n_logits >= 1
     nodes = replacement.clean_nodes(1)
     last = len(graph.input_ids) - 1
-    checks = [(graph.logit_node(0), ("logit", int(graph.logit_tokens[0]), 0, 0))]
+    checks = [(graph.logit_node(0), LogitTarget(int(graph.logit_tokens[0])))]
     for row in (0, graph.n_features // 2, graph.n_features - 1):
-        checks.append((row, ("feature", *map(int, graph.features[row]))))
+        checks.append((row, LatentTarget(*map(int, graph.features[row]))))
     with torch.no_grad():
         for row, target in checks:
             # Linear in the nodes: the target at the clean values minus the target with every node at 0.
@@ -89,7 +89,7 @@ def test_an_edge_is_what_perturbing_its_source_does_to_its_target(replacement):
     source = int(sources.argmax())
     assert sources[source] > 0
     layer, position, latent = map(int, graph.features[source])
-    target = ("feature", *map(int, graph.features[target_row]))
+    target = LatentTarget(*map(int, graph.features[target_row]))
     last = len(graph.input_ids) - 1
     embeddings, latents, errors = replacement.clean_nodes(1)
     with torch.no_grad():
@@ -134,7 +134,7 @@ def test_an_intervention_free_forward_is_the_clean_model_and_an_ablation_moves_t
                                -graph.adjacency[graph.logit_node(0):, feature])
     # Ablating it in the real model = taking its decoded contribution out of that MLP output by hand.
     value = float(graph.activations[feature])
-    row = transcoders.per_layer[layer].W_dec[latent]
+    row = transcoders.dictionary_of(layer).W_dec[latent]
 
     def remove(module, args, out):
         out = out.clone()

@@ -35,7 +35,7 @@ def _per_layer() -> TranscoderSet:
         with torch.no_grad():
             dictionary.log_threshold.fill_(-3.0)  # many latents fire: a graph of a few hundred nodes
         dictionary.requires_grad_(False)
-    return TranscoderSet([0, 1], per_layer=per_layer)
+    return TranscoderSet.per_layer(per_layer)
 
 
 @pytest.mark.parametrize("batch_size", [1, 16])
@@ -70,7 +70,7 @@ def transcoder_runs(tmp_path_factory, tiny_model_dir):
                                             architecture="jumprelu", width=96, cache_dir=None))
         run = root / f"blocks.{layer}.mlp_in"
         write_json(run / "config.json", config.to_dict())
-        save_dictionary(run / "dictionary", transcoders.per_layer[layer],
+        save_dictionary(run / "dictionary", transcoders.dictionary_of(layer),
                         {"model": str(tiny_model_dir), "site": config.site, "target_site": config.target_site})
     return root
 

@@ -40,7 +40,7 @@ def built(tiny_loaded, tmp_path_factory):
         with torch.no_grad():
             dictionary.log_threshold.fill_(-3.0)
         per_layer[layer] = dictionary.requires_grad_(False)
-    transcoders = TranscoderSet([0, 1], per_layer=per_layer)
+    transcoders = TranscoderSet.per_layer(per_layer)
     ids = tiny_loaded.prompt_ids(PROMPT)
     graph = attribute(ReplacementModel(tiny_loaded, transcoders, ids), PROMPT, AttributionConfig(progress=False))
     pruned = prune(graph, 0.8, 0.98)

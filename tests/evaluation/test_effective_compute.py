@@ -11,6 +11,7 @@ import pytest
 from saekit.errors import SaekitError
 from saekit.evaluation.effective_compute import (
     PRESETS,
+    EffectiveCompute,
     ScalingLaw,
     compute_fraction,
     effective_compute_report,
@@ -20,6 +21,7 @@ from saekit.evaluation.effective_compute import (
     parameter_equivalent,
     sensitivity_to_E,
 )
+from saekit.settings import from_dict, to_dict
 
 CHINCHILLA = PRESETS["chinchilla"]
 
@@ -78,21 +80,21 @@ def test_parameter_equivalent_reproduces_shifted_loss():
     params, tokens = 1.35e8, 2e12
     result = parameter_equivalent(CHINCHILLA, 3.0, 3.1, params, tokens)
     target = CHINCHILLA.loss(params, tokens) + 0.1
-    assert result["target_loss"] == pytest.approx(target, rel=1e-12)
-    assert CHINCHILLA.loss(result["params_equivalent"], tokens) == pytest.approx(target, rel=1e-10)
-    assert 0 < result["params_ratio"] < 1
-    assert result["params_ratio"] == pytest.approx(result["params_equivalent"] / params, rel=1e-12)
-    assert result["reason"] is None
+    assert result.target_loss == pytest.approx(target, rel=1e-12)
+    assert CHINCHILLA.loss(result.params_equivalent, tokens) == pytest.approx(target, rel=1e-10)
+    assert 0 < result.params_ratio < 1
+    assert result.params_ratio == pytest.approx(result.params_equivalent / params, rel=1e-12)
+    assert result.reason is None
 
 
 def test_parameter_equivalent_no_degradation_is_ratio_one():
     result = parameter_equivalent(CHINCHILLA, 3.0, 3.0, 1e9, 2e10)
-    assert result["params_ratio"] == pytest.approx(1.0, rel=1e-9)
+    assert result.params_ratio == pytest.approx(1.0, rel=1e-9)
 
 
 def test_parameter_equivalent_improvement_needs_more_params():
     result = parameter_equivalent(CHINCHILLA, 3.0, 2.99, 1e8, 1e10)
-    assert result["params_ratio"] > 1.0
+    assert result.params_ratio > 1.0
 
 
 def test_parameter_equivalent_below_floor_returns_none_with_reason():
@@ -102,10 +104,10 @@ def test_parameter_equivalent_below_floor_returns_none_with_reason():
     # an improvement larger than the whole parameter term pushes the target below the floor
     improvement = (law_loss - floor) + 0.01
     result = parameter_equivalent(CHINCHILLA, 3.0, 3.0 - improvement, params, tokens)
-    assert result["params_equivalent"] is None
-    assert result["params_ratio"] is None
-    assert "floor" in result["reason"]
-    assert result["loss_floor_at_tokens"] == pytest.approx(floor)
+    assert result.params_equivalent is None
+    assert result.params_ratio is None
+    assert "floor" in result.reason
+    assert result.loss_floor_at_tokens == pytest.approx(floor)
 
 
 def test_parameter_equivalent_rejects_bad_counts():
@@ -118,11 +120,11 @@ def test_parameter_equivalent_rejects_bad_counts():
 
 def test_sensitivity_default_grid_matches_and_varies():
     rows = sensitivity_to_E(CHINCHILLA, 3.0, 3.1)
-    assert [row["E"] for row in rows] == pytest.approx([1.69 * s for s in (0.8, 0.9, 1.0, 1.1, 1.2)])
+    assert [row.E for row in rows] == pytest.approx([1.69 * s for s in (0.8, 0.9, 1.0, 1.1, 1.2)])
     middle = rows[2]
-    assert middle["E"] == pytest.approx(CHINCHILLA.E)
-    assert middle["compute_fraction"] == pytest.approx(compute_fraction(CHINCHILLA, 3.0, 3.1), rel=1e-12)
-    fractions = [row["compute_fraction"] for row in rows]
+    assert middle.E == pytest.approx(CHINCHILLA.E)
+    assert middle.compute_fraction == pytest.approx(compute_fraction(CHINCHILLA, 3.0, 3.1), rel=1e-12)
+    fractions = [row.compute_fraction for row in rows]
     # a higher floor makes the same 0.1 nat gap a larger relative step, so the fraction falls
     assert all(later < earlier - 0.01 for earlier, later in zip(fractions[:-1], fractions[1:], strict=True))
 
@@ -130,12 +132,12 @@ def test_sensitivity_default_grid_matches_and_varies():
 def test_sensitivity_default_grid_drops_floors_above_the_loss():
     rows = sensitivity_to_E(CHINCHILLA, 2.0, 2.05)
     assert len(rows) == 4  # 1.2 * 1.69 = 2.028 is not below the clean loss 2.0
-    assert max(row["E"] for row in rows) < 2.0
+    assert max(row.E for row in rows) < 2.0
 
 
 def test_sensitivity_explicit_values():
     rows = sensitivity_to_E(CHINCHILLA, 3.0, 3.1, E_values=[0.0, 1.0])
-    assert rows[0]["compute_fraction"] == pytest.approx((3.1 / 3.0) ** (-1 / CHINCHILLA.gamma))
+    assert rows[0].compute_fraction == pytest.approx((3.1 / 3.0) ** (-1 / CHINCHILLA.gamma))
     with pytest.raises(SaekitError, match="floor E"):
         sensitivity_to_E(CHINCHILLA, 3.0, 3.1, E_values=[3.5])
 
@@ -216,31 +218,37 @@ def test_get_law_typo_suggests_too():
 
 def test_report_is_json_and_consistent():
     report = effective_compute_report("chinchilla", 3.0, 3.1, params=1.35e8, tokens=2e12)
-    json.dumps(report, allow_nan=False)
-    assert report["compute_fraction"] == pytest.approx(compute_fraction(CHINCHILLA, 3.0, 3.1))
-    assert report["gamma"] == pytest.approx(CHINCHILLA.gamma)
-    assert report["law"]["E"] == 1.69 and "Hoffmann" in report["law"]["source"]
-    assert report["degradation"] == pytest.approx(0.1)
-    assert report["parameter_equivalent"]["params_ratio"] < 1
-    assert report["statement"].startswith(
+    data = to_dict(report)
+    json.dumps(data, allow_nan=False)
+    assert list(data) == ["law", "gamma", "loss_clean", "loss_spliced", "degradation", "compute_fraction",
+                          "sensitivity", "parameter_equivalent", "statement"]
+    assert list(data["law"]) == ["name", "E", "A", "B", "alpha", "beta", "source"]
+    assert list(data["sensitivity"][0]) == ["E", "compute_fraction"]
+    assert from_dict(EffectiveCompute, json.loads(json.dumps(data)), "report") == report
+    assert report.compute_fraction == pytest.approx(compute_fraction(CHINCHILLA, 3.0, 3.1))
+    assert report.gamma == pytest.approx(CHINCHILLA.gamma)
+    assert report.law.E == 1.69 and "Hoffmann" in report.law.source
+    assert report.degradation == pytest.approx(0.1)
+    assert report.parameter_equivalent.params_ratio < 1
+    assert report.statement.startswith(
         "Spliced loss 3.100 equals a compute-optimal model trained with 0.62x the compute "
         "of one reaching 3.000 (law: chinchilla, E=1.69"
     )
-    assert "\n" not in report["statement"]
+    assert "\n" not in report.statement
 
 
 def test_report_accepts_a_law_object_and_records_its_constants():
     law = ScalingLaw("mine", E=2.0, A=100.0, B=200.0, alpha=0.3, beta=0.2, source="my notes")
     report = effective_compute_report(law, 3.0, 3.1)
-    assert report["law"] == {"name": "mine", "E": 2.0, "A": 100.0, "B": 200.0, "alpha": 0.3, "beta": 0.2,
-                             "source": "my notes"}
-    assert report["compute_fraction"] == pytest.approx((1.1 / 1.0) ** (-1 / (0.3 * 0.2 / 0.5)), rel=1e-12)
-    assert "(law: mine, E=2," in report["statement"]
+    assert to_dict(report)["law"] == {"name": "mine", "E": 2.0, "A": 100.0, "B": 200.0, "alpha": 0.3, "beta": 0.2,
+                                      "source": "my notes"}
+    assert report.compute_fraction == pytest.approx((1.1 / 1.0) ** (-1 / (0.3 * 0.2 / 0.5)), rel=1e-12)
+    assert "(law: mine, E=2," in report.statement
 
 
 def test_report_without_params_and_with_only_one():
     report = effective_compute_report("besiroglu", 3.0, 3.1)
-    assert report["parameter_equivalent"] is None
+    assert report.parameter_equivalent is None
     with pytest.raises(SaekitError, match="both params and tokens"):
         effective_compute_report("besiroglu", 3.0, 3.1, params=1e8)
 
@@ -251,8 +259,8 @@ def test_markdown_has_fraction_law_and_table():
     assert "**0.62x**" in text
     assert "`chinchilla`" in text
     assert "| E | compute fraction |" in text
-    for row in report["sensitivity"]:
-        assert f"| {row['E']:.4g} |" in text
+    for row in report.sensitivity:
+        assert f"| {row.E:.4g} |" in text
     assert "Parameter equivalent" in text
     with pytest.raises(SaekitError, match="effective_compute_report"):
         format_report_markdown({"statement": "x"})

@@ -72,8 +72,8 @@ def test_cli_prints_one_line_and_exits_nonzero(tmp_path):
 def test_report_has_damage_and_generations(tiny_run, tiny_loaded):
     metrics = evaluate_run(tiny_run, loaded=tiny_loaded, generations=2)
     damage = metrics.token_damage
-    assert damage["worst_positions"][0]["delta_nats"] >= damage["worst_positions"][-1]["delta_nats"]
-    assert len(metrics.generations) == 2 and metrics.generations[0]["prompt"]
+    assert damage.worst_positions[0].delta_nats >= damage.worst_positions[-1].delta_nats
+    assert len(metrics.generations) == 2 and metrics.generations[0].prompt
     report = (tiny_run / "report.md").read_text()
     assert "Where the splice hurts" in report and "side by side" in report
 
@@ -91,7 +91,7 @@ def test_generations_sample_as_many_as_asked(tiny_run, tiny_loaded, monkeypatch)
     metrics = evaluate_run(tiny_run, loaded=tiny_loaded, eval_tokens=140, generations=6)
     # Past the four built-in prompts they repeat, and only the prompts asked for are sampled.
     assert asked == [list(DEFAULT_PROMPTS) + list(DEFAULT_PROMPTS[:2])]
-    assert [row["prompt"] for row in metrics.generations] == asked[0]
+    assert [row.prompt for row in metrics.generations] == asked[0]
     assert metrics.generations_skipped is None
 
 

@@ -89,7 +89,7 @@ def test_token_damage_ranks_tokens(default_tokenizer):
     delta[:, 0] = 2.0  # every prediction of token 10 at position 2 hurt by 2 nats
     delta[1, 3] = 5.0  # one prediction of token 13
     damage = token_damage(contexts, delta, default_tokenizer, min_count=1)
-    assert damage["tokens_by_total_increase"][0]["token_id"] == 13
-    assert damage["tokens_by_total_increase"][1]["token_id"] == 10
-    assert damage["tokens_by_total_increase"][1]["mean_delta_nats"] == 1.0  # 4 nats over 4 occurrences
-    assert damage["worst_positions"][0]["delta_nats"] == 5.0
+    assert damage.tokens_by_total_increase[0].token_id == 13
+    assert damage.tokens_by_total_increase[1].token_id == 10
+    assert damage.tokens_by_total_increase[1].mean_delta_nats == 1.0  # 4 nats over 4 occurrences
+    assert damage.worst_positions[0].delta_nats == 5.0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from saekit.evaluation.damage import damage_markdown
+from saekit.evaluation.damage import TokenDamage, TokenDamageRow, WorstPosition, damage_markdown
 from saekit.evaluation.generation import SideBySide, generations_markdown
 from saekit.evaluation.report import render_report
 from saekit.evaluation.results import EvaluationResults
@@ -74,9 +74,11 @@ def test_the_report_renders_only_saekits_own_structure():
 
 
 def test_damage_and_generations_from_plain_rows():
-    damage = {"tokens_by_total_increase": [{"token": p, "count": 3, "mean_delta_nats": 0.5, "total_delta_nats": 1.5}
-                                           for p in PAYLOADS],
-              "worst_positions": [{"delta_nats": 2.0, "context": p, "token": p} for p in PAYLOADS]}
+    rows = tuple(TokenDamageRow(token=p, token_id=i, count=3, mean_delta_nats=0.5, total_delta_nats=1.5)
+                 for i, p in enumerate(PAYLOADS))
+    damage = TokenDamage(tokens_by_mean_increase=rows, tokens_by_total_increase=rows,
+                         worst_positions=tuple(WorstPosition(delta_nats=2.0, context=p, token=p) for p in PAYLOADS),
+                         note="")
     text = damage_markdown(damage, rows=len(PAYLOADS))
     _assert_no_payload(text)
     assert all(line.count("|") == 5 for line in text.splitlines() if line.startswith("|"))

@@ -129,14 +129,14 @@ def test_report_with_table_law_matches_the_generating_law(table_law):
     # losses chosen so the fraction is far from 1 and sensitive to E and gamma
     ours = effective_compute_report(table_law, 2.6, 2.9, params=1e9, tokens=2e10)
     truth = effective_compute_report(TRUE_LAW, 2.6, 2.9, params=1e9, tokens=2e10)
-    assert truth["compute_fraction"] == pytest.approx(((2.9 - 1.9) / (2.6 - 1.9)) ** (-1 / TRUE_LAW.gamma))
-    assert ours["compute_fraction"] == pytest.approx(truth["compute_fraction"], rel=1e-5)
-    assert ours["parameter_equivalent"]["params_ratio"] == pytest.approx(
-        truth["parameter_equivalent"]["params_ratio"], rel=1e-3
+    assert truth.compute_fraction == pytest.approx(((2.9 - 1.9) / (2.6 - 1.9)) ** (-1 / TRUE_LAW.gamma))
+    assert ours.compute_fraction == pytest.approx(truth.compute_fraction, rel=1e-5)
+    assert ours.parameter_equivalent.params_ratio == pytest.approx(
+        truth.parameter_equivalent.params_ratio, rel=1e-3
     )
-    assert ours["law"]["name"] == "fit:family.csv"
-    assert ours["law"]["E"] == table_law.E and ours["law"]["beta"] == table_law.beta
-    assert "(law: fit:family.csv, E=1.9," in ours["statement"]
+    assert ours.law.name == "fit:family.csv"
+    assert ours.law.E == table_law.E and ours.law.beta == table_law.beta
+    assert "(law: fit:family.csv, E=1.9," in ours.statement
 
 
 def test_resolve_law_prefers_the_table(family_csv, table_law):

@@ -5,12 +5,14 @@ import math
 import pytest
 
 from saekit.errors import SaekitError
-from saekit.evaluation.summary import default_match_l0, matched_l0, summarize
+from saekit.evaluation.summary import SummaryRow, default_match_l0, matched_l0, summarize
 
 
 def _row(run, architecture, l0, delta_ce, fvu_without_outliers=0.5, site="blocks.1.resid_post"):
-    return {"run": run, "site": site, "architecture": architecture, "width": 64, "l0": l0,
-            "fvu": 0.9, "fvu_without_outliers": fvu_without_outliers, "delta_ce": delta_ce, "kl": delta_ce / 2}
+    return SummaryRow(run=run, site=site, layer=int(site.split(".")[1]), layers=1, architecture=architecture,
+                      width=64, l0=l0, fvu=0.9, fvu_without_outliers=fvu_without_outliers, outlier_variance_share=None,
+                      ce_clean=3.0, delta_ce=delta_ce, delta_ce_se=0.01, kl=delta_ce / 2, compute_fraction=None,
+                      law=None)
 
 
 ROWS = [
@@ -24,28 +26,30 @@ ROWS = [
 
 
 def test_interpolates_in_log_l0_between_the_bracketing_runs():
-    by_architecture = {m["architecture"]: m for m in matched_l0(ROWS, 20.0)}
+    by_architecture = {m.architecture: m for m in matched_l0(ROWS, 20.0)}
     relu = by_architecture["relu"]
     # log(20) is halfway between log(10) and log(40), so the values are the midpoints.
-    assert relu["matched"] and relu["runs"] == ["relu-a", "relu-b"]
-    assert relu["delta_ce"] == pytest.approx(1.5) and relu["fvu_without_outliers"] == pytest.approx(0.4)
-    assert by_architecture["topk"]["runs"] == ["topk-k20"] and by_architecture["topk"]["delta_ce"] == 0.8
-    at_80 = {m["architecture"]: m for m in matched_l0(ROWS, 80.0)}["relu"]
-    assert at_80["delta_ce"] == pytest.approx(0.75) and at_80["runs"] == ["relu-b", "relu-c"]
+    assert relu.matched and relu.runs == ["relu-a", "relu-b"]
+    assert relu.fvu_key == "fvu_without_outliers"
+    assert relu.delta_ce == pytest.approx(1.5) and relu.fvu == pytest.approx(0.4)
+    assert relu.to_json()["fvu_without_outliers"] == pytest.approx(0.4) and "fvu" not in relu.to_json()
+    assert by_architecture["topk"].runs == ["topk-k20"] and by_architecture["topk"].delta_ce == 0.8
+    at_80 = {m.architecture: m for m in matched_l0(ROWS, 80.0)}["relu"]
+    assert at_80.delta_ce == pytest.approx(0.75) and at_80.runs == ["relu-b", "relu-c"]
 
 
 def test_a_group_that_never_reaches_the_target_is_marked_unmatched():
-    gated = {m["architecture"]: m for m in matched_l0(ROWS, 20.0)}["gated"]
-    assert not gated["matched"] and gated["delta_ce"] is None
-    assert gated["nearest_run"] == "gated-a" and math.isclose(gated["nearest_l0"], 100.0)
+    gated = {m.architecture: m for m in matched_l0(ROWS, 20.0)}["gated"]
+    assert not gated.matched and gated.delta_ce is None
+    assert gated.nearest_run == "gated-a" and math.isclose(gated.nearest_l0, 100.0)
 
 
 def test_default_target_is_the_topk_l0_and_sites_are_kept_apart():
     assert default_match_l0(ROWS) == 20.0
-    assert default_match_l0([r for r in ROWS if r["architecture"] != "topk"]) == 100.0
+    assert default_match_l0([r for r in ROWS if r.architecture != "topk"]) == 100.0
     other_site = [*ROWS, _row("relu-z", "relu", 15.0, 9.0, site="blocks.2.resid_post")]
-    relu_rows = [m for m in matched_l0(other_site, 20.0) if m["architecture"] == "relu"]
-    assert {m["site"]: m["matched"] for m in relu_rows} == {"blocks.1.resid_post": True, "blocks.2.resid_post": False}
+    relu_rows = [m for m in matched_l0(other_site, 20.0) if m.architecture == "relu"]
+    assert {m.site: m.matched for m in relu_rows} == {"blocks.1.resid_post": True, "blocks.2.resid_post": False}
 
 
 def test_rejects_a_non_positive_target(tmp_path):

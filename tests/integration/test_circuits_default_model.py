@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from saekit.circuits.attribution import AttributionConfig, _target_values
+from saekit.circuits.attribution import AttributionConfig, LogitTarget, _target_values
 from saekit.circuits.graph_files import read_graph
 from saekit.circuits.replacement import ReplacementModel
 from saekit.circuits.transcoders import load_transcoders
@@ -61,7 +61,7 @@ def test_replacement_reproduces_the_clean_logits_and_edges_sum_to_their_targets(
     with torch.no_grad():
         zeroed = replacement.forward(torch.zeros_like(embeddings), {k: torch.zeros_like(v) for k, v in latents.items()},
                                      {k: torch.zeros_like(v) for k, v in errors.items()})
-    target = [("logit", int(graph.logit_tokens[0]), 0, 0)]
+    target = [LogitTarget(int(graph.logit_tokens[0]))]
     last = len(ids) - 1
     expected = float(_target_values(output, target, last)[0] - _target_values(zeroed, target, last)[0])
     incoming = float(graph.adjacency[graph.logit_node(0), :graph.logit_node(0)].double().sum())

@@ -29,7 +29,7 @@ def test_default_model_losses_are_sane(default_run):
     assert losses.ce_clean.mean < losses.ce_mean.mean
     assert 0 < losses.kl_spliced.mean < losses.kl_zero.mean
     assert 0 < losses.loss_recovered_vs_zero_ablation < 1
-    assert 0 < metrics.effective_compute["compute_fraction"] < 1
+    assert 0 < metrics.effective_compute.compute_fraction < 1
     reconstruction = metrics.reconstruction["blocks.14.resid_post"]
     assert 0 < reconstruction.fvu < 1
     assert reconstruction.l0_mean == pytest.approx(32)
