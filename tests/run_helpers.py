@@ -42,8 +42,9 @@ def train_flags(config: TrainConfig, runs_dir: Path) -> list[str]:
     """``train --runs-dir RUNS`` and every setting of ``config`` as a flag (the CLI's arguments)."""
     args = ["train", "--runs-dir", str(runs_dir)]
     for key, value in flat_values(config).items():
-        if key not in ("extra", "betas") and value is not None:
-            args += ["--" + key.replace("_", "-"), str(value)]
+        if key not in ("extra", "betas") and value is not None and value != ():
+            shown = ",".join(value) if isinstance(value, tuple) else str(value)
+            args += ["--" + key.replace("_", "-"), shown]
     return args
 
 

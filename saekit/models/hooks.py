@@ -117,6 +117,25 @@ def capture(
     return captured
 
 
+def run_with_hooks(
+    adapter: ArchitectureAdapter, input_ids: Tensor, replace: dict[Site, Callable[[Tensor], Tensor]] | None = None,
+    observe: Sequence[Site] = (),
+) -> tuple[Tensor, dict[Site, Tensor]]:
+    """One whole forward: its logits, each ``replace`` site's activation x replaced by ``replace[site](x)``, and
+    the activations at the ``observe`` sites (with their autograd graph when gradients are on)."""
+    observed: dict[Site, Tensor] = {}
+
+    def recorder(site: Site) -> Callable[[Tensor], None]:
+        def record(value: Tensor) -> None:
+            observed[site] = value
+        return record
+
+    hooks = [*(replace or {}).items(), *((site, recorder(site)) for site in observe)]
+    with _hooked(hooks, adapter):
+        logits = adapter.model(input_ids=input_ids, use_cache=False).logits
+    return logits, observed
+
+
 @contextmanager
 def splice(adapter: ArchitectureAdapter, replacements: dict[Site, Callable[[Tensor], Tensor]]) -> Iterator[None]:
     """Within the block, each site's activation x is replaced by ``replacements[site](x)``."""

@@ -47,6 +47,7 @@ from saekit.settings import (
     to_dict,
     updated,
 )
+from saekit.training.objectives import ObjectiveConfig
 from saekit.training.schedule import OptimConfig
 
 DEVICE_PATTERN = re.compile(r"^(cpu|mps|(cuda|xpu)(:\d+)?)$")
@@ -132,6 +133,7 @@ class TrainConfig:
     dictionary: DictionarySettings = field(default_factory=DictionarySettings)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunSettings = field(default_factory=RunSettings)
+    loss: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # what it minimises (training/objectives.py)
 
     @property
     def total_steps(self) -> int:
@@ -186,6 +188,7 @@ class TrainConfig:
         if self.total_steps < 1:
             raise SaekitError(f"train_tokens={self.optim.train_tokens} is less than one batch of "
                               f"{self.optim.batch_size}; raise train_tokens or lower batch_size")
+        self.loss.validate().check_sites(self.sites)
         check_device(self.run.device)
         self.data.check_paths()
         self.check_k_against_model(options)

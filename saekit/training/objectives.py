@@ -269,6 +269,14 @@ class ObjectiveConfig:
         """Whether any phase runs the model in the loop (so batches must be whole contexts, not cached activations)."""
         return self.objective in KL_OBJECTIVES or self.finetune_fraction is not None
 
+    def model_phase_start(self, total_steps: int) -> int:
+        """The first step that runs the model in the loop: 0 for kl and e2e_ds, the fine-tune tail's first step,
+        or ``total_steps`` (never) for plain mse."""
+        if self.objective in KL_OBJECTIVES:
+            return 0
+        start = self.finetune_start(total_steps)
+        return total_steps if start is None else start
+
     def finetune_start(self, total_tokens: int) -> int | None:
         """The training token at which the fine-tune tail begins (None: no tail)."""
         if self.finetune_fraction is None:

@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,6 +62,8 @@ from saekit.settings import differences, flat_values
 from saekit.training.checkpoint import load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
 from saekit.training.config import TrainConfig
 from saekit.training.distributed import ProcessGroup
+from saekit.training.model_loop import context_batches, model_step
+from saekit.training.objectives import ObjectiveConfig
 from saekit.training.trainer import DictionaryTrainer, NonFiniteLossError
 
 T = TypeVar("T")
@@ -143,14 +145,21 @@ class RunState:
 
     def step(self, batch: dict[str, Tensor], read: bool = True) -> dict[str, float] | None:
         """One training step; ``read=False`` leaves its logged scalars on the device (``trainer.read_pending``)."""
-        config = self.config
-        device = self.dictionary.W_dec.device
-        batch = {site: value.to(device, non_blocking=True) for site, value in batch.items()}
-        x = scaled(batch, config.input_sites, self.scaling.input_scale)
-        target = scaled(batch, config.target_sites, self.scaling.output_scale) if config.target_sites else None
-        record = self.trainer.train_step(x, target, read=read)
+        batch = self.on_device(batch)
+        record = self.trainer.train_step(*self.scaled_inputs(batch), read=read)
         self.record_batch(batch)
         return record
+
+    def on_device(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        device = self.dictionary.W_dec.device
+        return {site: value.to(device, non_blocking=True) for site, value in batch.items()}
+
+    def scaled_inputs(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """(input, target) of the dictionary from a batch of raw activations by site, scaled as it trains."""
+        config = self.config
+        x = scaled(batch, config.input_sites, self.scaling.input_scale)
+        target = scaled(batch, config.target_sites, self.scaling.output_scale) if config.target_sites else None
+        return x, target
 
     def save(self, path: Path, keep_previous: bool = False) -> None:
         """Write the checkpoint; ``keep_previous`` first moves the last one aside (runs that resume together)."""
@@ -284,7 +293,8 @@ def _batches_from(chunks: Iterator[dict[str, Tensor]], config: TrainConfig, skip
 # Besides the data section, the settings that decide the batch sequence (flat names): runs trained
 # together from one forward must share them.
 BATCH_SEQUENCE_SETTINGS = ("train_tokens", "batch_size", "shuffle_buffer_tokens", "seed", "cache_dir",
-                           "model_batch_contexts", "device", "prefetch_chunks", "read_every")
+                           "model_batch_contexts", "device", "prefetch_chunks", "read_every",
+                           *(spec.name for spec in fields(ObjectiveConfig)))  # one spliced forward serves them all
 
 
 def shared_activation_spec(configs: list[TrainConfig]) -> ActivationSpec:
@@ -354,6 +364,11 @@ def check_group(configs: list[TrainConfig], group: ProcessGroup | None) -> None:
     """What a torchrun group needs of the runs: a batch that splits evenly, or a run for every rank."""
     if group is None:
         return
+    if configs[0].loss.needs_model:
+        raise SaekitError(f"objective {configs[0].loss.objective}"
+                          f"{' with a fine-tune tail' if configs[0].loss.finetune_fraction else ''} runs the model in "
+                          "the training loop in one process; torchrun is not supported for it yet: run without "
+                          "torchrun")
     if group.data_parallel:
         uneven = [c.name for c in configs if c.optim.batch_size % group.world_size]
         if uneven:
@@ -386,8 +401,18 @@ def _train_prepared(configs: list[TrainConfig], run_dirs: list[Path], source: Ac
         for run_dir in run_dirs:
             _truncate_log(run_dir / LOG_FILE, step)
             _truncate_log(run_dir / DENSITY_FILE, step)
-    batches = _batches_from(itertools.chain([first_chunk], chunks), configs[0], step)
-    _train_loop(states, run_dirs if writes else [], batches, progress, timing, keep_previous)
+    loop = functools.partial(_train_loop, states, run_dirs if writes else [], progress=progress, timing=timing,
+                             keep_previous=keep_previous)
+    model_from = configs[0].loss.model_phase_start(configs[0].total_steps)
+    if step < model_from:
+        batches = _batches_from(itertools.chain([first_chunk], chunks), configs[0], step)
+        loop(batches, _activation_step(states, run_dirs if writes else []), until=model_from)
+    if model_from < configs[0].total_steps:
+        loaded = source.loaded
+        loaded.model.requires_grad_(False)  # the backward reaches the dictionaries only
+        batches = context_batches(loaded, configs[0], spec_sites(configs), states[0].trainer.step,
+                                  configs[0].run.device)
+        loop(batches, functools.partial(model_step, states, loaded=loaded), until=configs[0].total_steps)
     if writes:
         for state, run_dir in zip(states, run_dirs):
             state.save_outputs(run_dir)
@@ -437,24 +462,42 @@ def throughput_record(timing: LoopTiming, source: ActivationSource, state: RunSt
     }
 
 
-def _train_loop(states: list[RunState], run_dirs: list[Path], batches: Iterator[dict[str, Tensor]],
-                progress: bool, timing: LoopTiming, keep_previous: bool) -> None:
+def _activation_step(states: list[RunState], run_dirs: list[Path]) -> Callable[[dict[str, Tensor]], int]:
+    """Each run's step on a batch of activations (``mse``); returns the tokens it trained on."""
+    checkpoints = [d / CHECKPOINT_FILE for d in run_dirs] or [None] * len(states)
+
+    def step_all(batch: dict[str, Tensor]) -> int:
+        for state, checkpoint in zip(states, checkpoints):
+            _or_stop(state, checkpoint, functools.partial(state.step, batch, read=False))
+        return states[0].config.optim.batch_size
+    return step_all
+
+
+def spec_sites(configs: list[TrainConfig]) -> tuple[str, ...]:
+    """Every site the runs read or write, once, in order."""
+    return tuple(dict.fromkeys(site for config in configs for site in config.sites))
+
+
+def _train_loop(states: list[RunState], run_dirs: list[Path], batches: Iterator[Any],
+                step_all: Callable[[Any], int], *, until: int, progress: bool, timing: LoopTiming,
+                keep_previous: bool) -> None:
+    """Steps until step ``until``: ``step_all`` steps every run on each batch (scalars left on the device);
+    the loop reads them, writes the logs and checkpoints."""
     config = states[0].config
     label = config.name if len(states) == 1 else f"{len(states)} dictionaries"
     bar = tqdm(total=config.total_steps, initial=states[0].trainer.step, desc=f"training {label}",
                unit="step", disable=not progress)
+    checkpoints = [d / CHECKPOINT_FILE for d in run_dirs] or [None] * len(states)
     with ExitStack() as stack:
         stack.enter_context(bar)
         # A data-parallel rank other than 0 steps with no directory: rank 0 writes for the group.
         logs = [stack.enter_context(open(d / LOG_FILE, "a", encoding="utf-8")) for d in run_dirs]
-        while states[0].trainer.step < config.total_steps:
+        while states[0].trainer.step < until:
             waited = time.perf_counter()
             batch = next(batches)
             stepped = time.perf_counter()
             timing.wait_seconds += stepped - waited
-            checkpoints = [d / CHECKPOINT_FILE for d in run_dirs] or [None] * len(states)
-            for state, checkpoint in zip(states, checkpoints):
-                _or_stop(state, checkpoint, functools.partial(state.step, batch, read=False))
+            tokens = step_all(batch)
             step = states[0].trainer.step
             saving = step % config.run.checkpoint_every == 0 or step == config.total_steps
             # The device is waited for only here: every read_every steps, and before a checkpoint, so a
@@ -468,7 +511,7 @@ def _train_loop(states: list[RunState], run_dirs: list[Path], batches: Iterator[
                 bar.set_postfix(fvu=f"{records[-1]['fvu']:.3f}", l0=f"{records[-1]['l0']:.1f}")
             timing.step_seconds += time.perf_counter() - stepped
             timing.steps += 1
-            timing.tokens += config.optim.batch_size
+            timing.tokens += tokens
             bar.update()
             if saving:
                 for state, run_dir in zip(states, run_dirs):

@@ -119,6 +119,27 @@ class PendingStep:
         return record
 
 
+@dataclass
+class StepForward:
+    """One step's forward, before its backward: what :meth:`DictionaryTrainer.finish_step` needs of it."""
+
+    output: DictionaryOutput
+    x: Tensor  # the global batch (scaled), which resampling reads
+    target: Tensor | None
+    local_x: Tensor  # this rank's rows
+    local_target: Tensor | None
+    n_tokens: int
+    lr: float
+    sparsity_scale: float
+
+    def weighted_loss(self, mse_weight: float) -> Tensor:
+        """The dictionary's loss with its reconstruction term weighted by ``mse_weight`` (a phase's MSE weight)."""
+        losses = self.output.losses
+        if mse_weight == 1.0 or "reconstruction" not in losses:
+            return losses["loss"]
+        return losses["loss"] + (mse_weight - 1.0) * losses["reconstruction"]
+
+
 class DictionaryTrainer:
     """Adam with warmup/decay, decoder-norm constraint, L1 warmup, and dead-latent tracking.
 
@@ -193,25 +214,37 @@ class DictionaryTrainer:
         before this step. ``read=False`` queues this step's scalars on the device instead (no wait for
         it); :meth:`read_pending` reads the queue, and a non-finite loss found there means the steps
         since have run on it: the caller must not checkpoint them (the run loop reads before saving).
+
+        It is :meth:`forward`, the backward of its loss, then :meth:`finish_step`; the model-loss objectives
+        (``saekit.training.model_loop``) put their terms, and one backward for several dictionaries, between.
         """
+        forward = self.forward(x, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        forward.output.losses["loss"].backward()
+        return self.finish_step(forward, read=read)
+
+    def forward(self, x: Tensor, target: Tensor | None = None) -> StepForward:
+        """This step's learning rate set and the dictionary's forward (with its graph) on this rank's rows."""
         cfg = self.config
         lr = self.base_lr * lr_multiplier(self.step, self.total_steps, cfg.warmup_steps, cfg.decay_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         sparsity_scale = sparsity_multiplier(self.step, self.total_steps, cfg.sparsity_warmup_fraction)
-        n_tokens = x.numel() // x.shape[-1]  # the global batch's: every rank counts the same tokens
         local_x, local_target = self._local(x), None if target is None else self._local(target)
         with self._precision(local_x):
             output = self._forward(local_x, local_target, sparsity_scale=sparsity_scale, dead_mask=self.dead_mask())
-        loss = output.losses["loss"]
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # n_tokens is the global batch's: every rank counts the same tokens
+        return StepForward(output, x, target, local_x, local_target, x.numel() // x.shape[-1], lr, sparsity_scale)
+
+    def finish_step(self, forward: StepForward, read: bool = True) -> dict[str, float] | None:
+        """After the backward: average and project the gradients, log, step Adam, count firing, resample."""
+        cfg, output = self.config, forward.output
         if self.group is not None:  # the mean of equal shards' mean losses is the global mean loss
             self.group.average([p.grad for p in self.dictionary.parameters() if p.grad is not None])
         if cfg.normalize_decoder:
             self.dictionary.remove_parallel_decoder_gradient()
-        fired, since_fired = self._firing(output, n_tokens)
-        names, values = self._scalars(local_x, local_target, output, since_fired)
+        fired, since_fired = self._firing(output, forward.n_tokens)
+        names, values = self._scalars(forward.local_x, forward.local_target, output, since_fired)
         scalars = torch.stack([v.to(self._host_dtype()) for v in values])
         if self.group is not None:
             self.group.average([scalars])
@@ -222,10 +255,11 @@ class DictionaryTrainer:
             self.dictionary.normalize_decoder()
         if self.group is not None:  # running estimates (BatchTopK's threshold) seen from each rank's shard
             self.group.average([b for b in self.dictionary.buffers() if b.is_floating_point()])
-        self._count(fired, since_fired, n_tokens)
-        pending.fields = dict(step=self.step, tokens=self.tokens_seen, lr=lr, sparsity_scale=sparsity_scale)
+        self._count(fired, since_fired, forward.n_tokens)
+        pending.fields = dict(step=self.step, tokens=self.tokens_seen, lr=forward.lr,
+                              sparsity_scale=forward.sparsity_scale)
         if cfg.resample_every and self.step % cfg.resample_every == 0 and self.step < self.total_steps:
-            pending.fields["resampled"] = self.resample(x, target)
+            pending.fields["resampled"] = self.resample(forward.x, forward.target)
         if host is None:
             self._pending.append(pending)
             return None

@@ -64,6 +64,8 @@ def wrong_flag_texts(spec: FlatField) -> list[str]:
         return ["no-equals-sign", "=1"]  # --extra takes KEY=VALUE
     if _is_tuple(annotation):
         items = typing.get_args(annotation)
+        if items[-1] is Ellipsis:  # any number of items: wrong only where an item's text cannot be its kind
+            return [] if items[0] is str else ["abc"]
         good = [GOOD_TEXT[t] for t in items]
         texts = [",".join(good[:-1]), ",".join(good + good[:1])]  # one item too few, one too many
         if any(t is not str for t in items):
@@ -90,6 +92,8 @@ def wrong_json_values(spec: FlatField) -> list[Any]:
         return values + [["key=value"], "key=value", 1]
     if _is_tuple(annotation):
         items = typing.get_args(annotation)
+        if items[-1] is Ellipsis:
+            return values + [[5 if items[0] is str else "abc"], {"0": GOOD_JSON[items[0]]}, 5]
         good = [GOOD_JSON[t] for t in items]
         return values + [",".join(map(str, good)), good[:-1], good + good[:1],
                          ["abc" if t is not str else 1 for t in items], dict(enumerate(map(str, good)))]

@@ -1,0 +1,148 @@
+"""The model in the training loop: whole contexts, the clean pass once per step, the spliced pass with gradients.
+
+The objectives of :mod:`saekit.training.objectives` that score the model's own loss (``kl``, ``e2e_ds``, the
+KL fine-tune tail) need, at every step, the clean model's next-token distributions and the distributions
+with every dictionary of the step spliced in. Per step (:func:`model_step`):
+
+1. :func:`context_batches` draws the step's contexts (seeded, in the corpus order the activation source
+   reads, from context ``step x contexts_per_step``, so a resumed run draws exactly the contexts it would
+   have) and runs the model once without gradients: the logits, the activations at every run's sites
+   (BOS dropped, in the activation source's layout) and at the downstream sites.
+2. Each run's dictionary encodes those clean activations (teacher forcing: what ``mse`` training reads),
+   and its reconstruction replaces the sites it writes, every run's at once, in one forward of the model
+   whose weights are frozen; BOS keeps its clean activation, as in the evaluation's splice. At one site
+   this is exactly the spliced model; for several sites (runs trained together, a cross-layer run) each
+   dictionary reads the clean model's activations rather than the spliced model's own.
+3. One backward of the summed loss (each run's own terms, the MSE weighted for the phase, plus the shared
+   KL and downstream terms) reaches every dictionary through the layers after its sites; then each trainer
+   finishes its step (decoder constraint, counters, Adam).
+
+Every position but BOS is trained on and spliced (the outlier rule of activation training does not apply:
+the evaluation splices outliers too). One process only: under ``torchrun`` these objectives are refused.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from saekit.activations.source import contexts_for, load_split
+from saekit.data.contexts import take_contexts
+from saekit.models.hooks import run_with_hooks
+from saekit.models.loading import LoadedModel
+from saekit.training.config import TrainConfig
+from saekit.training.objectives import ObjectiveWeights, downstream_mse, next_token_kl
+
+if TYPE_CHECKING:  # run.py drives the loop and imports this module
+    from saekit.training.run import RunState
+
+
+@dataclass
+class ContextBatch:
+    """One step's contexts and the clean model's view of them."""
+
+    input_ids: Tensor  # [contexts, seq]
+    activations: dict[str, Tensor]  # site -> [contexts * (seq - 1), width]: every non-BOS position, context-major
+    logits: Tensor  # [contexts, seq, vocab]
+    downstream: dict[str, Tensor]  # downstream site -> [contexts, seq, width]
+
+    @property
+    def tokens(self) -> int:
+        return self.input_ids.shape[0] * (self.input_ids.shape[1] - 1)
+
+
+def contexts_per_step(config: TrainConfig) -> int:
+    """Whole contexts per step: the batch size in non-BOS tokens, rounded up to contexts."""
+    return max(1, math.ceil(config.optim.batch_size / (config.data.context_length - 1)))
+
+
+def context_batches(loaded: LoadedModel, config: TrainConfig, sites: Sequence[str], first_step: int,
+                    device: str) -> Iterator[ContextBatch]:
+    """The clean passes of the steps from ``first_step`` on (the contexts before it drawn and dropped)."""
+    per_step = contexts_per_step(config)
+    contexts = contexts_for(loaded, load_split(config.data).train, config.data, config.data.seed)
+    for _ in range(first_step * per_step):  # tokenizing only: no forward for the skipped steps
+        next(contexts)
+    while True:
+        input_ids = take_contexts(contexts, per_step).to(device)
+        yield clean_pass(loaded, input_ids, sites, config.loss.downstream_sites)
+
+
+@torch.no_grad()
+def clean_pass(loaded: LoadedModel, input_ids: Tensor, sites: Sequence[str],
+               downstream: Sequence[str]) -> ContextBatch:
+    adapter = loaded.adapter
+    wanted = [adapter.site(name) for name in (*sites, *downstream)]
+    logits, captured = run_with_hooks(adapter, input_ids, observe=wanted)
+    by_name = {site.name: value for site, value in captured.items()}
+    activations = {name: by_name[name][:, 1:].reshape(-1, by_name[name].shape[-1]).float() for name in sites}
+    return ContextBatch(input_ids, activations, logits, {name: by_name[name] for name in downstream})
+
+
+def spliced_pass(loaded: LoadedModel, input_ids: Tensor, writes: dict[str, Tensor],
+                 downstream: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
+    """The logits (and downstream activations) with ``writes[site]`` [contexts, seq - 1, width] at each site's
+    non-BOS positions; differentiable with respect to the written values."""
+    adapter = loaded.adapter
+
+    def replacing(value: Tensor):
+        return lambda original: torch.cat([original[:, :1], value.to(original.dtype)], dim=1)
+    replace = {adapter.site(name): replacing(value) for name, value in writes.items()}
+    logits, captured = run_with_hooks(adapter, input_ids, replace=replace,
+                                      observe=[adapter.site(name) for name in downstream])
+    return logits, {site.name: value for site, value in captured.items()}
+
+
+def model_terms(loaded: LoadedModel, batch: ContextBatch, writes: dict[str, Tensor], weights: ObjectiveWeights,
+                downstream: Sequence[str]) -> dict[str, Tensor]:
+    """The model-loss terms of one step (unweighted): ``kl``, and ``downstream`` where the phase weighs it."""
+    logits, spliced = spliced_pass(loaded, batch.input_ids, writes, downstream if weights.downstream else ())
+    terms = {"kl": next_token_kl(batch.logits, logits)}
+    if weights.downstream:
+        terms["downstream"] = downstream_mse(spliced, batch.downstream).mean
+    return terms
+
+
+def written_sites(config: TrainConfig) -> tuple[str, ...]:
+    """The sites a run's reconstruction replaces: its targets (a transcoder's), else the sites it reads."""
+    return config.target_sites or config.input_sites
+
+
+def unscaled_writes(config: TrainConfig, reconstruction: Tensor, scale: float | list[float],
+                    contexts: int) -> dict[str, Tensor]:
+    """A run's (scaled) reconstruction [tokens, layers x width] as raw activations per written site."""
+    sites = written_sites(config)
+    scales = scale if isinstance(scale, list) else [scale]
+    parts = reconstruction.float().chunk(len(sites), dim=-1)
+    return {site: (part / factor).reshape(contexts, -1, part.shape[-1])
+            for site, part, factor in zip(sites, parts, scales)}
+
+
+def model_step(states: Sequence[RunState], batch: ContextBatch, *, loaded: LoadedModel) -> int:
+    """One step of every run on one batch of contexts (scalars left on the device); returns the tokens."""
+    config = states[0].config
+    weights = config.loss.weights_at(states[0].trainer.step, config.total_steps)
+    contexts = batch.input_ids.shape[0]
+    activations = states[0].on_device(batch.activations)
+    forwards = [state.trainer.forward(*state.scaled_inputs(activations)) for state in states]
+    writes: dict[str, Tensor] = {}
+    for state, forward in zip(states, forwards):
+        writes.update(unscaled_writes(state.config, forward.output.reconstruction, state.scaling.output_scale,
+                                      contexts))
+    terms = model_terms(loaded, batch, writes, weights, config.loss.downstream_sites)
+    shared = weights.kl * terms["kl"] + weights.downstream * terms.get("downstream", terms["kl"].new_zeros(()))
+    own = [forward.weighted_loss(weights.mse) for forward in forwards]
+    for state in states:
+        state.trainer.optimizer.zero_grad(set_to_none=True)
+    (torch.stack(own).sum() + shared).backward()  # the shared terms once: their gradient reaches every dictionary
+    for state, forward, loss in zip(states, forwards, own):
+        forward.output.losses.update({name: value.detach() for name, value in terms.items()})
+        forward.output.losses["loss"] = (loss + shared).detach()  # this run's terms and the shared ones
+        state.trainer.finish_step(forward, read=False)
+        state.record_batch(activations)
+    return batch.tokens
