@@ -251,6 +251,7 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     from saekit.cli.circuits import add_circuit_parsers
     from saekit.cli.convert import add_convert_parser
     from saekit.cli.imports import add_import_parser
+    from saekit.cli.lora import add_lora_parser
     from saekit.cli.toy import add_toy_parser
 
     add_analysis_parsers(sub)
@@ -259,6 +260,7 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     add_circuit_parsers(sub)
     add_convert_parser(sub)
     add_import_parser(sub)
+    add_lora_parser(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

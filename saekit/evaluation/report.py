@@ -81,6 +81,7 @@ def render_report(metrics: EvaluationResults) -> str:
         f"({losses.contexts} contexts scored). {markdown_inline(metrics.bos_handling)}. ± values are standard errors "
         "over contexts (ΔCE paired by context).",
         "",
+        *_objective_lines(metrics),
         "## Degradation of the model",
         "",
         *_loss_table(losses),
@@ -142,6 +143,19 @@ def _cross_layer_lines(run: dict | None) -> list[str]:
                 "and each layer is replaced by its part of that one reconstruction. The per-layer FVU below compares "
                 "with those clean activations; every layer shares the same latents (and L0).")
     return [text, ""]
+
+
+def _objective_lines(metrics: EvaluationResults) -> list[str]:
+    """What the dictionary was trained to minimise; one trained on the model's loss trades reconstruction for it."""
+    config = metrics.run_config()
+    if config is None:
+        return []
+    loss = config.loss
+    lines = [f"Training objective: {markdown_inline(loss.describe())}."]
+    if loss.needs_model:
+        lines.append("It was trained (at least in part) on the model's own next-token loss, which trades "
+                     "reconstruction for it: read the FVU below beside ΔCE and KL, not alone.")
+    return [" ".join(lines), ""]
 
 
 def _dtype_note(run: dict | None) -> str:

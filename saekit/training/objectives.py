@@ -78,34 +78,38 @@ def _windows(batch: int, positions: int, chunk: int) -> list[tuple[int, int]]:
 
 
 class _ChunkedKL(torch.autograd.Function):
-    """The masked mean of :func:`token_kl`, computed and differentiated a window of positions at a time.
+    """The masked mean of :func:`token_kl`, computed a window of positions at a time, with its gradient.
 
     Autograd through the plain formula would keep two [batch, seq, vocab] float32 tensors per step for
-    the backward; here nothing is kept but the inputs, and the backward recomputes each window's
-    softmaxes: d KL(p || softmax(z)) / dz = softmax(z) - p. The clean logits are a constant target.
+    the backward. Here each window's softmaxes are made once, in the forward, which also writes that
+    window's gradient, d KL(p || softmax(z)) / dz = softmax(z) - p (times the window's weights), into one
+    logits-shaped tensor; the backward only scales it. Recomputing the softmaxes in the backward instead
+    (the earlier form) cost two more softmax passes over batch x seq x vocab; the gradient tensor is the one
+    the backward would have allocated anyway. The clean logits are a constant target.
     """
 
     @staticmethod
     def forward(ctx: Any, clean_logits: Tensor, spliced_logits: Tensor, weights: Tensor, chunk: int) -> Tensor:
         clean, spliced = clean_logits[:, 1:-1], spliced_logits[:, 1:-1]
-        per_token = torch.cat([_kl_rows(clean[:, a:b], spliced[:, a:b])
-                               for a, b in _windows(clean.shape[0], clean.shape[1], chunk)], dim=1)
-        ctx.save_for_backward(clean_logits, spliced_logits, weights)
-        ctx.chunk = chunk
-        return (per_token * weights).sum()
+        wanted = ctx.needs_input_grad[1]
+        grad = torch.zeros_like(spliced_logits) if wanted else None
+        total = clean_logits.new_zeros((), dtype=torch.float32)
+        for a, b in _windows(clean.shape[0], clean.shape[1], chunk):
+            log_p = clean[:, a:b].float().log_softmax(-1)
+            log_q = spliced[:, a:b].float().log_softmax(-1)
+            p = log_p.exp()
+            total = total + ((p * (log_p - log_q)).sum(-1) * weights[:, a:b]).sum()
+            if grad is not None:
+                grad[:, 1:-1][:, a:b] = ((log_q.exp_() - p) * weights[:, a:b, None]).to(grad.dtype)
+        ctx.save_for_backward(grad if grad is not None else weights)
+        return total
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[None, Tensor | None, None, None]:
-        clean_logits, spliced_logits, weights = ctx.saved_tensors
         if not ctx.needs_input_grad[1]:
             return None, None, None, None
-        grad = torch.zeros_like(spliced_logits)
-        clean, spliced, inner = clean_logits[:, 1:-1], spliced_logits[:, 1:-1], grad[:, 1:-1]
-        scale = weights * grad_output.float()
-        for a, b in _windows(clean.shape[0], clean.shape[1], ctx.chunk):
-            difference = spliced[:, a:b].float().softmax(-1) - clean[:, a:b].float().softmax(-1)
-            inner[:, a:b] = (difference * scale[:, a:b, None]).to(grad.dtype)
-        return None, grad, None, None
+        (grad,) = ctx.saved_tensors
+        return None, grad * grad_output.to(grad.dtype), None, None
 
 
 def next_token_kl(clean_logits: Tensor, spliced_logits: Tensor, mask: Tensor | None = None,
@@ -268,6 +272,17 @@ class ObjectiveConfig:
     def needs_model(self) -> bool:
         """Whether any phase runs the model in the loop (so batches must be whole contexts, not cached activations)."""
         return self.objective in KL_OBJECTIVES or self.finetune_fraction is not None
+
+    def describe(self) -> str:
+        """One sentence naming what the dictionary was trained to minimise (for reports)."""
+        text = {"mse": "mse (the reconstruction error at the site)",
+                "kl": f"kl ({self.kl_coefficient:g} x KL(clean || spliced) of the next-token distributions)",
+                "e2e_ds": f"e2e_ds ({self.kl_coefficient:g} x KL(clean || spliced) + {self.downstream_coefficient:g} "
+                          f"x the mean MSE at {', '.join(self.downstream_sites)})"}[self.objective]
+        if self.finetune_fraction is not None:
+            text += (f", then the last {self.finetune_fraction:.0%} of the steps on {self.finetune_mse_coefficient:g} "
+                     f"x MSE + {self.finetune_kl_coefficient:g} x KL")
+        return text + ", plus the architecture's sparsity term"
 
     def model_phase_start(self, total_steps: int) -> int:
         """The first step that runs the model in the loop: 0 for kl and e2e_ds, the fine-tune tail's first step,

@@ -248,7 +248,7 @@ def _append_density(run_dir: Path, snapshot: dict) -> None:
         handle.write(json.dumps(snapshot) + "\n")
 
 
-def _truncate_log(path: Path, step: int) -> None:
+def truncate_log(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint we resume from (they will be redone).
 
     A kill can leave the last line half-written: it is dropped like any other line after the
@@ -399,8 +399,8 @@ def _train_prepared(configs: list[TrainConfig], run_dirs: list[Path], source: Ac
     writes = writes_runs(group)
     if writes:
         for run_dir in run_dirs:
-            _truncate_log(run_dir / LOG_FILE, step)
-            _truncate_log(run_dir / DENSITY_FILE, step)
+            truncate_log(run_dir / LOG_FILE, step)
+            truncate_log(run_dir / DENSITY_FILE, step)
     loop = functools.partial(_train_loop, states, run_dirs if writes else [], progress=progress, timing=timing,
                              keep_previous=keep_previous)
     model_from = configs[0].loss.model_phase_start(configs[0].total_steps)
