@@ -179,7 +179,7 @@ def check_fits(dictionary: Dictionary, config: TrainConfig, where: str) -> None:
     sizes = model_sizes(load_model_config(config.data.model))
     n_layers, d_model = sizes.layers, sizes.d_model
     widths = {"mlp_act": sizes.d_mlp}
-    reads, writes = config.input_sites, config.target_sites or config.input_sites
+    reads, writes = config.input_sites, config.output_sites
     for name in (*reads, *writes):
         if parse_site(name).layer >= n_layers:
             raise SaekitError(f"{where} reads or writes {name}, but {config.data.model} has {n_layers} layers "

@@ -170,6 +170,11 @@ class TrainConfig:
         return () if self.target_site is None else self._range_of(self.target_site)
 
     @property
+    def output_sites(self) -> tuple[str, ...]:
+        """The sites the dictionary's reconstruction stands for: its targets (a transcoder's), else its inputs."""
+        return self.target_sites or self.input_sites
+
+    @property
     def sites(self) -> tuple[str, ...]:
         return self.input_sites + self.target_sites
 

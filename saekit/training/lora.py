@@ -46,8 +46,6 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saekit.activations.source import contexts_for, load_split
-from saekit.data.contexts import take_contexts
 from saekit.dictionaries.base import Dictionary, Span
 from saekit.dictionaries.registry import dictionary_fingerprint, load_dictionary, read_sites, written_sites
 from saekit.errors import SaekitError
@@ -61,6 +59,7 @@ from saekit.rundir import CHECKPOINT_FILE, DICTIONARY_DIR, LOG_FILE
 from saekit.settings import SEED, check_rules, non_empty, setting, to_dict
 from saekit.training.checkpoint import load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
 from saekit.training.config import TrainConfig, layer_range, load_run_config, run_name
+from saekit.training.model_loop import contexts_per_step, keeping_bos, step_contexts
 from saekit.training.objectives import next_token_kl
 from saekit.training.run import truncate_log
 
@@ -263,10 +262,6 @@ def attached_adapter(loaded: LoadedModel, directory: str | Path) -> Iterator[Any
 
 
 # ---- the splice inside the adapted model's forward ---------------------------------------------
-def _keeping_bos(original: Tensor, reconstruction: Tensor) -> Tensor:
-    return torch.cat([original[:, :1], reconstruction.to(original.dtype)], dim=1)
-
-
 @contextmanager
 def spliced(loaded: LoadedModel, dictionary: Dictionary, reads: Sequence[str], writes: Sequence[str],
             input_ids: Tensor) -> Iterator[None]:
@@ -284,10 +279,10 @@ def spliced(loaded: LoadedModel, dictionary: Dictionary, reads: Sequence[str], w
         if dictionary.SPAN is Span.SINGLE:
             read, write = read_sites_[0], write_sites_[0]
             if read == write:
-                stack.enter_context(splice(adapter, {write: lambda x: _keeping_bos(
+                stack.enter_context(splice(adapter, {write: lambda x: keeping_bos(
                     x, dictionary(x[:, 1:].float()).reconstruction)}))
             else:
-                stack.enter_context(splice_module(adapter, read, write, lambda r, original: _keeping_bos(
+                stack.enter_context(splice_module(adapter, read, write, lambda r, original: keeping_bos(
                     original, dictionary(r[:, 1:].float()).reconstruction)))
         elif dictionary.SPAN is Span.CAUSAL:
             latents: dict[int, Tensor] = {}
@@ -302,7 +297,7 @@ def spliced(loaded: LoadedModel, dictionary: Dictionary, reads: Sequence[str], w
 
 
 def _writing(part: Tensor):
-    return lambda x: _keeping_bos(x, part)
+    return lambda x: keeping_bos(x, part)
 
 
 def _clt_layer(dictionary: Dictionary, layer: int, latents: dict[int, Tensor]):
@@ -310,7 +305,7 @@ def _clt_layer(dictionary: Dictionary, layer: int, latents: dict[int, Tensor]):
         x = read[:, 1:].float()
         latents[layer] = dictionary.encode_layer(layer, x)
         upstream = [latents[source] for source in dictionary.writers(layer)]
-        return _keeping_bos(original, dictionary.decode_layer(layer, upstream, x))
+        return keeping_bos(original, dictionary.decode_layer(layer, upstream, x))
     return replaced
 
 
@@ -323,24 +318,16 @@ def frozen_dictionary(plan: AdapterPlan, loaded: LoadedModel) -> Dictionary:
 
 
 # ---- training ----------------------------------------------------------------------------------
-def contexts_per_step(config: TrainConfig, settings: AdapterSettings) -> int:
-    return max(1, math.ceil(settings.batch_size / (config.data.context_length - 1)))
-
-
 def total_steps(config: TrainConfig, settings: AdapterSettings) -> int:
-    tokens_per_step = contexts_per_step(config, settings) * (config.data.context_length - 1)
+    tokens_per_step = contexts_per_step(settings.batch_size, config.data.context_length) * \
+        (config.data.context_length - 1)
     return max(1, math.ceil(settings.train_tokens / tokens_per_step))
 
 
 def training_contexts(loaded: LoadedModel, config: TrainConfig, settings: AdapterSettings,
                       first_step: int) -> Iterator[Tensor]:
     """Each step's whole contexts from the run's training split, in the seed's order, from step ``first_step``."""
-    per_step = contexts_per_step(config, settings)
-    contexts = contexts_for(loaded, load_split(config.data).train, config.data, settings.seed)
-    for _ in range(first_step * per_step):  # tokenizing only: the contexts of the steps already done
-        next(contexts)
-    while True:
-        yield take_contexts(contexts, per_step)
+    return step_contexts(loaded, config.data, settings.batch_size, settings.seed, first_step)
 
 
 def _checkpoint(path: Path, names: list[str], parameters: list[Tensor], optimizer: torch.optim.Optimizer,

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from saekit.activations.source import contexts_for, load_split
+from saekit.activations.spec import DataConfig
 from saekit.data.contexts import take_contexts
 from saekit.models.hooks import run_with_hooks
 from saekit.models.loading import LoadedModel
@@ -56,21 +57,28 @@ class ContextBatch:
         return self.input_ids.shape[0] * (self.input_ids.shape[1] - 1)
 
 
-def contexts_per_step(config: TrainConfig) -> int:
-    """Whole contexts per step: the batch size in non-BOS tokens, rounded up to contexts."""
-    return max(1, math.ceil(config.optim.batch_size / (config.data.context_length - 1)))
+def contexts_per_step(batch_tokens: int, context_length: int) -> int:
+    """Whole contexts per step: ``batch_tokens`` non-BOS tokens, rounded up to contexts."""
+    return max(1, math.ceil(batch_tokens / (context_length - 1)))
+
+
+def step_contexts(loaded: LoadedModel, data: DataConfig, batch_tokens: int, seed: int,
+                  first_step: int) -> Iterator[Tensor]:
+    """Each step's whole contexts from the training split, in ``seed``'s order, from step ``first_step`` on (the
+    contexts of the steps before it are drawn and dropped: tokenizing only, no forward), so a resume is exact."""
+    per_step = contexts_per_step(batch_tokens, data.context_length)
+    contexts = contexts_for(loaded, load_split(data).train, data, seed)
+    for _ in range(first_step * per_step):
+        next(contexts)
+    while True:
+        yield take_contexts(contexts, per_step)
 
 
 def context_batches(loaded: LoadedModel, config: TrainConfig, sites: Sequence[str], first_step: int,
                     device: str) -> Iterator[ContextBatch]:
-    """The clean passes of the steps from ``first_step`` on (the contexts before it drawn and dropped)."""
-    per_step = contexts_per_step(config)
-    contexts = contexts_for(loaded, load_split(config.data).train, config.data, config.data.seed)
-    for _ in range(first_step * per_step):  # tokenizing only: no forward for the skipped steps
-        next(contexts)
-    while True:
-        input_ids = take_contexts(contexts, per_step).to(device)
-        yield clean_pass(loaded, input_ids, sites, config.loss.downstream_sites)
+    """The clean passes of the steps from ``first_step`` on."""
+    for input_ids in step_contexts(loaded, config.data, config.optim.batch_size, config.data.seed, first_step):
+        yield clean_pass(loaded, input_ids.to(device), sites, config.loss.downstream_sites)
 
 
 @torch.no_grad()
@@ -84,6 +92,11 @@ def clean_pass(loaded: LoadedModel, input_ids: Tensor, sites: Sequence[str],
     return ContextBatch(input_ids, activations, logits, {name: by_name[name] for name in downstream})
 
 
+def keeping_bos(original: Tensor, value: Tensor) -> Tensor:
+    """``value`` [batch, seq - 1, width] at every position but BOS, which keeps ``original``'s activation."""
+    return torch.cat([original[:, :1], value.to(original.dtype)], dim=1)
+
+
 def spliced_pass(loaded: LoadedModel, input_ids: Tensor, writes: dict[str, Tensor],
                  downstream: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
     """The logits (and downstream activations) with ``writes[site]`` [contexts, seq - 1, width] at each site's
@@ -91,7 +104,7 @@ def spliced_pass(loaded: LoadedModel, input_ids: Tensor, writes: dict[str, Tenso
     adapter = loaded.adapter
 
     def replacing(value: Tensor):
-        return lambda original: torch.cat([original[:, :1], value.to(original.dtype)], dim=1)
+        return lambda original: keeping_bos(original, value)
     replace = {adapter.site(name): replacing(value) for name, value in writes.items()}
     logits, captured = run_with_hooks(adapter, input_ids, replace=replace,
                                       observe=[adapter.site(name) for name in downstream])
@@ -108,15 +121,10 @@ def model_terms(loaded: LoadedModel, batch: ContextBatch, writes: dict[str, Tens
     return terms
 
 
-def written_sites(config: TrainConfig) -> tuple[str, ...]:
-    """The sites a run's reconstruction replaces: its targets (a transcoder's), else the sites it reads."""
-    return config.target_sites or config.input_sites
-
-
 def unscaled_writes(config: TrainConfig, reconstruction: Tensor, scale: float | list[float],
                     contexts: int) -> dict[str, Tensor]:
     """A run's (scaled) reconstruction [tokens, layers x width] as raw activations per written site."""
-    sites = written_sites(config)
+    sites = config.output_sites
     scales = scale if isinstance(scale, list) else [scale]
     parts = reconstruction.float().chunk(len(sites), dim=-1)
     return {site: (part / factor).reshape(contexts, -1, part.shape[-1])

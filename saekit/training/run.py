@@ -95,7 +95,7 @@ class InputScaling:
         def scales(sites: tuple[str, ...]) -> float | list[float]:
             values = [float(chunk[site].pow(2).sum(-1).mean().rsqrt()) for site in sites]
             return values if config.over_layers else values[0]
-        return InputScaling(scales(config.input_sites), scales(config.target_sites or config.input_sites))
+        return InputScaling(scales(config.input_sites), scales(config.output_sites))
 
 
 def scaled(batch: dict[str, Tensor], sites: tuple[str, ...], scale: float | list[float]) -> Tensor:
@@ -129,7 +129,7 @@ class RunState:
         # Built on the CPU (the same initial weights on every device), then moved where it trains.
         self.dictionary: Dictionary = build_dictionary(dictionary_config(config, first_chunk)).to(config.run.device)
         with torch.no_grad():  # start the decoder bias at the data mean: latents then model deviations
-            self.dictionary.b_dec.copy_(scaled_mean(first_chunk, config.target_sites or config.input_sites,
+            self.dictionary.b_dec.copy_(scaled_mean(first_chunk, config.output_sites,
                                                     self.scaling.output_scale))
         self.trainer = DictionaryTrainer(self.dictionary, config.optim, config.total_steps,
                                          autocast_dtype=resolve_autocast(config.optim.autocast, config.run.device),
@@ -410,7 +410,7 @@ def _train_prepared(configs: list[TrainConfig], run_dirs: list[Path], source: Ac
     if model_from < configs[0].total_steps:
         loaded = source.loaded
         loaded.model.requires_grad_(False)  # the backward reaches the dictionaries only
-        batches = context_batches(loaded, configs[0], spec_sites(configs), states[0].trainer.step,
+        batches = context_batches(loaded, configs[0], source.spec.sites, states[0].trainer.step,
                                   configs[0].run.device)
         loop(batches, functools.partial(model_step, states, loaded=loaded), until=configs[0].total_steps)
     if writes:
@@ -462,20 +462,20 @@ def throughput_record(timing: LoopTiming, source: ActivationSource, state: RunSt
     }
 
 
+def _checkpoint_paths(states: list[RunState], run_dirs: list[Path]) -> list[Path | None]:
+    """Each run's checkpoint path (None for all on a data-parallel rank that writes no directory)."""
+    return [d / CHECKPOINT_FILE for d in run_dirs] or [None] * len(states)
+
+
 def _activation_step(states: list[RunState], run_dirs: list[Path]) -> Callable[[dict[str, Tensor]], int]:
     """Each run's step on a batch of activations (``mse``); returns the tokens it trained on."""
-    checkpoints = [d / CHECKPOINT_FILE for d in run_dirs] or [None] * len(states)
+    checkpoints = _checkpoint_paths(states, run_dirs)
 
     def step_all(batch: dict[str, Tensor]) -> int:
         for state, checkpoint in zip(states, checkpoints):
             _or_stop(state, checkpoint, functools.partial(state.step, batch, read=False))
         return states[0].config.optim.batch_size
     return step_all
-
-
-def spec_sites(configs: list[TrainConfig]) -> tuple[str, ...]:
-    """Every site the runs read or write, once, in order."""
-    return tuple(dict.fromkeys(site for config in configs for site in config.sites))
 
 
 def _train_loop(states: list[RunState], run_dirs: list[Path], batches: Iterator[Any],
@@ -487,7 +487,7 @@ def _train_loop(states: list[RunState], run_dirs: list[Path], batches: Iterator[
     label = config.name if len(states) == 1 else f"{len(states)} dictionaries"
     bar = tqdm(total=config.total_steps, initial=states[0].trainer.step, desc=f"training {label}",
                unit="step", disable=not progress)
-    checkpoints = [d / CHECKPOINT_FILE for d in run_dirs] or [None] * len(states)
+    checkpoints = _checkpoint_paths(states, run_dirs)
     with ExitStack() as stack:
         stack.enter_context(bar)
         # A data-parallel rank other than 0 steps with no directory: rank 0 writes for the group.
