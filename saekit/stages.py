@@ -50,11 +50,17 @@ STAGES: tuple[Stage, ...] = (
     Stage("toy", "synthetic worlds and toy models with ground truth", ("dictionaries", "training")),
     Stage("circuits", "local replacement models, attribution graphs, interventions",
           ("data", "models", "activations", "dictionaries", "training", "analysis")),
-    Stage("jobs", "orchestration across stages: quickstart, sweep, dashboard, explain, control",
+    Stage("probing", "labelled tasks, sparse probing, SCR/TPP, structure metrics",
+          ("data", "models", "activations", "dictionaries", "training", "evaluation")),
+    Stage("jobs", "orchestration across stages: quickstart, sweep, dashboard, explain, control, reliability",
           ("data", "models", "activations", "dictionaries", "training", "evaluation", "analysis", "dashboard",
-           "autointerp", "toy", "circuits")),
+           "autointerp", "toy", "circuits", "probing")),
+    Stage("serve", "the live explorer: local web app and Neuronpedia-compatible API over runs",
+          ("data", "models", "activations", "dictionaries", "training", "evaluation", "analysis", "dashboard",
+           "autointerp", "circuits")),
     Stage("cli", "the command line", ("data", "models", "activations", "dictionaries", "training", "evaluation",
-                                      "analysis", "dashboard", "autointerp", "toy", "circuits", "jobs")),
+                                      "analysis", "dashboard", "autointerp", "toy", "circuits", "probing", "jobs",
+                                      "serve")),
 )
 
 ENTRY_POINTS = {"__init__": (), "__main__": ("cli",)}  # saekit/__init__.py and python -m saekit

@@ -245,13 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
-    """The analysis, autointerp, toy, circuit, convert and import subcommands, each in its own ``saekit/cli`` module."""
+    """The analysis, autointerp, toy, circuit, convert, import, lora and probe subcommands, each in its own
+    ``saekit/cli`` module."""
     from saekit.cli.analysis import add_analysis_parsers
     from saekit.cli.autointerp import add_autointerp_parsers
     from saekit.cli.circuits import add_circuit_parsers
     from saekit.cli.convert import add_convert_parser
     from saekit.cli.imports import add_import_parser
     from saekit.cli.lora import add_lora_parser
+    from saekit.cli.probe import add_probe_parsers
     from saekit.cli.toy import add_toy_parser
 
     add_analysis_parsers(sub)
@@ -261,6 +263,7 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     add_convert_parser(sub)
     add_import_parser(sub)
     add_lora_parser(sub)
+    add_probe_parsers(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,12 +27,12 @@ FORTUNE_EXCLUDED = frozenset({"art", "ascii-art"})
 
 def default_corpus() -> list[Document]:
     """The embedded English corpus: the King James Bible, the Python documentation and fortune cookies."""
-    return [*_kjv_bible(), *_python_docs(), *_fortunes()]
+    return [*kjv_bible(), *python_docs(), *_fortunes()]
 
 
 # --- KJV Bible
 
-_BOOKS = tuple(  # canonical order; `bible -f` abbreviates them (Ge, Exo, ..., Rev) in this order
+BIBLE_BOOKS = tuple(  # canonical order; `bible -f` abbreviates them (Ge, Exo, ..., Rev) in this order
     name.strip()
     for name in """
     Genesis, Exodus, Leviticus, Numbers, Deuteronomy, Joshua, Judges, Ruth, 1 Samuel, 2 Samuel,
@@ -47,7 +47,7 @@ _BOOKS = tuple(  # canonical order; `bible -f` abbreviates them (Ge, Exo, ..., R
 _VERSE = re.compile(r"^(\d?[A-Za-z]+)(\d+):(\d+) ?(.*)$")
 
 
-def _kjv_bible() -> list[Document]:
+def kjv_bible() -> list[Document]:
     """One document per chapter, verses joined into one prose paragraph without their references."""
     chapters: dict[tuple[str, int], list[str]] = {}
     for line in _bible_dump().splitlines():
@@ -56,11 +56,11 @@ def _kjv_bible() -> list[Document]:
             abbrev, chapter, _verse, text = match.groups()
             chapters.setdefault((abbrev, int(chapter)), []).append(text.strip())
     abbrevs = list(dict.fromkeys(abbrev for abbrev, _ in chapters))
-    if len(abbrevs) != len(_BOOKS):
+    if len(abbrevs) != len(BIBLE_BOOKS):
         raise SaekitError(
             f"the `bible` command printed {len(abbrevs)} books, not 66; reinstall: {INSTALL_HINT}"
         )
-    names = dict(zip(abbrevs, _BOOKS, strict=True))
+    names = dict(zip(abbrevs, BIBLE_BOOKS, strict=True))
     return [
         Document("kjv-bible", f"kjv-bible/{names[abbrev]} {chapter}", " ".join(v for v in verses if v))
         for (abbrev, chapter), verses in chapters.items()
@@ -87,7 +87,8 @@ def _bible_dump() -> str:
 # --- Python docs
 
 
-def _python_docs() -> list[Document]:
+def python_docs() -> list[Document]:
+    """One document per python3-doc source page (``.rst.txt``) reduced to prose; pages with too little prose dropped."""
     root = _python_docs_root()
     docs: list[Document] = []
     for path in sorted(root.rglob("*.rst.txt"), key=lambda p: p.relative_to(root).as_posix()):
@@ -117,7 +118,7 @@ def _fortunes() -> list[Document]:
         raise SaekitError(f"fortune cookie files not found in {FORTUNES_DIR}; {INSTALL_HINT}")
     docs: list[Document] = []
     for name, path in _fortune_files(FORTUNES_DIR):
-        entries = _fortune_entries(path.read_text(encoding="utf-8", errors="replace"))
+        entries = fortune_entries(path.read_text(encoding="utf-8", errors="replace"))
         for n, group in enumerate(group_pieces(entries, FORTUNE_GROUP_CHARS)):
             docs.append(Document("fortunes", f"fortunes/{name}#{n}", group))
     return docs
@@ -136,7 +137,8 @@ def _fortune_files(root: Path) -> list[tuple[str, Path]]:
     return sorted(files.items())
 
 
-def _fortune_entries(text: str) -> list[str]:
+def fortune_entries(text: str) -> list[str]:
+    """The entries of one fortune file (separated by ``%`` lines), overstrikes and control characters removed."""
     text = re.sub(r".\x08", "", text)  # old files underline/bold by overstriking: "_\bx"
     text = re.sub(r"[\x00-\x08\x0b-\x1f\x7f]", "", text)
     entries = re.split(r"^%[ \t]*$", text, flags=re.M)

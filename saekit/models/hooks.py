@@ -4,6 +4,11 @@
 forward as soon as the last of them is seen (the layers above are never computed). ``splice``
 replaces a site's activation by a function of itself for the duration of a ``with`` block.
 Both go through :func:`_hook_point`, the single table of where each site kind is read.
+
+A forward can also start part-way: :func:`recording_prefix` keeps what block ``layer - 1`` returned in one
+forward, and within :func:`resumed_at` a later forward of the same inputs skips blocks ``0 .. layer - 1``
+(each hands on the recorded output), so a pass that changes the model only from block ``layer`` on costs
+only the blocks it changes.
 """
 
 from __future__ import annotations
@@ -134,6 +139,69 @@ def run_with_hooks(
     with _hooked(hooks, adapter):
         logits = adapter.model(input_ids=input_ids, use_cache=False).logits
     return logits, observed
+
+
+@dataclass
+class Prefix:
+    """What block ``layer - 1`` returned in a recorded forward (``None`` for ``layer`` 0: nothing is skipped)."""
+
+    layer: int
+    output: Tensor | tuple | None = None
+
+
+@contextmanager
+def recording_prefix(adapter: ArchitectureAdapter, layer: int) -> Iterator[Prefix]:
+    """Within the block, a forward records block ``layer - 1``'s output (as the block returned it, detached)."""
+    prefix = Prefix(layer)
+    if layer == 0:
+        yield prefix
+        return
+
+    def record(module: nn.Module, args: tuple, output: Tensor | tuple) -> None:
+        prefix.output = output.detach() if isinstance(output, Tensor) else output
+    handle = adapter.block(layer - 1).register_forward_hook(record)
+    try:
+        yield prefix
+    finally:
+        handle.remove()
+
+
+class _Replay(nn.Module):
+    """Stands in for a skipped block: returns the recorded output; other attributes read from the real block
+    (some models' layer loops ask a block for its attention type)."""
+
+    def __init__(self, block: nn.Module, output: Tensor | tuple) -> None:
+        super().__init__()
+        object.__setattr__(self, "_block", block)  # not registered: its parameters stay out of this module
+        object.__setattr__(self, "_output", output)
+
+    def forward(self, *args: object, **kwargs: object) -> Tensor | tuple:
+        return self._output
+
+    def __getattr__(self, name: str) -> object:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["_block"], name)
+
+
+@contextmanager
+def resumed_at(adapter: ArchitectureAdapter, prefix: Prefix) -> Iterator[None]:
+    """Within the block, forwards skip blocks ``0 .. prefix.layer - 1``: each returns the recorded output.
+
+    Only for forwards of the inputs the prefix was recorded on, with nothing hooked before block
+    ``prefix.layer`` (a hook there would never run)."""
+    if prefix.layer > 0 and prefix.output is None:
+        raise ValueError(f"no output of block {prefix.layer - 1} was recorded: run the forward inside "
+                         "recording_prefix first")
+    skipped = list(adapter.blocks[:prefix.layer])
+    try:
+        for index, block in enumerate(skipped):
+            adapter.blocks[index] = _Replay(block, prefix.output)
+        yield
+    finally:
+        for index, block in enumerate(skipped):
+            adapter.blocks[index] = block
 
 
 @contextmanager

@@ -10,7 +10,9 @@ with every dictionary of the step spliced in. Per step (:func:`model_step`):
    (BOS dropped, in the activation source's layout) and at the downstream sites.
 2. Each run's dictionary encodes those clean activations (teacher forcing: what ``mse`` training reads),
    and its reconstruction replaces the sites it writes, every run's at once, in one forward of the model
-   whose weights are frozen; BOS keeps its clean activation, as in the evaluation's splice. At one site
+   whose weights are frozen; BOS keeps its clean activation, as in the evaluation's splice. That forward
+   starts at the first block a write changes: the clean pass recorded what the blocks before it return
+   (:func:`saekit.models.hooks.recording_prefix`), and nothing before that block differs. At one site
    this is exactly the spliced model; for several sites (runs trained together, a cross-layer run) each
    dictionary reads the clean model's activations rather than the spliced model's own.
 3. One backward of the summed loss (each run's own terms, the MSE weighted for the phase, plus the shared
@@ -34,7 +36,7 @@ from torch import Tensor
 from saekit.activations.source import contexts_for, load_split
 from saekit.activations.spec import DataConfig
 from saekit.data.contexts import take_contexts
-from saekit.models.hooks import run_with_hooks
+from saekit.models.hooks import Prefix, recording_prefix, resumed_at, run_with_hooks
 from saekit.models.loading import LoadedModel
 from saekit.training.config import TrainConfig
 from saekit.training.objectives import ObjectiveWeights, downstream_mse, next_token_kl
@@ -51,6 +53,7 @@ class ContextBatch:
     activations: dict[str, Tensor]  # site -> [contexts * (seq - 1), width]: every non-BOS position, context-major
     logits: Tensor  # [contexts, seq, vocab]
     downstream: dict[str, Tensor]  # downstream site -> [contexts, seq, width]
+    prefix: Prefix  # the clean model's state before the first block the spliced pass changes
 
     @property
     def tokens(self) -> int:
@@ -74,22 +77,31 @@ def step_contexts(loaded: LoadedModel, data: DataConfig, batch_tokens: int, seed
         yield take_contexts(contexts, per_step)
 
 
-def context_batches(loaded: LoadedModel, config: TrainConfig, sites: Sequence[str], first_step: int,
-                    device: str) -> Iterator[ContextBatch]:
-    """The clean passes of the steps from ``first_step`` on."""
+def context_batches(loaded: LoadedModel, config: TrainConfig, sites: Sequence[str], written: Sequence[str],
+                    first_step: int, device: str) -> Iterator[ContextBatch]:
+    """The clean passes of the steps from ``first_step`` on; ``written`` are the sites the spliced passes write."""
+    downstream = config.loss.downstream_sites
+    resume = first_changed_layer(loaded, [*written, *downstream])
     for input_ids in step_contexts(loaded, config.data, config.optim.batch_size, config.data.seed, first_step):
-        yield clean_pass(loaded, input_ids.to(device), sites, config.loss.downstream_sites)
+        yield clean_pass(loaded, input_ids.to(device), sites, downstream, resume)
+
+
+def first_changed_layer(loaded: LoadedModel, sites: Sequence[str]) -> int:
+    """The first block a spliced pass writing (or reading, downstream) ``sites`` must run."""
+    return min(loaded.adapter.site(name).layer for name in sites)
 
 
 @torch.no_grad()
 def clean_pass(loaded: LoadedModel, input_ids: Tensor, sites: Sequence[str],
-               downstream: Sequence[str]) -> ContextBatch:
+               downstream: Sequence[str], resume_layer: int = 0) -> ContextBatch:
+    """The clean forward: logits, the sites' activations, and what the blocks before ``resume_layer`` return."""
     adapter = loaded.adapter
     wanted = [adapter.site(name) for name in (*sites, *downstream)]
-    logits, captured = run_with_hooks(adapter, input_ids, observe=wanted)
+    with recording_prefix(adapter, resume_layer) as prefix:
+        logits, captured = run_with_hooks(adapter, input_ids, observe=wanted)
     by_name = {site.name: value for site, value in captured.items()}
     activations = {name: by_name[name][:, 1:].reshape(-1, by_name[name].shape[-1]).float() for name in sites}
-    return ContextBatch(input_ids, activations, logits, {name: by_name[name] for name in downstream})
+    return ContextBatch(input_ids, activations, logits, {name: by_name[name] for name in downstream}, prefix)
 
 
 def keeping_bos(original: Tensor, value: Tensor) -> Tensor:
@@ -98,23 +110,26 @@ def keeping_bos(original: Tensor, value: Tensor) -> Tensor:
 
 
 def spliced_pass(loaded: LoadedModel, input_ids: Tensor, writes: dict[str, Tensor],
-                 downstream: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
+                 downstream: Sequence[str], prefix: Prefix | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """The logits (and downstream activations) with ``writes[site]`` [contexts, seq - 1, width] at each site's
-    non-BOS positions; differentiable with respect to the written values."""
+    non-BOS positions; differentiable with respect to the written values. With the clean pass's ``prefix``
+    the blocks before its layer are not run again."""
     adapter = loaded.adapter
 
     def replacing(value: Tensor):
         return lambda original: keeping_bos(original, value)
     replace = {adapter.site(name): replacing(value) for name, value in writes.items()}
-    logits, captured = run_with_hooks(adapter, input_ids, replace=replace,
-                                      observe=[adapter.site(name) for name in downstream])
+    with resumed_at(adapter, prefix or Prefix(0)):
+        logits, captured = run_with_hooks(adapter, input_ids, replace=replace,
+                                          observe=[adapter.site(name) for name in downstream])
     return logits, {site.name: value for site, value in captured.items()}
 
 
 def model_terms(loaded: LoadedModel, batch: ContextBatch, writes: dict[str, Tensor], weights: ObjectiveWeights,
                 downstream: Sequence[str]) -> dict[str, Tensor]:
     """The model-loss terms of one step (unweighted): ``kl``, and ``downstream`` where the phase weighs it."""
-    logits, spliced = spliced_pass(loaded, batch.input_ids, writes, downstream if weights.downstream else ())
+    logits, spliced = spliced_pass(loaded, batch.input_ids, writes, downstream if weights.downstream else (),
+                                   batch.prefix)
     terms = {"kl": next_token_kl(batch.logits, logits)}
     if weights.downstream:
         terms["downstream"] = downstream_mse(spliced, batch.downstream).mean

@@ -410,7 +410,8 @@ def _train_prepared(configs: list[TrainConfig], run_dirs: list[Path], source: Ac
     if model_from < configs[0].total_steps:
         loaded = source.loaded
         loaded.model.requires_grad_(False)  # the backward reaches the dictionaries only
-        batches = context_batches(loaded, configs[0], source.spec.sites, states[0].trainer.step,
+        written = [site for config in configs for site in config.output_sites]
+        batches = context_batches(loaded, configs[0], source.spec.sites, written, states[0].trainer.step,
                                   configs[0].run.device)
         loop(batches, functools.partial(model_step, states, loaded=loaded), until=configs[0].total_steps)
     if writes:

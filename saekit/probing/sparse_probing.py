@@ -1,0 +1,200 @@
+"""SAEBench's sparse probing of a run's dictionary on a labelled task, beside the raw activations and a random
+dictionary of the same shape.
+
+For every class of the task, a one-vs-rest binary task (``probes.one_vs_rest``); for every k, the k features with
+the largest mean difference on its training split and a logistic regression on them (``probes.sparse_probe``),
+on three feature sets pooled from the same forward passes (``pooling.pooled_activations``): the dictionary's
+latents, the model's raw activations at the dictionary's site (and a probe on all of them, SAEBench's
+``llm_test_accuracy``), and the latents of an untrained dictionary of the same architecture and config, seeded.
+Scores are averaged over the classes, as SAEBench averages over a dataset's classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from saekit.data.labelled import LabelledTask, load_task
+from saekit.dictionaries.base import Dictionary
+from saekit.dictionaries.registry import build_dictionary, load_dictionary, read_sites
+from saekit.errors import SaekitError
+from saekit.models.loading import LoadedModel
+from saekit.probing.pooling import pooled_activations, tokenize
+from saekit.probing.probes import BinaryTask, ProbeScore, fit_probe, one_vs_rest, sparse_probe
+from saekit.rundir import DICTIONARY_DIR
+from saekit.settings import SEED, check_rules, setting
+from saekit.training.config import load_run_config
+
+FEATURE_SETS = ("sae", "llm", "random")  # the run's latents, the raw activations, a random dictionary's latents
+
+
+@dataclass
+class ProbeSettings:
+    """How the probes are built (SAEBench's defaults where it has one)."""
+
+    k: tuple[int, ...] = setting((1, 2, 5), "the numbers of features each sparse probe reads, comma-separated "
+                                 "(SAEBench: 1,2,5)", minimum=1, invalid=((0,),))
+    context_length: int = setting(128, "tokens per text, BOS included; longer texts are cut (SAEBench: 128)",
+                                  minimum=2)
+    train_per_class: int | None = setting(None, "training texts per class (none: the task's stated size)",
+                                          minimum=1, none="task")
+    test_per_class: int | None = setting(None, "test texts per class (none: the task's stated size)", minimum=1,
+                                         none="task")
+    batch_size: int = setting(32, "texts per forward pass", minimum=1)
+    seed: int = setting(42, "seed of the negatives' draw and of the random dictionary (SAEBench: 42)", **SEED)
+
+    def __post_init__(self) -> None:
+        self.k = tuple(self.k)
+
+    def validate(self) -> ProbeSettings:
+        check_rules(self, "probe settings")
+        if not self.k or len(set(self.k)) != len(self.k):
+            raise SaekitError(f"--k must be distinct whole numbers >= 1, e.g. 1,2,5, got {','.join(map(str, self.k))}")
+        return self
+
+
+@dataclass
+class ClassResult:
+    """One class against the rest: the scores of every probe, by feature set and k."""
+
+    label: str
+    llm_all: ProbeScore
+    top_k: dict[str, dict[str, ProbeScore]] = field(default_factory=dict)  # feature set -> str(k) -> score
+
+
+@dataclass
+class ProbingResults:
+    """Everything ``saekit probe`` measured, with what it was measured on."""
+
+    run: str
+    model: str
+    site: str
+    architecture: str
+    width: int
+    task: dict[str, Any]
+    settings: dict[str, Any]
+    classes: list[ClassResult]
+    mean: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # set -> str(k) -> metric -> mean
+    llm_all: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ProbeInputs:
+    """A run's dictionary, the site it reads and the model, ready to probe."""
+
+    run_dir: Path
+    dictionary: Dictionary
+    site: str
+    loaded: LoadedModel
+
+
+def load_probe_inputs(run_dir: Path, loaded: LoadedModel | None = None) -> ProbeInputs:
+    """The run's (input-scaling-folded) dictionary, its one read site, and its model (loaded unless given)."""
+    config = load_run_config(run_dir)
+    dictionary, source = load_dictionary(run_dir / DICTIONARY_DIR, config.run.device)
+    sites = read_sites(source)
+    if len(sites) != 1:
+        raise SaekitError(f"{run_dir} reads {len(sites)} sites ({', '.join(sites)}); sparse probing reads one site, "
+                          "probe a single-site SAE or transcoder")
+    loaded = loaded or config.data.load_model(config.run.device)
+    if loaded.adapter.site_width(sites[0]) != dictionary.config.d_in:
+        raise SaekitError(f"{run_dir}'s dictionary reads width {dictionary.config.d_in} but {sites[0]} of "
+                          f"{loaded.name} has {loaded.adapter.site_width(sites[0])}; probe it with its own model")
+    return ProbeInputs(run_dir, dictionary.eval().requires_grad_(False), sites[0], loaded)
+
+
+def random_dictionary(dictionary: Dictionary, seed: int) -> Dictionary:
+    """An untrained dictionary of the same architecture and config, initialised under ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        twin = build_dictionary(dictionary.config)
+    return twin.to(next(dictionary.parameters()).device).eval().requires_grad_(False)
+
+
+def check_examples(task: LabelledTask, settings: ProbeSettings) -> None:
+    """Fewer training examples per class than the largest k: one line, before the model loads."""
+    largest = max(settings.k)
+    if task.train_per_class < largest:
+        raise SaekitError(f"task {task.name} has {task.train_per_class} training examples per class, fewer than "
+                          f"k = {largest}; use a smaller --k or more examples")
+
+
+def check_width(settings: ProbeSettings, width: int) -> None:
+    """A k above the features of a feature set (the raw activations or the latents): one line."""
+    if max(settings.k) > width:
+        raise SaekitError(f"k = {max(settings.k)} is more than the {width} features probed; use a smaller --k")
+
+
+def pooled_task(inputs: ProbeInputs, task: LabelledTask, settings: ProbeSettings) -> dict[str, dict[str, Tensor]]:
+    """``{split: {feature set: [n, features]}}`` for the task's train and test texts."""
+    twin = random_dictionary(inputs.dictionary, settings.seed)
+    encoders = {"sae": inputs.dictionary.encode, "random": twin.encode}
+    pooled = {}
+    for split, examples in (("train", task.train), ("test", task.test)):
+        rows = tokenize(inputs.loaded, [e.text for e in examples], settings.context_length)
+        pooled[split] = pooled_activations(inputs.loaded, inputs.site, rows, encoders, settings.batch_size,
+                                           desc=f"pooling {split} texts")
+    return pooled
+
+
+def binary_tasks(pooled: dict[str, dict[str, Tensor]], task: LabelledTask, feature_set: str,
+                 seed: int) -> list[BinaryTask]:
+    """One-vs-rest tasks on one feature set; the negatives' draw depends only on the seed and class (so every
+    feature set sees the same texts)."""
+    train_labels = [e.label for e in task.train]
+    test_labels = [e.label for e in task.test]
+    tasks = []
+    for index, label in enumerate(task.classes):
+        generator = torch.Generator().manual_seed(seed + index)
+        key = "raw" if feature_set == "llm" else feature_set
+        train_x, train_y = one_vs_rest(pooled["train"][key], train_labels, label, generator)
+        test_x, test_y = one_vs_rest(pooled["test"][key], test_labels, label, generator)
+        tasks.append(BinaryTask(label, train_x, train_y, test_x, test_y))
+    return tasks
+
+
+def probe_classes(pooled: dict[str, dict[str, Tensor]], task: LabelledTask, settings: ProbeSettings,
+                  ) -> list[ClassResult]:
+    """Every class's probes: all raw activations, and the top-k probes on each feature set."""
+    by_set = {name: binary_tasks(pooled, task, name, settings.seed) for name in FEATURE_SETS}
+    results = [ClassResult(label, fit_probe(by_set["llm"][i])) for i, label in enumerate(task.classes)]
+    jobs = [(name, i, k) for name in FEATURE_SETS for i in range(len(task.classes)) for k in settings.k]
+    for name, i, k in tqdm(jobs, desc="fitting probes", unit="probe"):
+        results[i].top_k.setdefault(name, {})[str(k)] = sparse_probe(by_set[name][i], k)
+    return results
+
+
+def _averages(classes: list[ClassResult]) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, float]]:
+    def mean(scores: list[ProbeScore]) -> dict[str, float]:
+        count = len(scores)
+        return {"accuracy": sum(s.accuracy for s in scores) / count, "auc": sum(s.auc for s in scores) / count}
+
+    first = classes[0].top_k
+    table = {name: {k: mean([c.top_k[name][k] for c in classes]) for k in first[name]} for name in first}
+    return table, mean([c.llm_all for c in classes])
+
+
+def probe_run(run_dir: str | Path, task_name: str, settings: ProbeSettings | None = None,
+              loaded: LoadedModel | None = None) -> ProbingResults:
+    """Sparse probing of the run's dictionary on a built-in task or a labelled file (nothing written)."""
+    settings = (settings or ProbeSettings()).validate()
+    run_dir = Path(run_dir)
+    task = load_task(task_name, settings.train_per_class, settings.test_per_class)
+    check_examples(task, settings)
+    load_run_config(run_dir)  # a missing run is one line before the model loads
+    inputs = load_probe_inputs(run_dir, loaded)
+    check_width(settings, min(inputs.dictionary.config.width, inputs.dictionary.config.d_in))
+    classes = probe_classes(pooled_task(inputs, task, settings), task, settings)
+    table, llm_all = _averages(classes)
+    config = inputs.dictionary.config
+    return ProbingResults(run=str(run_dir), model=inputs.loaded.name, site=inputs.site,
+                          architecture=config.architecture, width=config.width, task=task.describe(),
+                          settings=asdict(settings), classes=classes, mean=table, llm_all=llm_all)
