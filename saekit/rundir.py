@@ -36,6 +36,7 @@ THROUGHPUT_FILE = "throughput.json"
 CONTROL_MARKER = "control.json"  # how a randomized-weights twin (jobs/control.py) was made, written before it trains
 METRICS_FILE = "metrics.json"  # evaluation's results, what summaries and reports read back
 REPORT_FILE = "report.md"
+DASHBOARD_DIR = "dashboard"  # where `saekit dashboard` writes a run's site by default
 # What a run directory holds before its first checkpoint: a fresh start may overwrite these and nothing else.
 FRESH_RUN_ENTRIES = frozenset({CONFIG_FILE, LOG_FILE, DENSITY_FILE, THROUGHPUT_FILE, STATS_FILE, LOCK_FILE,
                                CONTROL_MARKER})

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs saekit into ./.venv on a fresh machine: torch (CPU build, pinned so pip never pulls a
 # multi-GB CUDA build), saekit with its dependencies, and the Debian packages of the default corpus.
-# With --test it also installs the test tools (pytest, ruff, Debian's chromium for dashboard tests) and
+# With --test it also installs the test tools (pytest, ruff, Debian's chromium and chromium-driver for the
+# dashboard and explorer browser tests) and
 # the embedding model the autointerp embedding scorer uses.
 # Idempotent: a second run only checks.
 set -euo pipefail
@@ -27,9 +28,9 @@ fi
 
 bash scripts/install_corpus.sh
 
-if (( with_test )) && ! command -v chromium >/dev/null 2>&1; then
+if (( with_test )) && ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
   sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
   $sudo apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 echo "saekit installed in .venv"

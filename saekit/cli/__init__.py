@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
-    """The analysis, autointerp, toy, circuit, convert, import, lora and probe subcommands, each in its own
+    """The analysis, autointerp, toy, circuit, convert, import, lora, probe and serve subcommands, each in its own
     ``saekit/cli`` module."""
     from saekit.cli.analysis import add_analysis_parsers
     from saekit.cli.autointerp import add_autointerp_parsers
@@ -254,6 +254,7 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     from saekit.cli.imports import add_import_parser
     from saekit.cli.lora import add_lora_parser
     from saekit.cli.probe import add_probe_parsers
+    from saekit.cli.serve import add_serve_parser
     from saekit.cli.toy import add_toy_parser
 
     add_analysis_parsers(sub)
@@ -264,6 +265,7 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     add_import_parser(sub)
     add_lora_parser(sub)
     add_probe_parsers(sub)
+    add_serve_parser(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,10 +35,10 @@ from saekit.circuits.replacement import ReplacementModel
 from saekit.circuits.transcoders import TranscoderSet, load_model_for, load_transcoders, transcoder_run_dirs
 from saekit.errors import SaekitError
 from saekit.io import OutputTarget, claim_output, mark_output, write_json, write_text
-from saekit.jobs.dashboard import DASHBOARD_DIR
 from saekit.models.loading import LoadedModel
 from saekit.models.sites import parse_site
 from saekit.render import markdown_table
+from saekit.rundir import DASHBOARD_DIR
 from saekit.settings import NON_EMPTY, copy_setting, setting
 
 

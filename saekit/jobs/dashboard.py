@@ -22,10 +22,8 @@ from saekit.io import read_json
 from saekit.locks import exclusive
 from saekit.memory import gigabytes, memory_budget
 from saekit.models.loading import LoadedModel
-from saekit.rundir import DICTIONARY_DIR
+from saekit.rundir import DASHBOARD_DIR, DICTIONARY_DIR
 from saekit.settings import setting
-
-DASHBOARD_DIR = "dashboard"
 
 
 @dataclass(frozen=True)

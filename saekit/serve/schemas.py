@@ -1,0 +1,140 @@
+"""The JSON bodies, named as Neuronpedia's inference server names them (``/v1/...``).
+
+On the wire every field is camelCase (``sortByTokenIndexes``), as Neuronpedia's server writes it; requests may
+also spell fields snake_case (``sort_by_token_indexes``), which its older clients send. ``model`` is the
+model's name as ``GET /v1/runs`` shows it; ``source`` and ``selectedSources`` name runs by the names the server
+printed at startup. Every float must be finite (a NaN strength is a 422 naming the field).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class Wire(BaseModel):
+    """camelCase on the wire, snake_case accepted on input; fields saekit does not use are ignored."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, protected_namespaces=())
+
+
+class ErrorBody(Wire):
+    error: str
+
+
+class ActivationAllRequest(Wire):
+    prompt: str
+    model: str | None = None
+    source_set: str | None = None
+    selected_sources: list[str] = Field(default_factory=list, description="runs to read (none: every run of "
+                                        "the model)")
+    sort_by_token_indexes: list[int] = Field(default_factory=list, description="rank latents by their summed "
+                                             "activation at these positions (none: by their maximum)")
+    ignore_bos: bool = Field(True, description="leave out latents whose largest activation is on BOS")
+    num_results: int = Field(25, ge=1)
+
+
+class ActivationAllFeature(Wire):
+    source: str
+    index: int
+    values: list[float]
+    sum_values: float
+    max_value: float
+    max_value_index: int
+
+
+class ActivationAllResponse(Wire):
+    activations: list[ActivationAllFeature]
+    tokens: list[str]
+
+
+class TopkByTokenRequest(Wire):
+    prompt: str
+    model: str | None = None
+    source: str
+    top_k: int = Field(5, ge=1)
+    ignore_bos: bool = True
+
+
+class TopkFeature(Wire):
+    feature_index: int
+    activation_value: float
+
+
+class TopkByTokenResult(Wire):
+    token_position: int
+    token: str
+    is_special: bool
+    top_features: list[TopkFeature]
+
+
+class TopkByTokenResponse(Wire):
+    results: list[TopkByTokenResult]
+    tokens: list[str]
+
+
+class TokenizeRequest(Wire):
+    text: str
+    model: str | None = None
+    source: str | None = Field(None, description="whose model's tokenizer (none: the first run's)")
+    prepend_bos: bool | None = None
+
+
+class TokenizeResponse(Wire):
+    tokens: list[int]
+    token_strings: list[str]
+    prepend_bos: bool
+
+
+class SteerFeature(Wire):
+    model: str | None = None
+    source: str
+    index: int
+    strength: Finite
+
+
+class SteerCompletionRequest(Wire):
+    prompt: str
+    model: str | None = None
+    steer_method: Literal["SIMPLE_ADDITIVE", "ORTHOGONAL_DECOMP", "PROJECTION_CAP"] = "SIMPLE_ADDITIVE"
+    normalize_steering: bool = False
+    types: list[Literal["STEERED", "DEFAULT"]] = Field(default_factory=lambda: ["STEERED", "DEFAULT"], min_length=1)
+    features: list[SteerFeature] = Field(min_length=1)
+    n_completion_tokens: int = Field(16, ge=1)
+    temperature: Finite = Field(0.7, ge=0)
+    strength_multiplier: Finite = 1.0
+    freq_penalty: Finite = Field(0.0, description="accepted for Neuronpedia clients; must be 0 (saekit's sampler "
+                                 "has no penalty)")
+    seed: Finite = Field(0, ge=0)
+    stream: bool = False
+
+
+class SteerOutput(Wire):
+    type: Literal["STEERED", "DEFAULT"]
+    output: str = Field(description="the continuation after the prompt (the prompt itself is not repeated)")
+
+
+class SteerCompletionResponse(Wire):
+    outputs: list[SteerOutput]
+
+
+class SearchRequest(Wire):
+    query: str = Field(min_length=1)
+    selected_sources: list[str] = Field(default_factory=list)
+    num_results: int = Field(20, ge=1)
+
+
+class SearchResult(Wire):
+    source: str
+    index: int
+    description: str
+    score: float
+
+
+class SearchResponse(Wire):
+    method: Literal["embedding", "text"]
+    results: list[SearchResult]

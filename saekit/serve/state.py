@@ -1,0 +1,26 @@
+"""What one server holds, kept on ``app.state.saekit`` (no module-level state): its runs, settings, explanation
+index, and the locks that serialise model calls and searches."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from saekit.serve.runs import ServedRun
+from saekit.serve.search import ExplanationIndex
+from saekit.serve.settings import ServeSettings
+
+
+@dataclass
+class ServerState:
+    runs: dict[str, ServedRun]
+    settings: ServeSettings
+    index: ExplanationIndex
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one model call at a time: hooks are per model
+    search_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def build(cls, runs: dict[str, ServedRun], settings: ServeSettings) -> ServerState:
+        entries = [(run.name, latent, text) for run in runs.values()
+                   for latent, text in sorted(run.explanations.items())]
+        return cls(runs, settings, ExplanationIndex(entries, settings.embeddings))
