@@ -306,6 +306,113 @@ def builtin_task(name: str, train_per_class: int | None = None, test_per_class: 
                          test_per_class or spec.test_per_class, drop_conflicts=True)
 
 
+# --- a biased mix for SCR: two binary attributes crossed
+
+
+@dataclass(frozen=True)
+class SpuriousTask:
+    """Two binary attributes crossed (SCR's biased mix): ``quadrants[split][(target, spurious)]`` holds ``per_quadrant``
+    texts whose target attribute is ``target`` (True: ``target_classes[0]``) and spurious one ``spurious``.
+
+    As in SAEBench's bias_in_bios (profession x gender), the *target* attribute is the one a probe should read and
+    the *spurious* one is made to correlate with it in the biased probe's data."""
+
+    name: str
+    source: str
+    target_classes: tuple[str, str]
+    spurious_classes: tuple[str, str]
+    train: dict[tuple[bool, bool], tuple[str, ...]]
+    test: dict[tuple[bool, bool], tuple[str, ...]]
+
+    @property
+    def train_per_quadrant(self) -> int:
+        return len(self.train[True, True])
+
+    @property
+    def test_per_quadrant(self) -> int:
+        return len(self.test[True, True])
+
+    def describe(self) -> dict[str, object]:
+        """The task's identity and sizes, for results files."""
+        return {"name": self.name, "source": self.source, "target_classes": list(self.target_classes),
+                "spurious_classes": list(self.spurious_classes), "train_per_quadrant": self.train_per_quadrant,
+                "test_per_quadrant": self.test_per_quadrant}
+
+
+@dataclass(frozen=True)
+class SpuriousSpec:
+    """A built-in SCR mix: the four quadrants' examples (labels ``"<target>|<spurious>"``) and their sizes."""
+
+    source: str
+    target_classes: tuple[str, str]
+    spurious_classes: tuple[str, str]
+    train_per_quadrant: int
+    test_per_quadrant: int
+    examples: Callable[[], list[Example]]
+
+
+COMPUTING_FORTUNES = {"": ("computers", "linux"), "de": ("computer",), "es": ("informatica.fortunes",),
+                      "it": ("computer",), "ru": ("computer", "programming")}
+ENGLISH_OTHER_TOPICS = ("politics", "science", "work", "men-women", "songs-poems", "food", "law", "love",
+                        "literature", "education", "medicine", "pets", "people", "wisdom")
+FOREIGN_EXCLUDED = {  # computing-related or unclear cookie files left out of the "other topics" class
+    "de": ("computer", "ms", "linuxtag", "debian", "channel-debian.fortunes", "infodrom"),
+    "es": ("informatica.fortunes",), "it": ("computer", "zuse", "banner"), "ru": ("computer", "programming", "M$"),
+}
+
+
+def topic_language_examples() -> list[Example]:
+    """Fortune cookies labelled ``"<computing|other>|<en|foreign>"``: computing files against other topics, in
+    English against German, Spanish, Italian and Russian."""
+    examples = [Example(e.text, f"computing|{'en' if not lang else 'foreign'}", e.document)
+                for lang, names in COMPUTING_FORTUNES.items() for name in names
+                for e in _fortune_examples(_fortune_file(FORTUNES_DIR / lang, name,
+                                                         INSTALL_HINT if not lang else LANGUAGE_HINT), "")]
+    examples += [Example(e.text, "other|en", e.document) for name in ENGLISH_OTHER_TOPICS
+                 for e in _fortune_examples(_fortune_file(FORTUNES_DIR, name, INSTALL_HINT), "")]
+    for language in FORTUNE_LANGUAGES:
+        for path in _cookie_files(FORTUNES_DIR / language, LANGUAGE_HINT):
+            if path.name.removesuffix(".u8") not in FOREIGN_EXCLUDED[language]:
+                examples += [Example(e.text, "other|foreign", e.document) for e in _fortune_examples(path, "")]
+    return examples
+
+
+SPURIOUS_TASKS: dict[str, SpuriousSpec] = {
+    "topic-language": SpuriousSpec(
+        "fortune cookies: computing (computers, linux and the other languages' computer files) vs other topics, "
+        "crossed with English vs German/Spanish/Italian/Russian (Debian fortunes, fortunes-de, -es, -it, -ru)",
+        ("computing", "other"), ("en", "foreign"), 800, 200, topic_language_examples),
+}
+
+
+def spurious_task(name: str, train_per_quadrant: int | None = None,
+                  test_per_quadrant: int | None = None) -> SpuriousTask:
+    """The built-in SCR mix ``name``: the same number of texts in each of its four quadrants, split by document."""
+    if name not in SPURIOUS_TASKS:
+        raise SaekitError(f"unknown SCR task {name!r}; choose one of {', '.join(SPURIOUS_TASKS)}")
+    spec = SPURIOUS_TASKS[name]
+    task = balanced_task(name, spec.source, spec.examples(), train_per_quadrant or spec.train_per_quadrant,
+                         test_per_quadrant or spec.test_per_quadrant, drop_conflicts=True)
+    return quadrant_task(task, spec.target_classes, spec.spurious_classes)
+
+
+def quadrant_task(task: LabelledTask, target_classes: tuple[str, str],
+                  spurious_classes: tuple[str, str]) -> SpuriousTask:
+    """A balanced task with labels ``"<target>|<spurious>"`` as its four quadrants."""
+    wanted = {f"{t}|{s}" for t in target_classes for s in spurious_classes}
+    if set(task.classes) != wanted:
+        raise SaekitError(f"task {task.name} has classes {', '.join(task.classes)}; an SCR task needs exactly "
+                          f"{', '.join(sorted(wanted))}")
+
+    def split(examples: tuple[Example, ...]) -> dict[tuple[bool, bool], tuple[str, ...]]:
+        return {(t == target_classes[0], s == spurious_classes[0]):
+                tuple(e.text for e in examples if e.label == f"{t}|{s}")
+                for t in target_classes for s in spurious_classes}
+
+    return SpuriousTask(task.name, task.source, target_classes, spurious_classes, split(task.train),
+                        split(task.test))
+
+
 # --- the user's own file
 
 

@@ -94,3 +94,16 @@ def test_bad_labelled_files_are_one_line(tmp_path, content, suffix, message):
 def test_unknown_task_names_the_choices():
     with pytest.raises(SaekitError, match="unknown task 'nope'; choose one of language, code, fortune-topic"):
         load_task("nope")
+
+
+def test_the_scr_mix_has_four_equal_quadrants_split_by_document():
+    from saekit.data.labelled import quadrant_task, spurious_task
+
+    task = spurious_task("topic-language", 50, 10)
+    assert (task.target_classes, task.spurious_classes) == (("computing", "other"), ("en", "foreign"))
+    assert {q: len(texts) for q, texts in task.train.items()} == dict.fromkeys(task.train, 50)
+    assert {q: len(texts) for q, texts in task.test.items()} == dict.fromkeys(task.test, 10)
+    train = {t for texts in task.train.values() for t in texts}
+    assert not train & {t for texts in task.test.values() for t in texts}
+    with pytest.raises(SaekitError, match="an SCR task needs exactly"):
+        quadrant_task(builtin_task("bible-testament", 5, 2), ("a", "b"), ("c", "d"))
