@@ -1,8 +1,8 @@
 """Build the attribution graph of one prompt: batched backward passes through the local replacement model.
 
-Every target (a chosen logit minus the mean logit, at the last position; or an active latent's
-pre-activation) is one copy of the prompt in a batch; one backward pass of the sum of the copies'
-targets gives, per copy, the gradient of its target with respect to every node value (token
+Every target (a chosen logit minus the mean logit, at the last position; a difference of two logits;
+or a latent's pre-activation: :mod:`.targets`) is one copy of the prompt in a batch; one backward pass
+of the sum of the copies' targets gives, per copy, the gradient of its target with respect to every node value (token
 embeddings, latents, errors: leaf tensors of the replacement model). A node's value times that
 gradient is its direct effect: exact, since the replacement model is linear in its nodes. Paths
 through other latents do not count (latents are nodes, held at their values); paths through
@@ -26,10 +26,13 @@ from saekit.circuits.budget import (
     matmul_rate,
     sizes_of,
 )
-from saekit.circuits.graph import Graph
+from saekit.circuits.graph import Graph, graph_scores
 from saekit.circuits.replacement import ReplacementModel, ReplacementOutput
+from saekit.circuits.targets import UNITS, LatentTarget, LogitTarget, Target, label
 from saekit.errors import SaekitError
 from saekit.settings import setting
+
+__all__ = ["AttributionConfig", "LatentTarget", "LogitTarget", "Target", "attribute"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ class AttributionConfig:
     progress: bool = setting(True, "show progress and the memory estimate")
     max_memory_gb: float | None = setting(None, "refuse to start when the estimated peak memory is over this many "
                                           "GB (none: 90% of the memory free when the check runs)", above=0)
+    zero_bos_errors: bool = setting(False, "give the BOS error nodes no edges, as circuit-tracer does (its pruned "
+                                    "graph and scores then compare like for like)", switch=True)
 
     def __post_init__(self) -> None:
         if self.max_logits < 1 or not 0 < self.logit_probability <= 1 or self.batch_size < 1:
@@ -88,32 +93,6 @@ def check_memory(replacement: ReplacementModel, features: int, logits: int, conf
         print(estimate_attribution(sizes, matmul_rate(sizes, device)).describe(device))
 
 
-@dataclass(frozen=True)
-class LogitTarget:
-    """A token's logit at the last position, minus the mean logit there (circuit-tracer's logit node)."""
-
-    token: int
-
-    def value(self, output: ReplacementOutput, copy: int, last: int) -> Tensor:
-        row = output.logits[copy, last]
-        return row[self.token] - row.mean()
-
-
-@dataclass(frozen=True)
-class LatentTarget:
-    """A latent's pre-activation at a position: what a feature node's incoming edges explain."""
-
-    layer: int
-    position: int
-    latent: int
-
-    def value(self, output: ReplacementOutput, copy: int, last: int) -> Tensor:
-        return output.pre_activations[self.layer][copy, self.position, self.latent]
-
-
-Target = LogitTarget | LatentTarget
-
-
 def _target_values(output: ReplacementOutput, targets: list[Target], last: int) -> Tensor:
     """Each copy's target value: copy i of the forward holds target i's gradient."""
     return torch.stack([target.value(output, copy, last) for copy, target in enumerate(targets)])
@@ -129,11 +108,11 @@ def _direct_effects(output: ReplacementOutput, nodes, targets: list[Target], fea
     batch = len(targets)
     embeddings, latents, errors = nodes
     objective = _target_values(output, targets, -1).sum()  # the forward kept the last position's logits only
-    layers = list(latents)
+    layers, error_layers = list(latents), list(errors)  # error_layers: the replaced and any frozen MLPs
     grads = torch.autograd.grad(objective, [embeddings, *latents.values(), *errors.values()], allow_unused=True,
                                 retain_graph=True)
     embedding_grad, latent_grads = grads[0], dict(zip(layers, grads[1:1 + len(layers)]))
-    error_grads = dict(zip(layers, grads[1 + len(layers):]))
+    error_grads = dict(zip(error_layers, grads[1 + len(layers):]))
 
     def used(grad: Tensor | None, like: Tensor) -> Tensor:
         """The first ``batch`` copies' gradients (zero where the objective does not reach the node)."""
@@ -145,44 +124,84 @@ def _direct_effects(output: ReplacementOutput, nodes, targets: list[Target], fea
         grad = used(latent_grads[layer], latents[layer])
         feature_effects[:, chosen] = (grad[:, features[chosen, 1], features[chosen, 2]] * activations[chosen]).detach()
     error_effects = torch.cat([(used(error_grads[layer], errors[layer]) * errors[layer][:batch]).sum(-1).detach()
-                               for layer in layers], dim=1)  # [batch, layers * S], layer-major
+                               for layer in error_layers], dim=1)  # [batch, layers * S], layer-major
     token_effects = (used(embedding_grad, embeddings) * embeddings[:batch]).sum(-1).detach()
     return torch.cat([feature_effects, error_effects, token_effects], dim=1)
 
 
+def _explicit_weights(targets: list[Target], logits: Tensor) -> tuple[Tensor, Tensor]:
+    """Explicit targets' token ids (a difference: its first token; a latent: -1) and weights: a token its
+    probability (circuit-tracer's weight for a target given as a token string), a difference or a latent 1
+    (circuit-tracer's custom targets carry a weight of the caller's choosing)."""
+    probabilities = logits[-1].float().softmax(-1)
+    tokens = torch.tensor([target.record()["token"] for target in targets])
+    weights = torch.tensor([float(probabilities[t.token]) if isinstance(t, LogitTarget) else 1.0 for t in targets])
+    return tokens, weights
+
+
+def _target_records(targets: list[Target], logits: Tensor, tokenizer) -> list[dict]:
+    """What the graph file says of each target node: kind, token ids, label, unit, the token's probability."""
+    probabilities = logits[-1].float().softmax(-1)
+    records = []
+    for target in targets:
+        record = {**target.record(), "label": label(target, tokenizer), "unit": UNITS[target.record()["kind"]]}
+        if record["kind"] == "token":
+            record["probability"] = float(probabilities[record["token"]])
+        records.append(record)
+    return records
+
+
 def attribute(replacement: ReplacementModel, prompt: str, config: AttributionConfig | None = None,
-              transcoders_path: str = "") -> Graph:
-    """The full (unpruned) attribution graph of the replacement model's prompt."""
+              transcoders_path: str = "", targets: list[Target] | None = None) -> Graph:
+    """The full (unpruned) attribution graph of the replacement model's prompt.
+
+    ``targets``: the target nodes (none: the top logits, weighted by their probabilities; given: these,
+    weighted as :func:`_explicit_weights` says)."""
     config = config or AttributionConfig()
     started = time.perf_counter()
     clean = replacement.clean
-    logit_tokens, logit_probabilities = chosen_logits(clean.logits, config)
+    tokenizer = replacement.loaded.tokenizer
+    if targets:
+        logit_tokens, logit_probabilities = _explicit_weights(targets, clean.logits)
+        outputs = list(targets)
+    else:
+        logit_tokens, logit_probabilities = chosen_logits(clean.logits, config)
+        outputs = [LogitTarget(int(token)) for token in logit_tokens]
     features, activations = active_features(replacement, config)
-    check_memory(replacement, features.shape[0], len(logit_tokens), config)  # before the passes and the adjacency
-    targets: list[Target] = [LogitTarget(int(token)) for token in logit_tokens] + \
+    check_memory(replacement, features.shape[0], len(outputs), config)  # before the passes and the adjacency
+    all_targets: list[Target] = outputs + \
         [LatentTarget(layer, position, latent) for layer, position, latent in features.tolist()]
-    n_sources = features.shape[0] + len(replacement.transcoders.layers) * len(clean.input_ids) + len(clean.input_ids)
-    n_nodes = n_sources + len(logit_tokens)
+    n_positions = len(clean.input_ids)
+    n_sources = features.shape[0] + len(replacement.error_layers) * n_positions + n_positions
+    n_nodes = n_sources + len(outputs)
     adjacency = torch.zeros(n_nodes, n_nodes)
     rows = list(range(n_sources, n_nodes)) + list(range(features.shape[0]))
-    batches = math.ceil(len(targets) / config.batch_size)
+    batches = math.ceil(len(all_targets) / config.batch_size)
     # One forward pass of batch_size copies, kept: each chunk of targets is one backward pass through it.
-    nodes = replacement.clean_nodes(min(config.batch_size, len(targets)), requires_grad=True)
+    nodes = replacement.clean_nodes(min(config.batch_size, len(all_targets)), requires_grad=True)
     output = replacement.forward(*nodes, last_logits_only=True)
     for index in tqdm(range(batches), desc="attribution", unit="batch", disable=not config.progress):
         chunk = slice(index * config.batch_size, (index + 1) * config.batch_size)
-        adjacency[rows[chunk], :n_sources] = _direct_effects(output, nodes, targets[chunk], features, activations)
+        adjacency[rows[chunk], :n_sources] = _direct_effects(output, nodes, all_targets[chunk], features,
+                                                             activations)
     del output, nodes
-    tokenizer = replacement.loaded.tokenizer
+    if config.zero_bos_errors:  # circuit-tracer's convention: the BOS MLP outputs are in no node
+        adjacency[:, features.shape[0]:features.shape[0] + len(replacement.error_layers) * n_positions:n_positions] = 0
 
     def decode(ids: Tensor) -> list[str]:
         return [tokenizer.decode([int(i)]) for i in ids]
-    return Graph(
+    records = _target_records(outputs, clean.logits, tokenizer)
+    graph = Graph(
         prompt=prompt, input_ids=clean.input_ids.tolist(), tokens=decode(clean.input_ids),
         model=replacement.loaded.name,
-        transcoders=transcoders_path, layers=list(replacement.transcoders.layers), features=features,
+        transcoders=transcoders_path, layers=list(replacement.error_layers), features=features,
         activations=activations, logit_tokens=logit_tokens.cpu(), logit_probabilities=logit_probabilities.cpu(),
-        logit_strings=decode(logit_tokens), adjacency=adjacency,
+        logit_strings=[r["label"] if targets else tokenizer.decode([r["token"]]) for r in records],
+        adjacency=adjacency,
         settings={**asdict(config), "model_layers": replacement.loaded.adapter.n_layers,
-                  "seconds": time.perf_counter() - started,
-                  "target": "logits: logit minus the mean logit at the last position; latents: pre-activation"})
+                  "seconds": time.perf_counter() - started, "targets": records,
+                  "explicit_targets": bool(targets), "frozen_mlp_layers": list(replacement.frozen_layers),
+                  "target": "logits: logit minus the mean logit at the last position; differences: logit minus "
+                            "logit; latents: pre-activation"})
+    graph.settings["scores"] = asdict(graph_scores(graph))
+    return graph

@@ -111,9 +111,10 @@ class PrunedGraph:
 
 
 def normalised_abs(adjacency: Tensor) -> Tensor:
-    """|A| with each row scaled to sum to one (rows without inputs stay zero)."""
+    """|A| with each row scaled to sum to one (rows without inputs stay zero; sums floored at circuit-tracer's
+    1e-10)."""
     magnitude = adjacency.abs()
-    return magnitude / magnitude.sum(1, keepdim=True).clamp_min(1e-12)
+    return magnitude / magnitude.sum(1, keepdim=True).clamp_min(1e-10)
 
 
 def total_influence(normalised: Tensor, weights: Tensor, max_depth: int) -> Tensor:
@@ -150,6 +151,38 @@ def edge_influence(normalised: Tensor, weights: Tensor, depth: int) -> Tensor:
     return normalised * (total_influence(normalised, weights, depth) + weights)[:, None]
 
 
+def target_weights(graph: Graph) -> Tensor:
+    """[N]: each target node's weight (a top logit's probability, an explicit target's share), zero elsewhere."""
+    weights = torch.zeros(graph.n_nodes)
+    weights[graph.logit_node(0):] = graph.logit_probabilities.float()
+    return weights
+
+
+@dataclass(frozen=True)
+class GraphScores:
+    """circuit-tracer's two scores of how much of the targets the graph explains through latents (1: all)."""
+
+    replacement: float  # token nodes' share of the influence reaching the targets from tokens and error nodes
+    completeness: float  # the non-error share of every node's inputs, averaged with weight (influence + weight)
+
+
+def graph_scores(graph: Graph) -> GraphScores:
+    """circuit-tracer's ``compute_graph_scores``: with N = rows of |A| normalised to one and w the target weights,
+    influence = w (N + N^2 + ...); replacement = influence of the tokens / influence of tokens and errors;
+    completeness = sum over nodes of (1 - the errors' share of its row) (influence + w) / sum of (influence + w).
+    The unnormalised error nodes' inputs count: a graph with frozen MLPs counts their outputs as errors."""
+    weights = target_weights(graph)
+    normalised = normalised_abs(graph.adjacency.float())
+    influence = total_influence(normalised, weights, graph.n_nodes)  # stops when the paths run out
+    errors = slice(graph.n_features, graph.n_features + graph.n_errors)
+    tokens = slice(graph.token_node(0), graph.logit_node(0))
+    token_share, error_share = influence[tokens].sum(), influence[errors].sum()
+    replacement = token_share / (token_share + error_share).clamp_min(1e-30)
+    output = influence + weights
+    completeness = ((1 - normalised[:, errors].sum(-1)) * output).sum() / output.sum()
+    return GraphScores(float(replacement), float(completeness))
+
+
 def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> PrunedGraph:
     """circuit-tracer's pruning rule: keep the nodes holding ``node_threshold`` of the influence on the
     logits (every node counted, tokens and logits then always kept), then the edges holding
@@ -161,9 +194,7 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
     """
     if not (0 <= node_threshold <= 1 and 0 <= edge_threshold <= 1):
         raise SaekitError("node and edge thresholds are shares of the influence: give values in [0, 1]")
-    n = graph.n_nodes
-    weights = torch.zeros(n)
-    weights[graph.logit_node(0):] = graph.logit_probabilities
+    weights = target_weights(graph)
     depth = len(graph.layers) + 3
     influence = total_influence(normalised_abs(graph.adjacency.float()), weights, depth)
     nodes = influence >= share_threshold(influence, node_threshold)

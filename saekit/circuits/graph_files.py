@@ -5,9 +5,10 @@ The JSON follows circuit-tracer's frontend schema (``metadata``, ``qParams``, ``
 and its node ids: a latent ``{layer}_{latent}_{position}``, an error node ``0_{layer}_{position}``,
 a token ``E_{token id}_{position}``, a logit ``{n_layers + 1}_{token id}_{last position}``. Only the
 pruned graph goes there, as circuit-tracer writes it: the kept edges and the nodes they touch, every
-token and logit; a node's ``influence`` is, as there, the cumulative share of the total influence held by
+token and logit (target); a node's ``influence`` is, as there, the cumulative share of the total influence held by
 it and every node above it (small for the most influential). ``graph-metadata.json`` lists the
-directory's graphs, one entry per slug.
+directory's graphs, one entry per slug. The metadata adds saekit's own keys: the graph's ``scores``
+(circuit-tracer's replacement and completeness), its ``targets`` by name, and any ``frozen_mlp_layers``.
 """
 
 from __future__ import annotations
@@ -59,10 +60,17 @@ def node_record(graph: Graph, node: int, influence: float) -> dict[str, Any]:
     index = node - graph.logit_node(0)
     token, probability = int(graph.logit_tokens[index]), float(graph.logit_probabilities[index])
     layer = str(graph.node_layer(node) + 1)  # circuit-tracer: n_layers + 1
-    return {**base, "node_id": f"{layer}_{token}_{position}", "feature": token, "layer": layer,
-            "feature_type": "logit", "token_prob": probability, "is_target_logit": index == 0,
-            "jsNodeId": f"L_{token}-{position}",
-            "clerp": f'Output "{viewer_token(graph.logit_strings[index])}" (p={probability:.3f})'}
+    record = {**base, "node_id": f"{layer}_{token}_{position}", "feature": token, "layer": layer,
+              "feature_type": "logit", "token_prob": probability, "is_target_logit": index == 0,
+              "jsNodeId": f"L_{token}-{position}",
+              "clerp": f'Output "{viewer_token(graph.logit_strings[index])}" (p={probability:.3f})'}
+    targets = graph.settings.get("targets") or []
+    if graph.settings.get("explicit_targets") and index < len(targets):
+        target = targets[index]
+        record["clerp"] = f"Target {target['label']} ({target['unit']})"
+        if target["kind"] != "token":  # ids unique per target: a difference or latent has no one token
+            record.update(node_id=f"{layer}_target{index}_{position}", jsNodeId=f"L_target{index}-{position}")
+    return record
 
 
 def kept_nodes_and_links(graph: Graph, pruned: PrunedGraph) -> tuple[list[int], list[tuple[int, int, float]]]:
@@ -85,7 +93,10 @@ def graph_json(graph: Graph, pruned: PrunedGraph, slug: str, scan: str | None = 
     metadata = {"slug": slug, "scan": scan or graph.transcoders or "saekit", "transcoder_list": [],
                 "prompt_tokens": [viewer_token(t) for t in graph.tokens], "prompt": graph.prompt,
                 "node_threshold": pruned.node_threshold, "schema_version": 1,
-                "info": {"creator_name": "saekit", "model": graph.model, "edge_threshold": pruned.edge_threshold}}
+                "info": {"creator_name": "saekit", "model": graph.model, "edge_threshold": pruned.edge_threshold},
+                "scores": graph.settings.get("scores"),
+                "targets": [t["label"] for t in graph.settings.get("targets") or []],
+                "frozen_mlp_layers": graph.settings.get("frozen_mlp_layers") or []}
     return {"metadata": metadata,
             "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
             "nodes": list(records.values()),

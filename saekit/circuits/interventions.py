@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from saekit.circuits.graph import Graph
+from saekit.circuits.targets import LatentTarget, LogitTarget, Target, from_record
 from saekit.circuits.transcoders import TranscoderSet, check_fits
 from saekit.errors import SaekitError
 from saekit.models.loading import LoadedModel
@@ -147,7 +148,7 @@ def intervened_generation(loaded: LoadedModel, transcoders: TranscoderSet, input
 
 
 def predicted_ablation(graph: Graph, feature: int) -> Tensor:
-    """[T]: the change of each target logit (minus the mean logit) the graph predicts when ``feature`` is zeroed.
+    """[T]: the change of each target (in its unit, :mod:`.targets`) the graph predicts when ``feature`` is zeroed.
 
     Its direct effects, plus what they do through every downstream latent taken as linear while active:
     latent f's value moves by its pre-activation's change, and its effects scale with its value, so
@@ -166,17 +167,45 @@ def predicted_ablation(graph: Graph, feature: int) -> Tensor:
     return (logit_rows / activations[None, :]) @ change
 
 
+def graph_targets(graph: Graph) -> list[Target]:
+    """The graph's target nodes as targets (a graph file without target records: its logits)."""
+    records = graph.settings.get("targets")
+    if records:
+        return [from_record(record) for record in records]
+    return [LogitTarget(int(token)) for token in graph.logit_tokens]
+
+
+@torch.no_grad()
+def measure_targets(loaded: LoadedModel, transcoders: TranscoderSet, input_ids: Tensor,
+                    interventions: list[Intervention], targets: list[Target]) -> list[float]:
+    """Each target's value in the real model with the interventions applied (the unit the graph uses)."""
+    layers = sorted({t.layer for t in targets if isinstance(t, LatentTarget)})
+    pre: dict[int, Tensor] = {}
+
+    def record(args: tuple, layer: int) -> None:
+        pre[layer] = transcoders.pre_activations(layer, args[0][0].float())
+
+    hooks = [loaded.adapter.mlp(layer).register_forward_hook(lambda m, a, o, layer=layer: record(a, layer))
+             for layer in layers]
+    try:
+        logits = intervened_logits(loaded, transcoders, input_ids, interventions)[-1]
+    finally:
+        for handle in hooks:
+            handle.remove()
+    return [target.measured(logits, pre) for target in targets]
+
+
 def ablation_check(loaded: LoadedModel, transcoders: TranscoderSet, graph: Graph, features: list[int]) -> list[dict]:
-    """For each feature node: the predicted and the measured change of each target logit when it is ablated."""
+    """For each feature node: the predicted and the measured change of each target when it is ablated."""
     input_ids = torch.tensor(graph.input_ids)
-    clean = intervened_logits(loaded, transcoders, input_ids, [])[-1]
-    clean_targets = clean[graph.logit_tokens] - clean.mean()
+    targets = graph_targets(graph)
+    clean = torch.tensor(measure_targets(loaded, transcoders, input_ids, [], targets), dtype=torch.float64)
     rows = []
     for feature in features:
         layer, position, latent = map(int, graph.features[feature])
-        logits = intervened_logits(loaded, transcoders, input_ids, [Intervention(layer, latent, "ablate",
-                                                                                 position=position)])[-1]
-        measured = (logits[graph.logit_tokens] - logits.mean()) - clean_targets
+        ablation = [Intervention(layer, latent, "ablate", position=position)]
+        measured = torch.tensor(measure_targets(loaded, transcoders, input_ids, ablation, targets),
+                                dtype=torch.float64) - clean
         rows.append({"node": feature, "layer": layer, "position": position, "latent": latent,
                      "activation": float(graph.activations[feature]),
                      "predicted": predicted_ablation(graph, feature).tolist(), "measured": measured.tolist(),

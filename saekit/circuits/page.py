@@ -260,7 +260,15 @@ def graph_page(graph: Graph, record: dict[str, Any], sources: dict[int, FeatureS
     """The page's HTML (self-contained: no network, no external files)."""
     data = page_data(graph, record, sources, page_dir or Path("."))
     features = sum(node["feature_type"] == FEATURE_TYPE for node in record["nodes"])
-    summary = (f"{escape_html(graph.model)}; {features} latents, {len(record['nodes'])} nodes and "
+    scores = record["metadata"].get("scores") or {}
+    frozen = record["metadata"].get("frozen_mlp_layers") or []
+    targets = record["metadata"].get("targets") or [repr(s) for s in graph.logit_strings]
+    summary = (f"Target{'s' if len(targets) > 1 else ''}: {escape_html(', '.join(targets))}. "
+               f"Replacement score {scores.get('replacement', float('nan')):.3f}, completeness "
+               f"{scores.get('completeness', float('nan')):.3f} (circuit-tracer's definitions). "
+               + (f"MLPs of layers {', '.join(map(str, frozen))} have no transcoder: frozen at their clean "
+                  "outputs, as error nodes. " if frozen else "")
+               + f"{escape_html(graph.model)}; {features} latents, {len(record['nodes'])} nodes and "
                f"{len(record['links'])} edges after pruning (node threshold {data['thresholds'][0]}, edge "
                f"threshold {data['thresholds'][1]}). Green edges excite, red inhibit; squares are error nodes. "
                f"Click a node for its inputs, outputs and examples.")

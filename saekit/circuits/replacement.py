@@ -23,6 +23,11 @@ linear (plus constant biases: learned position embeddings, the projections' and 
 gradient times a value is an exact direct effect. At the BOS position no latent is a node: its MLP
 output is all error (transcoders are trained without BOS). Families the table marks as unsupported are
 refused (one line) before the clean run.
+
+A transcoder set that leaves some MLPs unreplaced is refused (a live MLP would make the map non-linear
+and the edges no longer direct effects), unless ``freeze_unreplaced``: then each unreplaced MLP outputs
+its clean output, a constant held as that layer's error nodes (all of the MLP is error there), and the
+graph stays linear; ``error_layers`` lists every layer with error nodes.
 """
 
 from __future__ import annotations
@@ -38,6 +43,30 @@ from saekit.circuits.transcoders import TranscoderSet, check_fits
 from saekit.errors import SaekitError
 from saekit.models.architecture import AttentionLayout, NormLayout, replacement_layout
 from saekit.models.loading import LoadedModel
+
+FREEZE_FLAG = "--freeze-unreplaced-mlps"
+
+
+def check_coverage(transcoders: TranscoderSet, n_layers: int, freeze_unreplaced: bool) -> list[int]:
+    """The model layers whose MLPs the transcoders leave unreplaced; one line refusing them unless frozen."""
+    missing = [layer for layer in range(n_layers) if layer not in transcoders.layers]
+    if missing and not freeze_unreplaced:
+        raise SaekitError(f"the transcoders replace the MLPs of layers {_ranges(transcoders.layers)} but not of "
+                          f"layers {_ranges(missing)}, which would run live and make the graph non-linear; add "
+                          f"transcoders for them, or pass {FREEZE_FLAG} to freeze their outputs at their clean "
+                          "values (counted as error nodes)")
+    return missing
+
+
+def _ranges(layers: list[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``0-2, 5``."""
+    runs: list[list[int]] = []
+    for layer in layers:
+        if runs and layer == runs[-1][-1] + 1:
+            runs[-1].append(layer)
+        else:
+            runs.append([layer])
+    return ", ".join(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
 
 
 @dataclass
@@ -114,10 +143,13 @@ def _hidden_states(args: tuple, kwargs: dict) -> Tensor:
 class ReplacementModel:
     """The local replacement model of ``input_ids`` (one prompt) under ``transcoders``."""
 
-    def __init__(self, loaded: LoadedModel, transcoders: TranscoderSet, input_ids: Tensor) -> None:
+    def __init__(self, loaded: LoadedModel, transcoders: TranscoderSet, input_ids: Tensor,
+                 freeze_unreplaced: bool = False) -> None:
         adapter = loaded.adapter
         self.layout = replacement_layout(adapter.model_type)  # one line for a family it cannot handle, first
         check_fits(transcoders, adapter.n_layers, adapter.d_model)
+        self.frozen_layers = check_coverage(transcoders, adapter.n_layers, freeze_unreplaced)
+        self.error_layers = sorted([*transcoders.layers, *self.frozen_layers])
         self.loaded, self.transcoders = loaded, transcoders
         self.model = loaded.model
         self.norms = [norm for layer in range(adapter.n_layers) for norm in adapter.block_norms(layer)]
@@ -145,7 +177,7 @@ class ReplacementModel:
         def record_mlp(args: tuple, out: Tensor, layer: int) -> None:
             mlp_in[layer], mlp_out[layer] = args[0][0], out[0]
 
-        for layer in transcoders.layers:
+        for layer in self.error_layers:
             hooks.append(adapter.mlp(layer).register_forward_hook(
                 lambda module, args, out, layer=layer: record_mlp(args, out, layer)))
         if self.logit_softcap is not None:
@@ -171,6 +203,8 @@ class ReplacementModel:
             latents[layer][0] = 0.0  # BOS: no latent nodes, its MLP output is all error
         errors = {layer: mlp_out[layer].float() - transcoders.decode(layer, latents, mlp_in[layer]).float()
                   for layer in transcoders.layers}
+        errors.update({layer: mlp_out[layer].float() for layer in self.frozen_layers})  # all of it error
+        errors = dict(sorted(errors.items()))
         return CleanRun(input_ids.cpu(), logits.float(), embeddings[0].float(), latents, errors, mlp_in)
 
     @contextmanager
@@ -197,6 +231,9 @@ class ReplacementModel:
         for layer in transcoders.layers:
             hooks.append(adapter.mlp(layer).register_forward_hook(
                 lambda module, args, out, layer=layer: replaced_mlp(module, args, out, layer)))
+        for layer in self.frozen_layers:  # the clean output, as a node (a leaf), not the live MLP
+            hooks.append(adapter.mlp(layer).register_forward_hook(
+                lambda module, args, out, layer=layer: errors[layer].to(out.dtype).expand_as(out)))
         if self.logit_softcap is not None:  # the model's own softcap off, its clean factor applied instead
             setattr(self.model.config, layout.logit_softcap, None)
             hooks.append(adapter.unembedding().register_forward_hook(

@@ -30,7 +30,8 @@ fall back to 10000), and a ``TokenizersBackend`` tokenizer is rebuilt from token
 Writes ``OUT_DIR/graph.safetensors`` (adjacency_matrix, active_features, activation_values,
 selected_features, logit_token_ids, logit_probabilities, input_tokens, tl_logits, hf_logits, and circuit-tracer's
 ``prune_graph`` masks at the given thresholds: prune_node_mask, prune_edge_mask, prune_cumulative_scores) and
-``OUT_DIR/graph.json`` (logit token strings, timings, versions, the logit check). No pickle.
+``OUT_DIR/graph.json`` (logit token strings, timings, versions, the logit check, and circuit-tracer's
+``compute_graph_scores`` of the graph: ``scores.replacement``, ``scores.completeness``). No pickle.
 """
 
 from __future__ import annotations
@@ -93,10 +94,11 @@ def main() -> None:
                       desired_logit_prob=settings["desired_logit_prob"], batch_size=settings["batch_size"],
                       max_feature_nodes=settings.get("max_feature_nodes"))
     done = time.perf_counter()
-    from circuit_tracer.graph import prune_graph
+    from circuit_tracer.graph import compute_graph_scores, prune_graph
 
     pruned = prune_graph(graph, node_threshold=settings.get("node_threshold", 0.8),
                          edge_threshold=settings.get("edge_threshold", 0.98))
+    replacement_score, completeness_score = compute_graph_scores(graph)
     args.out.mkdir(parents=True, exist_ok=True)
     tensors = {
         "adjacency_matrix": graph.adjacency_matrix.float(),
@@ -121,6 +123,7 @@ def main() -> None:
         "rotary_base": float(model.cfg.rotary_base),
         "seconds_build": built - started, "seconds_attribute": done - built,
         "n_active_features": int(graph.active_features.shape[0]),
+        "scores": {"replacement": replacement_score, "completeness": completeness_score},
         "adjacency_shape": list(graph.adjacency_matrix.shape),
     }
     (args.out / "graph.json").write_text(json.dumps(info, indent=2) + "\n")

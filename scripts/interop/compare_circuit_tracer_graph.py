@@ -25,6 +25,11 @@ One command does it all:
    circuit-tracer's adjacency (which separates the pruning rule from the graph);
 8. ``benchmarks/results/circuit-tracer-graph-<label>.json`` and ``.md``, and a table on stdout.
 
+``--fixture`` instead (re)makes the suite's fixture, ``tests/fixtures/circuit_tracer_graph``: random transcoders
+in circuit-tracer's layout, and circuit-tracer's graph, ``prune_graph`` masks and ``compute_graph_scores`` of one
+prompt on the tests' tiny model (tests/conftest.py's, rebuilt here from the same seed), as safetensors and JSON;
+``tests/circuits/test_circuit_tracer_parity.py`` holds saekit to them.
+
 circuit-tracer's venv: ``--ct-python`` (default ``scripts/interop/.ct-venv/bin/python``). If that interpreter
 cannot run (a venv copied without its symlinks), a venv shim is made under the work directory that points at the
 same site-packages with the base interpreter named in the venv's ``pyvenv.cfg``. ``--random-skip S`` replaces the
@@ -60,9 +65,10 @@ TARGET_KINDS = ("feature", "logit")
 
 # ---- the model and the transcoders ----------------------------------------------------------------------------
 
-def make_tiny_model(directory: Path, layers: int = 4, seed: int = 0) -> Path:
-    """A random LlamaForCausalLM (hidden 64, ``layers`` layers, grouped-query attention) with the default model's
-    tokenizer, saved as a Hugging Face directory (as tests/conftest.py's ``tiny_model_dir``, a little larger)."""
+def make_tiny_model(directory: Path, layers: int = 4, seed: int = 0, hidden: int = 64) -> Path:
+    """A random LlamaForCausalLM (width ``hidden``, MLP width 2 x hidden, ``layers`` layers, grouped-query
+    attention) with the default model's tokenizer, saved as a Hugging Face directory (``hidden=32, layers=2``:
+    exactly tests/conftest.py's ``tiny_model_dir``)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from saekit.models.loading import DEFAULT_GGUF_FILE, default_gguf_path
@@ -71,7 +77,8 @@ def make_tiny_model(directory: Path, layers: int = 4, seed: int = 0) -> Path:
         return directory
     tokenizer = AutoTokenizer.from_pretrained(str(default_gguf_path().parent), gguf_file=DEFAULT_GGUF_FILE)
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id)
     LlamaForCausalLM(config).save_pretrained(directory)
@@ -447,6 +454,70 @@ NOTES = [
 ]
 
 
+# ---- the suite's fixture: circuit-tracer's own graph and scores on the tests' tiny model -----------------------
+
+FIXTURE = REPO / "tests" / "fixtures" / "circuit_tracer_graph"
+FIXTURE_PROMPT = "The cat sat on the mat because"
+FIXTURE_TENSORS = ("adjacency_matrix", "active_features", "activation_values", "logit_token_ids",
+                   "logit_probabilities", "input_tokens", "prune_node_mask", "prune_edge_mask")
+
+
+def model_checksum(model: Any) -> list[float]:
+    """Sums of three of the tiny model's weights: the suite checks its tiny model is the one the fixture saw."""
+    inner = model.model
+    return [float(inner.embed_tokens.weight.double().sum()), float(inner.layers[0].mlp.gate_proj.weight.double().sum()),
+            float(inner.layers[-1].self_attn.v_proj.weight.double().sum())]
+
+
+def fixture_transcoders(width: int = 96, layers: int = 2, d: int = 32, seed: int = 0) -> list[Any]:
+    """Random per-layer JumpReLU transcoders with random skip matrices and thresholds low enough that many latents
+    fire (as tests/circuits/test_attribution.py's ``_per_layer(skip=True)``)."""
+    from saekit.dictionaries import DictionaryConfig, build_dictionary
+
+    torch.manual_seed(seed)
+    made = []
+    for _ in range(layers):
+        dictionary = build_dictionary(DictionaryConfig("jumprelu", d, width, d_out=d,
+                                                       extra={"skip_connection": True})).eval()
+        with torch.no_grad():
+            dictionary.log_threshold.fill_(-1.5)
+            dictionary.W_skip.normal_(0, 0.1)
+        made.append(dictionary.requires_grad_(False))
+    return made
+
+
+def make_fixture(args: argparse.Namespace) -> None:
+    """tests/fixtures/circuit_tracer_graph: transcoders in circuit-tracer's layout, and circuit-tracer 0.5.0's graph
+    (its adjacency, nodes, prune_graph masks) and compute_graph_scores of FIXTURE_PROMPT on the tests' tiny model."""
+    from safetensors.torch import load_file, save_file
+
+    from saekit.dictionaries.formats.circuit_tracer import write_circuit_tracer_transcoders
+    from saekit.models.loading import load_model
+
+    work = args.work or Path("/tmp/ctg/fixture")
+    model_dir = make_tiny_model(work / "model", layers=2, hidden=32)
+    loaded = load_model(str(model_dir))
+    ids = loaded.prompt_ids(FIXTURE_PROMPT).tolist()
+    dictionaries = fixture_transcoders()
+    sources = [{"model": "tiny", "site": f"blocks.{layer}.mlp_in", "target_site": f"blocks.{layer}.mlp_out"}
+               for layer in range(len(dictionaries))]
+    FIXTURE.mkdir(parents=True, exist_ok=True)
+    ct_dir = write_circuit_tracer_transcoders(FIXTURE / "transcoders", dictionaries, sources, scan="saekit-fixture")
+    args.prompt = FIXTURE_PROMPT
+    ct, info = run_worker(ct_python(args.ct_python, work), model_dir, ct_dir, ids, args, work / "ct-graph")
+    save_file({name: ct[name].contiguous() for name in FIXTURE_TENSORS}, str(FIXTURE / "graph.safetensors"))
+    record = {"prompt": FIXTURE_PROMPT, "input_ids": ids, "model": "tests/conftest.py tiny_model_dir",
+              "model_checksum": model_checksum(loaded.model), "scores": info["scores"],
+              "settings": {"max_n_logits": args.max_logits, "desired_logit_prob": args.logit_probability,
+                           "node_threshold": args.node_threshold, "edge_threshold": args.edge_threshold},
+              "versions": info["versions"], "logit_strings": info["logit_strings"],
+              "tl_vs_hf_logits_max_abs": info["tl_vs_hf_logits_max_abs"],
+              "command": "python scripts/interop/compare_circuit_tracer_graph.py --fixture"}
+    (FIXTURE / "graph.json").write_text(json.dumps(record, indent=2) + "\n")
+    written = load_file(str(FIXTURE / "graph.safetensors"))
+    print(json.dumps({**record, "adjacency": list(written["adjacency_matrix"].shape)}, indent=2))
+
+
 def main() -> None:
     """Parse arguments, build or take the model and transcoders, make both graphs, compare them, write results."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -472,8 +543,13 @@ def main() -> None:
     parser.add_argument("--edge-threshold", type=float, default=0.98, help="pruning comparison")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results files")
+    parser.add_argument("--fixture", action="store_true", help="(re)make the suite's fixture "
+                        "tests/fixtures/circuit_tracer_graph instead (the tests' tiny model; no comparison here)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.fixture:
+        make_fixture(args)
+        return
     label = args.label or (args.model if args.model in ("tiny", "default") else Path(args.model).name)
     work = args.work or Path("/tmp/ctg") / label
     work.mkdir(parents=True, exist_ok=True)

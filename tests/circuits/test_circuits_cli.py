@@ -63,3 +63,38 @@ def test_steer_reports_the_change_and_bad_input_is_one_line(transcoders, tmp_pat
     assert main(["attribute", str(transcoders), "--prompt", PROMPT, "--device", "cuda:7",
                  "--out", str(tmp_path / "never")]) == 1
     assert "not available" in capsys.readouterr().err and not (tmp_path / "never").exists()
+
+
+def test_attribute_with_chosen_targets_names_them_and_measures_in_steers_unit(transcoders, tmp_path, capsys):
+    out = tmp_path / "targets"
+    assert main(["attribute", str(transcoders), "--prompt", PROMPT, "--out", str(out), "--check-ablations", "1",
+                 "--target-token", " the", "--target-diff", " the| a", "--zero-bos-errors"]) == 0
+    report = (out / "report.md").read_text()
+    assert "targets (weights: a token its probability, others 1): ' the' (logit minus the mean logit" in report
+    assert "' the' - ' a' (logit minus logit at the last position)" in report and "replacement " in report
+    assert "BOS error nodes have no edges" in report
+    record = json.loads(next(p for p in out.glob("*.json") if p.name not in ("ablations.json",
+                                                                                "graph-metadata.json")).read_text())
+    assert record["metadata"]["targets"] == ["' the'", "' the' - ' a'"]
+    assert set(record["metadata"]["scores"]) == {"replacement", "completeness"}
+    assert "Targets: &#x27; the&#x27;, &#x27; the&#x27; - &#x27; a&#x27;" in next(out.glob("*.html")).read_text()
+    # The ablation check's measured change of ' the' is what `saekit steer` reports for the same ablation.
+    check = json.loads((out / "ablations.json").read_text())["checks"][0]
+    steered = tmp_path / "steer.json"
+    assert main(["steer", str(transcoders), "--prompt", PROMPT, "--latent",
+                 f"{check['layer']}:{check['latent']}@{check['position']}=ablate", "--top", "50000",
+                 "--new-tokens", "1", "--out", str(steered)]) == 0
+    row = next(r for r in json.loads(steered.read_text())["next_token"] if r["token"] == " the")
+    assert row["logit_change"] == pytest.approx(check["measured"][0], abs=1e-5)
+
+
+def test_bad_targets_and_prompts_are_one_line(transcoders, tmp_path, capsys):
+    for argv, message in ((["--target-token", " Parisianisms"], "is 3 tokens"),
+                          (["--target-latent", "1:100000@2"], "layer 1 has"),
+                          (["--target-latent", "1:3@99"], "the position must be"),
+                          (["--prompt", "the " * 2100], "longer than the model's context of 2048")):
+        prompt = [] if argv[0] == "--prompt" else ["--prompt", PROMPT]
+        assert main(["attribute", str(transcoders), *prompt, *argv, "--out", str(tmp_path / "never")]) == 1
+        last = capsys.readouterr().err.strip().splitlines()[-1]  # after the model's loading progress, if any
+        assert last.startswith("saekit: error:") and message in last, last
+    assert not (tmp_path / "never").exists()
