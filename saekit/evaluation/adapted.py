@@ -27,13 +27,14 @@ from torch import Tensor
 
 from saekit.errors import SaekitError
 from saekit.evaluation.evaluate import eval_contexts, load_splice_targets
-from saekit.evaluation.splice import kl_divergence, next_token_nll, spliced_context
+from saekit.evaluation.splice import kl_divergence, next_token_nll
 from saekit.io import read_json, write_json, write_text
 from saekit.models.loading import LoadedModel
 from saekit.render import markdown_table
 from saekit.rundir import METRICS_FILE, REPORT_FILE
 from saekit.training.config import load_run_config
 from saekit.training.lora import SETTINGS_FILE, attached_adapter
+from saekit.training.splicing import spliced_context
 
 MODELS = ("original", "adapted", "adapted_spliced", "spliced")  # original is the clean reference
 LABELS = {"original": "original model, clean (the reference)", "adapted": "adapted model, nothing spliced",
@@ -55,7 +56,7 @@ def adapted_losses(loaded: LoadedModel, run_dir: Path, adapter: Path, contexts: 
 
     def forward(input_ids: Tensor, splice: bool) -> Tensor:
         if splice:
-            with spliced_context(loaded, targets):
+            with spliced_context(loaded, targets, input_ids=input_ids):
                 return loaded.model(input_ids=input_ids, use_cache=False).logits
         return loaded.model(input_ids=input_ids, use_cache=False).logits
 

@@ -28,7 +28,7 @@ from saekit.evaluation.effective_compute import (
 from saekit.evaluation.generation import ACAUSAL, SideBySide, generation_prompts, side_by_side
 from saekit.evaluation.report import render_report
 from saekit.evaluation.results import EvaluationResults, LossResults
-from saekit.evaluation.splice import LossComparison, SpliceTarget, compare_losses_many, splice_targets
+from saekit.evaluation.splice import LossComparison, compare_losses_many, splice_targets
 from saekit.io import OutputTarget, claim_output, mark_output, read_json, write_json, write_text
 from saekit.locks import LOCK_FILE, exclusive
 from saekit.models.loading import (
@@ -45,6 +45,7 @@ from saekit.rundir import (
     load_activation_means,
 )
 from saekit.training.config import TrainConfig, load_run_config
+from saekit.training.splicing import SpliceTarget
 
 EVAL_SEED_OFFSET = 1_000_003  # eval contexts use their own document order, independent of training's
 GENERATIONS = 4  # side-by-side generations in a report unless asked otherwise

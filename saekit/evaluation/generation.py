@@ -19,9 +19,9 @@ from torch import Tensor
 
 from saekit.errors import SaekitError
 from saekit.evaluation.results import SideBySide
-from saekit.evaluation.splice import SpliceTarget, spliced_context
 from saekit.models.loading import LoadedModel, cached_forward_keywords
 from saekit.render import markdown_table
+from saekit.training.splicing import SpliceTarget, spliced_context
 
 DEFAULT_PROMPTS = (
     "In the beginning God created",

@@ -90,6 +90,11 @@ class ProcessGroup:
         for chunk in local:
             yield from self._all_gather_chunk(chunk)
 
+    def gather_rows(self, local: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Every rank's rows of each tensor, concatenated in rank order, on every rank."""
+        parts = self._all_gather_chunk(local)
+        return {name: torch.cat([part[name] for part in parts]) for name in local}
+
     def _all_gather_chunk(self, chunk: dict[str, Tensor]) -> list[dict[str, Tensor]]:
         """Every rank's chunk of this group, rank order (rows differ: BOS and outliers were dropped)."""
         rows = torch.tensor([next(iter(chunk.values())).shape[0]], device=self.comm_device)

@@ -18,7 +18,7 @@ clean model's. :func:`train_adapter` does that for any run directory (imported o
   *inside that same forward*: the dictionary reads the adapted model's own activation at its read site
   (what the adapted model will be used with: identical to the clean activation when no adapted layer
   comes before the site, which is the default) and its reconstruction replaces the write site, BOS kept
-  clean, exactly as the evaluation splices (``saekit.evaluation.splice``). Loss: ``next_token_kl``
+  clean, through the splice the evaluation uses too (``saekit.training.splicing``). Loss: ``next_token_kl``
   (KL(original clean || adapted spliced) at the evaluation's positions); Adam on the LoRA parameters only.
   LoRA dropout is drawn after seeding torch with (seed, step), so a resume replays it exactly.
 
@@ -36,8 +36,8 @@ import math
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,22 +46,23 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saekit.dictionaries.base import Dictionary, Span
+from saekit.dictionaries.base import Dictionary
 from saekit.dictionaries.registry import dictionary_fingerprint, load_dictionary, read_sites, written_sites
 from saekit.errors import SaekitError
 from saekit.io import read_json, write_json
 from saekit.locks import exclusive
 from saekit.models.architecture import LAYOUTS
-from saekit.models.hooks import capture, splice, splice_module
+from saekit.models.hooks import recording_prefix, resumed_at
 from saekit.models.loading import DEFAULT_MODEL, LoadedModel, layer_count, load_model_config
 from saekit.models.sites import parse_site
 from saekit.rundir import CHECKPOINT_FILE, DICTIONARY_DIR, LOG_FILE
 from saekit.settings import SEED, check_rules, non_empty, setting, to_dict
 from saekit.training.checkpoint import load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
 from saekit.training.config import TrainConfig, layer_range, load_run_config, run_name
-from saekit.training.model_loop import contexts_per_step, keeping_bos, step_contexts
+from saekit.training.model_loop import contexts_per_step, step_contexts
 from saekit.training.objectives import next_token_kl
 from saekit.training.run import truncate_log
+from saekit.training.splicing import splice_targets, spliced_context
 
 ADAPTERS_DIR = "adapters"  # RUN/adapters/NAME/
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's file names
@@ -136,6 +137,11 @@ class AdapterPlan:
     @property
     def writes(self) -> list[str]:
         return written_sites(self.source)
+
+    @property
+    def first_changed_layer(self) -> int:
+        """The first block whose computation the splice or an adapter changes."""
+        return min(*self.layers, *(parse_site(site).layer for site in (*self.reads, *self.writes)))
 
     def target_pattern(self) -> str:
         """peft ``target_modules`` as a regular expression over full module names: these modules of these layers."""
@@ -261,54 +267,6 @@ def attached_adapter(loaded: LoadedModel, directory: str | Path) -> Iterator[Any
         yield peft_model
 
 
-# ---- the splice inside the adapted model's forward ---------------------------------------------
-@contextmanager
-def spliced(loaded: LoadedModel, dictionary: Dictionary, reads: Sequence[str], writes: Sequence[str],
-            input_ids: Tensor) -> Iterator[None]:
-    """The dictionary's reconstruction at its write sites in the forwards of the block (differentiable).
-
-    It reads the activation the running model computes at its read site (the adapted model's own, in the
-    same forward); BOS keeps its activation. One site: an SAE replaces it, a transcoder reads one and
-    writes another. A causal cross-layer dictionary (CLT) encodes each layer as the forward reaches it and
-    decodes from the earlier layers' latents of the same forward. An acausal one (crosscoder) encodes all its
-    layers from a capture of the running model before the forward (without gradient through that capture).
-    """
-    adapter = loaded.adapter
-    read_sites_, write_sites_ = [adapter.site(s) for s in reads], [adapter.site(s) for s in writes]
-    with ExitStack() as stack:
-        if dictionary.SPAN is Span.SINGLE:
-            read, write = read_sites_[0], write_sites_[0]
-            if read == write:
-                stack.enter_context(splice(adapter, {write: lambda x: keeping_bos(
-                    x, dictionary(x[:, 1:].float()).reconstruction)}))
-            else:
-                stack.enter_context(splice_module(adapter, read, write, lambda r, original: keeping_bos(
-                    original, dictionary(r[:, 1:].float()).reconstruction)))
-        elif dictionary.SPAN is Span.CAUSAL:
-            latents: dict[int, Tensor] = {}
-            for layer, (read, write) in enumerate(zip(read_sites_, write_sites_)):
-                stack.enter_context(splice_module(adapter, read, write, _clt_layer(dictionary, layer, latents)))
-        else:
-            captured = capture(adapter, input_ids, read_sites_)
-            output = dictionary(torch.cat([captured[site][:, 1:].float() for site in read_sites_], -1))
-            parts = output.reconstruction.chunk(len(write_sites_), dim=-1)
-            stack.enter_context(splice(adapter, {site: _writing(part) for site, part in zip(write_sites_, parts)}))
-        yield
-
-
-def _writing(part: Tensor):
-    return lambda x: keeping_bos(x, part)
-
-
-def _clt_layer(dictionary: Dictionary, layer: int, latents: dict[int, Tensor]):
-    def replaced(read: Tensor, original: Tensor) -> Tensor:
-        x = read[:, 1:].float()
-        latents[layer] = dictionary.encode_layer(layer, x)
-        upstream = [latents[source] for source in dictionary.writers(layer)]
-        return keeping_bos(original, dictionary.decode_layer(layer, upstream, x))
-    return replaced
-
-
 def frozen_dictionary(plan: AdapterPlan, loaded: LoadedModel) -> Dictionary:
     """The run's dictionary on the model's device, frozen and in eval mode, its sites checked against the model."""
     dictionary, _ = load_dictionary(plan.run_dir / DICTIONARY_DIR, loaded.device)
@@ -379,6 +337,9 @@ def train_adapter(run_dir: str | Path, settings: AdapterSettings, loaded: Loaded
         loaded = loaded or config.data.load_model(config.run.device)
         _check_modules_exist(loaded, plan)
         dictionary = frozen_dictionary(plan, loaded)
+        targets = splice_targets(dictionary, [loaded.adapter.site(s) for s in plan.reads],
+                                 [loaded.adapter.site(s) for s in plan.writes])
+        resume = plan.first_changed_layer  # the spliced forward replays the clean one's blocks before it
         identity = {"settings": settings.to_dict(),
                     "dictionary": dictionary_fingerprint(plan.run_dir / DICTIONARY_DIR)}
         write_json(out / SETTINGS_FILE, {**identity, "run": str(plan.run_dir), "layers": list(plan.layers),
@@ -401,13 +362,15 @@ def train_adapter(run_dir: str | Path, settings: AdapterSettings, loaded: Loaded
                     tqdm(total=steps, initial=step, desc=f"lora {name}", unit="step", disable=not progress) as bar:
                 while step < steps:
                     input_ids = next(contexts).to(loaded.device)
-                    with torch.no_grad(), peft_model.disable_adapter():
+                    with torch.no_grad(), peft_model.disable_adapter(), \
+                            recording_prefix(loaded.adapter, resume) as prefix:
                         clean = loaded.model(input_ids=input_ids, use_cache=False).logits
                     torch.manual_seed(settings.seed * 1_000_003 + step)  # this step's dropout, the same on resume
                     for module in dropouts:
                         module.train()
                     try:
-                        with spliced(loaded, dictionary, plan.reads, plan.writes, input_ids):
+                        with resumed_at(loaded.adapter, prefix), \
+                                spliced_context(loaded, targets, input_ids=input_ids):
                             logits = loaded.model(input_ids=input_ids, use_cache=False).logits
                     finally:
                         for module in dropouts:

@@ -20,7 +20,8 @@ with every dictionary of the step spliced in. Per step (:func:`model_step`):
    finishes its step (decoder constraint, counters, Adam).
 
 Every position but BOS is trained on and spliced (the outlier rule of activation training does not apply:
-the evaluation splices outliers too). One process only: under ``torchrun`` these objectives are refused.
+the evaluation splices outliers too). Under ``torchrun`` (data-parallel) each process runs its share of the
+contexts; see :func:`context_batches`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from saekit.data.contexts import take_contexts
 from saekit.models.hooks import Prefix, recording_prefix, resumed_at, run_with_hooks
 from saekit.models.loading import LoadedModel
 from saekit.training.config import TrainConfig
+from saekit.training.distributed import ProcessGroup
 from saekit.training.objectives import ObjectiveWeights, downstream_mse, next_token_kl
 
 if TYPE_CHECKING:  # run.py drives the loop and imports this module
@@ -57,7 +59,8 @@ class ContextBatch:
 
     @property
     def tokens(self) -> int:
-        return self.input_ids.shape[0] * (self.input_ids.shape[1] - 1)
+        """The step's tokens: of every process's contexts under torchrun (the activations are gathered)."""
+        return next(iter(self.activations.values())).shape[0]
 
 
 def contexts_per_step(batch_tokens: int, context_length: int) -> int:
@@ -78,12 +81,21 @@ def step_contexts(loaded: LoadedModel, data: DataConfig, batch_tokens: int, seed
 
 
 def context_batches(loaded: LoadedModel, config: TrainConfig, sites: Sequence[str], written: Sequence[str],
-                    first_step: int, device: str) -> Iterator[ContextBatch]:
-    """The clean passes of the steps from ``first_step`` on; ``written`` are the sites the spliced passes write."""
+                    first_step: int, device: str, group: ProcessGroup | None = None) -> Iterator[ContextBatch]:
+    """The clean passes of the steps from ``first_step`` on; ``written`` are the sites the spliced passes write.
+
+    Data-parallel under torchrun, each process runs the model on its own share of every step's contexts and the
+    clean activations are gathered, so every trainer sees the whole step's batch (and steps on its own rows:
+    those of its own contexts) as in activation training."""
     downstream = config.loss.downstream_sites
     resume = first_changed_layer(loaded, [*written, *downstream])
     for input_ids in step_contexts(loaded, config.data, config.optim.batch_size, config.data.seed, first_step):
-        yield clean_pass(loaded, input_ids.to(device), sites, downstream, resume)
+        if group is not None:
+            input_ids = input_ids[group.local_rows(input_ids.shape[0])]
+        batch = clean_pass(loaded, input_ids.to(device), sites, downstream, resume)
+        if group is not None:
+            batch.activations = group.gather_rows(batch.activations)
+        yield batch
 
 
 def first_changed_layer(loaded: LoadedModel, sites: Sequence[str]) -> int:

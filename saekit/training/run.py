@@ -62,7 +62,7 @@ from saekit.settings import differences, flat_values
 from saekit.training.checkpoint import load_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
 from saekit.training.config import TrainConfig
 from saekit.training.distributed import ProcessGroup
-from saekit.training.model_loop import context_batches, model_step
+from saekit.training.model_loop import context_batches, contexts_per_step, model_step
 from saekit.training.objectives import ObjectiveConfig
 from saekit.training.trainer import DictionaryTrainer, NonFiniteLossError
 
@@ -365,10 +365,7 @@ def check_group(configs: list[TrainConfig], group: ProcessGroup | None) -> None:
     if group is None:
         return
     if configs[0].loss.needs_model:
-        raise SaekitError(f"objective {configs[0].loss.objective}"
-                          f"{' with a fine-tune tail' if configs[0].loss.finetune_fraction else ''} runs the model in "
-                          "the training loop in one process; torchrun is not supported for it yet: run without "
-                          "torchrun")
+        _check_model_group(configs[0], group)
     if group.data_parallel:
         uneven = [c.name for c in configs if c.optim.batch_size % group.world_size]
         if uneven:
@@ -377,6 +374,20 @@ def check_group(configs: list[TrainConfig], group: ProcessGroup | None) -> None:
     elif len(configs) < group.world_size:
         raise SaekitError(f"--distribute sites deals runs out to processes, but there are {len(configs)} runs for "
                           f"{group.world_size} processes; give more --sites or start fewer processes")
+
+
+def _check_model_group(config: TrainConfig, group: ProcessGroup) -> None:
+    """The model-loss objectives split each step's whole contexts over data-parallel processes."""
+    objective = f"objective {config.loss.objective}{' with a fine-tune tail' if config.loss.finetune_fraction else ''}"
+    if not group.data_parallel:
+        raise SaekitError(f"{objective} runs the model in the training loop; --distribute sites is not supported "
+                          "for it: use --distribute data")
+    contexts = contexts_per_step(config.optim.batch_size, config.data.context_length)
+    if contexts % group.world_size:
+        raise SaekitError(f"{objective} steps on {contexts} whole contexts (batch_size={config.optim.batch_size}, "
+                          f"context_length={config.data.context_length}), which do not split over "
+                          f"{group.world_size} processes; choose a batch_size of a multiple of "
+                          f"{group.world_size} contexts")
 
 
 def check_sites_exist(spec: ActivationSpec) -> None:
@@ -412,7 +423,7 @@ def _train_prepared(configs: list[TrainConfig], run_dirs: list[Path], source: Ac
         loaded.model.requires_grad_(False)  # the backward reaches the dictionaries only
         written = [site for config in configs for site in config.output_sites]
         batches = context_batches(loaded, configs[0], source.spec.sites, written, states[0].trainer.step,
-                                  configs[0].run.device)
+                                  configs[0].run.device, states[0].trainer.group)
         loop(batches, functools.partial(model_step, states, loaded=loaded), until=configs[0].total_steps)
     if writes:
         for state, run_dir in zip(states, run_dirs):

@@ -8,7 +8,7 @@ from saekit.dictionaries.base import DictionaryConfig
 from saekit.dictionaries.registry import build_dictionary
 from saekit.evaluation.damage import token_damage
 from saekit.evaluation.generation import continuation, generation_prompts, generations_markdown, side_by_side
-from saekit.evaluation.splice import SpliceTarget, spliced_context
+from saekit.training.splicing import SpliceTarget, spliced_context
 
 
 @dataclass

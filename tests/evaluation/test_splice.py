@@ -3,7 +3,8 @@ import torch.nn.functional as F
 
 from saekit.dictionaries.base import DictionaryConfig
 from saekit.dictionaries.registry import build_dictionary
-from saekit.evaluation.splice import SpliceTarget, compare_losses, kl_divergence, next_token_nll
+from saekit.evaluation.splice import compare_losses, kl_divergence, next_token_nll, splice_targets
+from saekit.training.splicing import SpliceTarget
 
 
 def test_nll_and_kl_match_torch():
@@ -22,7 +23,7 @@ def test_compare_losses_orders_conditions(tiny_loaded):
     adapter = tiny_loaded.adapter
     site = adapter.site("blocks.0.resid_post")
     dictionary = build_dictionary(DictionaryConfig("topk", 32, 256, k=32)).eval()
-    target = SpliceTarget(dictionary, site, site, torch.zeros(32))
+    (target,) = splice_targets(dictionary, [site], [site], [torch.zeros(32)], outlier_norm_factor=10.0)
     ids = torch.randint(3, 1000, (4, 12))
     ids[:, 0] = tiny_loaded.bos_token_id
     result = compare_losses(tiny_loaded, [target], iter(ids.split(2)))
@@ -43,8 +44,8 @@ def _hook_count(model) -> int:
 def test_a_splice_that_fails_on_entry_leaves_no_hooks(tiny_loaded):
     import pytest
 
-    from saekit.evaluation.splice import spliced_context
     from saekit.models.sites import Site
+    from saekit.training.splicing import spliced_context
 
     adapter = tiny_loaded.adapter
     good = SpliceTarget(build_dictionary(DictionaryConfig("topk", 32, 64, k=4)).eval(),
@@ -65,7 +66,7 @@ def test_a_forward_starting_mid_sequence_splices_every_position_it_computes(tiny
     """A prompt then its rest on the KV cache, ``start`` set to the cached length, equals one whole spliced forward."""
     import inspect
 
-    from saekit.evaluation.splice import spliced_context
+    from saekit.training.splicing import spliced_context
 
     torch.manual_seed(0)
     adapter = tiny_loaded.adapter

@@ -184,3 +184,18 @@ def test_trainer_steps_on_its_shard_and_averages_gradients(tmp_path):
         for name, parameter in dictionary.named_parameters():
             torch.testing.assert_close(result[f"weight.{name}"], parameter.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ranks[0]["grad.W_enc"], ranks[1]["grad.W_enc"])
+
+
+def test_a_kl_run_data_parallel_equals_one_process(tiny_model_dir, tmp_path):
+    """Each process runs the model on half of every step's 18 contexts; the dictionary ends where one process's
+    does, and the logged KL (the mean over the whole step) is the one process's."""
+    config = _config(tiny_model_dir, tmp_path, "kl").updated(objective="kl", train_tokens=256 * 8, lr=1e-2)
+    for processes in (1, 2):
+        result = _train(config, tmp_path / f"runs-{processes}", processes=processes)
+        assert result.returncode == 0, result.stderr[-3000:]
+    one, two = tmp_path / "runs-1" / "kl", tmp_path / "runs-2" / "kl"
+    _assert_same_weights(two, one)
+    for ours, theirs in zip(_log(two), _log(one), strict=True):
+        assert ours["kl"] == pytest.approx(theirs["kl"], rel=1e-4)
+        assert ours["tokens"] == theirs["tokens"]
+

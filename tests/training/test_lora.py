@@ -16,23 +16,23 @@ from training.test_run import _config
 from saekit.cli import main
 from saekit.evaluation.adapted import evaluate_adapter
 from saekit.evaluation.evaluate import load_splice_targets
-from saekit.evaluation.splice import next_token_nll, spliced_context
+from saekit.evaluation.splice import next_token_nll
 from saekit.io import load_tensors
+from saekit.models.hooks import recording_prefix, resumed_at
 from saekit.rundir import CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, write_run_config
 from saekit.training.lora import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     AdapterSettings,
     attached_adapter,
-    frozen_dictionary,
     plan_adapter,
     read_log,
-    spliced,
     total_steps,
     train_adapter,
     training_contexts,
 )
 from saekit.training.run import read_checkpoint_step, train_run
+from saekit.training.splicing import spliced_context
 
 SITE = "blocks.0.resid_post"  # the tiny model has 2 layers: the adapters go on layer 1
 
@@ -80,18 +80,25 @@ def test_lora_lowers_the_spliced_kl_and_leaves_the_model_untouched(tiny_loaded, 
     assert metrics["ce_original"]["mean"] == pytest.approx(expected.mean().item(), rel=1e-6)
 
 
-def test_the_training_splice_is_the_evaluations_splice(tiny_loaded, tiny_run):
+def test_blocks_before_the_adapters_replay_from_the_original_models_pass(tiny_loaded, tiny_run):
     out = train_adapter(tiny_run, _settings(train_tokens=256 * 3), loaded=tiny_loaded, name="same", progress=False)
     plan = plan_adapter(tiny_run, _settings())
-    dictionary = frozen_dictionary(plan, tiny_loaded)
+    assert plan.first_changed_layer == 0  # the SAE writes block 0's output; the adapters sit on layer 1
     targets = load_splice_targets(tiny_run, tiny_loaded)
     ids = next(training_contexts(tiny_loaded, plan.config, _settings(), 0))
-    with torch.no_grad(), attached_adapter(tiny_loaded, out):
-        with spliced(tiny_loaded, dictionary, plan.reads, plan.writes, ids):
-            ours = tiny_loaded.model(input_ids=ids, use_cache=False).logits
-        with spliced_context(tiny_loaded, targets):
-            theirs = tiny_loaded.model(input_ids=ids, use_cache=False).logits
-    torch.testing.assert_close(ours, theirs)
+    adapter = tiny_loaded.adapter
+    with torch.no_grad(), attached_adapter(tiny_loaded, out) as peft_model:
+        with spliced_context(tiny_loaded, targets, input_ids=ids):
+            whole = tiny_loaded.model(input_ids=ids, use_cache=False).logits
+        # Block 0 replayed from the original model's pass (adapters disabled) gives the adapted model's
+        # logits: peft's layers all come after it, which is what lets the training loop skip it.
+        with peft_model.disable_adapter(), recording_prefix(adapter, 1) as prefix:
+            tiny_loaded.model(input_ids=ids, use_cache=False)
+        with resumed_at(adapter, prefix):
+            resumed_clean_prefix = tiny_loaded.model(input_ids=ids, use_cache=False).logits
+        adapted_clean = tiny_loaded.model(input_ids=ids, use_cache=False).logits
+    torch.testing.assert_close(resumed_clean_prefix, adapted_clean, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(whole, adapted_clean, atol=1e-4)  # the splice changes the adapted model's logits
 
 
 def test_evaluation_writes_a_report_naming_the_original_model(tiny_loaded, tiny_run):

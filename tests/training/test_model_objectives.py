@@ -13,6 +13,7 @@ from saekit.cli import main
 from saekit.dictionaries import DictionaryConfig, build_dictionary
 from saekit.errors import SaekitError
 from saekit.rundir import LOG_FILE
+from saekit.training.distributed import ProcessGroup
 from saekit.training.model_loop import clean_pass, model_terms, spliced_pass
 from saekit.training.objectives import ObjectiveWeights
 from saekit.training.run import check_group, train_run
@@ -136,8 +137,12 @@ def test_bad_objective_settings_are_one_line_before_any_model_loads(tmp_path, ca
     assert not (tmp_path / "runs").exists()
 
 
-def test_torchrun_is_refused_for_model_objectives(tiny_model_dir, tmp_path):
-    class Group:
-        data_parallel, world_size = True, 2
-    with pytest.raises(SaekitError, match="runs the model in the training loop in one process"):
-        check_group([_config(tiny_model_dir, tmp_path, objective="kl")], Group())
+def test_torchrun_groups_that_cannot_split_the_contexts_are_refused(tiny_model_dir, tmp_path):
+    config = _config(tiny_model_dir, tmp_path, objective="kl")
+    with pytest.raises(SaekitError, match="--distribute sites is not supported for it: use --distribute data"):
+        check_group([config], ProcessGroup(rank=0, world_size=2, mode="sites"))
+    odd = config.updated(batch_size=220, context_length=16)  # ceil(220 / 15) = 15 contexts a step
+    with pytest.raises(SaekitError, match=r"steps on 15 whole contexts \(batch_size=220, context_length=16\), "
+                                          "which do not split over 2 processes"):
+        check_group([odd], ProcessGroup(rank=0, world_size=2))
+    check_group([config.updated(batch_size=225, context_length=16)], ProcessGroup(rank=0, world_size=3))
