@@ -6,6 +6,8 @@ Plain standard library, so the comparison venvs' workers import it too (a script
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -53,3 +55,60 @@ def step_rates(run: Callable[[int, int], None], warmup: int, steps: int, repeats
         rates.append(steps * tokens_per_step / elapsed)
         log(f"{indent}training repeat {r + 1}/{repeats}: {rates[-1]:,.0f} tokens/s")
     return rates
+
+
+# ---- arms: one measurement in its own process, driven one repeat at a time ------------------------
+# Every timed configuration ("arm": a library, a model class, a dtype, a variant) runs in a fresh worker
+# process of its own, started by throughput.py. The worker loads and warms up, then answers one request per
+# timed repeat, so the parent can interleave the arms' repeats (A B C A B C ...) and every arm sees the same
+# machine state. Messages are single JSON lines on the worker's stdout after MESSAGE_MARK; everything else
+# the worker prints is relayed as log output.
+MESSAGE_MARK = "@@bench-message "
+
+
+def send_message(message: dict[str, Any]) -> None:
+    """Hand one JSON message to the parent (throughput.py)."""
+    print(MESSAGE_MARK + json.dumps(message), flush=True)
+
+
+def serve_arm(prepare: Callable[[], tuple[dict[str, Any], Callable[[int], dict[str, Any]]]],
+              log: Callable[[str], None]) -> int:
+    """The worker's side of an arm: ``prepare()`` loads and warms up and returns (what to report, ``run``);
+    then each request line ``{"repeat": r}`` on stdin is answered with ``run(r)``; ``{"quit": true}`` or the end
+    of stdin ends it. A failure is answered with :func:`failure` (the worker keeps serving)."""
+    try:
+        info, run = prepare()
+    except Exception as err:  # reported to the parent, which records it in place of the arm's figures
+        send_message({"ready": False, **failure(err)})
+        log(f"could not prepare: {failure(err)['error']}")
+        return 0
+    send_message({"ready": True, **info})
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        if request.get("quit"):
+            break
+        try:
+            send_message(run(int(request["repeat"])))
+        except Exception as err:
+            send_message(failure(err))
+    return 0
+
+
+def timed_batches(forward: Callable[[Any], Any], contexts: Any, per_batch: int) -> dict[str, float]:
+    """tokens/s of ``forward`` on ``contexts`` [n, seq] split into batches of ``per_batch`` contexts."""
+    seconds = timed(lambda: [forward(batch) for batch in contexts.split(per_batch)])
+    return {"tokens_per_s": contexts.numel() / seconds, "seconds": seconds, "tokens": int(contexts.numel())}
+
+
+def repeat_contexts(tokens: Any, repeat: int, repeats: int) -> Any:
+    """Repeat ``repeat``'s share of the hand-off's timed contexts (each repeat its own)."""
+    per_repeat = tokens.shape[0] // repeats
+    return tokens[repeat * per_repeat:(repeat + 1) * per_repeat]
+
+
+def warmup_batch(warmup_tokens: Any, per_batch: int) -> Any:
+    """``per_batch`` warm-up contexts (the hand-off's warm-up contexts, tiled when more are wanted)."""
+    times = -(-per_batch // warmup_tokens.shape[0])
+    return warmup_tokens.repeat(times, 1)[:per_batch]

@@ -11,24 +11,26 @@ with that venv's interpreter. The directory holds
   TransformerLens computes the same thing);
 - the default model as a Hugging Face directory (``config.json``, tokenizer, ``model.safetensors``).
 
-It measures, with the same batches as saekit,
+Two modes:
 
-- training: tokens/s of ``SAETrainer.step`` (SAELens's own training step: ``TopKTrainingSAE``
-  forward and loss, backward, gradient clipping, Adam, LR scheduler, firing statistics);
-- activation generation: tokens/s of ``run_with_cache(tokens, names_filter=..., stop_at_layer=...,
-  prepend_bos=False)`` as SAELens's ``ActivationsStore`` calls it, for one site and (unless
-  ``settings.json`` has ``all_layers: false``) for every layer's residual stream in one pass,
-  through ``HookedTransformer`` (SAELens's default model class) and through ``HookedProxyLM`` (its
-  wrapper for a plain ``AutoModelForCausalLM``).
+- ``saelens_worker.py HANDOFF OUTPUT``: training: tokens/s of ``SAETrainer.step`` (SAELens's own
+  training step: ``TopKTrainingSAE`` forward and loss, backward, gradient clipping, Adam, LR scheduler,
+  firing statistics) on the same batches as saekit, written to OUTPUT;
+- ``saelens_worker.py --serve HANDOFF ARM``: one activation-generation arm (``ARM`` is JSON: ``kind``
+  ``proxy`` or ``hooked_transformer``, ``dtype`` ``float32`` or ``bfloat16``, ``sites`` ``single`` or
+  ``all``), served one timed repeat at a time (``bench_common.serve_arm``) so that throughput.py can
+  interleave it with saekit's and sparsify's arms, each in a fresh process. What is timed is
+  ``run_with_cache(tokens, names_filter=..., stop_at_layer=..., prepend_bos=False)`` and the copy
+  into a preallocated tensor, as SAELens's ``ActivationsStore`` calls it, through
+  ``HookedTransformer`` (SAELens's default model class) or ``HookedProxyLM`` (its wrapper for a plain
+  ``AutoModelForCausalLM``, loaded here with ``dtype=`` the arm's dtype), under ``torch.no_grad``.
 
-Each part is independent: one that fails is recorded with its reason and the others still run.
-Results go to the JSON file named on the command line. Only safetensors and JSON are read.
+A part that fails is recorded with its reason. Only safetensors and JSON are read.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import statistics
@@ -42,7 +44,17 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import torch  # noqa: E402
-from bench_common import failure, package_version, prefixed_log, step_rates, timed  # noqa: E402
+from bench_common import (  # noqa: E402
+    failure,
+    package_version,
+    prefixed_log,
+    repeat_contexts,
+    serve_arm,
+    step_rates,
+    timed,
+    timed_batches,
+    warmup_batch,
+)
 from safetensors.torch import load_file  # noqa: E402
 
 log = prefixed_log("saelens")
@@ -99,10 +111,10 @@ def measure_training(settings: dict[str, Any], train: torch.Tensor) -> dict[str,
 
 
 # ---- activation generation ----------------------------------------------------------------------
-def load_hf_model(model_dir: Path) -> tuple[Any, Any]:
+def load_hf_model(model_dir: Path, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
     model.eval().requires_grad_(False)
     return model, AutoTokenizer.from_pretrained(str(model_dir))
 
@@ -154,25 +166,6 @@ def activations_store_pass(model: Any, tokens: torch.Tensor, hook_names: list[st
     return out
 
 
-def measure_generation(model: Any, tokens: torch.Tensor, warmup_tokens: torch.Tensor, hook_names: list[str],
-                       stop_at_layer: int | None, settings: dict[str, Any]) -> dict[str, Any]:
-    """Median tokens/s over repeats; each repeat runs its own contexts, in model batches like saekit."""
-    repeats, per_batch = settings["repeats"], settings["model_batch_contexts"]
-    activations_store_pass(model, warmup_tokens[:per_batch], hook_names, settings["d_in"], stop_at_layer)
-    contexts_per_repeat = tokens.shape[0] // repeats
-    rates = []
-    with torch.no_grad():
-        for r in range(repeats):
-            part = tokens[r * contexts_per_repeat:(r + 1) * contexts_per_repeat]
-
-            def run(part: torch.Tensor = part) -> None:
-                for batch in part.split(per_batch):
-                    activations_store_pass(model, batch, hook_names, settings["d_in"], stop_at_layer)
-            rates.append(part.numel() / timed(run))
-            log(f"  {len(hook_names)} site(s), repeat {r + 1}/{repeats}: {rates[-1]:,.0f} tokens/s")
-    return {"tokens_per_s": statistics.median(rates), "repeats_tokens_per_s": rates}
-
-
 def relative_error(model: Any, warmup_tokens: torch.Tensor, reference: torch.Tensor, hook_name: str,
                    stop_at_layer: int | None, d_in: int) -> float:
     """||ours - saekit's|| / ||saekit's|| at the SAE site on the warm-up batch (BOS positions left out)."""
@@ -181,71 +174,62 @@ def relative_error(model: Any, warmup_tokens: torch.Tensor, reference: torch.Ten
     return float((ours[:, 1:] - reference[:, 1:]).norm() / reference[:, 1:].norm())
 
 
-def measure_model_class(name: str, model_for: Any, layer_hook: Any, data: dict[str, torch.Tensor],
-                        settings: dict[str, Any]) -> dict[str, Any]:
-    """Check against saekit's activations, then time one site and all layers' residual streams.
-
-    ``model_for(hook_names)`` returns the model to run for those hooks; ``layer_hook(i)`` names layer
-    i's residual-stream output in that model class.
-    """
+def prepare_arm(handoff: Path, arm: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """Load the arm's model, check it against saekit's activations, warm up; (info, run(repeat))."""
     from sae_lens.util import extract_stop_at_layer_from_tlens_hook_name
 
-    layer, n_layers, d_in = settings["layer"], settings["n_layers"], settings["d_in"]
-    site_hook = layer_hook(layer)
-    result: dict[str, Any] = {"hook_name": site_hook}
-    result["relative_error_vs_saekit"] = relative_error(
-        model_for([site_hook]), data["warmup_tokens"], data["reference"], site_hook, layer + 1, d_in)
-    log(f"{name}: relative difference from saekit's activations at {site_hook}: "
-        f"{result['relative_error_vs_saekit']:.2e}")
-    passes = [("single_site", [site_hook])]
-    if settings.get("all_layers", True):  # throughput.py --skip-all-layers leaves the slow pass out
-        passes.append(("all_layers", [layer_hook(i) for i in range(n_layers)]))
-    for key, hooks in passes:
-        stops = [extract_stop_at_layer_from_tlens_hook_name(h) for h in hooks]
-        stop = None if any(s is None for s in stops) else max(stops)
-        log(f"{name}: {key} ({len(hooks)} hook(s), stop_at_layer={stop})")
-        try:
-            result[key] = measure_generation(model_for(hooks), data["tokens"], data["warmup_tokens"], hooks, stop,
-                                             settings)
-        except Exception as err:  # recorded, the next measurement still runs
-            result[key] = failure(err)
-            log(f"{name}: {key} failed: {result[key]['error']}")
-    return result
-
-
-def measure_hooked_transformer(model_dir: Path, hf_model: Any, tokenizer: Any, data: dict[str, torch.Tensor],
-                               settings: dict[str, Any]) -> dict[str, Any]:
+    settings = json.loads((handoff / "settings.json").read_text(encoding="utf-8"))
+    torch.set_num_threads(settings["threads"])
+    data = load_file(str(handoff / "data.safetensors"))
+    layer, n_layers, d_in, per_batch = (settings[key] for key in ("layer", "n_layers", "d_in", "model_batch_contexts"))
+    dtype = getattr(torch, arm.get("dtype", "float32"))
     start = time.perf_counter()
-    hooked, how = load_hooked_transformer(model_dir, hf_model, tokenizer, settings["context_length"])
-    log(f"HookedTransformer: {how} ({time.perf_counter() - start:.0f} s)")
-    return {"loaded_by": how, **measure_model_class(
-        "HookedTransformer", lambda hooks: hooked, lambda i: f"blocks.{i}.hook_resid_post", data, settings)}
+    hf_model, tokenizer = load_hf_model(handoff, dtype)
+    info: dict[str, Any] = {"threads": torch.get_num_threads(), "versions": {name: package_version(name) for name in (
+        "sae-lens", "transformer-lens", "torch", "transformers")}}
+    if arm["kind"] == "hooked_transformer":
+        if dtype != torch.float32:
+            raise ValueError("the HookedTransformer arm is fp32 only")
+        model, how = load_hooked_transformer(handoff, hf_model, tokenizer, settings["context_length"])
+        layer_hook = lambda i: f"blocks.{i}.hook_resid_post"
+        hooks = [layer_hook(layer)] if arm["sites"] == "single" else [layer_hook(i) for i in range(n_layers)]
+    else:
+        from sae_lens.load_model import HookedProxyLM
 
+        layer_hook = lambda i: f"model.layers.{i}"
+        hooks = [layer_hook(layer)] if arm["sites"] == "single" else [layer_hook(i) for i in range(n_layers)]
+        # SAELens's runner hooks only the modules it reads; the hooks stay on the wrapped model for good
+        model = HookedProxyLM(hf_model, tokenizer, hook_names=list(hooks))
+        how = f"sae_lens.load_model.HookedProxyLM(AutoModelForCausalLM(dtype={dtype}), tokenizer, hook_names=...)"
+    stops = [extract_stop_at_layer_from_tlens_hook_name(h) for h in hooks]
+    stop = None if any(s is None for s in stops) else max(stops)
+    info.update(loaded_by=how, load_seconds=time.perf_counter() - start, hook_count=len(hooks), stop_at_layer=stop)
+    if arm["sites"] == "single":
+        info["relative_error_vs_saekit"] = relative_error(model, data["warmup_tokens"], data["reference"],
+                                                          hooks[0], stop, d_in)
+        log(f"{arm['kind']} {dtype}: relative difference from saekit's fp32 activations "
+            f"{info['relative_error_vs_saekit']:.2e}")
 
-def measure_proxy(hf_model: Any, tokenizer: Any, data: dict[str, torch.Tensor],
-                  settings: dict[str, Any]) -> dict[str, Any]:
-    from sae_lens.load_model import HookedProxyLM
+    def forward(batch: torch.Tensor) -> None:
+        activations_store_pass(model, batch, hooks, d_in, stop)
+    with torch.no_grad():
+        info["warmup_seconds"] = timed(lambda: forward(warmup_batch(data["warmup_tokens"], per_batch)))
 
-    proxies: dict[tuple[str, ...], Any] = {}
-
-    def model_for(hooks: list[str]) -> Any:
-        # SAELens's runner hooks only the modules it reads. HookedProxyLM's hooks stay on the wrapped
-        # model for good, so each set of hooks wraps its own copy.
-        key = tuple(hooks)
-        if key not in proxies:
-            proxies.clear()
-            proxies[key] = HookedProxyLM(copy.deepcopy(hf_model), tokenizer, hook_names=list(hooks))
-        return proxies[key]
-
-    return {"loaded_by": "sae_lens.load_model.HookedProxyLM(hf_model, tokenizer, hook_names=[the hooks read])",
-            **measure_model_class("HookedProxyLM", model_for, lambda i: f"model.layers.{i}", data, settings)}
+    def run(repeat: int) -> dict[str, Any]:
+        with torch.no_grad():
+            return timed_batches(forward, repeat_contexts(data["tokens"], repeat, settings["repeats"]), per_batch)
+    return info, run
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("handoff", type=Path, help="directory written by benchmarks/throughput.py")
-    parser.add_argument("output", type=Path, help="JSON file to write the results to")
+    parser.add_argument("output", type=str, help="JSON file to write the results to (with --serve: the arm, JSON)")
+    parser.add_argument("--serve", action="store_true", help="serve one generation arm, a repeat per request")
     args = parser.parse_args()
+    if args.serve:
+        arm = json.loads(args.output)
+        return serve_arm(lambda: prepare_arm(args.handoff, arm), log)
     settings = json.loads((args.handoff / "settings.json").read_text(encoding="utf-8"))
     torch.set_num_threads(settings["threads"])
     data = load_file(str(args.handoff / "data.safetensors"))
@@ -262,28 +246,7 @@ def main() -> int:
     except Exception as err:
         results["training"] = failure(err)
         log(f"training failed: {results['training']['error']}")
-
-    if settings["generation"]:
-        results["generation"] = {}
-        try:
-            hf_model, tokenizer = load_hf_model(args.handoff)
-        except Exception as err:
-            results["generation"]["error"] = f"could not load the exported model: {failure(err)['error']}"
-            log(results["generation"]["error"])
-            hf_model = None
-        if hf_model is not None:
-            for name, measure in (
-                ("HookedTransformer", lambda: measure_hooked_transformer(args.handoff, hf_model, tokenizer, data,
-                                                                         settings)),
-                ("HookedProxyLM", lambda: measure_proxy(hf_model, tokenizer, data, settings)),
-            ):
-                try:
-                    results["generation"][name] = measure()
-                except Exception as err:
-                    results["generation"][name] = failure(err)
-                    log(f"{name} failed: {results['generation'][name]['error']}")
-
-    args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    Path(args.output).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

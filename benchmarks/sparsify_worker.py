@@ -29,9 +29,21 @@ fp32, as the trainer creates them. ``SparseCoder.forward`` carries ``torch.autoc
 which does nothing on a CPU: on this machine sparsify's default step is fp32. ``Trainer.fit``'s
 ``torch.set_float32_matmul_precision("high")`` is applied too.
 
-Left out: the language-model forward itself (timed separately for saekit and SAELens), checkpoints
+Left out of the step: the language-model forward itself, timed on its own by ``--serve``, checkpoints
 every ``save_every`` (1000) steps, Weights & Biases logging (off when wandb is not installed, as in
 this venv), DDP all-reduces and the k-decay schedule (off by default).
+
+``sparsify_worker.py --serve HANDOFF ARM`` (``ARM`` is JSON: ``{"kind": "forward", "dtype": ...}``) serves
+sparsify's model forward, one timed repeat per request (``bench_common.serve_arm``), so throughput.py can
+interleave it with saekit's arms. It reproduces what ``sparsify.__main__`` and ``Trainer.fit`` do around the
+step with ``loss_fn="fvu"``: the model is ``AutoModel.from_pretrained`` (the base model, no LM head: fvu needs no
+logits) in the arm's dtype (sparsify's own choice on a CPU is ``dtype="auto"``, the checkpoint's dtype, which
+for the hub's SmolLM2 is bf16; here both dtypes are timed), ``requires_grad_(False)``,
+``set_float32_matmul_precision("high")``, a forward hook on ``base_model.layers.<layer>`` registered before
+and removed after each batch, and ``self.model(x)`` with no ``no_grad`` and the default ``use_cache``. The
+whole model runs (sparsify does not stop after the hooked layer). The hook does only the unpacking of the
+output tuple and the token mask (the rest of its work is the training step above); the contexts are the
+hand-off's, 16 x 128 tokens per forward like every other arm (sparsify's default is 32 x 2048).
 """
 
 from __future__ import annotations
@@ -49,7 +61,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import torch  # noqa: E402
-from bench_common import package_version, prefixed_log, step_rates  # noqa: E402
+from bench_common import (  # noqa: E402
+    package_version,
+    prefixed_log,
+    repeat_contexts,
+    serve_arm,
+    step_rates,
+    timed,
+    timed_batches,
+    warmup_batch,
+)
 from safetensors.torch import load_file  # noqa: E402
 from torch import Tensor  # noqa: E402
 
@@ -203,17 +224,62 @@ def check_against_trainer() -> int:
     return 0 if worst < 1e-5 and same_counts else 1
 
 
+def prepare_forward(handoff: Path, arm: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """sparsify's model forward with its hook (see the module docstring): (info, run(repeat))."""
+    import time
+
+    from transformers import AutoModel
+
+    settings = json.loads((handoff / "settings.json").read_text(encoding="utf-8"))
+    torch.set_num_threads(settings["threads"])
+    data = load_file(str(handoff / "data.safetensors"))
+    per_batch, layer = settings["model_batch_contexts"], settings["layer"]
+    dtype = getattr(torch, arm.get("dtype", "float32"))
+    start = time.perf_counter()
+    model = AutoModel.from_pretrained(str(handoff), dtype=dtype)
+    torch.set_float32_matmul_precision("high")  # Trainer.fit, first thing
+    model.requires_grad_(False)  # Trainer.fit: "Make sure the model is frozen"
+    module = model.base_model.get_submodule(f"layers.{layer}")
+    load_seconds = time.perf_counter() - start
+
+    def hook(module: Any, inputs: Any, outputs: Any) -> None:
+        if isinstance(inputs, tuple):
+            inputs = inputs[0]
+        if isinstance(outputs, tuple):
+            outputs, *_ = outputs
+        mask = torch.ones(outputs.shape[:2], dtype=torch.bool)  # no exclude_tokens
+        outputs = outputs[mask]  # the hook's flattening (the SAE step takes it from here)
+
+    def forward(x: Tensor) -> None:
+        handle = module.register_forward_hook(hook)
+        try:
+            model(x)
+        finally:
+            handle.remove()
+    info = {"threads": torch.get_num_threads(), "model_class": type(model).__name__, "load_seconds": load_seconds,
+            "hooked": f"base_model.layers.{layer}", "dtype": str(dtype).removeprefix("torch."),
+            "versions": {name: package_version(name) for name in ("eai-sparsify", "torch", "transformers")},
+            "warmup_seconds": timed(lambda: forward(warmup_batch(data["warmup_tokens"], per_batch)))}
+    return info, lambda repeat: timed_batches(forward, repeat_contexts(data["tokens"], repeat, settings["repeats"]),
+                                              per_batch)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("handoff", type=Path, nargs="?", help="directory written by benchmarks/throughput.py")
-    parser.add_argument("output", type=Path, nargs="?", help="JSON file to write the results to")
+    parser.add_argument("output", type=str, nargs="?",
+                        help="JSON file to write the results to (with --serve: the arm, as JSON)")
     parser.add_argument("--check", action="store_true",
                         help="instead: check TrainerStep against sparsify's own Trainer.fit on a tiny random model")
+    parser.add_argument("--serve", action="store_true", help="serve the model-forward arm, a repeat per request")
     args = parser.parse_args()
     if args.check:
         return check_against_trainer()
     if args.handoff is None or args.output is None:
         parser.error("give the hand-off directory and the output file (or --check)")
+    if args.serve:
+        arm = json.loads(args.output)
+        return serve_arm(lambda: prepare_forward(args.handoff, arm), log)
     settings = json.loads((args.handoff / "settings.json").read_text(encoding="utf-8"))
     torch.set_num_threads(settings["threads"])
     train = load_file(str(args.handoff / "data.safetensors"))["train"]
@@ -229,7 +295,7 @@ def main() -> int:
         results["training"] = {"error": f"{type(err).__name__}: {err}".strip()[:2000],
                                "traceback": "".join(traceback.format_exception(err)[-3:])[-3000:]}
         log(f"training failed: {results['training']['error']}")
-    args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    Path(args.output).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

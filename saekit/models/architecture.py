@@ -100,6 +100,7 @@ class ModuleLayout:
     attention_softcap: str | None = None  # config attribute: the attention logits' softcap (in the pattern)
     logit_softcap: str | None = None  # config attribute: cap * tanh(logits / cap) after the unembedding
     replacement: bool = True  # whether circuits/replacement.py can build the local replacement model
+    gated_mlp: bool = True  # the MLP has gate, up and down matrices (False: up and down only)
 
 
 _LLAMA = ModuleLayout("model.layers", "self_attn", "mlp", "down_proj", "model.norm", "lm_head")
@@ -123,11 +124,13 @@ LAYOUTS: dict[str, ModuleLayout] = {
                          attention_layout=AttentionLayout("qkv_proj", "o_proj", value_layout="fused")),
     "gpt2": ModuleLayout("transformer.h", "attn", "mlp", "c_proj", "transformer.ln_f", "lm_head",
                          attention_layout=AttentionLayout("c_attn", "c_proj", value_layout="fused"),
-                         norms=NormLayout("layer", "ln_1", "ln_2"), positions="learned", conv1d=True),
+                         norms=NormLayout("layer", "ln_1", "ln_2"), positions="learned", conv1d=True,
+                         gated_mlp=False),
     "gpt_neox": ModuleLayout("gpt_neox.layers", "attention", "mlp", "dense_4h_to_h", "gpt_neox.final_layer_norm",
                              "embed_out",
                              attention_layout=AttentionLayout("query_key_value", "dense", head_dim="head_size",
                                                               value_layout="per_head"),
+                             gated_mlp=False,
                              norms=NormLayout("layer", "input_layernorm", "post_attention_layernorm"),
                              parallel_residual="use_parallel_residual"),
 }
