@@ -339,7 +339,7 @@ def train_adapter(run_dir: str | Path, settings: AdapterSettings, loaded: Loaded
         dictionary = frozen_dictionary(plan, loaded)
         targets = splice_targets(dictionary, [loaded.adapter.site(s) for s in plan.reads],
                                  [loaded.adapter.site(s) for s in plan.writes])
-        resume = plan.first_changed_layer  # the spliced forward replays the clean one's blocks before it
+        first_changed = plan.first_changed_layer  # the spliced forward replays the clean one's blocks before it
         identity = {"settings": settings.to_dict(),
                     "dictionary": dictionary_fingerprint(plan.run_dir / DICTIONARY_DIR)}
         write_json(out / SETTINGS_FILE, {**identity, "run": str(plan.run_dir), "layers": list(plan.layers),
@@ -363,7 +363,7 @@ def train_adapter(run_dir: str | Path, settings: AdapterSettings, loaded: Loaded
                 while step < steps:
                     input_ids = next(contexts).to(loaded.device)
                     with torch.no_grad(), peft_model.disable_adapter(), \
-                            recording_prefix(loaded.adapter, resume) as prefix:
+                            recording_prefix(loaded.adapter, first_changed) as prefix:
                         clean = loaded.model(input_ids=input_ids, use_cache=False).logits
                     torch.manual_seed(settings.seed * 1_000_003 + step)  # this step's dropout, the same on resume
                     for module in dropouts:

@@ -31,6 +31,7 @@ from saekit.training.lora import (
     train_adapter,
     training_contexts,
 )
+from saekit.training.objectives import next_token_kl
 from saekit.training.run import read_checkpoint_step, train_run
 from saekit.training.splicing import spliced_context
 
@@ -99,6 +100,24 @@ def test_blocks_before_the_adapters_replay_from_the_original_models_pass(tiny_lo
         adapted_clean = tiny_loaded.model(input_ids=ids, use_cache=False).logits
     torch.testing.assert_close(resumed_clean_prefix, adapted_clean, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(whole, adapted_clean, atol=1e-4)  # the splice changes the adapted model's logits
+
+
+def test_a_run_past_block_0_skips_the_blocks_before_it_and_its_first_kl_is_the_splices(tiny_loaded, tiny_model_dir,
+                                                                                        tmp_path):
+    """Site blocks.1.resid_pre: the training forwards replay block 0. Before its first update a LoRA adapter is the
+    identity (B starts at zero), so step 1's KL is the KL of the plain spliced model on step 1's contexts."""
+    config = _config(tiny_model_dir, tmp_path, name="late", site="blocks.1.resid_pre", k=2, train_tokens=256 * 4)
+    run = train_run(config, tmp_path / "runs", loaded=tiny_loaded, progress=False)
+    settings = _settings(train_tokens=256 * 2)
+    assert plan_adapter(run, settings).first_changed_layer == 1
+    out = train_adapter(run, settings, loaded=tiny_loaded, name="late", progress=False)
+    ids = next(training_contexts(tiny_loaded, plan_adapter(run, settings).config, settings, 0))
+    targets = load_splice_targets(run, tiny_loaded)
+    with torch.no_grad():
+        clean = tiny_loaded.model(input_ids=ids, use_cache=False).logits
+        with spliced_context(tiny_loaded, targets, input_ids=ids):
+            spliced = tiny_loaded.model(input_ids=ids, use_cache=False).logits
+    assert read_log(out)[0]["kl"] == pytest.approx(next_token_kl(clean, spliced).item(), rel=1e-5)
 
 
 def test_evaluation_writes_a_report_naming_the_original_model(tiny_loaded, tiny_run):
