@@ -125,10 +125,14 @@ def _fortunes() -> list[Document]:
 
 
 def _fortune_files(root: Path) -> list[tuple[str, Path]]:
-    """Top-level cookie files (subdirectories such as off/ are skipped); plain files win over .u8 twins."""
+    """Top-level cookie files (subdirectories such as off/ are skipped); plain files win over .u8 twins.
+
+    Language packages (fortunes-it) add top-level links into their own subdirectory; those are skipped too,
+    so the default corpus is the same English text whichever fortune packages are installed."""
     files: dict[str, Path] = {}
+    top = root.resolve()
     for path in sorted(root.iterdir()):
-        if not path.is_file() or path.suffix not in ("", ".u8"):
+        if not path.is_file() or path.suffix not in ("", ".u8") or path.resolve().parent != top:
             continue
         name = path.name.removesuffix(".u8")
         if name in FORTUNE_EXCLUDED or (name in files and path.suffix == ".u8"):

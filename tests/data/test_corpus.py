@@ -311,3 +311,22 @@ def test_a_long_jsonl_is_read_under_a_progress_bar(tmp_path: Path, monkeypatch, 
     assert [d.text for d in load_corpus(str(path))] == ["doc 0", "doc 1", "doc 2"]
     err = capsys.readouterr().err
     assert "reading data.jsonl" in err and "0/4" in err, err  # 3 lines and the empty one after the last "\n"
+
+
+def test_fortune_files_skip_links_into_language_subdirectories(tmp_path):
+    """fortunes-it links its Italian files into the top level (formiche -> it/formiche); the default corpus stays
+    the top level's own English files, whichever fortune packages are installed."""
+    from saekit.data.debian import _fortune_files
+
+    (tmp_path / "cookie").write_text("A cookie.\n%\nAnother.\n")
+    (tmp_path / "cookie.u8").symlink_to("cookie")
+    (tmp_path / "it").mkdir()
+    (tmp_path / "it" / "formiche").write_text("Una formica.\n")
+    (tmp_path / "formiche").symlink_to("it/formiche")
+    assert _fortune_files(tmp_path) == [("cookie", tmp_path / "cookie")]
+
+
+def test_the_default_corpus_has_no_italian_fortunes(default_docs):
+    fortune_ids = {doc.doc_id.split("#")[0] for doc in default_docs if doc.source == "fortunes"}
+    assert "fortunes/formiche" not in fortune_ids and "fortunes/definizioni" not in fortune_ids
+    assert "fortunes/cookie" in fortune_ids
