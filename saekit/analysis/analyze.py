@@ -198,8 +198,7 @@ def _stream(
 
 def decode_tokens(loaded: LoadedModel, token_ids: Tensor) -> dict[str, str]:
     ids = torch.unique(token_ids).tolist()
-    strings = loaded.tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False)
-    return {str(i): s for i, s in zip(ids, strings)}
+    return {str(i): s for i, s in zip(ids, loaded.token_strings(ids))}
 
 
 def _write_logits(loaded: LoadedModel, dictionary: Dictionary, source: dict, n_latents: int, config: AnalysisConfig,

@@ -48,6 +48,10 @@ class LoadedModel:
         ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
         return torch.tensor([self.bos_token_id, *ids], dtype=torch.long)
 
+    def token_strings(self, ids: list[int]) -> list[str]:
+        """Each token decoded on its own, special tokens kept (how the analysis store and the explorer show them)."""
+        return self.tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False)
+
     @property
     def eos_token_id(self) -> int | None:
         return self.tokenizer.eos_token_id

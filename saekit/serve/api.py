@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from torch import Tensor
 
 from saekit.serve import schemas as s
-from saekit.serve.engine import Steer, generate, latent_activations, special_ids, steering_direction, token_strings
+from saekit.serve.engine import Steer, generate, latent_activations, special_ids, steering_direction
 from saekit.serve.runs import ServedRun
 from saekit.serve.security import ApiError, check_name
 from saekit.serve.state import ServerState
@@ -113,7 +113,7 @@ def tokenize(body: s.TokenizeRequest, request: Request) -> s.TokenizeResponse:
     _check_count("prompt length in tokens", ids.numel() - 1, state.settings.max_prompt_tokens)
     prepend = body.prepend_bos is not False
     kept = ids.tolist() if prepend else ids.tolist()[1:]
-    return s.TokenizeResponse(tokens=kept, token_strings=token_strings(run.loaded, kept), prepend_bos=prepend)
+    return s.TokenizeResponse(tokens=kept, token_strings=run.loaded.token_strings(kept), prepend_bos=prepend)
 
 
 def _ranked(acts: Tensor, positions: list[int], ignore_bos: bool) -> tuple[Tensor, Tensor]:
@@ -154,7 +154,7 @@ def activation_all(body: s.ActivationAllRequest, request: Request) -> s.Activati
     candidates.sort(key=lambda c: c[:3])
     chosen = candidates[:limit]
     return s.ActivationAllResponse(activations=[_feature(run, acts, latent) for _, _, latent, run, acts in chosen],
-                                   tokens=token_strings(runs[0].loaded, ids.tolist()))
+                                   tokens=runs[0].loaded.token_strings(ids.tolist()))
 
 
 def _position_result(acts: Tensor, position: int, top_k: int, token: str, special: bool) -> s.TopkByTokenResult:
@@ -174,7 +174,7 @@ def topk_by_token(body: s.TopkByTokenRequest, request: Request) -> s.TopkByToken
     ids = _prompt_ids(state, run, body.prompt)
     with state.lock:
         acts = latent_activations(run, ids)
-    tokens, special = token_strings(run.loaded, ids.tolist()), special_ids(run.loaded)
+    tokens, special = run.loaded.token_strings(ids.tolist()), special_ids(run.loaded)
     start = 1 if body.ignore_bos else 0
     return s.TopkByTokenResponse(
         results=[_position_result(acts, p, top_k, tokens[p], int(ids[p]) in special)

@@ -32,11 +32,6 @@ METHODS = ("SIMPLE_ADDITIVE", "ORTHOGONAL_DECOMP", "PROJECTION_CAP")
 _UNMASKED = TokenMaskRule(exclude_bos=False, outlier_norm_factor=None)
 
 
-def token_strings(loaded: LoadedModel, ids: list[int]) -> list[str]:
-    """Each token decoded on its own (special tokens kept), as the analysis store writes them."""
-    return loaded.tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False)
-
-
 def special_ids(loaded: LoadedModel) -> set[int]:
     return set(loaded.tokenizer.all_special_ids)
 

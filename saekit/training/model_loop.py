@@ -42,6 +42,7 @@ from saekit.models.loading import LoadedModel
 from saekit.training.config import TrainConfig
 from saekit.training.distributed import ProcessGroup
 from saekit.training.objectives import ObjectiveWeights, downstream_mse, next_token_kl
+from saekit.training.splicing import keep_bos
 
 if TYPE_CHECKING:  # run.py drives the loop and imports this module
     from saekit.training.run import RunState
@@ -116,11 +117,6 @@ def clean_pass(loaded: LoadedModel, input_ids: Tensor, sites: Sequence[str],
     return ContextBatch(input_ids, activations, logits, {name: by_name[name] for name in downstream}, prefix)
 
 
-def keeping_bos(original: Tensor, value: Tensor) -> Tensor:
-    """``value`` [batch, seq - 1, width] at every position but BOS, which keeps ``original``'s activation."""
-    return torch.cat([original[:, :1], value.to(original.dtype)], dim=1)
-
-
 def spliced_pass(loaded: LoadedModel, input_ids: Tensor, writes: dict[str, Tensor],
                  downstream: Sequence[str], prefix: Prefix | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """The logits (and downstream activations) with ``writes[site]`` [contexts, seq - 1, width] at each site's
@@ -129,7 +125,7 @@ def spliced_pass(loaded: LoadedModel, input_ids: Tensor, writes: dict[str, Tenso
     adapter = loaded.adapter
 
     def replacing(value: Tensor):
-        return lambda original: keeping_bos(original, value)
+        return keep_bos(lambda _: value)  # BOS keeps the model's own activation, as every splice does
     replace = {adapter.site(name): replacing(value) for name, value in writes.items()}
     with resumed_at(adapter, prefix or Prefix(0)):
         logits, captured = run_with_hooks(adapter, input_ids, replace=replace,
