@@ -3,11 +3,12 @@
 ``saekit attribute`` allocates, for a prompt of S positions (BOS included) with F latent nodes:
 
 - the clean run (held throughout): every layer's attention pattern (heads x S^2), the logits of every
-  position, and the replaced layers' latents, errors and MLP inputs;
+  position, the replaced layers' latents, and per error layer (every replaced MLP, and every MLP
+  ``--freeze-unreplaced-mlps`` freezes: its whole clean output is an error node) its errors and MLP inputs;
 - the kept forward pass of ``batch_size`` copies and one backward pass through it: per copy the node
   values and their gradients, the attention pattern each layer saves for the backward pass, the
   latents' pre-activations, and the transient of the one layer being computed;
-- the adjacency matrix (host memory, held throughout): dense over N = F + layers x S + S + logits
+- the adjacency matrix (host memory, held throughout): dense over N = F + error layers x S + S + logits
   nodes, N^2 float32, so it grows with the square of the prompt;
 - pruning it: seven more N^2 float32 temporaries at once (|A|, its normalisation, the masked copy, the
   edge scores, sorting them with their int64 indices, their cumulative share); the ablation check
@@ -45,7 +46,7 @@ class AttributionSizes:
     features: int  # latent nodes (after --max-feature-nodes)
     logits: int  # target logit nodes
     batch_size: int  # targets per backward pass (--batch-size)
-    replaced_layers: int
+    error_layers: int  # the replaced MLPs and the frozen ones: an error node per position each
     latents: int  # the replaced layers' latents, all layers together
     widest_layer: int  # the most latents of one replaced layer
     model_layers: int
@@ -56,7 +57,7 @@ class AttributionSizes:
 
     @property
     def nodes(self) -> int:
-        return self.features + (self.replaced_layers + 1) * self.positions + self.logits
+        return self.features + (self.error_layers + 1) * self.positions + self.logits
 
     @property
     def targets(self) -> int:
@@ -74,11 +75,13 @@ class AttributionSizes:
 
 def sizes_of(loaded: LoadedModel, transcoders: TranscoderSet, positions: int, features: int, logits: int,
              batch_size: int) -> AttributionSizes:
+    """The sizes of one attribution. Every MLP is an error layer: the transcoders replace it, or (a partial set
+    is refused unless frozen, ``replacement.check_coverage``) its clean output is frozen into error nodes."""
     adapter = loaded.adapter
     widths = [transcoders.width(layer) for layer in transcoders.layers]
     heads = int(loaded.model.config.get_text_config().num_attention_heads)  # attribution needs Llama-style attention
-    return AttributionSizes(positions, features, logits, batch_size, len(widths), sum(widths), max(widths),
-                            adapter.n_layers, adapter.d_model, adapter.d_mlp, heads,
+    return AttributionSizes(positions, features, logits, batch_size, adapter.n_layers, sum(widths),
+                            max(widths), adapter.n_layers, adapter.d_model, adapter.d_mlp, heads,
                             int(adapter.unembedding().weight.shape[0]))
 
 
@@ -118,9 +121,9 @@ def _duration(seconds: float) -> str:
 
 def clean_bytes(s: AttributionSizes) -> int:
     """The clean run: patterns, all positions' logits, the embeddings, two norm scales per layer and the
-    final one, and per replaced layer latents, errors and MLP inputs."""
+    final one, the replaced layers' latents, and per error layer (frozen ones too) its errors and MLP inputs."""
     per_position = (s.model_layers * s.heads * s.positions + s.vocab + s.d_model + 2 * s.model_layers + 1
-                    + s.latents + 2 * s.replaced_layers * s.d_model)
+                    + s.latents + 2 * s.error_layers * s.d_model)
     return FLOAT * s.positions * per_position
 
 
@@ -131,7 +134,7 @@ def forward_bytes(s: AttributionSizes) -> int:
     patterns = s.model_layers * s.heads * s.positions if s.copies > 1 else 0
     latents = 3 * s.latents + s.widest_layer  # node, gradient, pre-activation; one layer's gradient in flight
     # embedding and error nodes with their gradients; two activations saved per layer; one layer's transient
-    residual = s.d_model * (2 * (1 + s.replaced_layers) + 2 * s.model_layers + 2)
+    residual = s.d_model * (2 * (1 + s.error_layers) + 2 * s.model_layers + 2)
     transient_mlp = 4 * s.d_mlp  # the one layer whose real MLP runs before its output is replaced
     per_copy = s.positions * (patterns + latents + residual + transient_mlp) + 3 * s.vocab  # last logits, grad
     effects = 3 * s.nodes  # a pass's rows of direct effects: per kind, their concatenation, the adjacency rows

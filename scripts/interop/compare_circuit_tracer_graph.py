@@ -167,7 +167,7 @@ def saekit_graph(transcoders: Any, run: Path, prompt: str, args: argparse.Namesp
     loaded = load_model_for(transcoders)
     replacement = ReplacementModel(loaded, transcoders, loaded.prompt_ids(prompt))
     config = AttributionConfig(max_logits=args.max_logits, logit_probability=args.logit_probability,
-                               batch_size=args.batch_size, progress=False)
+                               batch_size=args.batch_size, zero_bos_errors=args.zero_bos_errors, progress=False)
     return attribute(replacement, prompt, config, str(run)), replacement
 
 
@@ -360,7 +360,8 @@ def markdown(result: dict[str, Any]) -> str:
              f"Model `{setup['model']}` ({setup['n_layers']} layers, d_model {setup['d_model']}), per-layer JumpReLU "
              f"transcoders `{setup['transcoders']}` (width {setup['width']}, trained on {setup['train_tokens']} "
              f"tokens; skip connection: {setup['skip']}, randomised skip scale: {setup['random_skip']}), prompt "
-             f"{json.dumps(setup['prompt'])} -> ids {setup['input_ids']}.",
+             f"{json.dumps(setup['prompt'])} -> ids {setup['input_ids']}; saekit's BOS error nodes "
+             f"{'zeroed as circuit-tracer does' if setup.get('zero_bos_errors') else 'kept'}.",
              f"circuit-tracer {setup['ct_versions'].get('circuit-tracer')} (TransformerLens backend, transformer-lens "
              f"{setup['ct_versions'].get('transformer-lens')}); command: `{setup['command']}`.", "",
              "## Nodes", "",
@@ -539,6 +540,9 @@ def main() -> None:
     parser.add_argument("--logit-probability", type=float, default=0.95)
     parser.add_argument("--batch-size", type=int, default=32, help="saekit's targets per backward pass")
     parser.add_argument("--ct-batch-size", type=int, default=256, help="circuit-tracer's batch_size")
+    parser.add_argument("--zero-bos-errors", action="store_true",
+                        help="saekit's graph gives the BOS error nodes no edges, as circuit-tracer's does (like for "
+                             "like pruned graphs)")
     parser.add_argument("--node-threshold", type=float, default=0.8, help="pruning comparison")
     parser.add_argument("--edge-threshold", type=float, default=0.98, help="pruning comparison")
     parser.add_argument("--threads", type=int, default=2)
@@ -606,7 +610,8 @@ def main() -> None:
             "train_tokens": load_run_config(run_dirs[0]).optim.train_tokens if run_dirs else None,
             "prompt": args.prompt, "input_ids": graph.input_ids, "tokens": graph.tokens,
             "max_logits": args.max_logits, "logit_probability": args.logit_probability,
-            "ct_versions": ct_info["versions"], "rotary_base": ct_info["rotary_base"],
+            "zero_bos_errors": args.zero_bos_errors, "ct_versions": ct_info["versions"],
+            "rotary_base": ct_info["rotary_base"],
             "command": shlex.join([".venv/bin/python", "scripts/interop/compare_circuit_tracer_graph.py",
                                    *sys.argv[1:]]),
             "host": f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}",

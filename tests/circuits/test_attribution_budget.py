@@ -28,9 +28,9 @@ pytestmark = pytest.mark.usefixtures("quiet_model_loading")  # the CLI's stderr 
 PROMPT = "The cat sat on the mat because"
 
 
-def _per_layer() -> TranscoderSet:
+def _per_layer(layers: tuple[int, ...] = (0, 1)) -> TranscoderSet:
     torch.manual_seed(0)
-    per_layer = {layer: build_dictionary(DictionaryConfig("jumprelu", 32, 96, d_out=32)).eval() for layer in (0, 1)}
+    per_layer = {layer: build_dictionary(DictionaryConfig("jumprelu", 32, 96, d_out=32)).eval() for layer in layers}
     for dictionary in per_layer.values():
         with torch.no_grad():
             dictionary.log_threshold.fill_(-3.0)  # many latents fire: a graph of a few hundred nodes
@@ -38,11 +38,13 @@ def _per_layer() -> TranscoderSet:
     return TranscoderSet.per_layer(per_layer)
 
 
-@pytest.mark.parametrize("batch_size", [1, 16])
-def test_the_estimate_is_what_attribution_allocates(tiny_loaded, tmp_path, batch_size):
-    transcoders = _per_layer()
+@pytest.mark.parametrize(("batch_size", "layers"), [(1, (0, 1)), (16, (0, 1)), (16, (1,))])
+def test_the_estimate_is_what_attribution_allocates(tiny_loaded, tmp_path, batch_size, layers):
+    # (1,): layer 0's MLP frozen at its clean output, an error node per position the estimate must count
+    transcoders = _per_layer(layers)
     ids = tiny_loaded.prompt_ids(PROMPT)
-    replacement = ReplacementModel(tiny_loaded, transcoders, ids)
+    replacement = ReplacementModel(tiny_loaded, transcoders, ids, freeze_unreplaced=True)
+    assert len(replacement.clean.errors) == 2
     config = AttributionConfig(progress=False, batch_size=batch_size, max_feature_nodes=60)
     peak, graph = allocated_peak(lambda: attribute(replacement, PROMPT, config), tmp_path / "attribute.json")
     estimate = estimate_attribution(sizes_of(tiny_loaded, transcoders, len(ids), graph.n_features, graph.n_logits,
