@@ -15,8 +15,8 @@ d_ff 1536, gated MLP) and at the unembedding (d -> vocabulary 49152):
 Each figure is the best of ``--repeats`` timings of at least ``--seconds`` seconds of back-to-back calls,
 after a warm-up; GFLOP/s = 2 x tokens x in x out x calls / seconds / 1e9. Threads: torch's (``--threads``).
 
-Run alone: ``.venv/bin/python benchmarks/ceiling.py`` (prints the table; ``--json FILE`` writes it), or
-import :func:`measure_ceiling` / :func:`shapes_from_config`.
+Run alone: ``.venv/bin/python benchmarks/ceiling.py`` (prints the table; ``--json FILE`` writes it). The
+measurement itself is ``saekit.models.ceiling`` (the quickstart records its forward against it too).
 """
 
 from __future__ import annotations
@@ -25,91 +25,12 @@ import argparse
 import json
 import os
 import sys
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class ModelShapes:
-    """The widths a dense decoder's matrix products have (the defaults: SmolLM2-135M)."""
-
-    d: int = 576
-    n_heads: int = 9
-    n_kv_heads: int = 3
-    head_dim: int = 64
-    d_ff: int = 1536
-    vocab: int = 49152
-    gated: bool = True
-
-    def block(self) -> list[tuple[str, int, int]]:
-        """(name, in, out) of one block's products, in forward order."""
-        q, kv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        mlp = [("gate", self.d, self.d_ff)] if self.gated else []
-        return [("q", self.d, q), ("k", self.d, kv), ("v", self.d, kv), ("o", q, self.d), *mlp,
-                ("up", self.d, self.d_ff), ("down", self.d_ff, self.d)]
-
-
-def shapes_from_config(config: Any) -> ModelShapes:
-    """A Hugging Face config's widths (Llama-style names)."""
-    n_heads = config.num_attention_heads
-    return ModelShapes(d=config.hidden_size, n_heads=n_heads,
-                       n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
-                       head_dim=getattr(config, "head_dim", None) or config.hidden_size // n_heads,
-                       d_ff=config.intermediate_size, vocab=config.vocab_size,
-                       gated=getattr(config, "model_type", "llama") not in ("gpt2", "gpt_neox", "opt"))
-
-
-def _rate(products: list[tuple[torch.Tensor, torch.Tensor]], seconds: float, repeats: int) -> float:
-    """Best GFLOP/s over ``repeats`` timings of at least ``seconds`` each of the products in sequence."""
-    flops = sum(2 * x.shape[0] * x.shape[1] * w.shape[0] for x, w in products)
-    with torch.inference_mode():
-        for x, w in products:  # warm-up: first-call allocations, oneDNN primitive creation
-            F.linear(x, w)
-        start, calls = time.perf_counter(), 0
-        while time.perf_counter() - start < min(seconds, 0.2):
-            for x, w in products:
-                F.linear(x, w)
-            calls += 1
-        best = 0.0
-        for _ in range(repeats):
-            start, calls = time.perf_counter(), 0
-            while True:
-                for x, w in products:
-                    F.linear(x, w)
-                calls += 1
-                elapsed = time.perf_counter() - start
-                if elapsed >= seconds:
-                    break
-            best = max(best, flops * calls / elapsed / 1e9)
-    return best
-
-
-def measure_ceiling(shapes: ModelShapes | None = None, tokens: int = 16 * 128,
-                    dtypes: tuple[str, ...] = ("float32", "bfloat16"), seconds: float = 1.0,
-                    repeats: int = 3) -> dict[str, Any]:
-    """{dtype: {"block", "unembedding": GFLOP/s, "shapes": {name: GFLOP/s}}} plus the settings."""
-    shapes = shapes or ModelShapes()
-    generator = torch.Generator().manual_seed(0)
-    result: dict[str, Any] = {"tokens": tokens, "model_shapes": asdict(shapes), "threads": torch.get_num_threads(),
-                              "seconds": seconds, "repeats": repeats}
-    for name in dtypes:
-        dtype = getattr(torch, name)
-
-        def product(n_in: int, n_out: int, dtype: torch.dtype = dtype) -> tuple[torch.Tensor, torch.Tensor]:
-            return (torch.randn(tokens, n_in, generator=generator).to(dtype),
-                    (torch.randn(n_out, n_in, generator=generator) / n_in ** 0.5).to(dtype))
-        block = [product(n_in, n_out) for _, n_in, n_out in shapes.block()]
-        entry = {"block": _rate(block, seconds, repeats),
-                 "unembedding": _rate([product(shapes.d, shapes.vocab)], seconds, repeats),
-                 "shapes": {label: _rate([pair], seconds / 2, repeats)
-                            for (label, _, _), pair in zip(shapes.block(), block)}}
-        result[name] = entry
-    return result
+from saekit.models.ceiling import ModelShapes, measure_ceiling
 
 
 def print_ceiling(result: dict[str, Any]) -> None:

@@ -81,7 +81,7 @@ from bench_common import (
     timed_batches,
     warmup_batch,
 )
-from ceiling import print_ceiling, shapes_from_config
+from ceiling import print_ceiling
 from safetensors.torch import load_file
 from torch import Tensor
 
@@ -90,6 +90,7 @@ from saekit.data.contexts import take_contexts
 from saekit.dictionaries.registry import build_dictionary
 from saekit.io import save_tensors, write_json
 from saekit.jobs.quickstart import QUICKSTART
+from saekit.models.ceiling import shapes_from_config
 from saekit.models.flops import forward_flops_per_token
 from saekit.models.hooks import capture
 from saekit.models.loading import DEFAULT_MODEL_DESCRIPTION, LoadedModel, load_model

@@ -191,7 +191,20 @@ def _training_lines(training: dict, run: dict | None) -> list[str]:
         f"{training.get('prefetch_chunks', 0)} chunk(s) prefetched.", "",
         markdown_table(["part", "rate", "time"], rows), "",
         f"{markdown_inline(training.get('note', ''))}.", "",
+        *_ceiling_lines(training.get("model_forward_ceiling")),
     ]
+
+
+def _ceiling_lines(ceiling: dict | None) -> list[str]:
+    """The forward's achieved FLOP/s against this machine's matmul rate at the model's shapes (when measured)."""
+    if not ceiling or ceiling.get("ceiling_fraction") is None:
+        return []
+    return [f"The model forward (blocks 0-{ceiling['through_layer']}, {ceiling['flops_per_token'] / 1e6:.1f} MFLOP "
+            f"a token in matrix products) ran at {ceiling['gflops_per_s']:.1f} GFLOP/s: "
+            f"{ceiling['ceiling_fraction']:.0%} of this machine's rate on the model's block products in "
+            f"{markdown_inline(ceiling['ceiling_dtype'])} ({ceiling['ceiling_gflops_per_s']:.1f} GFLOP/s, "
+            f"{ceiling['ceiling_threads']} threads, measured after training; the rest goes to attention, norms, "
+            "rotary embeddings and elementwise work).", ""]
 
 
 def _alone_lines(metrics: EvaluationResults) -> list[str]:

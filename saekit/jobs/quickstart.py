@@ -6,11 +6,15 @@ import shutil
 from pathlib import Path
 
 from saekit.evaluation.evaluate import evaluate_run
+from saekit.io import read_json, write_json
 from saekit.jobs.dashboard import build_quick_dashboard
 from saekit.locks import LOCK_FILE, exclusive
+from saekit.models.ceiling import forward_against_ceiling
+from saekit.models.loading import LoadedModel
 from saekit.models.precision import fast_bfloat16
+from saekit.models.sites import parse_site
 from saekit.render import plain_text
-from saekit.rundir import CHECKPOINT_FILE, REPORT_FILE
+from saekit.rundir import CHECKPOINT_FILE, REPORT_FILE, THROUGHPUT_FILE
 from saekit.training.config import TrainConfig
 from saekit.training.run import train_run
 
@@ -36,6 +40,20 @@ def quickstart_config(name: str = "quickstart") -> TrainConfig:
     device = QUICKSTART.run.device
     return QUICKSTART.updated(name=name, model_dtype="bfloat16" if fast_bfloat16(device) else "float32")
 
+def record_forward_ceiling(run_dir: Path, config: TrainConfig, loaded: LoadedModel) -> None:
+    """Add to the run's throughput.json the model forward's FLOP/s and its fraction of this machine's matmul
+    rate at the model's shapes (measured now, a few seconds); nothing when this session ran no forward."""
+    path = run_dir / THROUGHPUT_FILE
+    record = read_json(path, "training throughput record") if path.is_file() else {}
+    rate = record.get("model_forward_tokens_per_s")
+    if not rate:  # resumed from cached activations: no forward this session to measure
+        return
+    through = max(parse_site(site).layer for site in (*config.input_sites, *config.target_sites))
+    record["model_forward_ceiling"] = forward_against_ceiling(
+        loaded.model, config.data.context_length, through, config.data.model_dtype, rate)
+    write_json(path, record)
+
+
 QUICK_DASHBOARD_TOKENS = 8192
 QUICK_DASHBOARD_LATENTS = 500
 
@@ -50,6 +68,7 @@ def run_quickstart(runs_dir: str | Path = "runs", name: str = "quickstart", fres
         loaded = config.data.load_model(config.run.device)
         resume = (run_dir / CHECKPOINT_FILE).exists()
         train_run(config, runs_dir, resume=resume, loaded=loaded)
+        record_forward_ceiling(run_dir, config, loaded)
         evaluate_run(run_dir, loaded=loaded)
         build_quick_dashboard(run_dir, loaded, tokens=QUICK_DASHBOARD_TOKENS, max_latents=QUICK_DASHBOARD_LATENTS)
     return run_dir
