@@ -1,5 +1,6 @@
 """The Neuronpedia-compatible routes under ``/v1``: tokenize, activation/all, activation/topk-by-token,
-steer/completion, and explanation search (plus ``runs`` and a run's explanations, which the page reads).
+steer/completion, explanation search, and graph/generate (Neuronpedia's graph server's ``generate-graph``; only
+with graph transcoders), plus ``runs`` and a run's explanations, which the page reads.
 
 Every model call holds the server's model lock, so two requests never share the model's hooks at once.
 """
@@ -13,8 +14,10 @@ import torch
 from fastapi import APIRouter, Request
 from torch import Tensor
 
+from saekit.circuits.attribution import AttributionConfig
 from saekit.serve import schemas as s
 from saekit.serve.engine import Steer, generate, latent_activations, special_ids, steering_direction
+from saekit.serve.graphs import GraphRequest, GraphService, build_graph, context_length, slug_of
 from saekit.serve.runs import ServedRun
 from saekit.serve.security import ApiError, check_name
 from saekit.serve.state import ServerState
@@ -92,8 +95,10 @@ def _selected(state: ServerState, names: list[str], model: str | None) -> list[S
 def list_runs(request: Request) -> dict:
     """The runs this server holds (their names are what ``source`` fields take) and the search method."""
     state = _state(request)
+    graph = None if state.graph is None else {**state.graph.summary(),
+                                              "maxPromptTokens": state.settings.max_graph_prompt_tokens}
     return {"runs": [run.summary() for run in state.runs.values()], "search": state.index.method,
-            "searchNote": state.index.note}
+            "searchNote": state.index.note, "graph": graph}
 
 
 @router.get("/runs/{name}/explanations")
@@ -246,3 +251,47 @@ def explanation_search(body: s.SearchRequest, request: Request) -> s.SearchRespo
         hits = state.index.search(body.query, sources, limit)
     return s.SearchResponse(method=state.index.method, results=[
         s.SearchResult(source=h.source, index=h.index, description=h.description, score=h.score) for h in hits])
+
+
+def _graph_service(state: ServerState, model: str | None) -> GraphService:
+    if state.graph is None:
+        raise ApiError(404, "this server has no graph transcoders; start it with saekit serve RUN... "
+                            "--graph-transcoders PATH (a CLT run or a directory of per-layer transcoder runs)")
+    if model is not None:
+        check_name("modelId", model, slash_allowed=True)
+        if model != state.graph.model_id:
+            raise ApiError(404, f"modelId {model!r} is not the graph transcoders' model, which is "
+                                f"{state.graph.model_id!r}")
+    return state.graph
+
+
+def _graph_request(state: ServerState, graph: GraphService, body: s.GraphGenerateRequest) -> GraphRequest:
+    """The request checked against this server's limits (prompt length in tokens; target logits, at most
+    ``--max-latents``, the default cut to it) and options."""
+    if body.signed_url is not None:
+        raise ApiError(400, "signed_url is not supported (saekit uploads nothing); leave it out and read the graph "
+                            "from the response")
+    ids = graph.loaded.prompt_ids(body.prompt)
+    if ids.numel() < 2 or not body.prompt.strip():  # saekit attribute refuses a blank prompt too
+        raise ApiError(400, "prompt is empty; send some text")
+    limit = min(state.settings.max_graph_prompt_tokens, (context_length(graph.loaded) or ids.numel()) - 1)
+    _check_count("graph prompt length in tokens", ids.numel() - 1, limit)
+    max_logits = _count(body, "max_n_logits", "max_n_logits", state.settings.max_latents)
+    attribution = AttributionConfig(max_logits=max_logits, logit_probability=body.desired_logit_prob,
+                                    batch_size=body.batch_size, max_feature_nodes=body.max_feature_nodes,
+                                    progress=False, max_memory_gb=state.settings.graph_max_memory_gb)
+    return GraphRequest(body.prompt, slug_of(body.slug_identifier or body.prompt), attribution,
+                        body.node_threshold, body.edge_threshold)
+
+
+@router.post("/graph/generate", response_model=s.GraphGenerateResponse)
+def graph_generate(body: s.GraphGenerateRequest, request: Request) -> s.GraphGenerateResponse:
+    """The attribution graph of the prompt over the server's transcoders (as ``saekit attribute`` builds it with
+    the same settings), pruned, in circuit-tracer's schema, and the address of its page."""
+    state = _state(request)
+    graph = _graph_service(state, body.model_id)
+    wanted = _graph_request(state, graph, body)
+    with state.lock:
+        built = build_graph(graph, wanted)
+    return s.GraphGenerateResponse(key=built.key, slug=built.slug, url=f"/graphs/{built.key}",
+                                   graph=s.GraphJson.model_validate(built.record))

@@ -1,5 +1,6 @@
 """The FastAPI application: the ``/v1`` API, the explorer page at ``/``, each run's dashboard read-only under
-``/runs/NAME/dashboard/``, one-line JSON errors, the bearer token, and the request-body limit.
+``/runs/NAME/dashboard/``, the attribution graphs' pages under ``/graphs/KEY``, one-line JSON errors, the bearer
+token, and the request-body limit.
 
 FastAPI serves its own OpenAPI schema at ``/openapi.json``. :func:`create_app` is the factory; the server's
 state lives on ``app.state.saekit``.
@@ -7,6 +8,9 @@ state lives on ``app.state.saekit``.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -17,6 +21,7 @@ from starlette.exceptions import HTTPException
 from saekit.errors import SaekitError
 from saekit.serve import page
 from saekit.serve.api import router, run_named
+from saekit.serve.graphs import GraphService, load_graph_service
 from saekit.serve.runs import ServedRun, load_runs
 from saekit.serve.security import TOKEN_COOKIE, ApiError, BodyLimit, token_matches
 from saekit.serve.settings import ServeSettings
@@ -24,6 +29,16 @@ from saekit.serve.state import ServerState
 
 PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
                "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)  # executable blocks; the JSON data block has a type
+
+
+def graph_page_policy(html: str) -> str:
+    """The graph page is self-contained (its script and style inline): allow exactly its own scripts, by hash,
+    and nothing from the network."""
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()}'"
+                      for body in INLINE_SCRIPT.findall(html))
+    return (f"default-src 'none'; script-src {hashes or 'none'}; style-src 'unsafe-inline'; img-src data:; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -88,6 +103,14 @@ def _dashboard_file(run: ServedRun, path: str) -> Path:
     return target
 
 
+def _graph_page(graph: GraphService | None, key: str) -> str:
+    """A graph page this server built (looked up by its key, never read from a path the request names)."""
+    html = None if graph is None else graph.page_html(key)
+    if html is None:
+        raise ApiError(404, f"no graph {key!r} on this server; POST /v1/graph/generate builds one")
+    return html
+
+
 def _add_pages(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     def index() -> Response:
@@ -102,19 +125,27 @@ def _add_pages(app: FastAPI) -> None:
     def style() -> Response:
         return Response(page.CSS, media_type="text/css; charset=utf-8")
 
+    @app.get("/graphs/{key}", include_in_schema=False)
+    def graph(key: str, request: Request) -> Response:
+        html = _graph_page(request.app.state.saekit.graph, key)
+        return Response(html, media_type="text/html; charset=utf-8",
+                        headers={"Content-Security-Policy": graph_page_policy(html)})
+
     @app.get("/runs/{name}/dashboard/{path:path}", include_in_schema=False)
     def dashboard(name: str, path: str, request: Request) -> FileResponse:
         run = run_named(request.app.state.saekit, name, "run")
         return FileResponse(_dashboard_file(run, path))
 
 
-def create_app(runs: dict[str, ServedRun], settings: ServeSettings | None = None) -> FastAPI:
-    """The explorer over ``runs`` (from :func:`load_runs`), limits and token from ``settings``."""
+def create_app(runs: dict[str, ServedRun], settings: ServeSettings | None = None,
+               graph: GraphService | None = None) -> FastAPI:
+    """The explorer over ``runs`` (from :func:`load_runs`), limits and token from ``settings``; attribution
+    graphs over ``graph``'s transcoders when given (from :func:`load_graph_service`)."""
     settings = (settings or ServeSettings()).validate()
     app = FastAPI(title="saekit serve", version="1",
-                  description="saekit's live explorer: Neuronpedia-compatible activation, steering, tokenize and "
-                              "explanation-search routes over local runs")
-    app.state.saekit = ServerState.build(runs, settings)
+                  description="saekit's live explorer: Neuronpedia-compatible activation, steering, tokenize, "
+                              "explanation-search and graph-generation routes over local runs")
+    app.state.saekit = ServerState.build(runs, settings, graph)
     _add_error_handlers(app)
     _add_auth(app, settings.token)
     _add_pages(app)
@@ -123,6 +154,11 @@ def create_app(runs: dict[str, ServedRun], settings: ServeSettings | None = None
     return app
 
 
-def app_for_runs(run_dirs: list[Path], settings: ServeSettings | None = None) -> FastAPI:
-    """Load the runs (each distinct model once) and build the app."""
-    return create_app(load_runs(run_dirs), settings)
+def app_for_runs(run_dirs: list[Path], settings: ServeSettings | None = None,
+                 graph_transcoders: Path | None = None) -> FastAPI:
+    """Load the graph transcoders first (a set that misses an MLP is refused before any run loads), then the
+    runs (each distinct model once; a run on the transcoders' float32 model shares it), and build the app."""
+    settings = (settings or ServeSettings()).validate()
+    graph = None if graph_transcoders is None else load_graph_service(graph_transcoders)
+    models = {} if graph is None else {graph.model_key: graph.loaded}
+    return create_app(load_runs(run_dirs, models), settings, graph)

@@ -2,7 +2,9 @@
 
 The page holds no data of its own: everything it shows comes from the ``/v1`` API and reaches the DOM through
 ``textContent`` only (never ``innerHTML``), so text from a corpus, a prompt or an explanation stays text; the
-page is served under a Content-Security-Policy that allows only its own script.
+page is served under a Content-Security-Policy that allows only its own script. When the server has graph
+transcoders, an "Attribution graph" button posts the typed prompt to ``/v1/graph/generate`` and opens the graph's
+page (``/graphs/KEY``) in a window opened at the click (one opened after the wait would be blocked).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ HTML = """<!DOCTYPE html>
 <section id="activations-view"><h2>Activations</h2>
 <form id="activation-form">
 <textarea id="prompt" rows="3" cols="80" placeholder="Type text to see which latents fire"></textarea>
-<br><button id="show" type="submit">Show activations</button> <span id="act-error" class="error"></span></form>
+<br><button id="show" type="submit">Show activations</button>
+<button id="graph" type="button" hidden>Attribution graph</button> <span id="act-error" class="error"></span>
+<span id="graph-status" class="muted"></span> <a id="graph-link" target="_blank" rel="noopener" hidden></a></form>
 <div class="cols"><div id="tokens" class="tokens"></div>
 <div class="side"><h3 id="hover-title">Hover a token</h3><ol id="hover"></ol></div></div>
 <h3>Top latents <span class="muted">(click a name: its dashboard page; "highlight": shade tokens by it)</span></h3>
@@ -57,7 +61,7 @@ button.small{font-size:11px;margin-left:6px}
 SCRIPT = r"""
 "use strict";
 const $ = (id) => document.getElementById(id);
-const state = {runs: [], explanations: {}, result: null};
+const state = {runs: [], explanations: {}, result: null, graph: null};
 
 function el(tag, text, cls) {
   const node = document.createElement(tag);
@@ -113,6 +117,12 @@ async function loadRuns() {
       .explanations;
   }
   $("search-method").textContent = "(" + data.search + ")";
+  state.graph = data.graph;
+  if (data.graph) {
+    $("graph").hidden = false;
+    $("graph").title = "the attribution graph of the prompt over " + data.graph.transcoders + " (" +
+      data.graph.model + "; at most " + data.graph.maxPromptTokens + " tokens)";
+  }
   document.body.dataset.ready = "1";
 }
 
@@ -177,6 +187,26 @@ async function showActivations(event) {
   } catch (err) { $("act-error").textContent = err.message; }
 }
 
+async function showGraph() {
+  $("act-error").textContent = "";
+  $("graph-link").hidden = true;
+  $("graph-status").textContent = "building the graph\u2026";
+  // Opened now, while the click still counts as the user's: a window opened after the wait would be blocked.
+  const win = window.open("", "_blank");
+  try {
+    const data = await api("/v1/graph/generate", {prompt: $("prompt").value, model_id: state.graph.model});
+    $("graph-status").textContent = data.graph.nodes.length + " nodes, " + data.graph.links.length + " edges: ";
+    $("graph-link").textContent = "open the graph " + data.slug;
+    $("graph-link").href = data.url;
+    $("graph-link").hidden = false;
+    if (win) win.location.href = data.url;
+  } catch (err) {
+    if (win) win.close();
+    $("graph-status").textContent = "";
+    $("act-error").textContent = err.message;
+  }
+}
+
 async function search(event) {
   event.preventDefault();
   $("search-error").textContent = "";
@@ -214,6 +244,7 @@ async function steer(event) {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("activation-form").addEventListener("submit", showActivations);
+  $("graph").addEventListener("click", showGraph);
   $("search-form").addEventListener("submit", search);
   $("steer-form").addEventListener("submit", steer);
   loadRuns().catch((err) => { $("run-note").textContent = err.message; });

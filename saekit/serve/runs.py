@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from saekit.activations.spec import DataConfig
 from saekit.autointerp.pipeline import scores_for_dashboard
 from saekit.dictionaries.base import Dictionary
 from saekit.dictionaries.registry import load_dictionary, read_sites, written_sites
@@ -13,7 +14,7 @@ from saekit.errors import SaekitError
 from saekit.models.loading import LoadedModel
 from saekit.models.sites import Site
 from saekit.rundir import DASHBOARD_DIR, DICTIONARY_DIR, is_run_dir
-from saekit.training.config import TrainConfig, load_run_config
+from saekit.training.config import load_run_config
 
 
 @dataclass
@@ -62,9 +63,9 @@ def explanations_of(run_dir: Path) -> dict[int, str]:
     return found
 
 
-def _model_key(config: TrainConfig) -> tuple:
-    data = config.data
-    return (data.model, data.model_dtype, data.randomize_weights, data.randomization_seed, config.run.device)
+def model_key(data: DataConfig, device: str) -> tuple:
+    """What decides a loaded model: runs (and graph transcoders) with equal keys share one copy."""
+    return (data.model, data.model_dtype, data.randomize_weights, data.randomization_seed, device)
 
 
 def _load_one(run_dir: Path, models: dict[tuple, LoadedModel]) -> ServedRun:
@@ -74,7 +75,7 @@ def _load_one(run_dir: Path, models: dict[tuple, LoadedModel]) -> ServedRun:
     if not (run_dir / DICTIONARY_DIR).is_dir():
         raise SaekitError(f"{run_dir} has no dictionary yet; let saekit train finish, then serve it")
     config = load_run_config(run_dir)
-    key = _model_key(config)
+    key = model_key(config.data, config.run.device)
     if key not in models:
         models[key] = config.data.load_model(config.run.device)
     loaded = models[key]

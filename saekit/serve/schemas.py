@@ -138,3 +138,75 @@ class SearchResult(Wire):
 class SearchResponse(Wire):
     method: Literal["embedding", "text"]
     results: list[SearchResult]
+
+
+class GraphGenerateRequest(Wire):
+    """Neuronpedia graph server's ``generate-graph`` body (its snake_case names, or camelCase); the defaults are
+    ``saekit attribute``'s, so the same prompt gives the same graph."""
+
+    prompt: str
+    model_id: str | None = Field(None, description="the graph transcoders' model as GET /v1/runs names it")
+    batch_size: int = Field(32, ge=1, le=4096, description="targets per backward pass (memory grows with it)")
+    max_n_logits: int = Field(10, ge=1, description="at most this many output logits as target nodes")
+    desired_logit_prob: Finite = Field(0.95, gt=0, le=1, description="target logits: the most probable tokens "
+                                       "until they hold this probability")
+    node_threshold: Finite = Field(0.8, gt=0, le=1, description="keep the nodes holding this share of the "
+                                   "influence on the logits")
+    edge_threshold: Finite = Field(0.98, gt=0, le=1, description="keep the edges holding this share of the edge "
+                                   "influence")
+    max_feature_nodes: int | None = Field(None, ge=1, description="keep only this many latents (largest "
+                                          "activations; none: every active one)")
+    slug_identifier: str | None = Field(None, max_length=200, description="the graph's slug (lower-cased to "
+                                        "letters, digits and dashes; default: from the prompt)")
+    signed_url: str | None = Field(None, description="accepted for Neuronpedia clients; must be absent (the graph "
+                                   "comes back in the response)")
+
+
+class Plain(BaseModel):
+    """circuit-tracer's graph JSON keeps its own field names (snake_case and ``jsNodeId``) and any key a newer
+    writer adds."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class GraphNode(Plain):
+    node_id: str
+    feature: int | None = None
+    layer: str
+    ctx_idx: int
+    feature_type: str
+    token_prob: float = 0.0
+    is_target_logit: bool = False
+    jsNodeId: str  # noqa: N815 (circuit-tracer's name)
+    clerp: str = ""
+    influence: float | None = None
+    activation: float | None = None
+
+
+class GraphLink(Plain):
+    source: str
+    target: str
+    weight: float
+
+
+class GraphMetadata(Plain):
+    slug: str
+    scan: str
+    prompt_tokens: list[str]
+    prompt: str
+    node_threshold: float
+
+
+class GraphJson(Plain):
+    metadata: GraphMetadata
+    qParams: dict  # noqa: N815 (circuit-tracer's name)
+    nodes: list[GraphNode]
+    links: list[GraphLink]
+
+
+class GraphGenerateResponse(Wire):
+    key: str = Field(description="the graph's id on this server (a hash of the request)")
+    slug: str
+    url: str = Field(description="the graph's page on this server: /graphs/KEY")
+    graph: GraphJson = Field(description="the pruned graph in circuit-tracer's schema, as saekit attribute writes "
+                             "SLUG.json")

@@ -31,9 +31,14 @@ class ServeSettings:
     token: str | None = setting(None, "bearer token every request must carry (Authorization: Bearer TOKEN); "
                                 "required off loopback", none="none")
     max_prompt_tokens: int = setting(256, "longest prompt, in tokens (BOS not counted)", minimum=1)
-    max_latents: int = setting(64, "most latents one request may ask for (numResults, topK, steering features)",
-                               minimum=1)
+    max_latents: int = setting(64, "most latents one request may ask for (numResults, topK, steering features; "
+                               "a graph's target logits, max_n_logits)", minimum=1)
     max_new_tokens: int = setting(64, "most tokens one steering request may generate", minimum=1)
+    max_graph_prompt_tokens: int = setting(32, "longest prompt for an attribution graph, in tokens (BOS not "
+                                           "counted); a graph's memory grows with the square of it", minimum=1)
+    graph_max_memory_gb: float | None = setting(None, "refuse a graph whose estimated peak memory is over this many "
+                                                "GB (none: 90% of the memory free when it is asked for)", above=0,
+                                                none="none")
     max_body_bytes: int = setting(65_536, "largest request body, in bytes", minimum=256)
     embeddings: bool = setting(True, "search explanations by embedding (all-MiniLM-L6-v2) when it is installed; "
                                "off: plain text match only")
