@@ -9,6 +9,10 @@ token and logit (target); a node's ``influence`` is, as there, the cumulative sh
 it and every node above it (small for the most influential). ``graph-metadata.json`` lists the
 directory's graphs, one entry per slug. The metadata adds saekit's own keys: the graph's ``scores``
 (circuit-tracer's replacement and completeness), its ``targets`` by name, and any ``frozen_mlp_layers``.
+
+``merge_subgraph`` puts a subgraph saved on the page (pinned nodes, supernodes, labels:
+``saekit.circuits.subgraph``) into the JSON's ``qParams``, where Neuronpedia's viewer opens it, and beside
+the graph as ``SLUG.subgraph.json``, which the page embeds.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import Any
 import torch
 
 from saekit.circuits.graph import ERROR_TYPE, FEATURE_TYPE, Graph, PrunedGraph, cumulative_share
-from saekit.circuits.page import FeatureSource, graph_page
+from saekit.circuits.page import FeatureSource, embed_subgraph, graph_page, subgraph_state
+from saekit.circuits.subgraph import STATE_KEYS, SUBGRAPH_SUFFIX, Subgraph, check_subgraph, read_subgraph
 from saekit.errors import SaekitError
 from saekit.io import load_tensors, read_json, save_tensors, write_json, write_text
 from saekit.render import display_token
@@ -155,8 +160,9 @@ def _update_index(out: Path, metadata: dict[str, Any]) -> None:
 def write_graph_files(graph: Graph, pruned: PrunedGraph, out_dir: str | Path, slug: str,
                       sources: dict[int, FeatureSource] | None = None) -> Path:
     """Write ``SLUG.json`` (circuit-tracer's schema), ``SLUG.safetensors`` (the full graph), ``SLUG.html``
-    (saekit's page, with node details from ``sources``: per model layer, its analysis store) and the
-    directory's ``graph-metadata.json``. Each file is written atomically."""
+    (saekit's page, with node details from ``sources``: per model layer, its analysis store; and a
+    ``SLUG.subgraph.json`` already there embedded) and the directory's ``graph-metadata.json``. Each file is
+    written atomically."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise SaekitError(f"--out {out} is a file; give a directory for the graph files")
@@ -167,3 +173,53 @@ def write_graph_files(graph: Graph, pruned: PrunedGraph, out_dir: str | Path, sl
     write_text(out / f"{slug}.html", graph_page(graph, record, sources or {}, out))
     _update_index(out, record["metadata"])
     return out
+
+
+def _graph_json_path(path: Path) -> Path:
+    """The graph JSON a path names: the file itself, or the one graph its directory lists."""
+    if not path.is_dir():
+        return path
+    index = path / GRAPH_METADATA
+    slugs = [g.get("slug") for g in read_json(index, "graph list").get("graphs", [])] if index.is_file() else []
+    if len(slugs) != 1:
+        raise SaekitError(f"{path} holds {len(slugs)} graphs ({', '.join(map(str, slugs[:5])) or 'none listed'}); "
+                          f"name one graph JSON, e.g. {path / (str(slugs[0]) if slugs else 'SLUG')}.json")
+    return path / f"{slugs[0]}.json"
+
+
+def merged_q_params(q_params: dict[str, Any], subgraph: Subgraph) -> dict[str, Any]:
+    """A graph JSON's ``qParams`` with the subgraph's state; other keys (``sg_pos``) kept."""
+    merged = {key: value for key, value in q_params.items() if key not in STATE_KEYS}
+    state = subgraph.q_params()
+    if not state["clerps"]:  # circuit-tracer's own viewer JSON.parses qParams.clerps: "[]" as a list breaks it
+        del state["clerps"]
+    return {**state, **merged}
+
+
+def merge_subgraph(graph_path: str | Path, source: str | Path | Subgraph) -> Subgraph:
+    """Merge a subgraph (a ``SLUG.subgraph.json`` file, a graph JSON's ``qParams``, or a ``Subgraph``) into a
+    graph's files: the JSON's ``qParams`` (Neuronpedia's graph format), ``SLUG.subgraph.json`` beside it and
+    the page's embedded subgraph. ``graph_path`` is the graph JSON, or a directory holding one graph. Every id
+    is checked against the graph before anything is written; each file is written atomically."""
+    path = _graph_json_path(Path(graph_path))
+    record = read_json(path, "graph JSON")
+    if not isinstance(record, dict) or not {"metadata", "qParams", "nodes"} <= set(record):
+        raise SaekitError(f"{path} is not a graph JSON (metadata, qParams, nodes, links); give the SLUG.json "
+                          "`saekit attribute` wrote")
+    subgraph = source if isinstance(source, Subgraph) else read_subgraph(source)
+    where = "the subgraph" if isinstance(source, Subgraph) else f"subgraph file {source}"
+    check_subgraph(subgraph, record, where)
+    slug = record["metadata"]["slug"]
+    subgraph = Subgraph(subgraph.pinned, subgraph.supernodes, subgraph.clerps, subgraph.clicked,
+                        subgraph.link_type, slug)
+    page_path = path.with_suffix(".html")
+    beside = path.with_name(f"{slug}{SUBGRAPH_SUFFIX}")
+    page = None  # made before anything is written: an old page without the block refuses first
+    if page_path.is_file():
+        page = embed_subgraph(page_path.read_text(encoding="utf-8"), subgraph_state(subgraph, beside.name))
+    record["qParams"] = merged_q_params(record["qParams"] or {}, subgraph)
+    write_json(path, record)
+    write_json(beside, subgraph.file_json())
+    if page is not None:
+        write_text(page_path, page)
+    return subgraph

@@ -32,7 +32,7 @@ graph stays linear; ``error_layers`` lists every layer with error nodes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -45,6 +45,7 @@ from saekit.models.architecture import AttentionLayout, NormLayout, replacement_
 from saekit.models.loading import LoadedModel
 
 FREEZE_FLAG = "--freeze-unreplaced-mlps"
+ValueMix = Callable[[Tensor, Tensor], Tensor]  # (pattern [., heads, S, S], values [B, heads, S, hd]) -> mixed
 
 
 def check_coverage(transcoders: TranscoderSet, n_layers: int, freeze_unreplaced: bool) -> list[int]:
@@ -119,8 +120,12 @@ def _frozen_norm(norm: nn.Module, x: Tensor, inverse: Tensor, norms: NormLayout)
     return out.to(x.dtype)
 
 
-def _attention_values(attention: nn.Module, x: Tensor, pattern: Tensor, layout: AttentionLayout) -> Tensor:
-    """output(pattern @ values(x)), the values made as the family's row says (grouped-query heads repeated)."""
+def _attention_values(attention: nn.Module, x: Tensor, pattern: Tensor, layout: AttentionLayout,
+                      mix: ValueMix | None = None) -> Tensor:
+    """output(pattern @ values(x)), the values made as the family's row says (grouped-query heads repeated).
+
+    ``mix``: ``mix(pattern, values)`` in place of ``pattern @ values`` (values [B, heads, S, head_dim]), where
+    a caller splits the mixing by head or by position (:mod:`.attention`)."""
     batch, seq, _ = x.shape
     heads, head_dim = pattern.shape[-3], int(getattr(attention, layout.head_dim))
     projected = getattr(attention, layout.values)(x)
@@ -132,7 +137,8 @@ def _attention_values(attention: nn.Module, x: Tensor, pattern: Tensor, layout: 
         values = projected.view(batch, seq, -1, head_dim)
     values = values.transpose(1, 2)  # [B, kv, S, hd]
     values = values.repeat_interleave(heads // values.shape[1], dim=1)
-    mixed = (pattern.to(values.dtype) @ values).transpose(1, 2).reshape(batch, seq, -1)
+    pattern = pattern.to(values.dtype)
+    mixed = (pattern @ values if mix is None else mix(pattern, values)).transpose(1, 2).reshape(batch, seq, -1)
     return getattr(attention, layout.output)(mixed)
 
 
@@ -156,6 +162,8 @@ class ReplacementModel:
         self.norms.append(adapter.final_norm())
         cap = getattr(self.model.config, self.layout.logit_softcap, None) if self.layout.logit_softcap else None
         self.logit_softcap: float | None = None if cap is None else float(cap)
+        # layer -> mix(pattern, values) in place of pattern @ values (None: that), set by :mod:`.attention`
+        self.value_mix: Callable[[int, Tensor, Tensor], Tensor] | None = None
         self.clean = self._clean_run(input_ids.reshape(-1).to(loaded.device))
 
     @torch.no_grad()
@@ -220,7 +228,7 @@ class ReplacementModel:
             hooks.append(adapter.attention(layer).register_forward_hook(
                 lambda module, args, kwargs, out, layer=layer: (
                     _attention_values(module, _hidden_states(args, kwargs), self.patterns[layer],
-                                      layout.attention_layout), None),
+                                      layout.attention_layout, self._mix(layer)), None),
                 with_kwargs=True))
 
         def replaced_mlp(module: nn.Module, args: tuple, out: Tensor, layer: int) -> Tensor:
@@ -245,6 +253,10 @@ class ReplacementModel:
                 hook.remove()
             if self.logit_softcap is not None:
                 setattr(self.model.config, layout.logit_softcap, self.logit_softcap)
+
+    def _mix(self, layer: int) -> ValueMix | None:
+        value_mix = self.value_mix
+        return None if value_mix is None else lambda pattern, values: value_mix(layer, pattern, values)
 
     def forward(self, embeddings: Tensor, latents: dict[int, Tensor], errors: dict[int, Tensor],
                 last_logits_only: bool = False) -> ReplacementOutput:

@@ -34,6 +34,13 @@ def add_circuit_parsers(subparsers: argparse._SubParsersAction) -> None:
     attribute.add_argument("--out", type=Path, default=None, help="output directory (default runs/graphs/SLUG); "
                            "it may hold other graphs, and nothing else unless --force")
     add_force_flag(attribute, "--out")
+    attribute.add_argument("--subgraph", type=Path, default=None, metavar="FILE",
+                           help="a subgraph saved on a graph page (SLUG.subgraph.json: pinned nodes, supernodes, "
+                                "labels) to merge into the graph JSON's qParams and the page (default: none)")
+    attribute.add_argument("--heads", type=int, nargs="?", const=5, default=None, metavar="TOP",
+                           help="also write SLUG.heads.json: each kept edge between positions split by the attention "
+                                "head (layer, head) of its first position crossing, its TOP heads listed (TOP: 5 when "
+                                "not given), and per-head totals (default: none)")
     add_flags(attribute, GraphJob, skip=("progress",), title="graph settings (defaults in [])", note=DEFAULTS_NOTE)
     attribute.set_defaults(handler=_attribute)
 
@@ -60,11 +67,53 @@ def _attribute(args: argparse.Namespace) -> int:
     from saekit.training.config import check_device
 
     job = graph_job(args)
+    if args.heads is not None and args.heads < 1:
+        raise SaekitError(f"--heads lists the TOP heads of each edge: give at least 1, got {args.heads}")
     check_device(job.device)
-    out = args.out or Path("runs") / "graphs" / slug_of(args.prompt)
-    written = attribute_prompt(args.transcoders, args.prompt, out, job, force=args.force)
+    slug = slug_of(args.prompt)
+    if args.subgraph is not None:
+        _check_subgraph_file(args.subgraph, slug)
+    out = args.out or Path("runs") / "graphs" / slug
+    loaded = _heads_model(args.transcoders, job.device) if args.heads is not None else None  # one load for both
+    written = attribute_prompt(args.transcoders, args.prompt, out, job, loaded=loaded, force=args.force)
     print(f"graph: {written} (report.md, the page and circuit-tracer's JSON)")
+    if loaded is not None:
+        from saekit.circuits.attention import write_head_split
+
+        heads = write_head_split(written / f"{slug}.safetensors", args.transcoders, loaded, job.device,
+                                 job.attribution.batch_size, args.heads)
+        print(f"heads: {heads} (each crossing edge split by attention head)")
+    if args.subgraph is not None:
+        _merge_subgraph(written / f"{slug}.json", args.subgraph)
     return 0
+
+
+def _heads_model(transcoders: Path, device: str):  # -> LoadedModel
+    """The transcoders' model, loaded before the graph so that ``--heads`` reuses it."""
+    from saekit.circuits.transcoders import load_model_for, load_transcoders
+
+    return load_model_for(load_transcoders(transcoders, device), device)
+
+
+def _check_subgraph_file(path: Path, slug: str) -> None:
+    """A subgraph file's shapes and slug, before any model loads (its ids need the graph, so they wait)."""
+    from saekit.circuits.subgraph import read_subgraph
+
+    found = read_subgraph(path)
+    if found.slug is not None and found.slug != slug:
+        raise SaekitError(f"--subgraph {path} is the subgraph of graph {found.slug!r}, but this prompt's graph is "
+                          f"{slug!r}; give that prompt, or that graph's subgraph file")
+
+
+def _merge_subgraph(graph_json: Path, path: Path) -> None:
+    from saekit.circuits.graph_files import merge_subgraph
+
+    try:
+        merged = merge_subgraph(graph_json, path)
+    except SaekitError as err:  # the graph itself is written: say so, or the user reruns the attribution
+        raise SaekitError(f"the graph is written ({graph_json}) but --subgraph was not merged: {err}") from err
+    print(f"subgraph: {len(merged.pinned)} pinned, {len(merged.supernodes)} supernodes and {len(merged.clerps)} "
+          f"labels merged into {graph_json} (qParams), its page and {graph_json.stem}.subgraph.json")
 
 
 def _steer(args: argparse.Namespace) -> int:
