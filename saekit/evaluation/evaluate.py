@@ -28,7 +28,7 @@ from saekit.evaluation.effective_compute import (
 from saekit.evaluation.generation import ACAUSAL, SideBySide, generation_prompts, side_by_side
 from saekit.evaluation.report import render_report
 from saekit.evaluation.results import EvaluationResults, LossResults
-from saekit.evaluation.splice import LossComparison, compare_losses_many, splice_targets
+from saekit.evaluation.splice import LossComparison, compare_losses_many, measured_splice_targets
 from saekit.io import OutputTarget, claim_output, mark_output, read_json, write_json, write_text
 from saekit.locks import LOCK_FILE, exclusive
 from saekit.models.loading import (
@@ -81,7 +81,7 @@ def load_splice_targets(run_dir: Path, loaded: LoadedModel, device: str = "cpu")
                               f"{adapter.site_width(site)}; evaluate it with the model it was trained on")
     means = load_activation_means(run_dir, [site.name for site in writes])
     outliers = load_run_config(run_dir).data.outlier_norm_factor
-    return splice_targets(dictionary, reads, writes, [mean.to(device) for mean in means], outliers)
+    return measured_splice_targets(dictionary, reads, writes, [mean.to(device) for mean in means], outliers)
 
 
 def _batches(contexts: Tensor, batch_size: int, desc: str) -> Iterator[Tensor]:

@@ -40,8 +40,8 @@ def kl_divergence(clean_logits: Tensor, other_logits: Tensor) -> Tensor:
     return token_kl(clean_logits, other_logits)
 
 
-def splice_targets(dictionary: Dictionary, reads: list[Site], writes: list[Site], means: list[Tensor],
-                   outlier_norm_factor: float | None) -> list[SpliceTarget]:
+def measured_splice_targets(dictionary: Dictionary, reads: list[Site], writes: list[Site], means: list[Tensor],
+                            outlier_norm_factor: float | None) -> list[SpliceTarget]:
     """The dictionary's splice targets (:func:`saekit.training.splicing.splice_targets`), each measuring its
     reconstruction as it splices (FVU without outliers by the run's training rule, ``outlier_norm_factor``)."""
     targets = splicing.splice_targets(dictionary, reads, writes, means)

@@ -11,7 +11,7 @@ import torch
 from saekit.circuits.replacement import ReplacementModel
 from saekit.circuits.transcoders import TranscoderSet
 from saekit.dictionaries import DictionaryConfig, build_dictionary
-from saekit.evaluation.splice import splice_targets
+from saekit.evaluation.splice import measured_splice_targets
 from saekit.models.sites import parse_site
 from saekit.training.splicing import spliced_context
 
@@ -76,8 +76,8 @@ def test_a_clt_of_per_layer_copies_splices_as_the_per_layer_transcoders(tiny_loa
         per_layer, clt = _folded(per_layer, clt)
     reads, writes = _sites("in"), _sites("out")
     separate = [target for layer, dictionary in enumerate(per_layer)
-                for target in splice_targets(dictionary, [reads[layer]], [writes[layer]], [None], None)]
-    joint = splice_targets(clt, reads, writes, [None] * LAYERS, None)
+                for target in measured_splice_targets(dictionary, [reads[layer]], [writes[layer]], [None], None)]
+    joint = measured_splice_targets(clt, reads, writes, [None] * LAYERS, None)
     input_ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
     expected = _spliced(tiny_loaded, separate, input_ids)
     got = _spliced(tiny_loaded, joint, input_ids)

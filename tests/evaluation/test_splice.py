@@ -3,7 +3,7 @@ import torch.nn.functional as F
 
 from saekit.dictionaries.base import DictionaryConfig
 from saekit.dictionaries.registry import build_dictionary
-from saekit.evaluation.splice import compare_losses, kl_divergence, next_token_nll, splice_targets
+from saekit.evaluation.splice import compare_losses, kl_divergence, measured_splice_targets, next_token_nll
 from saekit.training.splicing import SpliceTarget
 
 
@@ -23,7 +23,7 @@ def test_compare_losses_orders_conditions(tiny_loaded):
     adapter = tiny_loaded.adapter
     site = adapter.site("blocks.0.resid_post")
     dictionary = build_dictionary(DictionaryConfig("topk", 32, 256, k=32)).eval()
-    (target,) = splice_targets(dictionary, [site], [site], [torch.zeros(32)], outlier_norm_factor=10.0)
+    (target,) = measured_splice_targets(dictionary, [site], [site], [torch.zeros(32)], outlier_norm_factor=10.0)
     ids = torch.randint(3, 1000, (4, 12))
     ids[:, 0] = tiny_loaded.bos_token_id
     result = compare_losses(tiny_loaded, [target], iter(ids.split(2)))
