@@ -254,6 +254,7 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     from saekit.cli.imports import add_import_parser
     from saekit.cli.lora import add_lora_parser
     from saekit.cli.probe import add_probe_parsers
+    from saekit.cli.reliability import add_reliability_parser
     from saekit.cli.serve import add_serve_parser
     from saekit.cli.toy import add_toy_parser
 
@@ -265,6 +266,7 @@ def _add_optional_commands(sub: argparse._SubParsersAction) -> None:
     add_import_parser(sub)
     add_lora_parser(sub)
     add_probe_parsers(sub)
+    add_reliability_parser(sub)
     add_serve_parser(sub)
 
 

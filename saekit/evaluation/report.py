@@ -1,5 +1,8 @@
 """Render an evaluation's metrics as a short markdown report a person reads.
 
+Where a reliability study (``saekit reliability``) sits beside the run, each metric it measured shows its
+seed-to-seed SD too (``seed_noise``; :func:`saekit.evaluation.reliability.seed_noise_near` finds it).
+
 Text read from ``metrics.json`` that saekit did not compose (the model name, site and run names, error
 messages, corpus text in the damage and generation sections) goes through :mod:`saekit.render`'s markdown
 helpers; headings, labels and numbers are written as they are.
@@ -7,17 +10,25 @@ helpers; headings, labels and numbers are written as they are.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from saekit.dictionaries.base import Span
 from saekit.dictionaries.registry import span_of
 from saekit.evaluation.damage import damage_markdown
 from saekit.evaluation.effective_compute import ComputeNotReported, EffectiveCompute, format_report_markdown
 from saekit.evaluation.generation import generations_markdown
+from saekit.evaluation.reliability import seed_noise_near
 from saekit.evaluation.results import CONDITIONS, EvaluationResults, LossResults, MeanSE, ReconstructionResults
 from saekit.render import markdown_code, markdown_inline, markdown_table
 
 
 def _pm(value: MeanSE, digits: int = 4) -> str:
     return f"{value.mean:.{digits}f} ± {value.se:.{digits}f}"
+
+
+def _sd(noise: Mapping[str, float], key: str, spec: str = ".3g") -> str:
+    """`` (seed SD x)`` beside a metric a reliability study measured; nothing otherwise."""
+    return f" (seed SD {noise[key]:{spec}})" if key in noise else ""
 
 
 CONDITION_LABELS = {"clean": "clean model", "spliced": "dictionary spliced in", "zero": "site zero-ablated",
@@ -33,11 +44,12 @@ def _loss_table(losses: LossResults) -> list[str]:
     return [markdown_table(["condition", "CE (nats)", "ΔCE vs clean", "KL(clean ‖ condition)"], rows)]
 
 
-def _outlier_lines(rec: ReconstructionResults) -> list[str]:
+def _outlier_lines(rec: ReconstructionResults, noise: Mapping[str, float]) -> list[str]:
     if rec.outlier_norm_factor is None:  # no outlier rule, or metrics written before the split
         return []
     return [f"- FVU without outlier-norm tokens (norm > {rec.outlier_norm_factor}x the median, the training "
-            f"rule): **{rec.fvu_without_outliers:.4f}**. Those tokens are {rec.outlier_token_fraction:.2%} "
+            f"rule): **{rec.fvu_without_outliers:.4f}**{_sd(noise, 'fvu_without_outliers')}. Those tokens are "
+            f"{rec.outlier_token_fraction:.2%} "
             f"of the evaluated tokens but hold {rec.outlier_variance_share:.1%} of the variance and "
             f"{rec.outlier_error_share:.1%} of the squared error; where the share is large, the all-token "
             "FVU above mostly measures them."]
@@ -52,26 +64,30 @@ def _shrinkage_lines(rec: ReconstructionResults) -> list[str]:
             f"mean ‖x̂‖ / ‖x‖ {rec.norm_ratio_mean:.4f}; mean cos(x, x̂) {rec.cosine_similarity_mean:.4f}"]
 
 
-def _reconstruction_lines(site: str, rec: ReconstructionResults) -> list[str]:
+def _reconstruction_lines(site: str, rec: ReconstructionResults, noise: Mapping[str, float]) -> list[str]:
     p = rec.l0_percentiles
     return [
         f"### Reconstruction and sparsity at {markdown_code(site)} ({rec.tokens} tokens)",
         "",
-        f"- Fraction of variance unexplained (FVU): **{rec.fvu:.4f}** "
+        f"- Fraction of variance unexplained (FVU): **{rec.fvu:.4f}**{_sd(noise, 'fvu')} "
         f"(explained variance {rec.explained_variance:.4f}); formula: {markdown_inline(rec.fvu_formula)}. "
         f"Legacy per-token-mean form: {rec.legacy_fvu_per_token_mean:.4f}.",
-        *_outlier_lines(rec),
+        *_outlier_lines(rec, noise),
         f"- MSE per token (sum over dimensions): {rec.mse_per_token:.4f}; per element: {rec.mse_per_element:.6f}",
         *_shrinkage_lines(rec),
-        f"- L0: mean {rec.l0_mean:.2f}; 5/50/95th percentiles {p['5']:.0f} / {p['50']:.0f} / {p['95']:.0f}",
-        f"- Dead latents (never fired on these tokens): {rec.dead_fraction:.2%}; dense latents "
+        f"- L0: mean {rec.l0_mean:.2f}{_sd(noise, 'l0')}; 5/50/95th percentiles {p['5']:.0f} / "
+        f"{p['50']:.0f} / {p['95']:.0f}",
+        f"- Dead latents (never fired on these tokens): {rec.dead_fraction:.2%}{_sd(noise, 'dead_fraction', '.2%')}; "
+        "dense latents "
         f"(fire on > {rec.dense_threshold:.0%} of tokens): {rec.dense_fraction:.2%}",
         "",
     ]
 
 
-def render_report(metrics: EvaluationResults) -> str:
+def render_report(metrics: EvaluationResults, seed_noise: Mapping[str, float] | None = None) -> str:
+    """The report; ``seed_noise`` (metric key -> seed SD) defaults to the reliability study beside a single run."""
     losses = metrics.losses
+    noise = seed_noise_near(metrics.runs) if seed_noise is None else seed_noise
     lines = [
         "# saekit evaluation report",
         "",
@@ -79,14 +95,17 @@ def render_report(metrics: EvaluationResults) -> str:
         f"Sites spliced jointly: {', '.join(markdown_code(s) for s in metrics.sites)}. "
         f"{metrics.eval_contexts} held-out contexts of {metrics.context_length} tokens "
         f"({losses.contexts} contexts scored). {markdown_inline(metrics.bos_handling)}. ± values are standard errors "
-        "over contexts (ΔCE paired by context).",
+        "over contexts (ΔCE paired by context)."
+        + (" Seed SD: the metric's seed-to-seed standard deviation in the reliability study beside the run "
+           "(`saekit reliability`)." if noise else ""),
         "",
         *_objective_lines(metrics),
         "## Degradation of the model",
         "",
         *_loss_table(losses),
         "",
-        f"- ΔCE with the dictionary spliced in: **{losses.delta_ce_spliced.mean:.4f} nats**.",
+        f"- ΔCE with the dictionary spliced in: **{losses.delta_ce_spliced.mean:.4f} nats**{_sd(noise, 'delta_ce')}"
+        + (f"; KL {losses.kl_spliced.mean:.4f}{_sd(noise, 'kl')}." if "kl" in noise else "."),
         f"- Loss recovered against a **zero-ablation** baseline: {losses.loss_recovered_vs_zero_ablation:.2%}; "
         f"against a **mean-ablation** baseline: {losses.loss_recovered_vs_mean_ablation:.2%}. "
         "Loss recovered flatters: ablating a site destroys the model, so the denominator is huge. "
@@ -98,6 +117,8 @@ def render_report(metrics: EvaluationResults) -> str:
         lines += ["### Effective compute", "", f"Not reported: {markdown_inline(compute.error)}", ""]
     elif isinstance(compute, EffectiveCompute):
         lines += [format_report_markdown(compute), ""]
+        if "compute_fraction" in noise:
+            lines += [f"Seed SD of the effective compute fraction: {noise['compute_fraction']:.3g}.", ""]
     if metrics.is_joint:
         lines += _alone_lines(metrics)
     cross_layer = _cross_layer_lines(metrics.run)
@@ -108,7 +129,7 @@ def render_report(metrics: EvaluationResults) -> str:
                   "upstream of it already spliced in, so the reconstruction figures below are measured there and "
                   "differ from each dictionary alone (the FVU column above).", ""]
     for site, rec in metrics.reconstruction.items():
-        lines += _reconstruction_lines(site, rec)
+        lines += _reconstruction_lines(site, rec, noise)
     if metrics.token_damage is not None:
         lines += ["## Where the splice hurts", "", damage_markdown(metrics.token_damage), ""]
     if metrics.training:
