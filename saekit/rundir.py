@@ -37,6 +37,9 @@ CONTROL_MARKER = "control.json"  # how a randomized-weights twin (jobs/control.p
 METRICS_FILE = "metrics.json"  # evaluation's results, what summaries and reports read back
 REPORT_FILE = "report.md"
 DASHBOARD_DIR = "dashboard"  # where `saekit dashboard` writes a run's site by default
+# The second axis, as later stages leave it in a run (read back by `saekit report`'s Pareto view):
+PROBING_RESULTS = "probing/*/probing.json"  # `saekit probe RUN --task T` (one directory per task)
+AUTOINTERP_SCORES = "autointerp/scores.json"  # `saekit explain RUN`
 # What a run directory holds before its first checkpoint: a fresh start may overwrite these and nothing else.
 FRESH_RUN_ENTRIES = frozenset({CONFIG_FILE, LOG_FILE, DENSITY_FILE, THROUGHPUT_FILE, STATS_FILE, LOCK_FILE,
                                CONTROL_MARKER})

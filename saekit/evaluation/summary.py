@@ -1,7 +1,10 @@
 """``saekit report``: a comparison of evaluated runs as markdown + HTML with plots.
 
 Reads each run's ``metrics.json`` and draws ΔCE by layer, and the Pareto views L0 vs FVU, L0 vs ΔCE
-and L0 vs effective-compute fraction (the frontier points are marked). Architectures rarely land on
+and L0 vs effective-compute fraction (the frontier points are marked). Where the runs were also probed
+(``saekit probe``) or explained (``saekit explain``), the second axis: ΔCE against sparse-probing accuracy and
+against the auto-interp detection score (``two_axes.png``), with error bars from a reliability study beside the
+runs (the metric's seed SD) where there is one, else ΔCE's standard error over contexts. Architectures rarely land on
 the same L0, so the summary also compares them *at matched L0*: each architecture's ΔCE and FVU
 interpolated (linearly in log L0) between its two runs that bracket the target. It writes
 ``summary.json``, ``summary.md`` and ``summary.html`` (plots embedded as PNG) into the output directory.
@@ -27,11 +30,12 @@ from saekit.dictionaries.base import Span  # noqa: E402
 from saekit.dictionaries.registry import ARCHITECTURES, span_of  # noqa: E402
 from saekit.errors import SaekitError  # noqa: E402
 from saekit.evaluation.effective_compute import EffectiveCompute  # noqa: E402
+from saekit.evaluation.reliability import RELIABILITY_FILE, read_seed_noise  # noqa: E402
 from saekit.evaluation.results import EvaluationResults  # noqa: E402
 from saekit.io import OutputTarget, claim_output, mark_output, read_json, write_json, write_text  # noqa: E402
 from saekit.models.sites import parse_site  # noqa: E402
 from saekit.render import escape_html, markdown_table, save_png  # noqa: E402
-from saekit.rundir import METRICS_FILE  # noqa: E402
+from saekit.rundir import AUTOINTERP_SCORES, METRICS_FILE, PROBING_RESULTS  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,10 @@ class SummaryRow:
     kl: float
     compute_fraction: float | None
     law: str | None
+    probing_accuracy: float | None = None  # mean over the probed tasks of the k=1 sparse probe's test accuracy
+    probing_tasks: str | None = None
+    autointerp_detection: float | None = None  # the LLM explanations' mean detection balanced accuracy
+    seed_sd: dict[str, float] | None = None  # metric key -> seed SD, from a reliability study beside the run
 
     def value(self, key: str) -> Any:
         """The field named ``key`` (one of the metrics compared: ``fvu``, ``delta_ce``, ``kl``...)."""
@@ -119,6 +127,39 @@ def _reconstruction_row(metrics: EvaluationResults, architecture: str) -> _Recon
                            outlier_variance_share=mean([r.outlier_variance_share for r in layers]))
 
 
+PROBING_K = "1"  # the probe the second axis reads: SAEBench's headline, one latent per class
+
+
+def probing_accuracy(run_dir: Path) -> tuple[float | None, str | None]:
+    """Mean k=1 sparse-probing test accuracy over the tasks the run was probed on, and their names."""
+    scores, tasks = [], []
+    for path in sorted(run_dir.glob(PROBING_RESULTS)):
+        document = read_json(path, "probing results")
+        try:
+            scores.append(float(document["mean"]["sae"][PROBING_K]["accuracy"]))
+            tasks.append(str(document["task"]["name"]))
+        except (KeyError, TypeError, ValueError):
+            continue  # probed with other k, or a file of another shape: not on this axis
+    return (statistics.fmean(scores), ", ".join(tasks)) if scores else (None, None)
+
+
+def autointerp_detection(run_dir: Path) -> float | None:
+    """The mean detection balanced accuracy of the run's LLM explanations (None: not explained)."""
+    path = run_dir / AUTOINTERP_SCORES
+    if not path.is_file():
+        return None
+    summary = read_json(path, "autointerp scores").get("summary") or {}
+    entry = (((summary.get("explainers") or {}).get("llm") or {}).get("scorers") or {}).get("detection") or {}
+    value = (entry.get("balanced_accuracy") or {}).get("mean")
+    return None if value is None else float(value)
+
+
+def seed_sd_near(run_dir: Path) -> dict[str, float] | None:
+    """The seed SDs of a reliability study (``saekit reliability``) in the run's parent directory."""
+    path = run_dir.parent / RELIABILITY_FILE
+    return read_seed_noise(path) if path.is_file() else None
+
+
 def run_row(run_dir: Path) -> SummaryRow:
     metrics = load_results(run_dir)
     site = metrics.sites[0].split("->")[-1]
@@ -127,6 +168,7 @@ def run_row(run_dir: Path) -> SummaryRow:
     compute, losses = metrics.effective_compute, metrics.losses
     reported = compute if isinstance(compute, EffectiveCompute) else None  # none, or why not
     rec = _reconstruction_row(metrics, architecture)
+    probing = probing_accuracy(run_dir)
     return SummaryRow(
         run=run_dir.name, site=site, layer=parse_site(site).layer, layers=len(metrics.sites),
         architecture=architecture, width=rec.width, l0=rec.l0, fvu=rec.fvu,
@@ -135,6 +177,8 @@ def run_row(run_dir: Path) -> SummaryRow:
         delta_ce_se=losses.delta_ce_spliced.se, kl=losses.kl_spliced.mean,
         compute_fraction=reported.compute_fraction if reported else None,
         law=reported.law.name if reported else None,
+        probing_accuracy=probing[0], probing_tasks=probing[1], autointerp_detection=autointerp_detection(run_dir),
+        seed_sd=seed_sd_near(run_dir),
     )
 
 
@@ -246,7 +290,43 @@ def plot_summary(rows: list[SummaryRow], out_dir: Path, target_l0: float | None 
         for ax in axes:
             ax.axvline(target_l0, color="grey", linewidth=0.6, linestyle=":")
     paths.append(save_png(figure, out_dir / "pareto.png", dpi=110, tight=True))
+    second = [(key, label) for key, label in SECOND_AXIS if any(r.value(key) is not None for r in rows)]
+    if second:
+        paths.append(plot_two_axes(rows, second, out_dir / "two_axes.png"))
     return paths
+
+
+# The interpretability axis: (row field, axis label, the reliability study's metric key for its seed SD).
+SECOND_AXIS = (("probing_accuracy", "sparse probing accuracy, k=1 (mean over tasks)"),
+               ("autointerp_detection", "auto-interp detection (balanced accuracy)"))
+SEED_SD_KEYS = {"probing_accuracy": f"probe_accuracy_k{PROBING_K}", "delta_ce": "delta_ce"}
+
+
+def _error(row: SummaryRow, key: str) -> float:
+    """The error bar of ``key``: its seed SD where a reliability study measured it; ΔCE's standard error else."""
+    sd = (row.seed_sd or {}).get(SEED_SD_KEYS.get(key, key))
+    if sd is not None:
+        return sd
+    return row.delta_ce_se if key == "delta_ce" else 0.0
+
+
+def plot_two_axes(rows: list[SummaryRow], axes_wanted: list[tuple[str, str]], path: Path) -> Path:
+    """ΔCE (how little the dictionary damages the model) against each interpretability metric, with error bars."""
+    figure, axes = plt.subplots(1, len(axes_wanted), figsize=(5.5 * len(axes_wanted), 4), squeeze=False)
+    for ax, (key, label) in zip(axes[0], axes_wanted):
+        chosen = [r for r in rows if r.value(key) is not None]
+        for architecture, marker in zip(sorted({r.architecture for r in chosen}), itertools.cycle(MARKERS)):
+            group = [r for r in chosen if r.architecture == architecture]
+            ax.errorbar([r.delta_ce for r in group], [r.value(key) for r in group],
+                        xerr=[_error(r, "delta_ce") for r in group], yerr=[_error(r, key) for r in group],
+                        fmt=marker, capsize=2, label=architecture, alpha=0.85)
+        points = [(r.delta_ce, -r.value(key)) for r in chosen]  # low ΔCE and high score are both better
+        frontier = sorted((chosen[i].delta_ce, chosen[i].value(key)) for i in pareto_front(points))
+        ax.plot([p[0] for p in frontier], [p[1] for p in frontier], "k--", linewidth=0.8, label="Pareto frontier")
+        ax.set_xlabel("ΔCE (nats; lower damages the model less)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    return save_png(figure, path, dpi=110, tight=True)
 
 
 def _optional(value: float | None, spec: str = ".4f") -> str:
@@ -256,13 +336,21 @@ def _optional(value: float | None, spec: str = ".4f") -> str:
 def _markdown(rows: list[SummaryRow], matched: list[MatchedL0], plots: list[Path]) -> str:
     header = ["run", "site", "architecture", "L0", "FVU (all tokens)", "FVU without outliers", "ΔCE (nats)", "KL",
               "effective compute"]
+    second = [key for key, _ in SECOND_AXIS if any(r.value(key) is not None for r in rows)]
+    header += [{"probing_accuracy": "probing acc. (k=1)", "autointerp_detection": "detection"}[k] for k in second]
     table = []
     for r in rows:
         compute = f"{r.compute_fraction:.3g}x ({r.law})" if r.compute_fraction is not None else "-"
         table.append([r.run, r.site, r.architecture, f"{r.l0:.1f}", f"{r.fvu:.4f}",
                       _optional(r.fvu_without_outliers), f"{r.delta_ce:.4f} ± {r.delta_ce_se:.4f}",
-                      f"{r.kl:.4f}", compute])
+                      f"{r.kl:.4f}", compute, *[_with_sd(r, k) for k in second]])
     lines = ["# saekit summary", "", markdown_table(header, table)]
+    if second:
+        tasks = sorted({t for r in rows if r.probing_tasks for t in r.probing_tasks.split(", ")})
+        lines += ["", "The second axis: sparse-probing accuracy (k=1, mean over the tasks each run was probed on"
+                      + (f": {', '.join(tasks)}" if tasks else "") + ") and the auto-interp detection score, beside "
+                      "ΔCE (`two_axes.png`). ± is the metric's seed SD where a reliability study sits beside the runs "
+                      "(`saekit reliability`); ΔCE's ± in the table is its standard error over contexts."]
     shares = [r.outlier_variance_share for r in rows if r.outlier_variance_share is not None]
     if shares:
         held = f"{min(shares):.1%}" if min(shares) == max(shares) else f"{min(shares):.1%} to {max(shares):.1%}"
@@ -286,6 +374,12 @@ def _markdown(rows: list[SummaryRow], matched: list[MatchedL0], plots: list[Path
     return "\n".join(lines) + "\n"
 
 
+def _with_sd(row: SummaryRow, key: str) -> str:
+    value = row.value(key)
+    sd = (row.seed_sd or {}).get(SEED_SD_KEYS.get(key, key))
+    return "-" if value is None else f"{value:.3f}" + ("" if sd is None else f" ± {sd:.3f}")
+
+
 TABLE_KEYS = ("run", "site", "architecture", "l0", "fvu", "fvu_without_outliers", "delta_ce", "kl", "compute_fraction")
 
 
@@ -305,7 +399,7 @@ def _html(markdown_rows: list[SummaryRow], plots: list[Path]) -> str:
 
 # What a summary directory held before outputs recorded their writer (a sweep's also holds sweep.json).
 SUMMARY_ENTRIES = frozenset({"summary.json", "summary.md", "summary.html", "delta_ce_by_layer.png", "pareto.png",
-                             "sweep.json"})
+                             "two_axes.png", "sweep.json"})
 
 
 def summarize(run_dirs: list[Path], out_dir: str | Path, match_l0: float | None = None,

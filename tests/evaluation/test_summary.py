@@ -55,3 +55,51 @@ def test_default_target_is_the_topk_l0_and_sites_are_kept_apart():
 def test_rejects_a_non_positive_target(tmp_path):
     with pytest.raises(SaekitError, match="--match-l0 must be positive"):
         summarize([tmp_path], tmp_path / "out", match_l0=0)
+
+
+def test_the_second_axis_is_read_from_what_probe_explain_and_reliability_left(tmp_path):
+    from dataclasses import replace
+
+    from saekit.evaluation.summary import (
+        _error,
+        _markdown,
+        _with_sd,
+        autointerp_detection,
+        plot_two_axes,
+        probing_accuracy,
+        seed_sd_near,
+    )
+    from saekit.io import write_json
+
+    run = tmp_path / "sweep" / "topk-k20"
+    for task, accuracy in (("language", 0.8), ("code", 0.6)):
+        write_json(run / "probing" / task / "probing.json",
+                   {"task": {"name": task}, "mean": {"sae": {"1": {"accuracy": accuracy}, "2": {"accuracy": 0.99}}}})
+    write_json(run / "probing" / "odd" / "probing.json", {"task": {"name": "odd"}, "mean": {"sae": {"5": {}}}})
+    accuracy, tasks = probing_accuracy(run)
+    assert accuracy == pytest.approx(0.7) and tasks == "code, language"  # the k=1 probes only; odd is skipped
+    assert probing_accuracy(tmp_path / "never-probed") == (None, None)
+    write_json(run / "autointerp" / "scores.json", {"summary": {"explainers": {
+        "llm": {"scorers": {"detection": {"balanced_accuracy": {"mean": 0.62}}}},
+        "baseline": {"scorers": {"detection": {"balanced_accuracy": {"mean": 0.9}}}}}}})
+    assert autointerp_detection(run) == 0.62 and autointerp_detection(tmp_path) is None
+    assert seed_sd_near(run) is None
+    write_json(tmp_path / "sweep" / "reliability.json", {"metrics": [
+        {"metric": "delta_ce", "seed_sd": 0.02}, {"metric": "probe_accuracy_k1", "seed_sd": 0.05},
+        {"metric": "kl", "seed_sd": None}]})
+    noise = seed_sd_near(run)
+    assert noise == {"delta_ce": 0.02, "probe_accuracy_k1": 0.05}
+
+    row = replace(ROWS[0], probing_accuracy=accuracy, probing_tasks=tasks, autointerp_detection=0.62, seed_sd=noise)
+    plain = replace(ROWS[1], probing_accuracy=0.5)
+    # error bars: the seed SD where the study measured it, ΔCE's standard error otherwise, else none
+    assert (_error(row, "delta_ce"), _error(row, "probing_accuracy"), _error(row, "autointerp_detection")) == (
+        0.02, 0.05, 0.0)
+    assert _error(plain, "delta_ce") == 0.01
+    assert _with_sd(row, "probing_accuracy") == "0.700 ± 0.050" and _with_sd(plain, "probing_accuracy") == "0.500"
+    assert _with_sd(plain, "autointerp_detection") == "-"
+    text = _markdown([row, plain], [], [])
+    assert "| probing acc. (k=1) | detection |" in text and "0.700 ± 0.050 | 0.620 |" in text
+    assert "tasks each run was probed on: code, language" in text
+    path = plot_two_axes([row, plain], [("probing_accuracy", "probing")], tmp_path / "two_axes.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
