@@ -15,6 +15,10 @@ Recipes (``--recipes``, comma-separated):
   (``--finetune-fraction``; Karvonen 2025).
 - ``kl``: KL(clean || spliced) of the next-token distributions + the sparsity term, from the start.
 - ``e2e_ds``: ``kl`` (coefficient 0.5) + 2.5 x the mean MSE at ``--downstream-sites`` (e2e_sae's "e2e+ds").
+- ``mse+lora``: the ``mse`` dictionary, frozen, with LoRA adapters trained on the layers after its site on the
+  KL to the original model for ``--lora-tokens`` more tokens (``saekit lora``; rank 64, alpha 32, dropout 0, lr
+  ``--lora-lr``). Its ΔCE and KL are the adapted spliced model's against the ORIGINAL model's clean loss; the
+  adapted model is not the original (its FVU and L0 are the frozen dictionary's, unchanged).
 
 "closed" is the share of the ``mse`` recipe's ΔCE a recipe removes: 1 - ΔCE(recipe) / ΔCE(mse).
 
@@ -32,21 +36,26 @@ import tempfile
 import time
 from pathlib import Path
 
+from saekit.evaluation.adapted import evaluate_adapter
 from saekit.evaluation.evaluate import evaluate_run
 from saekit.io import write_json, write_text
 from saekit.jobs.quickstart import quickstart_config
 from saekit.render import markdown_table
+from saekit.training.lora import AdapterSettings, train_adapter
 from saekit.training.run import train_run
 
 NOTE = ("tokens/s is each run's end-to-end training rate: the mse phase reads activations from saekit's disk "
         "cache when an earlier run wrote them (so it shows the dictionary steps alone), while the model-loss "
-        "steps run the model twice and backpropagate through the layers after the site at every step.")
+        "steps run the model twice and backpropagate through the layers after the site at every step. mse+lora: "
+        "ΔCE and KL are the adapted model with the frozen mse dictionary spliced in, against the ORIGINAL model; "
+        "its tokens/s is the adapters' training rate, its train s the mse run's plus the adapters'.")
 
 RECIPES = {
     "mse": {},
     "mse+ft": {"finetune_fraction": None},  # filled from --finetune-fraction
     "kl": {"objective": "kl"},
     "e2e_ds": {"objective": "e2e_ds", "kl_coefficient": 0.5, "downstream_coefficient": 2.5},
+    "mse+lora": {},  # the mse recipe, then adapters (run_recipe)
 }
 
 
@@ -76,12 +85,30 @@ def run_recipe(name: str, args: argparse.Namespace, runs_dir: Path, loaded) -> d
     throughput = json.loads((run_dir / "throughput.json").read_text())
     losses, site = results.losses, next(iter(results.reconstruction.values()))
     compute = getattr(results.effective_compute, "compute_fraction", None)
-    return {"recipe": name, "k": args.k, "train_tokens": args.train_tokens,
-            "delta_ce": losses.delta_ce_spliced.mean, "delta_ce_se": losses.delta_ce_spliced.se,
-            "kl": losses.kl_spliced.mean, "kl_se": losses.kl_spliced.se, "compute_fraction": compute,
-            "fvu": site.fvu, "fvu_without_outliers": site.fvu_without_outliers, "l0": site.l0_mean,
-            "dead_fraction": site.dead_fraction, "train_seconds": trained,
-            "tokens_per_s": throughput["end_to_end_tokens_per_s"], "config": config.to_dict()["loss"]}
+    row = {"recipe": name, "k": args.k, "train_tokens": args.train_tokens,
+           "delta_ce": losses.delta_ce_spliced.mean, "delta_ce_se": losses.delta_ce_spliced.se,
+           "kl": losses.kl_spliced.mean, "kl_se": losses.kl_spliced.se, "compute_fraction": compute,
+           "fvu": site.fvu, "fvu_without_outliers": site.fvu_without_outliers, "l0": site.l0_mean,
+           "dead_fraction": site.dead_fraction, "train_seconds": trained,
+           "tokens_per_s": throughput["end_to_end_tokens_per_s"], "config": config.to_dict()["loss"]}
+    return with_adapters(row, run_dir, args, loaded) if name == "mse+lora" else row
+
+
+def with_adapters(row: dict, run_dir: Path, args: argparse.Namespace, loaded) -> dict:
+    """The row of a frozen dictionary once LoRA adapters are trained around it, against the ORIGINAL model."""
+    settings = AdapterSettings(rank=64, alpha=32.0, dropout=0.0, lr=args.lora_lr, train_tokens=args.lora_tokens,
+                               batch_size=2048)
+    started = time.perf_counter()
+    out = train_adapter(run_dir, settings, loaded=loaded, name="benchmark")
+    seconds = time.perf_counter() - started
+    metrics = evaluate_adapter(run_dir, out, loaded=loaded, eval_tokens=args.eval_tokens)
+    after, kl = metrics["delta_ce_adapted_spliced"], metrics["kl_adapted_spliced"]
+    adapted = {"delta_ce": after["mean"], "delta_ce_se": after["se"], "kl": kl["mean"], "kl_se": kl["se"],
+               "compute_fraction": None, "train_tokens": args.train_tokens + args.lora_tokens,
+               "train_seconds": row["train_seconds"] + seconds,
+               "tokens_per_s": args.lora_tokens / seconds, "lora": settings.to_dict(),
+               "frozen_dictionary_delta_ce": metrics["delta_ce_spliced"]["mean"]}
+    return {**row, **adapted}
 
 
 def markdown(rows: list[dict], header: dict) -> str:
@@ -111,6 +138,8 @@ def main() -> None:
     parser.add_argument("--finetune-fraction", type=float, default=0.1)
     parser.add_argument("--downstream-sites", default="blocks.18.resid_post,blocks.22.resid_post,"
                                                        "blocks.26.resid_post,blocks.29.resid_post")
+    parser.add_argument("--lora-tokens", type=int, default=65_536, help="mse+lora: the adapters' training tokens")
+    parser.add_argument("--lora-lr", type=float, default=1e-3, help="mse+lora: the adapters' learning rate")
     parser.add_argument("--runs-dir", type=Path, default=None, help="where the runs go (default: a temporary dir)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
