@@ -11,8 +11,10 @@ from saekit.errors import SaekitError
 from saekit.settings import add_flags, from_args
 
 TASK_HELP = ("a built-in task (language, code, fortune-topic, bible-testament, python-docs: built from Debian "
-             "packages, no download) or a .csv/.jsonl file with text and label columns; with --scr a built-in "
-             "biased mix (topic-language, the default); not read by --structure")
+             "packages, no download), a .csv/.jsonl file with text and label columns, one of SAEBench's datasets "
+             "by name (LabHC/bias_in_bios_class_set1, fancyzhx/ag_news, ...) or hf:NAME (text and label columns) "
+             "or hf:DIRECTORY of data files, read from the Hugging Face cache only (never downloaded); with --scr "
+             "a built-in biased mix (topic-language, the default); not read by --structure")
 MODES = ("scr", "tpp", "structure")
 
 
@@ -76,10 +78,11 @@ def _probe(args: argparse.Namespace) -> int:
 
     _check_settings(args)  # a value out of range names its flag, whatever the mode
     mode = _mode(args)
+    _check_split_flags(args, mode)
     task = _task(args, mode)
     run = Path(args.run)
     out = _out_dir(run, task, args.out, mode)
-    inputs = (run / "dictionary", run / "config.json") + ((Path(task),) if task and Path(task).is_file() else ())
+    inputs = (run / "dictionary", run / "config.json") + _task_paths(task)
     target = OutputTarget(out, "probe", inputs=inputs)
     target.check()  # a bad --out is one line before any work
     results, write, summary = _evaluate(mode, run, task, args)  # every bad input fails here, before any write
@@ -88,6 +91,24 @@ def _probe(args: argparse.Namespace) -> int:
         write(path, results)
     print(f"{summary}; report: {out / _report_file(mode)}")
     return 0
+
+
+def _check_split_flags(args: argparse.Namespace, mode: str) -> None:
+    """sae-probes' split settings change sparse probing's one-vs-rest splits only; elsewhere they would be silently
+    ignored, so they are refused."""
+    from saekit.probing.sparse_probing import ProbeSettings, split_setting
+
+    settings = from_args(ProbeSettings, args)
+    if mode != "sparse" and (split_setting(settings) != "balanced" or settings.test_positive_fraction is not None):
+        raise SaekitError(f"--train-size, --positive-fraction and --test-positive-fraction apply to sparse probing, "
+                          f"not --{mode}; leave them out")
+
+
+def _task_paths(task: str) -> tuple[Path, ...]:
+    """The files a task reads (the output may not be or hold them): a labelled file, or an hf: directory."""
+    if task.startswith("hf:") and Path(task[3:]).exists():
+        return (Path(task[3:]),)
+    return (Path(task),) if task and Path(task).is_file() else ()
 
 
 def _check_settings(args: argparse.Namespace) -> None:
@@ -134,9 +155,11 @@ def _sparse(run: Path, task: str, settings: object) -> tuple[object, object, str
 
     results = probe_run(run, task, settings)  # type: ignore[arg-type]
     sae = results.mean["sae"]
-    summary = ", ".join(f"k={k} {sae[k]['accuracy']:.3f}" for k in sae)
+    summary = ", ".join(f"k={k} {sae[k]['accuracy']:.3f} (AUC {sae[k]['auc']:.3f})" for k in sae)
+    setting = results.split.get("setting", "balanced")
     return results, write_probing, (f"sparse probing on {results.task['name']}: dictionary {summary}; all raw "
-                                    f"activations {results.llm_all['accuracy']:.3f}")
+                                    f"activations {results.llm_all['accuracy']:.3f} (AUC {results.llm_all['auc']:.3f});"
+                                    f" {setting} split")
 
 
 def _structure(run: Path, args: argparse.Namespace) -> tuple[object, object, str]:

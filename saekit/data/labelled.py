@@ -21,7 +21,8 @@ class (the class against an equal number drawn from the others), which gives exa
 fewer where this machine's files hold fewer.
 
 ``load_labelled_file`` reads a CSV or JSONL with ``text`` and ``label`` columns, split the same way (each row a
-document) and balanced down to its smallest class.
+document) and balanced down to its smallest class. SAEBench's datasets by name and ``hf:NAME`` come from the Hugging
+Face cache through ``saekit.data.hf_tasks`` (never downloaded), keeping a dataset's own train/test split.
 """
 
 from __future__ import annotations
@@ -122,8 +123,10 @@ def is_test(example: Example) -> bool:
 
 
 def balanced_task(name: str, source: str, examples: Iterable[Example], train_per_class: int | None = None,
-                  test_per_class: int | None = None, drop_conflicts: bool = False) -> LabelledTask:
-    """Split ``examples`` by document hash and keep ``n`` per class in each split, in hash order.
+                  test_per_class: int | None = None, drop_conflicts: bool = False,
+                  split_of: Callable[[Example], bool] = is_test) -> LabelledTask:
+    """Split ``examples`` by document hash (or ``split_of``: True for a test example) and keep ``n`` per class in
+    each split, in hash order.
 
     ``n`` is the given size, or (when None) the smallest class's count in that split; a class with fewer
     examples than a given size is one line naming it.
@@ -136,7 +139,7 @@ def balanced_task(name: str, source: str, examples: Iterable[Example], train_per
     ordered = sorted(unique, key=lambda e: unit_hash("order:" + e.text))
     splits = []
     for wanted, test in ((train_per_class, False), (test_per_class, True)):
-        by_class = {c: [e for e in ordered if e.label == c and is_test(e) == test] for c in classes}
+        by_class = {c: [e for e in ordered if e.label == c and split_of(e) == test] for c in classes}
         splits.append(_take(name, by_class, wanted, "test" if test else "train"))
     return LabelledTask(name, source, classes, splits[0], splits[1])
 
@@ -300,7 +303,8 @@ TASKS: dict[str, TaskSpec] = {
 def builtin_task(name: str, train_per_class: int | None = None, test_per_class: int | None = None) -> LabelledTask:
     """The built-in task ``name`` at its stated sizes (or smaller ones, for quick runs)."""
     if name not in TASKS:
-        raise SaekitError(f"unknown task {name!r}; choose one of {', '.join(TASKS)} or give a .csv/.jsonl file")
+        raise SaekitError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}, give a .csv/.jsonl file, "
+                          "or name a cached Hugging Face dataset (SAEBench's, e.g. fancyzhx/ag_news, or hf:NAME)")
     spec = TASKS[name]
     return balanced_task(name, spec.source, spec.examples(), train_per_class or spec.train_per_class,
                          test_per_class or spec.test_per_class, drop_conflicts=True)
@@ -463,9 +467,14 @@ def load_labelled_file(path: str | Path, train_per_class: int | None = None,
 
 def load_task(name_or_file: str, train_per_class: int | None = None,
               test_per_class: int | None = None) -> LabelledTask:
-    """A built-in task by name, or a ``.csv``/``.jsonl`` file."""
+    """A built-in task by name, a ``.csv``/``.jsonl`` file, or a Hugging Face dataset from the local cache (one of
+    SAEBench's by name, or ``hf:NAME``)."""
+    from saekit.data.hf_tasks import hf_task, is_hf_task  # it builds on this module's tasks
+
     if name_or_file in TASKS:
         return builtin_task(name_or_file, train_per_class, test_per_class)
+    if is_hf_task(name_or_file):  # before files: "hf:dir/x.jsonl" names a dataset, not a labelled file
+        return hf_task(name_or_file, train_per_class, test_per_class)
     if name_or_file.lower().endswith((".csv", ".jsonl")) or Path(name_or_file).exists():
         return load_labelled_file(name_or_file, train_per_class, test_per_class)
     return builtin_task(name_or_file)  # the unknown-task line

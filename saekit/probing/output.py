@@ -5,7 +5,8 @@ its plotting and leaderboard code read saekit's numbers.
 In the SAEBench file, the task stands where SAEBench names a dataset, accuracies are averaged over the classes,
 and ``llm_test_accuracy`` is the sklearn probe on all raw activations (SAEBench fits that one with its own torch
 probe, early-stopped on the test split); the per-class accuracies go to ``eval_result_unstructured`` as SAEBench
-puts them there. The random dictionary's scores have no field in SAEBench's layout and stay in ``probing.json``.
+puts them there. The random dictionary's scores have no field in SAEBench's layout and stay in ``probing.json``,
+as do the AUCs and the split setting (SAEBench's layout has accuracies only); its set sizes are the split's.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def saebench_layout(results: ProbingResults) -> dict[str, Any]:
     return {
         "eval_type_id": "sparse_probing",
         "eval_config": {"random_seed": results.settings["seed"], "dataset_names": [dataset],
-                        "probe_train_set_size": 2 * results.task["train_per_class"],
-                        "probe_test_set_size": 2 * results.task["test_per_class"],
+                        "probe_train_set_size": _set_size(results, "train"),
+                        "probe_test_set_size": _set_size(results, "test"),
                         "context_length": results.settings["context_length"], "sae_batch_size": 125,
                         "llm_batch_size": results.settings["batch_size"], "llm_dtype": "float32",
                         "model_name": results.model, "k_values": ks, "lower_vram_usage": False},
@@ -61,6 +62,29 @@ def saebench_layout(results: ProbingResults) -> dict[str, Any]:
     }
 
 
+def _set_size(results: ProbingResults, split: str) -> int:
+    """Texts in one binary task's split: the split plan's counts (older results: the balanced 2 x per class)."""
+    if results.split:
+        return results.split[f"{split}_positives"] + results.split[f"{split}_negatives"]
+    return 2 * results.task[f"{split}_per_class"]
+
+
+def split_line(results: ProbingResults) -> str:
+    """Which split setting the probes used, in words, with its counts per one-vs-rest task."""
+    split = results.split
+    if not split or split["setting"] == "balanced" and split["test_positive_fraction"] is None:
+        return ("Split setting: balanced (SAEBench): each class probed against as many texts of the others, in "
+                "training and test.")
+    test = ("balanced" if split["test_positive_fraction"] is None
+            else f"positive fraction {split['test_positive_fraction']:g}")
+    origin = "SAEBench" if split["setting"] == "balanced" else "sae-probes, Kantamneni et al. 2025"
+    return (f"Split setting: {split['setting']} ({origin}): per one-vs-rest task "
+            f"{split['train_positives']} positive and {split['train_negatives']} negative training texts "
+            f"(--train-size {split['train_size'] or 'task'}, --positive-fraction {split['positive_fraction']:g}); "
+            f"test split {test}: {split['test_positives']} positive and {split['test_negatives']} negative texts. "
+            "Read AUC first: accuracy on an imbalanced split rewards predicting the majority class.")
+
+
 def render_report(results: ProbingResults) -> str:
     """The markdown report: mean test accuracy and AUC by feature set and k, then each class."""
     task = results.task
@@ -69,8 +93,8 @@ def render_report(results: ProbingResults) -> str:
              f"{results.site} of {markdown_inline(results.model)}. Task: {markdown_inline(task['source'])}; classes "
              f"{markdown_inline(', '.join(task['classes']))}; "
              f"{task['train_per_class']} training and {task['test_per_class']} test texts per class, each class "
-             f"probed against as many texts of the others (SAEBench's one-vs-rest), context "
-             f"{results.settings['context_length']} tokens, mean over non-BOS tokens.", "",
+             f"probed against the others (one-vs-rest, split as below), context "
+             f"{results.settings['context_length']} tokens, mean over non-BOS tokens.", "", split_line(results), "",
              "## Mean over classes", ""]
     ks = list(results.mean["sae"])
     header = ["features", *[f"k={k} acc" for k in ks], *[f"k={k} AUC" for k in ks]]
@@ -84,7 +108,12 @@ def render_report(results: ProbingResults) -> str:
     class_rows = [[c.label, f"{c.llm_all.accuracy:.4f}",
                    *[f"{c.top_k[name][k].accuracy:.4f}" for name in ("sae", "llm", "random") for k in ks],
                    ", ".join(map(str, c.top_k["sae"][ks[0]].features or []))] for c in results.classes]
-    lines += [markdown_table(class_header, class_rows), ""]
+    auc_header = ["class", "all raw", *[f"{name} k={k}" for name in ("sae", "llm", "random") for k in ks]]
+    auc_rows = [[c.label, f"{c.llm_all.auc:.4f}",
+                 *[f"{c.top_k[name][k].auc:.4f}" for name in ("sae", "llm", "random") for k in ks]]
+                for c in results.classes]
+    lines += [markdown_table(class_header, class_rows), "", "## By class (test AUC)", "",
+              markdown_table(auc_header, auc_rows), ""]
     return "\n".join(lines)
 
 

@@ -7,6 +7,11 @@ on three feature sets pooled from the same forward passes (``pooling.pooled_acti
 latents, the model's raw activations at the dictionary's site (and a probe on all of them, SAEBench's
 ``llm_test_accuracy``), and the latents of an untrained dictionary of the same architecture and config, seeded.
 Scores are averaged over the classes, as SAEBench averages over a dataset's classes.
+
+The training split is SAEBench's balanced one unless ``--train-size`` (sae-probes' data-scarce setting: that many
+training texts per binary task) or ``--positive-fraction`` (its class-imbalanced setting) says otherwise
+(``SplitPlan``); the test split stays balanced unless ``--test-positive-fraction`` is given. AUC is reported beside
+accuracy throughout: it is the metric sae-probes uses and the one the reliability study kept.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from saekit.dictionaries.registry import build_dictionary, load_dictionary, read
 from saekit.errors import SaekitError
 from saekit.models.loading import LoadedModel
 from saekit.probing.pooling import pooled_activations, tokenize
-from saekit.probing.probes import BinaryTask, ProbeScore, fit_probe, one_vs_rest, sparse_probe
+from saekit.probing.probes import BinaryTask, ProbeScore, binary_split, fit_probe, sparse_probe, split_counts
 from saekit.rundir import DICTIONARY_DIR
 from saekit.settings import SEED, check_rules, setting
 from saekit.training.config import load_run_config
@@ -45,6 +50,15 @@ class ProbeSettings:
                                           minimum=1, none="task")
     test_per_class: int | None = setting(None, "test texts per class (none: the task's stated size)", minimum=1,
                                          none="task")
+    train_size: int | None = setting(None, "training texts per one-vs-rest task, positives and negatives together "
+                                     "(sae-probes' data-scarce setting: 2 to 1024; task: the most the task allows "
+                                     "at --positive-fraction)", minimum=2, none="task")
+    positive_fraction: float = setting(0.5, "share of positives in each one-vs-rest training split (sae-probes' "
+                                       "class-imbalanced setting: 0.05 to 0.95; 0.5: balanced, SAEBench's)",
+                                       above=0, below=1)
+    test_positive_fraction: float | None = setting(None, "share of positives in each test split (balanced: every "
+                                                   "test text of the class against as many others)",
+                                                   above=0, below=1, none="balanced")
     batch_size: int = setting(32, "texts per forward pass", minimum=1)
     seed: int = setting(42, "seed of the negatives' draw and of the random dictionary (SAEBench: 42)", **SEED)
 
@@ -56,6 +70,68 @@ class ProbeSettings:
         if not self.k or len(set(self.k)) != len(self.k):
             raise SaekitError(f"--k must be distinct whole numbers >= 1, e.g. 1,2,5, got {','.join(map(str, self.k))}")
         return self
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """Positives and negatives of every one-vs-rest task's training and test split (None: SAEBench's balanced
+    split, every text of the class against as many others), and the setting's name for the reports."""
+
+    setting: str
+    train_positives: int | None = None
+    train_negatives: int | None = None
+    test_positives: int | None = None
+    test_negatives: int | None = None
+
+    def describe(self, task: LabelledTask, settings: ProbeSettings) -> dict[str, Any]:
+        """The plan with the counts filled in (a balanced split: the task's texts per class, as many negatives)."""
+        return {"setting": self.setting, "train_size": settings.train_size,
+                "positive_fraction": settings.positive_fraction,
+                "test_positive_fraction": settings.test_positive_fraction,
+                "train_positives": self.train_positives or task.train_per_class,
+                "train_negatives": self.train_negatives or task.train_per_class,
+                "test_positives": self.test_positives or task.test_per_class,
+                "test_negatives": self.test_negatives or task.test_per_class}
+
+
+BALANCED = SplitPlan("balanced")
+
+
+def split_setting(settings: ProbeSettings) -> str:
+    """The split's name: SAEBench's balanced one, or sae-probes' data-scarce and/or class-imbalanced ones."""
+    names = [name for name, on in (("data-scarce", settings.train_size is not None),
+                                   ("class-imbalanced", settings.positive_fraction != 0.5)) if on]
+    return ", ".join(names) or "balanced"
+
+
+def split_plan(task: LabelledTask, settings: ProbeSettings) -> SplitPlan:
+    """The counts of every one-vs-rest split, checked against the task's texts (one line naming the flag that
+    asks too much); every class has the same counts, as the task is balanced."""
+    others = len(task.classes) - 1
+    name = split_setting(settings)
+    train = test = (None, None)
+    if name != "balanced":
+        train = split_counts(task.train_per_class, others * task.train_per_class, settings.positive_fraction,
+                             settings.train_size)
+        _check_split(task, "training", train, task.train_per_class, others * task.train_per_class,
+                     "--train-size", "--train-per-class")
+    if settings.test_positive_fraction is not None:
+        test = split_counts(task.test_per_class, others * task.test_per_class, settings.test_positive_fraction)
+        _check_split(task, "test", test, task.test_per_class, others * task.test_per_class,
+                     "--test-positive-fraction", "--test-per-class")
+    return SplitPlan(name, *train, *test)
+
+
+def _check_split(task: LabelledTask, split: str, counts: tuple[int, int], positives: int, negatives: int,
+                 flag: str, size_flag: str) -> None:
+    wanted_pos, wanted_neg = counts
+    if wanted_pos < 1 or wanted_neg < 1:
+        raise SaekitError(f"task {task.name}: a {split} split of {wanted_pos} positives and {wanted_neg} negatives "
+                          f"needs at least one of each; change {flag} or the positive fraction")
+    if wanted_pos > positives or wanted_neg > negatives:
+        raise SaekitError(f"task {task.name}: the {split} split asks {wanted_pos} positives and {wanted_neg} "
+                          f"negatives per class, the task has {positives} and {negatives}; use a smaller {flag} "
+                          f"or raise {size_flag}")
 
 
 @dataclass
@@ -81,6 +157,7 @@ class ProbingResults:
     classes: list[ClassResult]
     mean: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # set -> str(k) -> metric -> mean
     llm_all: dict[str, float] = field(default_factory=dict)
+    split: dict[str, Any] = field(default_factory=dict)  # SplitPlan.describe: the setting and its counts
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,12 +196,19 @@ def random_dictionary(dictionary: Dictionary, seed: int) -> Dictionary:
     return twin.to(next(dictionary.parameters()).device).eval().requires_grad_(False)
 
 
-def check_examples(task: LabelledTask, settings: ProbeSettings) -> None:
-    """Fewer training examples per class than the largest k: one line, before the model loads."""
+def check_examples(task: LabelledTask, settings: ProbeSettings) -> SplitPlan:
+    """The split plan, checked before the model loads: a split the task cannot fill, or fewer training positives
+    per class than the largest k, is one line."""
     largest = max(settings.k)
-    if task.train_per_class < largest:
+    plan = split_plan(task, settings)
+    if plan.train_positives is None and task.train_per_class < largest:
         raise SaekitError(f"task {task.name} has {task.train_per_class} training examples per class, fewer than "
                           f"k = {largest}; use a smaller --k or more examples")
+    if plan.train_positives is not None and plan.train_positives < largest:
+        raise SaekitError(f"task {task.name}: the {plan.setting} split has {plan.train_positives} training "
+                          f"positives per class, fewer than k = {largest}; use a smaller --k, a larger --train-size "
+                          "or --positive-fraction")
+    return plan
 
 
 def check_width(settings: ProbeSettings, width: int) -> None:
@@ -146,25 +230,27 @@ def pooled_task(inputs: ProbeInputs, task: LabelledTask, settings: ProbeSettings
 
 
 def binary_tasks(pooled: dict[str, dict[str, Tensor]], task: LabelledTask, feature_set: str,
-                 seed: int) -> list[BinaryTask]:
-    """One-vs-rest tasks on one feature set; the negatives' draw depends only on the seed and class (so every
-    feature set sees the same texts)."""
+                 seed: int, plan: SplitPlan = BALANCED) -> list[BinaryTask]:
+    """One-vs-rest tasks on one feature set, split as ``plan`` says; the draws depend only on the seed and class
+    (so every feature set sees the same texts)."""
     train_labels = [e.label for e in task.train]
     test_labels = [e.label for e in task.test]
     tasks = []
     for index, label in enumerate(task.classes):
         generator = torch.Generator().manual_seed(seed + index)
         key = "raw" if feature_set == "llm" else feature_set
-        train_x, train_y = one_vs_rest(pooled["train"][key], train_labels, label, generator)
-        test_x, test_y = one_vs_rest(pooled["test"][key], test_labels, label, generator)
+        train_x, train_y = binary_split(pooled["train"][key], train_labels, label, generator, plan.train_positives,
+                                        plan.train_negatives)
+        test_x, test_y = binary_split(pooled["test"][key], test_labels, label, generator, plan.test_positives,
+                                      plan.test_negatives)
         tasks.append(BinaryTask(label, train_x, train_y, test_x, test_y))
     return tasks
 
 
 def probe_classes(pooled: dict[str, dict[str, Tensor]], task: LabelledTask, settings: ProbeSettings,
-                  ) -> list[ClassResult]:
+                  plan: SplitPlan = BALANCED) -> list[ClassResult]:
     """Every class's probes: all raw activations, and the top-k probes on each feature set."""
-    by_set = {name: binary_tasks(pooled, task, name, settings.seed) for name in FEATURE_SETS}
+    by_set = {name: binary_tasks(pooled, task, name, settings.seed, plan) for name in FEATURE_SETS}
     results = [ClassResult(label, fit_probe(by_set["llm"][i])) for i, label in enumerate(task.classes)]
     jobs = [(name, i, k) for name in FEATURE_SETS for i in range(len(task.classes)) for k in settings.k]
     for name, i, k in tqdm(jobs, desc="fitting probes", unit="probe"):
@@ -188,13 +274,14 @@ def probe_run(run_dir: str | Path, task_name: str, settings: ProbeSettings | Non
     settings = (settings or ProbeSettings()).validate()
     run_dir = Path(run_dir)
     task = load_task(task_name, settings.train_per_class, settings.test_per_class)
-    check_examples(task, settings)
+    plan = check_examples(task, settings)
     load_run_config(run_dir)  # a missing run is one line before the model loads
     inputs = load_probe_inputs(run_dir, loaded)
     check_width(settings, min(inputs.dictionary.config.width, inputs.dictionary.config.d_in))
-    classes = probe_classes(pooled_task(inputs, task, settings), task, settings)
+    classes = probe_classes(pooled_task(inputs, task, settings), task, settings, plan)
     table, llm_all = _averages(classes)
     config = inputs.dictionary.config
     return ProbingResults(run=str(run_dir), model=inputs.loaded.name, site=inputs.site,
                           architecture=config.architecture, width=config.width, task=task.describe(),
-                          settings=asdict(settings), classes=classes, mean=table, llm_all=llm_all)
+                          settings=asdict(settings), classes=classes, mean=table, llm_all=llm_all,
+                          split=plan.describe(task, settings))
