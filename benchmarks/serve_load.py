@@ -4,13 +4,15 @@ value (encoder activations to 1e-5, clean continuation equal to ``saekit generat
 
     python benchmarks/serve_load.py RUN [--clients 20] [--seconds 60]
 
-Prints requests, errors, mismatches, p50/p99 latency per kind and the server process's RSS before and after.
-Exits 1 on any error or mismatch. Loopback only: the server binds 127.0.0.1 on a free port.
+Prints requests, errors, mismatches, p50/p99 latency per kind and the server process's RSS before, during (sampled
+every 5 s) and after; ``--json PATH`` also writes them (with the CPU) as JSON. Exits 1 on any error or mismatch.
+Loopback only: the server binds 127.0.0.1 on a free port.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import socket
 import statistics
@@ -111,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     app = app_for_runs([args.run], ServeSettings(max_latents=64, max_new_tokens=64))
     run = next(iter(app.state.saekit.runs.values()))
@@ -123,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     load = Load(f"http://127.0.0.1:{port}", run)
     before = rss_mb()
     deadline = time.monotonic() + args.seconds
+    samples: list[float] = []
+    sampler = threading.Thread(target=_sample_rss, args=(deadline, samples), daemon=True)
+    sampler.start()
     clients = [threading.Thread(target=load.client_loop, args=(deadline, n)) for n in range(args.clients)]
     for client in clients:
         client.start()
@@ -137,10 +143,31 @@ def main(argv: list[str] | None = None) -> int:
         if values:
             print(f"  {kind}: {len(values)} requests, p50 {1000 * _percentile(values, 50):.1f} ms, "
                   f"p99 {1000 * _percentile(values, 99):.1f} ms")
-    print(f"  server RSS: {before:.0f} MiB before, {after:.0f} MiB after")
+    print(f"  server RSS: {before:.0f} MiB before, {after:.0f} MiB after; during: "
+          + ", ".join(f"{value:.0f}" for value in samples))
     for line in (load.errors + load.mismatches)[:5]:
         print("  " + line)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "cpu": _cpu(), "run": str(args.run), "clients": args.clients, "seconds": args.seconds,
+            "requests": sum(map(len, load.latency.values())), "errors": load.errors, "mismatches": load.mismatches,
+            "latency_ms": {kind: {"requests": len(v), "p50": 1000 * _percentile(v, 50),
+                                  "p99": 1000 * _percentile(v, 99)} for kind, v in load.latency.items() if v},
+            "rss_mib": {"before": before, "during": samples, "after": after}}, indent=2) + "\n")
     return 1 if load.errors or load.mismatches else 0
+
+
+def _sample_rss(deadline: float, samples: list[float]) -> None:
+    while time.monotonic() < deadline:
+        time.sleep(5.0)
+        samples.append(rss_mb())
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """``saekit report``: a comparison of evaluated runs as markdown + HTML with plots.
 
 Reads each run's ``metrics.json`` and draws ΔCE by layer, and the Pareto views L0 vs FVU, L0 vs ΔCE
-and L0 vs effective-compute fraction (the frontier points are marked). Where the runs were also probed
+and L0 vs effective-compute fraction (the frontier points are marked; runs trained on other objectives than mse
+are their own legend entries, so recipes share one plot). Where the runs were also probed
 (``saekit probe``) or explained (``saekit explain``), the second axis: ΔCE against sparse-probing accuracy and
 against the auto-interp detection score (``two_axes.png``), with error bars from a reliability study beside the
 runs (the metric's seed SD) where there is one, else ΔCE's standard error over contexts. Architectures rarely land on
@@ -62,6 +63,12 @@ class SummaryRow:
     probing_tasks: str | None = None
     autointerp_detection: float | None = None  # the LLM explanations' mean detection balanced accuracy
     seed_sd: dict[str, float] | None = None  # metric key -> seed SD, from a reliability study beside the run
+    objective: str = "mse"  # the training recipe (LossConfig.recipe): runs of different objectives share one plot
+
+    @property
+    def group(self) -> str:
+        """The legend entry: the architecture, and the objective where it is not plain mse."""
+        return self.architecture if self.objective == "mse" else f"{self.architecture}, {self.objective}"
 
     def value(self, key: str) -> Any:
         """The field named ``key`` (one of the metrics compared: ``fvu``, ``delta_ce``, ``kl``...)."""
@@ -178,7 +185,7 @@ def run_row(run_dir: Path) -> SummaryRow:
         compute_fraction=reported.compute_fraction if reported else None,
         law=reported.law.name if reported else None,
         probing_accuracy=probing[0], probing_tasks=probing[1], autointerp_detection=autointerp_detection(run_dir),
-        seed_sd=seed_sd_near(run_dir),
+        seed_sd=seed_sd_near(run_dir), objective=config.loss.recipe if config is not None else "mse",
     )
 
 
@@ -250,9 +257,9 @@ def matched_l0(rows: list[SummaryRow], target: float, tolerance: float = 0.1) ->
 def _scatter(ax: Any, rows: list[SummaryRow], y_key: str, ylabel: str, lower_is_better: bool = True) -> None:
     points = [(r.l0, r.value(y_key) if lower_is_better else -r.value(y_key)) for r in rows]
     front = set(pareto_front(points))
-    for architecture, marker in zip(sorted({r.architecture for r in rows}), itertools.cycle(MARKERS)):
-        chosen = [r for r in rows if r.architecture == architecture]
-        ax.scatter([r.l0 for r in chosen], [r.value(y_key) for r in chosen], label=architecture, marker=marker,
+    for group, marker in zip(sorted({r.group for r in rows}), itertools.cycle(MARKERS)):
+        chosen = [r for r in rows if r.group == group]
+        ax.scatter([r.l0 for r in chosen], [r.value(y_key) for r in chosen], label=group, marker=marker,
                    alpha=0.8)
     frontier = sorted((rows[i].l0, rows[i].value(y_key)) for i in front)
     ax.plot([p[0] for p in frontier], [p[1] for p in frontier], "k--", linewidth=0.8, label="Pareto frontier")
@@ -270,10 +277,10 @@ def _scatter(ax: Any, rows: list[SummaryRow], y_key: str, ylabel: str, lower_is_
 def plot_summary(rows: list[SummaryRow], out_dir: Path, target_l0: float | None = None) -> list[Path]:
     paths = []
     figure, ax = plt.subplots(figsize=(5, 3.5))
-    for architecture in sorted({r.architecture for r in rows}):
-        chosen = sorted((r for r in rows if r.architecture == architecture), key=lambda r: r.layer)
+    for group in sorted({r.group for r in rows}):
+        chosen = sorted((r for r in rows if r.group == group), key=lambda r: r.layer)
         ax.errorbar([r.layer for r in chosen], [r.delta_ce for r in chosen],
-                    yerr=[r.delta_ce_se for r in chosen], marker="o", label=architecture, capsize=2)
+                    yerr=[r.delta_ce_se for r in chosen], marker="o", label=group, capsize=2)
     ax.set_xlabel("layer")
     ax.set_ylabel("ΔCE spliced - clean (nats)")
     ax.legend(fontsize=7)
@@ -315,11 +322,11 @@ def plot_two_axes(rows: list[SummaryRow], axes_wanted: list[tuple[str, str]], pa
     figure, axes = plt.subplots(1, len(axes_wanted), figsize=(5.5 * len(axes_wanted), 4), squeeze=False)
     for ax, (key, label) in zip(axes[0], axes_wanted):
         chosen = [r for r in rows if r.value(key) is not None]
-        for architecture, marker in zip(sorted({r.architecture for r in chosen}), itertools.cycle(MARKERS)):
-            group = [r for r in chosen if r.architecture == architecture]
+        for name, marker in zip(sorted({r.group for r in chosen}), itertools.cycle(MARKERS)):
+            group = [r for r in chosen if r.group == name]
             ax.errorbar([r.delta_ce for r in group], [r.value(key) for r in group],
                         xerr=[_error(r, "delta_ce") for r in group], yerr=[_error(r, key) for r in group],
-                        fmt=marker, capsize=2, label=architecture, alpha=0.85)
+                        fmt=marker, capsize=2, label=name, alpha=0.85)
         points = [(r.delta_ce, -r.value(key)) for r in chosen]  # low ΔCE and high score are both better
         frontier = sorted((chosen[i].delta_ce, chosen[i].value(key)) for i in pareto_front(points))
         ax.plot([p[0] for p in frontier], [p[1] for p in frontier], "k--", linewidth=0.8, label="Pareto frontier")
@@ -334,14 +341,14 @@ def _optional(value: float | None, spec: str = ".4f") -> str:
 
 
 def _markdown(rows: list[SummaryRow], matched: list[MatchedL0], plots: list[Path]) -> str:
-    header = ["run", "site", "architecture", "L0", "FVU (all tokens)", "FVU without outliers", "ΔCE (nats)", "KL",
+    header = ["run", "site", "architecture (objective)", "L0", "FVU (all tokens)", "FVU without outliers", "ΔCE (nats)", "KL",
               "effective compute"]
     second = [key for key, _ in SECOND_AXIS if any(r.value(key) is not None for r in rows)]
     header += [{"probing_accuracy": "probing acc. (k=1)", "autointerp_detection": "detection"}[k] for k in second]
     table = []
     for r in rows:
         compute = f"{r.compute_fraction:.3g}x ({r.law})" if r.compute_fraction is not None else "-"
-        table.append([r.run, r.site, r.architecture, f"{r.l0:.1f}", f"{r.fvu:.4f}",
+        table.append([r.run, r.site, r.group, f"{r.l0:.1f}", f"{r.fvu:.4f}",
                       _optional(r.fvu_without_outliers), f"{r.delta_ce:.4f} ± {r.delta_ce_se:.4f}",
                       f"{r.kl:.4f}", compute, *[_with_sd(r, k) for k in second]])
     lines = ["# saekit summary", "", markdown_table(header, table)]

@@ -273,6 +273,11 @@ class ObjectiveConfig:
         """Whether any phase runs the model in the loop (so batches must be whole contexts, not cached activations)."""
         return self.objective in KL_OBJECTIVES or self.finetune_fraction is not None
 
+    @property
+    def recipe(self) -> str:
+        """A short name for plots and tables: the objective, ``+ft`` with a fine-tune tail (``mse+ft``)."""
+        return self.objective + ("+ft" if self.finetune_fraction is not None else "")
+
     def describe(self) -> str:
         """One sentence naming what the dictionary was trained to minimise (for reports)."""
         text = {"mse": "mse (the reconstruction error at the site)",

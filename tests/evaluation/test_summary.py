@@ -103,3 +103,18 @@ def test_the_second_axis_is_read_from_what_probe_explain_and_reliability_left(tm
     assert "tasks each run was probed on: code, language" in text
     path = plot_two_axes([row, plain], [("probing_accuracy", "probing")], tmp_path / "two_axes.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_runs_of_other_objectives_are_their_own_entries_on_the_shared_plots():
+    from dataclasses import replace
+
+    from saekit.evaluation.summary import _markdown
+    from saekit.training.objectives import ObjectiveConfig
+
+    recipes = [ObjectiveConfig(**kw).recipe for kw in ({}, {"objective": "kl"}, {"finetune_fraction": 0.1})]
+    assert recipes == ["mse", "kl", "mse+ft"]
+    kl = replace(ROWS[0], run="topk-kl", objective="kl")
+    assert (ROWS[0].group, kl.group) == ("topk", "topk, kl")
+    text = _markdown([ROWS[0], kl], [], [])
+    assert "| topk-k20 | blocks.1.resid_post | topk |" in text
+    assert "| topk-kl | blocks.1.resid_post | topk, kl |" in text
