@@ -76,10 +76,16 @@ def test_attribute_job_writes_the_graph_and_checks_ablations(graph_dir):
     assert 0 < int(pruned.node_mask[:graph.n_features].sum()) < graph.n_features
     checks = json.loads((graph_dir / "ablations.json").read_text())["checks"]
     assert len(checks) == 4
-    for check in checks:
-        assert all(abs(v) < 1e3 for v in check["predicted"] + check["measured"])
-        if check["layer"] == LAYERS - 1:  # nothing downstream: the prediction is the direct effect alone
-            assert check["predicted"] == pytest.approx(check["direct"], rel=1e-4, abs=1e-5)
-    # Ablating the graph's most influential latents moves the real model's target logit.
-    assert max(abs(check["measured"][0]) for check in checks) > 1e-3
+    last_layer = [check for check in checks if check["layer"] == LAYERS - 1]
+    assert last_layer, "the most influential latents include one at the last layer"
+    for check in last_layer:
+        # Nothing downstream: the prediction is the direct effect alone, and the real model differs from it only
+        # by the final norm's scale, which the graph freezes. Stated tolerance: the measured change within 30% of
+        # the predicted one, same sign (2026-12-07, this test's transcoders, 7 such checks on two prompts: at most
+        # 19% apart). Latents of early layers reach the logit through 29 frozen attention layers and transcoders
+        # trained on 8k tokens; there the linear graph is not held to the real model (signs agreed on 7 of 13).
+        assert check["predicted"] == pytest.approx(check["direct"], rel=1e-4, abs=1e-5)
+        predicted, measured = check["predicted"][0], check["measured"][0]
+        assert abs(measured) > 0.05 and predicted * measured > 0, check
+        assert abs(predicted - measured) <= 0.3 * abs(measured), check
     assert "measured change (real model)" in (graph_dir / "report.md").read_text()
