@@ -62,12 +62,13 @@ def _imported_run(root: Path) -> Path:
 
 def test_evaluate_by_name_gives_the_native_numbers(workspace, default_loaded):
     root, native, name = workspace
-    assert main(["evaluate", name, "--eval-tokens", str(EVAL_TOKENS), *IMPORT_FLAGS]) == 0
+    # No sample generations anywhere here (--generations 0): only the losses and reconstruction are compared.
+    assert main(["evaluate", name, "--eval-tokens", str(EVAL_TOKENS), "--generations", "0", *IMPORT_FLAGS]) == 0
     imported = _imported_run(root)
     record = json.loads((imported / IMPORT_RECORD).read_text())
     assert record["format"] == "saelens" and record["config"]["data"]["model"] == "default"
-    ours = evaluate_run(imported, loaded=default_loaded, eval_tokens=EVAL_TOKENS)
-    theirs = evaluate_run(native, loaded=default_loaded, eval_tokens=EVAL_TOKENS)
+    ours = evaluate_run(imported, loaded=default_loaded, eval_tokens=EVAL_TOKENS, generations=0)
+    theirs = evaluate_run(native, loaded=default_loaded, eval_tokens=EVAL_TOKENS, generations=0)
     for metric in ("ce_clean", "ce_spliced", "ce_zero", "kl_spliced", "delta_ce_spliced"):
         assert getattr(ours.losses, metric).mean == pytest.approx(getattr(theirs.losses, metric).mean, rel=1e-4), metric
     assert ours.losses.loss_recovered_vs_zero_ablation == pytest.approx(
