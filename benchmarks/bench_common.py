@@ -1,4 +1,4 @@
-"""Small helpers every benchmark process uses: prefixed logging, package versions, timing, failures.
+"""Small helpers every benchmark process uses: prefixed logging, package versions, timing, failures, the CPU.
 
 Plain standard library, so the comparison venvs' workers import it too (a script's own folder is on
 ``sys.path``).
@@ -7,11 +7,13 @@ Plain standard library, so the comparison venvs' workers import it too (a script
 from __future__ import annotations
 
 import json
+import platform
 import sys
 import time
 import traceback
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 
@@ -112,3 +114,14 @@ def warmup_batch(warmup_tokens: Any, per_batch: int) -> Any:
     """``per_batch`` warm-up contexts (the hand-off's warm-up contexts, tiled when more are wanted)."""
     times = -(-per_batch // warmup_tokens.shape[0])
     return warmup_tokens.repeat(times, 1)[:per_batch]
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (every timing names the machine it came from)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

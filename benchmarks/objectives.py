@@ -31,10 +31,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
+
+from bench_common import cpu_name
 
 from saekit.evaluation.adapted import evaluate_adapter
 from saekit.evaluation.evaluate import evaluate_run
@@ -57,13 +58,6 @@ RECIPES = {
     "e2e_ds": {"objective": "e2e_ds", "kl_coefficient": 0.5, "downstream_coefficient": 2.5},
     "mse+lora": {},  # the mse recipe, then adapters (run_recipe)
 }
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def recipe_overrides(name: str, args: argparse.Namespace) -> dict:

@@ -24,6 +24,8 @@ import datetime
 import time
 from pathlib import Path
 
+from bench_common import cpu_name
+
 from saekit.io import write_json, write_text
 from saekit.jobs.control import ControlConfig, control_train_config, train_control
 from saekit.probing.sparse_probing import ProbeSettings, probe_run
@@ -32,13 +34,6 @@ from saekit.training.config import load_run_config
 
 SETS = {"sae": "run's dictionary", "random": "random dictionary", "llm": "raw activations, top-k",
         "control": "randomized model: its dictionary", "control_llm": "randomized model: raw, top-k"}
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def probe_task(run: Path, control: Path, task: str, settings: ProbeSettings, loaded, randomized) -> dict:

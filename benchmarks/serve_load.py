@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import torch
 import uvicorn
+from bench_common import cpu_name
 
 from saekit.evaluation.generation import side_by_side
 from saekit.models.hooks import capture
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  " + line)
     if args.json:
         args.json.write_text(json.dumps({
-            "cpu": _cpu(), "run": str(args.run), "clients": args.clients, "seconds": args.seconds,
+            "cpu": cpu_name(), "run": str(args.run), "clients": args.clients, "seconds": args.seconds,
             "requests": sum(map(len, load.latency.values())), "errors": load.errors, "mismatches": load.mismatches,
             "latency_ms": {kind: {"requests": len(v), "p50": 1000 * _percentile(v, 50),
                                   "p99": 1000 * _percentile(v, 99)} for kind, v in load.latency.items() if v},
@@ -162,12 +163,6 @@ def _sample_rss(deadline: float, samples: list[float]) -> None:
         time.sleep(5.0)
         samples.append(rss_mb())
 
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ from typing import Any
 import torch
 from bench_common import (
     MESSAGE_MARK,
+    cpu_name,
     package_version,
     prefixed_log,
     repeat_contexts,
@@ -115,16 +116,6 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_average() -> list[float] | None:
