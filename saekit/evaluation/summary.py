@@ -31,7 +31,7 @@ from saekit.dictionaries.base import Span  # noqa: E402
 from saekit.dictionaries.registry import ARCHITECTURES, span_of  # noqa: E402
 from saekit.errors import SaekitError  # noqa: E402
 from saekit.evaluation.effective_compute import EffectiveCompute  # noqa: E402
-from saekit.evaluation.reliability import RELIABILITY_FILE, read_seed_noise  # noqa: E402
+from saekit.evaluation.reliability import seed_noise_near  # noqa: E402
 from saekit.evaluation.results import EvaluationResults  # noqa: E402
 from saekit.io import OutputTarget, claim_output, mark_output, read_json, write_json, write_text  # noqa: E402
 from saekit.models.sites import parse_site  # noqa: E402
@@ -162,9 +162,8 @@ def autointerp_detection(run_dir: Path) -> float | None:
 
 
 def seed_sd_near(run_dir: Path) -> dict[str, float] | None:
-    """The seed SDs of a reliability study (``saekit reliability``) in the run's parent directory."""
-    path = run_dir.parent / RELIABILITY_FILE
-    return read_seed_noise(path) if path.is_file() else None
+    """The seed SDs of a reliability study (``saekit reliability``) in the run's parent directory, else None."""
+    return seed_noise_near([str(run_dir)]) or None
 
 
 def run_row(run_dir: Path) -> SummaryRow:
@@ -341,8 +340,8 @@ def _optional(value: float | None, spec: str = ".4f") -> str:
 
 
 def _markdown(rows: list[SummaryRow], matched: list[MatchedL0], plots: list[Path]) -> str:
-    header = ["run", "site", "architecture (objective)", "L0", "FVU (all tokens)", "FVU without outliers", "ΔCE (nats)", "KL",
-              "effective compute"]
+    header = ["run", "site", "architecture (objective)", "L0", "FVU (all tokens)", "FVU without outliers",
+              "ΔCE (nats)", "KL", "effective compute"]
     second = [key for key, _ in SECOND_AXIS if any(r.value(key) is not None for r in rows)]
     header += [{"probing_accuracy": "probing acc. (k=1)", "autointerp_detection": "detection"}[k] for k in second]
     table = []
