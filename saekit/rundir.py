@@ -38,7 +38,8 @@ METRICS_FILE = "metrics.json"  # evaluation's results, what summaries and report
 REPORT_FILE = "report.md"
 DASHBOARD_DIR = "dashboard"  # where `saekit dashboard` writes a run's site by default
 # The second axis, as later stages leave it in a run (read back by `saekit report`'s Pareto view):
-PROBING_RESULTS = "probing/*/probing.json"  # `saekit probe RUN --task T` (one directory per task)
+PROBING_RESULTS_FILE = "probing.json"  # what `saekit probe RUN --task T` writes (probing/output.py)
+PROBING_RESULTS = f"probing/*/{PROBING_RESULTS_FILE}"  # one directory per task
 AUTOINTERP_SCORES = "autointerp/scores.json"  # `saekit explain RUN`
 # What a run directory holds before its first checkpoint: a fresh start may overwrite these and nothing else.
 FRESH_RUN_ENTRIES = frozenset({CONFIG_FILE, LOG_FILE, DENSITY_FILE, THROUGHPUT_FILE, STATS_FILE, LOCK_FILE,

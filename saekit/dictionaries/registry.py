@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import textwrap
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -112,12 +113,22 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
 
+_T = TypeVar("_T")
+
 
 def build_dictionary(config: DictionaryConfig) -> Dictionary:
     cls = architecture_class(config.architecture)
     if cls.fixed_l0() and not 0 < config.k <= config.width:
         raise SaekitError(f"k={config.k} must be between 1 and the width {config.width}")
     return cls(config)
+
+
+def seeded(seed: int, build: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """``build(*args, **kwargs)`` with the CPU generator seeded by ``seed`` (a deterministic initialisation),
+    the caller's CPU random state restored afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build(*args, **kwargs)
 
 
 def read_sites(source: dict[str, Any]) -> list[str]:

@@ -23,6 +23,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from saekit.dictionaries.registry import seeded
 from saekit.errors import SaekitError
 from saekit.probing.probes import NEGATIVE, POSITIVE, BinaryTask
 
@@ -40,9 +41,7 @@ def train_probe(task: BinaryTask, epochs: int = 20, lr: float = 1e-3, batch_size
                 seed: int = 42) -> nn.Linear:
     """SAEBench's SCR/TPP probe on ``task``'s features: the epoch with the best test accuracy (seeded)."""
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        probe = nn.Linear(task.train_x.shape[1], 1)
+    probe = seeded(seed, nn.Linear, task.train_x.shape[1], 1)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=lr)
     loss_fn = nn.BCEWithLogitsLoss()
     x, y = task.train_x.float(), task.train_y.float()

@@ -19,8 +19,9 @@ from typing import Any
 from saekit.io import write_json, write_text
 from saekit.probing.sparse_probing import ProbingResults
 from saekit.render import markdown_inline, markdown_table
+from saekit.rundir import PROBING_RESULTS_FILE
 
-RESULTS_FILE = "probing.json"
+RESULTS_FILE = PROBING_RESULTS_FILE  # the name `saekit report` globs for (saekit/rundir.py)
 REPORT_FILE = "probing.md"
 SAEBENCH_FILE = "sparse_probing_saebench.json"
 SET_NAMES = {"sae": "dictionary latents", "llm": "raw activations", "random": "random dictionary"}

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from saekit.data.labelled import LabelledTask, load_task
 from saekit.dictionaries.base import Dictionary
-from saekit.dictionaries.registry import build_dictionary, load_dictionary, read_sites
+from saekit.dictionaries.registry import build_dictionary, load_dictionary, read_sites, seeded
 from saekit.errors import SaekitError
 from saekit.models.loading import LoadedModel
 from saekit.probing.pooling import pooled_activations, tokenize
@@ -190,9 +190,7 @@ def load_probe_inputs(run_dir: Path, loaded: LoadedModel | None = None) -> Probe
 
 def random_dictionary(dictionary: Dictionary, seed: int) -> Dictionary:
     """An untrained dictionary of the same architecture and config, initialised under ``seed``."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        twin = build_dictionary(dictionary.config)
+    twin = seeded(seed, build_dictionary, dictionary.config)
     return twin.to(next(dictionary.parameters()).device).eval().requires_grad_(False)
 
 

@@ -31,7 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saekit.dictionaries.base import Dictionary, DictionaryConfig
-from saekit.dictionaries.registry import build_dictionary
+from saekit.dictionaries.registry import build_dictionary, seeded
 from saekit.errors import SaekitError
 from saekit.evaluation.evaluate import eval_contexts
 from saekit.models.hooks import capture
@@ -183,9 +183,7 @@ def meta_dictionary(rows: Tensor, settings: StructureSettings) -> Dictionary:
     """A BatchTopK dictionary trained on ``rows`` with saekit's trainer (seeded), in eval mode."""
     width = max(math.ceil(len(rows) * settings.meta_width_ratio), settings.meta_k)
     config = DictionaryConfig("batchtopk", d_in=rows.shape[1], width=width, k=settings.meta_k)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(settings.seed)
-        meta = build_dictionary(config)
+    meta = seeded(settings.seed, build_dictionary, config)
     optim = OptimConfig(lr=settings.meta_lr, warmup_steps=0, decay_fraction=0.0, seed=settings.seed,
                         batch_size=settings.meta_batch_size)
     batches = _row_batches(rows.float(), settings.meta_batch_size, torch.Generator().manual_seed(settings.seed))

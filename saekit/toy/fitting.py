@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from saekit.dictionaries.base import Dictionary, DictionaryConfig
-from saekit.dictionaries.registry import ARCHITECTURES, build_dictionary
+from saekit.dictionaries.registry import ARCHITECTURES, build_dictionary, seeded
 from saekit.errors import SaekitError
 from saekit.training.schedule import OptimConfig
 from saekit.training.trainer import fit_dictionary
@@ -90,9 +90,7 @@ def input_scale(stream_factory: StreamFactory, batches: int = 8) -> float:
 def train_once(architecture: str, d: int, stream_factory: StreamFactory, config: FitConfig,
                knob_value: float | None, steps: int, scale: float) -> tuple[Dictionary, list[dict[str, float]]]:
     """Train with a fixed sparsity setting; returns the dictionary (scale folded in) and the step log."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        dictionary = build_dictionary(dictionary_config(architecture, d, config, knob_value))
+    dictionary = seeded(config.seed, build_dictionary, dictionary_config(architecture, d, config, knob_value))
     batches = (scale * x for x in stream_factory())
     optim = OptimConfig(lr=config.lr, sparsity_warmup_fraction=config.sparsity_warmup_fraction)
     log = fit_dictionary(dictionary, batches, steps, optim)

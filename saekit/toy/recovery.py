@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from saekit.dictionaries.base import Dictionary
-from saekit.dictionaries.registry import build_dictionary
+from saekit.dictionaries.registry import build_dictionary, seeded
 from saekit.errors import SaekitError
 from saekit.toy.worlds import AnimalsSample, AnimalsWorld, HierarchicalWorld
 
@@ -177,9 +177,7 @@ def fvu(dictionary: Encoder, x: Tensor, latents: Tensor) -> float:
 
 def random_dictionary_like(dictionary: Dictionary, seed: int = 0) -> Dictionary:
     """Same architecture, config and shape; fresh random unit decoder rows and tied encoder; untrained."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_dictionary(dictionary.config)
+    return seeded(seed, build_dictionary, dictionary.config)
 
 
 class ProjectionDictionary:

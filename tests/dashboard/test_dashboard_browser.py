@@ -4,16 +4,15 @@ examples, and corpus text containing ``<script>`` is displayed as text and never
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from browser_helpers import CHROMIUM
 
 from saekit.analysis.store import AnalysisStore
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="the chromium binary is not installed "
                                                         "(apt-get install -y chromium); CI installs it")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

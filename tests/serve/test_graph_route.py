@@ -5,15 +5,13 @@ server keeps serving, and a transcoder set that misses an MLP is refused at star
 from __future__ import annotations
 
 import json
-import shutil
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
+from browser_helpers import CHROMEDRIVER, CHROMIUM, headless_chrome
 from fastapi.testclient import TestClient
+from serve.helpers import served
 
 from saekit.circuits.graph import FEATURE_TYPE
 from saekit.cli import main
@@ -162,33 +160,14 @@ def test_transcoders_missing_an_mlp_are_refused_at_startup(transcoders, capsys):
     assert "replaces the MLPs of layers 0 but not of layers 1 of the model's 2" in errors[0]
 
 
-CHROMEDRIVER = shutil.which("chromedriver")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 @pytest.mark.skipif(CHROMEDRIVER is None or CHROMIUM is None, reason="chromium and chromium-driver are not installed")
 def test_page_graph_button_opens_the_graph(graph_app):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    server = uvicorn.Server(uvicorn.Config(graph_app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
+    with served(graph_app) as url, headless_chrome() as driver:
         wait = WebDriverWait(driver, 60)
-        driver.get(f"http://127.0.0.1:{port}/")
+        driver.get(url + "/")
         wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
         driver.find_element(By.ID, "prompt").send_keys("The <b>cat</b> sat")
         driver.find_element(By.ID, "graph").click()
@@ -200,7 +179,3 @@ def test_page_graph_button_opens_the_graph(graph_app):
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#graph svg"))  # its script ran under the CSP
         assert driver.find_element(By.CSS_SELECTOR, "p.prompt").text == "The <b>cat</b> sat"
         assert not driver.find_elements(By.CSS_SELECTOR, "header b")
-    finally:
-        driver.quit()
-        server.should_exit = True
-        thread.join(timeout=10)

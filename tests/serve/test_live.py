@@ -7,13 +7,13 @@ Set ``SAEKIT_SERVE_SCREENSHOTS=DIR`` to save the page's views as ``DIR/serve-*.p
 from __future__ import annotations
 
 import os
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
+from browser_helpers import headless_chrome
 from serve.helpers import EVIL, offline_latents
 
 from saekit.evaluation.generation import side_by_side
@@ -46,27 +46,10 @@ def test_concurrent_clients_each_get_their_own_answer(live_url, runs):
         list(pool.map(lambda pair: pair[1](pair[0]), enumerate(work)))
 
 
-CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists()
-                                                else None)
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 @pytest.fixture(scope="module")
 def browser():
-    if CHROMEDRIVER is None or CHROMIUM is None:
-        pytest.skip("chromium and chromium-driver are not installed (apt-get install -y chromium chromium-driver; "
-                    "scripts/install.sh --test installs them)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,1000",
-                 "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
+    with headless_chrome("--window-size=1200,1000") as driver:
+        yield driver
 
 
 def _shot(driver, name: str) -> None:
