@@ -46,7 +46,7 @@ def record_forward_ceiling(run_dir: Path, config: TrainConfig, loaded: LoadedMod
     path = run_dir / THROUGHPUT_FILE
     record = read_json(path, "training throughput record") if path.is_file() else {}
     rate = record.get("model_forward_tokens_per_s")
-    if not rate:  # resumed from cached activations: no forward this session to measure
+    if not rate or "model_forward_ceiling" in record:  # no forward to measure, or measured when it ran
         return
     through = max(parse_site(site).layer for site in (*config.input_sites, *config.target_sites))
     record["model_forward_ceiling"] = forward_against_ceiling(

@@ -428,7 +428,9 @@ def _train_prepared(configs: list[TrainConfig], run_dirs: list[Path], source: Ac
     if writes:
         for state, run_dir in zip(states, run_dirs):
             state.save_outputs(run_dir)
-            write_json(run_dir / THROUGHPUT_FILE, throughput_record(timing, source, state, len(states), group))
+            # A resume of a finished run trains nothing: the session that trained keeps its record.
+            if timing.steps or not (run_dir / THROUGHPUT_FILE).exists():
+                write_json(run_dir / THROUGHPUT_FILE, throughput_record(timing, source, state, len(states), group))
 
 
 def train_run(config: TrainConfig, runs_dir: str | Path = "runs", resume: bool = False,

@@ -59,6 +59,10 @@ def test_the_quickstart_records_the_forward_only_when_it_ran_one(tiny_loaded, ti
     # q 2*32*32 + k, v 2*32*16 each + o 2*32*32 = 6144; MLP 3*2*32*64 = 12288; attention 2*4*8*129 = 8256
     assert ceiling["flops_per_token"] == 6144 + 12288 + 8256
     assert ceiling["through_layer"] == 0
+    marked = {"model_forward_tokens_per_s": 2000.0, "model_forward_ceiling": {"ceiling_fraction": 0.5}}
+    write_json(path, marked)  # measured when the forward ran: a later resume leaves it alone
+    record_forward_ceiling(tmp_path, config, tiny_loaded)
+    assert read_json(path, "throughput") == marked
 
 
 def test_the_report_states_the_fraction():

@@ -62,6 +62,15 @@ def test_existing_run_and_changed_resume_are_refused(tiny_loaded, tiny_model_dir
         train_run(changed, tmp_path / "runs", resume=True, loaded=tiny_loaded, progress=False)
 
 
+def test_resuming_a_finished_run_keeps_the_training_sessions_throughput(tiny_loaded, tiny_model_dir, tmp_path):
+    config = _config(tiny_model_dir, tmp_path, train_tokens=512)
+    run_dir = train_run(config, tmp_path / "runs", loaded=tiny_loaded, progress=False)
+    trained = json.loads((run_dir / "throughput.json").read_text())
+    assert trained["steps_this_session"] == config.total_steps
+    train_run(config, tmp_path / "runs", resume=True, loaded=tiny_loaded, progress=False)
+    assert json.loads((run_dir / "throughput.json").read_text()) == trained
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_loaded, tiny_model_dir, tmp_path):
     config = _config(tiny_model_dir, tmp_path, lr=1e30, warmup_steps=1, checkpoint_every=1, train_tokens=256 * 20)
     message = r"loss became (nan|inf) at step \d+ in run tiny; stopped. The last good checkpoint \(step \d+\)"
