@@ -14,7 +14,9 @@ tie (SAEBench leaves the key out then).
 top-N latents by clamped effect are ablated and the drop in class i's probe accuracy, minus the mean drop of the
 other probes, is its score; scores are averaged over the classes.
 
-Both ablate in the pooled activations (``ablation.ablate``), which equals SAEBench's per-token ablation.
+Both ablate in the pooled activations (``ablation.ablate``), which equals SAEBench's per-token ablation over the
+kept tokens. SAEBench also subtracts f(0)[A] W_dec[A] at every zeroed BOS/pad position (non-zero for a TopK SAE);
+saekit ablates real tokens only (tests/probing/test_saebench_scr_tpp_parity.py measures the difference).
 """
 
 from __future__ import annotations
