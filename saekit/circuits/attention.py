@@ -87,18 +87,22 @@ class HeadSplit:
 
 def node_positions(graph: Graph) -> Tensor:
     """[N]: the prompt position of every node (logits: the last)."""
-    return torch.tensor([graph.node_position(node) for node in range(graph.n_nodes)])
+    return graph.node_positions()
 
 
 def crossing_edges(graph: Graph, pruned: PrunedGraph | None = None) -> tuple[Tensor, Tensor]:
     """(targets, sources) of the nonzero edges whose ends sit at different positions (of the pruned graph's kept
-    edges where ``pruned`` is given, else of every edge)."""
-    mask = graph.adjacency != 0
+    edges where ``pruned`` is given, else of every edge), from the graph's stored rows."""
+    row_nodes = graph.row_nodes
+    mask = graph.rows != 0
     if pruned is not None:
-        mask &= pruned.edge_mask & pruned.node_mask[:, None] & pruned.node_mask[None, :]
+        mask &= pruned.edge_mask
+        mask &= pruned.node_mask[row_nodes][:, None]
+        mask &= pruned.node_mask[None, :]
     positions = node_positions(graph)
-    mask &= positions[:, None] != positions[None, :]
-    return mask.nonzero(as_tuple=True)
+    mask &= positions[row_nodes][:, None] != positions[None, :]
+    rows, sources = mask.nonzero(as_tuple=True)
+    return row_nodes[rows], sources
 
 
 def target_of(graph: Graph, node: int) -> Target:
@@ -235,7 +239,7 @@ def head_split(replacement: ReplacementModel, graph: Graph, pruned: PrunedGraph 
             for layer, grad in enumerate(grads):
                 at_source = grad.float().cpu()[copies, :, positions[in_chunk]]  # [edges, heads, hd]
                 parts[in_chunk, layer] = (at_source * values[source_index[in_chunk], layer]).sum(-1)
-    return HeadSplit(sources, targets, graph.adjacency[targets, sources].float(), parts)
+    return HeadSplit(sources, targets, graph.rows[graph.row_index(targets), sources].float(), parts)
 
 
 def head_split_record(graph: Graph, split: HeadSplit, top: int = 5) -> dict:

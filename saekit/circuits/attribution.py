@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -44,8 +46,8 @@ class AttributionConfig:
                                        "probability", above=0, maximum=1)
     batch_size: int = setting(32, "targets per backward pass; memory grows with it", minimum=1)
     max_feature_nodes: int | None = setting(None, "keep only this many latents (largest activations; none: all "
-                                            "active). The adjacency matrix, and the memory to prune it, grow with "
-                                            "the square of the nodes", minimum=1)
+                                            "active). The adjacency's rows (one per latent and target, one "
+                                            "column per node), and the memory to prune them, grow with it", minimum=1)
     progress: bool = setting(True, "show progress and the memory estimate")
     max_memory_gb: float | None = setting(None, "refuse to start when the estimated peak memory is over this many "
                                           "GB (none: 90% of the memory free when the check runs)", above=0)
@@ -91,6 +93,31 @@ def check_memory(replacement: ReplacementModel, features: int, logits: int, conf
     check_attribution_memory(estimate, attribution_budgets(config.max_memory_gb, device, estimate.clean), device)
     if config.progress:
         print(estimate_attribution(sizes, matmul_rate(sizes, device)).describe(device))
+
+
+def _shared_pattern_mix(layer: int, pattern: Tensor, values: Tensor) -> Tensor:
+    """``pattern @ values`` for one clean pattern [1, heads, S, S] and a batch of values [B, heads, S, hd], as one
+    product per head over the copies' values side by side. Broadcast, matmul expands the pattern to every copy
+    and keeps that copy for the backward pass: heads x S^2 floats a copy, 4.5 GB at 2,048 tokens on SmolLM2."""
+    if pattern.shape[0] != 1:
+        return pattern @ values
+    batch, heads, seq, head_dim = values.shape
+    side_by_side = values.permute(1, 2, 0, 3).reshape(heads, seq, batch * head_dim)
+    return (pattern[0] @ side_by_side).view(heads, seq, batch, head_dim).permute(2, 0, 1, 3)
+
+
+@contextmanager
+def _shared_patterns(replacement: ReplacementModel) -> Iterator[None]:
+    """The kept forward's attention applies the one clean pattern to every copy (unless a caller already mixes
+    values its own way: the head split)."""
+    if replacement.value_mix is not None:
+        yield
+        return
+    replacement.value_mix = _shared_pattern_mix
+    try:
+        yield
+    finally:
+        replacement.value_mix = None
 
 
 def _target_values(output: ReplacementOutput, targets: list[Target], last: int) -> Tensor:
@@ -168,25 +195,27 @@ def attribute(replacement: ReplacementModel, prompt: str, config: AttributionCon
         logit_tokens, logit_probabilities = chosen_logits(clean.logits, config)
         outputs = [LogitTarget(int(token)) for token in logit_tokens]
     features, activations = active_features(replacement, config)
-    check_memory(replacement, features.shape[0], len(outputs), config)  # before the passes and the adjacency
+    check_memory(replacement, features.shape[0], len(outputs), config)  # before the passes and the rows
     all_targets: list[Target] = outputs + \
         [LatentTarget(layer, position, latent) for layer, position, latent in features.tolist()]
-    n_positions = len(clean.input_ids)
-    n_sources = features.shape[0] + len(replacement.error_layers) * n_positions + n_positions
+    n_features, n_positions = features.shape[0], len(clean.input_ids)
+    n_sources = n_features + len(replacement.error_layers) * n_positions + n_positions
     n_nodes = n_sources + len(outputs)
-    adjacency = torch.zeros(n_nodes, n_nodes)
-    rows = list(range(n_sources, n_nodes)) + list(range(features.shape[0]))
+    # Only latents and logits have inputs: their rows are all of the adjacency (Graph.rows: latents, then logits).
+    adjacency_rows = torch.zeros(n_features + len(outputs), n_nodes)
+    rows = list(range(n_features, n_features + len(outputs))) + list(range(n_features))  # the targets' rows
     batches = math.ceil(len(all_targets) / config.batch_size)
     # One forward pass of batch_size copies, kept: each chunk of targets is one backward pass through it.
     nodes = replacement.clean_nodes(min(config.batch_size, len(all_targets)), requires_grad=True)
-    output = replacement.forward(*nodes, last_logits_only=True)
+    with _shared_patterns(replacement):
+        output = replacement.forward(*nodes, last_logits_only=True)
     for index in tqdm(range(batches), desc="attribution", unit="batch", disable=not config.progress):
         chunk = slice(index * config.batch_size, (index + 1) * config.batch_size)
-        adjacency[rows[chunk], :n_sources] = _direct_effects(output, nodes, all_targets[chunk], features,
-                                                             activations)
+        adjacency_rows[rows[chunk], :n_sources] = _direct_effects(output, nodes, all_targets[chunk], features,
+                                                                  activations)
     del output, nodes
     if config.zero_bos_errors:  # circuit-tracer's convention: the BOS MLP outputs are in no node
-        adjacency[:, features.shape[0]:features.shape[0] + len(replacement.error_layers) * n_positions:n_positions] = 0
+        adjacency_rows[:, n_features:n_features + len(replacement.error_layers) * n_positions:n_positions] = 0
 
     def decode(ids: Tensor) -> list[str]:
         return [tokenizer.decode([int(i)]) for i in ids]
@@ -197,7 +226,7 @@ def attribute(replacement: ReplacementModel, prompt: str, config: AttributionCon
         transcoders=transcoders_path, layers=list(replacement.error_layers), features=features,
         activations=activations, logit_tokens=logit_tokens.cpu(), logit_probabilities=logit_probabilities.cpu(),
         logit_strings=[r["label"] if targets else tokenizer.decode([r["token"]]) for r in records],
-        adjacency=adjacency,
+        rows=adjacency_rows,
         settings={**asdict(config), "model_layers": replacement.loaded.adapter.n_layers,
                   "seconds": time.perf_counter() - started, "targets": records,
                   "explicit_targets": bool(targets), "frozen_mlp_layers": list(replacement.frozen_layers),

@@ -6,13 +6,16 @@
   position, the replaced layers' latents, and per error layer (every replaced MLP, and every MLP
   ``--freeze-unreplaced-mlps`` freezes: its whole clean output is an error node) its errors and MLP inputs;
 - the kept forward pass of ``batch_size`` copies and one backward pass through it: per copy the node
-  values and their gradients, the attention pattern each layer saves for the backward pass, the
-  latents' pre-activations, and the transient of the one layer being computed;
-- the adjacency matrix (host memory, held throughout): dense over N = F + error layers x S + S + logits
-  nodes, N^2 float32, so it grows with the square of the prompt;
-- pruning it: seven more N^2 float32 temporaries at once (|A|, its normalisation, the masked copy, the
-  edge scores, sorting them with their int64 indices, their cumulative share); the ablation check
-  after it needs less (float64 copies of the F x F latent block).
+  values and their gradients, the latents' pre-activations, two activations per layer and the transient
+  of the one layer being computed. The clean attention patterns (heads x S^2 a layer, 4.5 GB at 2,048
+  tokens on SmolLM2-135M) are shared by the copies, not copied per copy (``attribution._shared_pattern_mix``),
+  so a small ``--batch-size`` bounds this part: it is linear in the batch and in S;
+- the adjacency's rows (host memory, held throughout): only latents and logits have inputs, so only their
+  F + logits rows are stored, each over N = F + error layers x S + S + logits nodes: (F + logits) x N
+  float32, linear in the prompt and in ``--max-feature-nodes``, never N^2;
+- pruning them: three more such float32 arrays at once (the masked, normalised rows turned edge scores,
+  their sorted copy and its cumulative share); the ablation check after it needs four float64 copies of
+  the F x F latent block (its solve).
 
 Each term is counted in bytes from those shapes (the coefficients were measured on CPU with the
 profiler's allocation counts; ``tests/circuits/test_attribution_budget.py`` holds them to it), so the
@@ -34,8 +37,9 @@ from saekit.memory import gigabytes, largest_fitting, memory_budget
 from saekit.models.loading import LoadedModel
 
 FLOAT = 4  # the model and transcoders run in float32 for attribution (load_model_for)
-PRUNING_COPIES = 7  # float32 N^2 temporaries pruning holds besides the adjacency (measured: 28 bytes per entry)
-PRUNING_PER_NODE = 64  # and its per-node vectors (influence, weights, masks)
+PRUNING_COPIES = 3  # float32 (F + logits) x N arrays pruning holds besides the stored rows (see prune)
+PRUNING_PER_NODE = 24  # and its per-node vectors (influence, weights, masks; measured)
+ABLATION_COPIES = 4  # float64 F x F arrays of the ablation check's solve: the block, I, I - M, its LU
 
 
 @dataclass(frozen=True)
@@ -92,23 +96,30 @@ class AttributionEstimate:
     sizes: AttributionSizes
     clean: int  # the clean run's tensors (device)
     forward: int  # the kept forward pass and one backward pass (device; freed before pruning)
-    adjacency: int  # host
-    pruning: int  # host: pruning's temporaries (the ablation check needs less)
+    adjacency: int  # host: the stored rows, (F + logits) x N float32
+    pruning: int  # host: pruning's temporaries
     seconds: float | None = None
+
+    @property
+    def ablation(self) -> int:
+        """Host: the ablation check's float64 copies of the F x F latent block (after pruning, its temporaries
+        freed)."""
+        return ABLATION_COPIES * 8 * self.sizes.features ** 2
 
     def peaks(self, device: torch.device | str) -> dict[str, int]:
         """The peak on each memory pool: one pool on the CPU, host and device apart on an accelerator."""
         device = torch.device(device)
+        after = max(self.pruning, self.ablation)
         if device.type == "cpu":
-            return {"cpu": self.clean + self.adjacency + max(self.forward, self.pruning)}
-        return {"cpu": self.adjacency + self.pruning, str(device): self.clean + self.forward}
+            return {"cpu": self.clean + self.adjacency + max(self.forward, after)}
+        return {"cpu": self.adjacency + after, str(device): self.clean + self.forward}
 
     def describe(self, device: torch.device | str) -> str:
         s = self.sizes
         peaks = ", ".join(f"{gigabytes(n)} on {pool}" for pool, n in self.peaks(device).items())
         timing = "" if self.seconds is None else f"; roughly {_duration(self.seconds)}"
         return (f"attribution: {s.positions} tokens, {s.features} latent nodes, {s.nodes} nodes, {s.passes} "
-                f"backward passes at batch size {s.copies}; estimated peak {peaks} (adjacency "
+                f"backward passes at batch size {s.copies}; estimated peak {peaks} (adjacency rows "
                 f"{gigabytes(self.adjacency)}, pruning {gigabytes(self.pruning)}, forward and backward "
                 f"{gigabytes(self.forward)}, clean run {gigabytes(self.clean)}){timing}")
 
@@ -129,14 +140,13 @@ def clean_bytes(s: AttributionSizes) -> int:
 
 def forward_bytes(s: AttributionSizes) -> int:
     """The kept forward pass of ``copies`` copies and one backward pass through it."""
-    # Each layer's clean pattern, broadcast over the copies: matmul saves an expanded copy per copy
-    # for the backward pass, except with one copy, where it saves the clean pattern itself.
-    patterns = s.model_layers * s.heads * s.positions if s.copies > 1 else 0
+    # Each layer's clean pattern is applied to all copies at once (attribution._shared_pattern_mix): the
+    # backward pass keeps the clean pattern itself, no copy per copy, so no heads x S^2 term here.
     latents = 3 * s.latents + s.widest_layer  # node, gradient, pre-activation; one layer's gradient in flight
     # embedding and error nodes with their gradients; two activations saved per layer; one layer's transient
     residual = s.d_model * (2 * (1 + s.error_layers) + 2 * s.model_layers + 2)
     transient_mlp = 4 * s.d_mlp  # the one layer whose real MLP runs before its output is replaced
-    per_copy = s.positions * (patterns + latents + residual + transient_mlp) + 3 * s.vocab  # last logits, grad
+    per_copy = s.positions * (latents + residual + transient_mlp) + 3 * s.vocab  # last logits, grad
     effects = 3 * s.nodes  # a pass's rows of direct effects: per kind, their concatenation, the adjacency rows
     return FLOAT * s.copies * (per_copy + effects)
 
@@ -172,7 +182,7 @@ def matmul_rate(s: AttributionSizes, device: torch.device | str, seconds: float 
 
 def estimate_attribution(s: AttributionSizes, flops_per_second: float | None = None) -> AttributionEstimate:
     """The memory of every part (and the time, given the device's rate)."""
-    adjacency = FLOAT * s.nodes ** 2
+    adjacency = FLOAT * s.targets * s.nodes  # the latents' and logits' rows, nothing N x N
     seconds = None if flops_per_second is None else attribution_seconds(s, flops_per_second)
     pruning = PRUNING_COPIES * adjacency + PRUNING_PER_NODE * s.nodes
     return AttributionEstimate(s, clean_bytes(s), forward_bytes(s), adjacency, pruning, seconds)
@@ -195,9 +205,10 @@ def _fits(s: AttributionSizes, budgets: dict[str, int | None], device: torch.dev
     return not _over(estimate_attribution(s), budgets, device)
 
 
-def _fix(s: AttributionSizes, budgets: dict[str, int | None], device: torch.device) -> str:
+def _fix(s: AttributionSizes, budgets: dict[str, int | None], device: torch.device) -> str | None:
     """The flags that bring it under budget: a smaller batch keeps the whole graph, fewer latents shrink it,
-    and a prompt whose graph does not fit even without latents must be shorter."""
+    and a prompt whose graph does not fit even without latents must be shorter (None: not even a one-token
+    prompt at batch size 1 fits, one backward pass at a time)."""
     for batch in _halvings(s.batch_size)[1:]:
         if _fits(replace(s, batch_size=batch), budgets, device):
             return f"lower --batch-size to {batch}"
@@ -209,6 +220,8 @@ def _fix(s: AttributionSizes, budgets: dict[str, int | None], device: torch.devi
             return f"set --max-feature-nodes {features}{smaller}"
     positions = largest_fitting(s.positions, lambda n: _fits(replace(s, positions=n, features=0, batch_size=1),
                                                              budgets, device))
+    if positions < 2:  # not even BOS and one token: no flag but the budget helps
+        return None
     return f"shorten --prompt to at most {positions} tokens (it has {s.positions} with BOS)"
 
 
@@ -233,12 +246,15 @@ def check_attribution_memory(estimate: AttributionEstimate, budgets: dict[str, i
         return
     s, pool = estimate.sizes, over[0]
     need = "at least" if lower_bound else "about"
+    fix = _fix(s, budgets, device)
+    advice = f"{fix}, or raise --max-memory-gb" if fix else \
+        "not even a one-token prompt fits at --batch-size 1 (one backward pass at a time): raise --max-memory-gb"
     raise SaekitError(
-        f"attribution would need {need} {gigabytes(estimate.peaks(device)[pool])} on {pool} ({s.nodes} nodes: a "
-        f"{gigabytes(estimate.adjacency)} adjacency matrix and {gigabytes(estimate.pruning)} to prune it, "
-        f"{gigabytes(estimate.forward)} for the passes at batch size {s.copies}, {gigabytes(estimate.clean)} for "
-        f"the clean run), over the {gigabytes(budgets[pool])} budget; {_fix(s, budgets, device)}, or raise "
-        "--max-memory-gb")
+        f"attribution would need {need} {gigabytes(estimate.peaks(device)[pool])} on {pool} ({s.nodes} nodes: "
+        f"{gigabytes(estimate.adjacency)} of adjacency rows for {s.targets} latents and targets "
+        f"(--max-feature-nodes) and {gigabytes(max(estimate.pruning, estimate.ablation))} to prune and check them, "
+        f"{gigabytes(estimate.forward)} for the passes at --batch-size {s.copies}, {gigabytes(estimate.clean)} for "
+        f"the clean run), over the {gigabytes(budgets[pool])} budget; {advice}")
 
 
 def check_prompt_memory(loaded: LoadedModel, transcoders: TranscoderSet, positions: int, batch_size: int,

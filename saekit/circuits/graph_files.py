@@ -1,5 +1,5 @@
 """An attribution graph on disk: circuit-tracer's graph JSON (its viewer opens it), the full graph as
-safetensors (read back exactly), and saekit's own page beside them.
+safetensors (the adjacency's latent and logit rows: read back exactly), and saekit's own page beside them.
 
 The JSON follows circuit-tracer's frontend schema (``metadata``, ``qParams``, ``nodes``, ``links``)
 and its node ids: a latent ``{layer}_{latent}_{position}``, an error node ``0_{layer}_{position}``,
@@ -23,7 +23,14 @@ from typing import Any
 
 import torch
 
-from saekit.circuits.graph import ERROR_TYPE, FEATURE_TYPE, Graph, PrunedGraph, cumulative_share
+from saekit.circuits.graph import (
+    ERROR_TYPE,
+    FEATURE_TYPE,
+    Graph,
+    PrunedGraph,
+    cumulative_share,
+    dense_to_rows,
+)
 from saekit.circuits.page import FeatureSource, embed_subgraph, graph_page, subgraph_state
 from saekit.circuits.subgraph import STATE_KEYS, SUBGRAPH_SUFFIX, Subgraph, check_subgraph, read_subgraph
 from saekit.errors import SaekitError
@@ -79,10 +86,13 @@ def node_record(graph: Graph, node: int, influence: float) -> dict[str, Any]:
 
 
 def kept_nodes_and_links(graph: Graph, pruned: PrunedGraph) -> tuple[list[int], list[tuple[int, int, float]]]:
-    """The nodes circuit-tracer would write (touched by a kept edge, or a token or logit) and the kept edges."""
-    mask = pruned.edge_mask & pruned.node_mask[:, None] & pruned.node_mask[None, :]
-    targets, sources = mask.nonzero(as_tuple=True)
-    weights = graph.adjacency[targets, sources].tolist()
+    """The nodes circuit-tracer would write (touched by a kept edge, or a token or logit) and the kept edges
+    (from the stored rows: by target node, then source, as the square's nonzero order)."""
+    row_nodes = graph.row_nodes
+    mask = pruned.edge_mask & pruned.node_mask[row_nodes][:, None] & pruned.node_mask[None, :]
+    rows, sources = mask.nonzero(as_tuple=True)
+    weights = graph.rows[rows, sources].tolist()
+    targets = row_nodes[rows]
     links = list(zip(sources.tolist(), targets.tolist(), weights))
     touched = set(sources.tolist()) | set(targets.tolist())
     always = set(range(graph.token_node(0), graph.n_nodes))
@@ -110,9 +120,10 @@ def graph_json(graph: Graph, pruned: PrunedGraph, slug: str, scan: str | None = 
 
 
 def save_graph(graph: Graph, pruned: PrunedGraph, path: str | Path) -> None:
-    """The full graph (every node, the dense adjacency) and its pruning, as safetensors (atomic)."""
+    """The full graph (every node, the adjacency's latent and logit rows) and its pruning, as safetensors
+    (atomic)."""
     tensors = {"features": graph.features, "activations": graph.activations, "logit_tokens": graph.logit_tokens,
-               "logit_probabilities": graph.logit_probabilities, "adjacency": graph.adjacency,
+               "logit_probabilities": graph.logit_probabilities, "adjacency_rows": graph.rows,
                "input_ids": torch.tensor(graph.input_ids), "node_mask": pruned.node_mask,
                "edge_mask": pruned.edge_mask, "influence": pruned.influence}
     header = {"prompt": graph.prompt, "tokens": graph.tokens, "model": graph.model,
@@ -123,26 +134,39 @@ def save_graph(graph: Graph, pruned: PrunedGraph, path: str | Path) -> None:
 
 
 def read_graph(path: str | Path) -> tuple[Graph, PrunedGraph]:
-    """A graph written by ``save_graph``."""
+    """A graph written by ``save_graph``: the rows it stores, or the dense [N, N] matrices of files written
+    before saekit stored rows (their rows taken)."""
     from safetensors import safe_open
 
     path = Path(path)
     tensors = load_tensors(path, "attribution graph")
     with safe_open(str(path), "pt") as handle:
         raw = (handle.metadata() or {}).get("graph")
-    if raw is None or "adjacency" not in tensors:
+    if raw is None or not {"adjacency_rows", "adjacency"} & set(tensors):
         raise SaekitError(f"{path} is not an attribution graph written by saekit (no graph header); "
                           "rebuild it with `saekit attribute`")
     header = json.loads(raw)
+    dense = "adjacency_rows" not in tensors
     graph = Graph(prompt=header["prompt"], input_ids=tensors["input_ids"].tolist(), tokens=header["tokens"],
                   model=header["model"], transcoders=header["transcoders"], layers=header["layers"],
                   features=tensors["features"], activations=tensors["activations"],
                   logit_tokens=tensors["logit_tokens"], logit_probabilities=tensors["logit_probabilities"],
-                  logit_strings=header["logit_strings"], adjacency=tensors["adjacency"], settings=header["settings"])
-    if graph.adjacency.shape != (graph.n_nodes, graph.n_nodes):
-        raise SaekitError(f"{path}: the adjacency is {tuple(graph.adjacency.shape)} but the nodes number "
-                          f"{graph.n_nodes}; the file is damaged, rebuild it with `saekit attribute`")
-    pruned = PrunedGraph(tensors["node_mask"].bool(), tensors["edge_mask"].bool(), tensors["influence"],
+                  logit_strings=header["logit_strings"], rows=tensors.get("adjacency_rows", torch.empty(0)),
+                  settings=header["settings"])
+    damaged = "; the file is damaged, rebuild it with `saekit attribute`"
+    edge_mask = tensors["edge_mask"].bool()
+    try:
+        if dense:
+            graph.rows = dense_to_rows(graph, tensors["adjacency"], f"{path}: the adjacency")
+            edge_mask = edge_mask[graph.row_nodes] if edge_mask.shape[0] == graph.n_nodes else edge_mask
+    except SaekitError as err:
+        raise SaekitError(f"{err}{damaged}") from None
+    wanted = (graph.n_features + graph.n_logits, graph.n_nodes)
+    for name, tensor in (("adjacency rows", graph.rows), ("edge mask", edge_mask)):
+        if tuple(tensor.shape) != wanted:
+            raise SaekitError(f"{path}: the {name} are {tuple(tensor.shape)} but the graph has {wanted[0]} latents "
+                              f"and targets and {wanted[1]} nodes{damaged}")
+    pruned = PrunedGraph(tensors["node_mask"].bool(), edge_mask, tensors["influence"],
                          header["node_threshold"], header["edge_threshold"])
     return graph, pruned
 

@@ -157,13 +157,13 @@ def predicted_ablation(graph: Graph, feature: int) -> Tensor:
     """
     n_features = graph.n_features
     activations = graph.activations.double()
-    # float64 copies of the blocks read, never of the whole N x N matrix (circuits/budget.py counts on it)
-    per_unit = graph.adjacency[:n_features, :n_features].double() / activations[None, :]
+    # float64 copies of the blocks read from the stored rows (latents', then logits'), never of a whole matrix
+    per_unit = graph.rows[:n_features, :n_features].double() / activations[None, :]
     per_unit[feature] = 0.0  # the ablated latent is held at zero, whatever reaches it
     source = torch.zeros(n_features, dtype=torch.float64)
     source[feature] = -activations[feature]
     change = torch.linalg.solve(torch.eye(n_features, dtype=torch.float64) - per_unit, source)
-    logit_rows = graph.adjacency[graph.logit_node(0):, :n_features].double()
+    logit_rows = graph.rows[n_features:, :n_features].double()
     return (logit_rows / activations[None, :]) @ change
 
 
@@ -209,5 +209,5 @@ def ablation_check(loaded: LoadedModel, transcoders: TranscoderSet, graph: Graph
         rows.append({"node": feature, "layer": layer, "position": position, "latent": latent,
                      "activation": float(graph.activations[feature]),
                      "predicted": predicted_ablation(graph, feature).tolist(), "measured": measured.tolist(),
-                     "direct": (-graph.adjacency[graph.logit_node(0):, feature]).tolist()})
+                     "direct": (-graph.rows[graph.n_features:, feature]).tolist()})
     return rows

@@ -319,9 +319,8 @@ def _jaccard(a: torch.Tensor, b: torch.Tensor) -> float:
 def compare_pruning(graph: Any, ct: dict[str, torch.Tensor], args: argparse.Namespace) -> dict[str, Any] | None:
     """saekit's ``prune`` on its own graph and on circuit-tracer's adjacency (same node layout) against
     circuit-tracer's ``prune_graph`` masks: which differences come from the graph and which from the pruning rule."""
-    from dataclasses import replace
 
-    from saekit.circuits.graph import prune
+    from saekit.circuits.graph import prune, to_dense
 
     same_layout = (graph.features.tolist() == ct["active_features"].tolist()
                    and graph.logit_tokens.tolist() == ct["logit_token_ids"].tolist()
@@ -332,13 +331,13 @@ def compare_pruning(graph: Any, ct: dict[str, torch.Tensor], args: argparse.Name
     prunable = slice(0, graph.n_features + graph.n_errors)
     result: dict[str, Any] = {"ct_prune_graph": {"nodes_kept": int(ct_nodes[prunable].sum()),
                                                  "edges_kept": int(ct_edges.sum())}}
-    on_ct_adjacency = replace(graph, adjacency=ct["adjacency_matrix"].float())
+    on_ct_adjacency = graph.with_adjacency(ct["adjacency_matrix"].float())
     for name, subject in (("saekit_prune_on_saekit_graph", graph), ("saekit_prune_on_ct_adjacency", on_ct_adjacency)):
         pruned = prune(subject, args.node_threshold, args.edge_threshold)
         result[name] = {
             "nodes_kept": int(pruned.node_mask[prunable].sum()), "edges_kept": int(pruned.edge_mask.sum()),
             "node_jaccard_vs_ct": _jaccard(pruned.node_mask[prunable], ct_nodes[prunable]),
-            "edge_jaccard_vs_ct": _jaccard(pruned.edge_mask, ct_edges),
+            "edge_jaccard_vs_ct": _jaccard(to_dense(graph, pruned.edge_mask), ct_edges),
             "bos_error_nodes_kept": int(pruned.node_mask[[graph.error_node(layer, 0)
                                                           for layer in graph.layers]].sum()),
         }

@@ -12,7 +12,7 @@ from cli_helpers import one_line, quiet_model_loading  # noqa: F401 (a fixture, 
 from memory_helpers import allocated_peak, nbytes
 
 from saekit.circuits.attribution import AttributionConfig, attribute
-from saekit.circuits.budget import check_prompt_memory, estimate_attribution, sizes_of
+from saekit.circuits.budget import FLOAT, check_prompt_memory, estimate_attribution, sizes_of
 from saekit.circuits.graph import prune
 from saekit.circuits.replacement import ReplacementModel
 from saekit.circuits.transcoders import TranscoderSet
@@ -53,9 +53,9 @@ def test_the_estimate_is_what_attribution_allocates(tiny_loaded, tmp_path, batch
     held = [clean.logits, clean.embeddings, *clean.latents.values(), *clean.errors.values(),
             *clean.mlp_in.values(), *replacement.patterns.values(), *replacement.inverse_scales.values()]
     assert estimate.clean == nbytes(held)
-    assert estimate.adjacency == nbytes([graph.adjacency])
-    # The passes' peak (measured +2% and +4% over the truth with this estimate): batch_size 1 saves no
-    # expanded attention pattern, 16 copies do; an estimate missing a term of the passes falls below.
+    assert estimate.adjacency == nbytes([graph.rows])
+    # The passes' peak: the copies share the clean attention pattern (no heads x S^2 term per copy, whatever the
+    # batch size); an estimate missing a term of the passes falls below.
     assert 0.98 <= (estimate.forward + estimate.adjacency) / peak <= 1.2
     prune_peak, _ = allocated_peak(lambda: prune(graph), tmp_path / "prune.json")
     assert 0.98 <= estimate.pruning / prune_peak <= 1.05
@@ -118,6 +118,40 @@ def test_a_prompt_too_long_for_the_budget_is_refused_before_the_clean_run(transc
     check_prompt_memory(tiny_loaded, _per_layer(), longest, 32, 0.05)
     with pytest.raises(SaekitError, match="shorten --prompt"):
         check_prompt_memory(tiny_loaded, _per_layer(), longest + 1, 32, 0.05)
+
+
+def test_no_budget_for_one_pass_and_a_prompt_over_the_context_are_one_line_before_the_clean_run(
+        transcoder_runs, tiny_loaded, tmp_path, capsys, monkeypatch):
+    import saekit.jobs.circuits as job
+
+    def never(*args, **kwargs):
+        raise AssertionError("the clean run started")
+    monkeypatch.setattr(job, "ReplacementModel", never)
+    out = tmp_path / "graph"
+    # Not even BOS and one token fit at batch size 1: no shorter prompt or smaller batch helps, only the budget.
+    assert main(["attribute", str(transcoder_runs), "--prompt", PROMPT, "--out", str(out),
+                 "--max-memory-gb", "0.0001"]) == 1
+    err = one_line(capsys)
+    assert "not even a one-token prompt fits at --batch-size 1" in err and err.endswith("raise --max-memory-gb"), err
+    assert "at most 0 tokens" not in err
+    with pytest.raises(SaekitError, match="not even a one-token prompt"):
+        check_prompt_memory(tiny_loaded, _per_layer(), 8, 1, 0.0001)
+    # The tiny model's context is 2,048 positions: a longer prompt is refused before its graph is estimated.
+    assert main(["attribute", str(transcoder_runs), "--prompt", "the " * 2100, "--out", str(out)]) == 1
+    err = one_line(capsys)
+    assert "longer than the model's context of 2048" in err and "shorten it" in err, err
+    assert not out.exists()
+
+
+def test_a_small_batch_bounds_the_passes_of_a_long_prompt(tiny_loaded):
+    # The copies share the clean attention patterns: the passes grow with the batch linearly in the prompt, with
+    # no heads x S^2 term per copy (2,048 tokens: 4.5 GB a copy on SmolLM2-135M), and the rows linearly too.
+    transcoders = _per_layer()
+    one, four = (estimate_attribution(sizes_of(tiny_loaded, transcoders, 2048, 500, 10, batch)) for batch in (1, 4))
+    per_copy = (four.forward - one.forward) / 3
+    heads, layers = 4, 2
+    assert per_copy < FLOAT * layers * heads * 2048 ** 2 / 10
+    assert one.adjacency == FLOAT * 510 * one.sizes.nodes and one.pruning < 4 * one.adjacency
 
 
 def test_steer_refuses_a_position_beyond_the_prompt_before_the_model_runs(transcoder_runs, capsys, monkeypatch):

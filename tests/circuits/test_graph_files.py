@@ -92,7 +92,8 @@ def test_graph_json_follows_circuit_tracers_schema_and_links_are_adjacency_entri
     for link in record["links"][:200]:
         expected = graph.adjacency[index_of(link["target"]), index_of(link["source"])]
         assert link["weight"] == pytest.approx(float(expected), rel=1e-6, abs=1e-9)
-    kept_edges = int((pruned.edge_mask & pruned.node_mask[:, None] & pruned.node_mask[None, :]).sum())
+    ends = pruned.node_mask[graph.row_nodes][:, None] & pruned.node_mask[None, :]  # edge_mask: the stored rows'
+    kept_edges = int((pruned.edge_mask & ends).sum())
     assert len(record["links"]) == kept_edges < int((graph.adjacency != 0).sum())
     listed = json.loads((out / GRAPH_METADATA).read_text())["graphs"]
     assert [g["slug"] for g in listed] == ["cat"]
