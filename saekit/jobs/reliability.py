@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # torch and the models load only when the command runs
     from saekit.evaluation.results import EvaluationResults
     from saekit.models.loading import LoadedModel
 
-Probe = Callable[[Path, "LoadedModel"], dict[str, float | None]]
+Probe = Callable[[list[Path], "LoadedModel"], list[dict[str, float | None]]]
 
 TOY_WORLDS = ("sparse",)
 TOY_EVAL_SAMPLES = 4096
@@ -64,6 +64,10 @@ class ReliabilitySettings:
         "keeps only its last checkpoint) (none: the full runs only)", above=0, below=1)
     task: str | None = setting(None, "also sparse-probe every run (k = 1, 2, 5) on this labelled task: a built-in "
                                "name or a .csv/.jsonl file (none: no probing)")
+    train_per_class: int | None = setting(None, "--task: training texts per class (none: the task's stated size)",
+                                          minimum=1, none="task")
+    test_per_class: int | None = setting(None, "--task: test texts per class (none: the task's stated size)",
+                                         minimum=1, none="task")
     toy: str | None = setting(None, "train on this synthetic world instead of the model's activations (its "
                               "features are known, so each metric is rank-correlated with their recovery); "
                               "--data-seed seeds the world (none: the model)", choices=TOY_WORLDS)
@@ -75,6 +79,8 @@ class ReliabilitySettings:
                               f"{','.join(map(str, self.seeds))}")
         if self.checkpoints and len(set(self.checkpoints)) != len(self.checkpoints):
             raise SaekitError(f"--checkpoints must be distinct shares, got {','.join(map(str, self.checkpoints))}")
+        if self.task is None and (self.train_per_class or self.test_per_class):
+            raise SaekitError("--train-per-class and --test-per-class size the --task's splits; give --task too")
         if self.toy is not None and self.task is not None:
             raise SaekitError("--task probes the model's activations on texts; a --toy world has none")
         return self
@@ -140,7 +146,7 @@ def model_study(plan: list[PlannedRun], base: TrainConfig, settings: Reliability
 
     if base.run.cache_dir is None:
         raise SaekitError("--cache-dir none would run the model again for every seed; give a cache directory")
-    probe = _probe_check(settings.task)
+    probe = _probe_check(settings)
     run_dirs = [runs_dir / p.config.name for p in plan]
     held = [str(d) for d in run_dirs if (d / CONFIG_FILE).exists()]
     if held and not resume:
@@ -153,9 +159,10 @@ def model_study(plan: list[PlannedRun], base: TrainConfig, settings: Reliability
             group = [p.config for p in plan if p.seed == seed and p.share == share]
             train_many(group, runs_dir, resume=resume, loaded=loaded)
     evaluations = evaluate_alternatives(run_dirs, loaded)
+    probed = probe(run_dirs, loaded) if probe else [{} for _ in run_dirs]
     observations = []
-    for p, run_dir, results in zip(plan, run_dirs, evaluations):
-        values = {**evaluation_values(results), **(probe(run_dir, loaded) if probe else {})}
+    for p, run_dir, results, accuracies in zip(plan, run_dirs, evaluations, probed):
+        values = {**evaluation_values(results), **accuracies}
         observations.append(Observation(p.recipe, p.seed, p.share, values, str(run_dir)))
     labels = dict(EVALUATION_METRICS)
     if settings.task is not None:
@@ -169,19 +176,21 @@ def _probe_labels() -> dict[str, str]:
     return {f"probe_accuracy_k{k}": f"sparse probing accuracy, k={k}" for k in ProbeSettings().k}
 
 
-def _probe_check(task_name: str | None) -> Probe | None:
-    """The task loaded and checked now (an unknown one is one line before the model loads); then a probe per run."""
+def _probe_check(study: ReliabilitySettings) -> Probe | None:
+    """The task loaded and checked now (an unknown one is one line before the model loads); then the probes of
+    every run, the texts pooled in one pass of the model for all of them."""
+    task_name = study.task
     if task_name is None:
         return None
     from saekit.data.labelled import load_task
-    from saekit.probing.sparse_probing import ProbeSettings, check_examples, probe_run
+    from saekit.probing.sparse_probing import ProbeSettings, check_examples, probe_runs
 
-    settings = ProbeSettings().validate()
+    settings = ProbeSettings(train_per_class=study.train_per_class, test_per_class=study.test_per_class).validate()
     check_examples(load_task(task_name, settings.train_per_class, settings.test_per_class), settings)
 
-    def probe(run_dir: Path, loaded: LoadedModel) -> dict[str, float | None]:
-        results = probe_run(run_dir, task_name, settings, loaded)
-        return {f"probe_accuracy_k{k}": results.mean["sae"][str(k)]["accuracy"] for k in settings.k}
+    def probe(run_dirs: list[Path], loaded: LoadedModel) -> list[dict[str, float | None]]:
+        return [{f"probe_accuracy_k{k}": results.mean["sae"][str(k)]["accuracy"] for k in settings.k}
+                for results in probe_runs(run_dirs, task_name, settings, loaded)]
     return probe
 
 

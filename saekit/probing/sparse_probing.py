@@ -217,14 +217,32 @@ def check_width(settings: ProbeSettings, width: int) -> None:
 
 def pooled_task(inputs: ProbeInputs, task: LabelledTask, settings: ProbeSettings) -> dict[str, dict[str, Tensor]]:
     """``{split: {feature set: [n, features]}}`` for the task's train and test texts."""
-    twin = random_dictionary(inputs.dictionary, settings.seed)
-    encoders = {"sae": inputs.dictionary.encode, "random": twin.encode}
+    return pooled_tasks([inputs], task, settings)[0]
+
+
+def pooled_tasks(inputs: list[ProbeInputs], task: LabelledTask,
+                 settings: ProbeSettings) -> list[dict[str, dict[str, Tensor]]]:
+    """:func:`pooled_task` for several runs of one model and site, from ONE pass of the model over the texts (a
+    reliability study probes every seed and checkpoint: the forward, not the encoders, is the cost). Runs whose
+    dictionaries share a config share their random twin."""
+    first = inputs[0]
+    if other := next((i for i in inputs if i.site != first.site or i.loaded is not first.loaded), None):
+        raise SaekitError(f"{other.run_dir} reads {other.site}, {first.run_dir} {first.site}: pool runs of one model "
+                          "and site together")
+    twins: dict[str, Dictionary] = {}
+    encoders = {}
+    for index, run in enumerate(inputs):
+        key = repr(run.dictionary.config)
+        twin = twins.setdefault(key, random_dictionary(run.dictionary, settings.seed))
+        encoders[f"sae{index}"], encoders[f"random:{key}"] = run.dictionary.encode, twin.encode
     pooled = {}
     for split, examples in (("train", task.train), ("test", task.test)):
-        rows = tokenize(inputs.loaded, [e.text for e in examples], settings.context_length)
-        pooled[split] = pooled_activations(inputs.loaded, inputs.site, rows, encoders, settings.batch_size,
+        rows = tokenize(first.loaded, [e.text for e in examples], settings.context_length)
+        pooled[split] = pooled_activations(first.loaded, first.site, rows, encoders, settings.batch_size,
                                            desc=f"pooling {split} texts")
-    return pooled
+    return [{split: {"raw": sets["raw"], "sae": sets[f"sae{index}"],
+                     "random": sets[f"random:{repr(run.dictionary.config)}"]} for split, sets in pooled.items()}
+            for index, run in enumerate(inputs)]
 
 
 def binary_tasks(pooled: dict[str, dict[str, Tensor]], task: LabelledTask, feature_set: str,
@@ -269,17 +287,28 @@ def _averages(classes: list[ClassResult]) -> tuple[dict[str, dict[str, dict[str,
 def probe_run(run_dir: str | Path, task_name: str, settings: ProbeSettings | None = None,
               loaded: LoadedModel | None = None) -> ProbingResults:
     """Sparse probing of the run's dictionary on a built-in task or a labelled file (nothing written)."""
+    return probe_runs([run_dir], task_name, settings, loaded)[0]
+
+
+def probe_runs(run_dirs: list[str | Path], task_name: str, settings: ProbeSettings | None = None,
+               loaded: LoadedModel | None = None) -> list[ProbingResults]:
+    """:func:`probe_run` for several runs of one model and site, the texts pooled in one pass of the model."""
     settings = (settings or ProbeSettings()).validate()
-    run_dir = Path(run_dir)
+    run_dirs = [Path(run_dir) for run_dir in run_dirs]
     task = load_task(task_name, settings.train_per_class, settings.test_per_class)
     plan = check_examples(task, settings)
-    load_run_config(run_dir)  # a missing run is one line before the model loads
-    inputs = load_probe_inputs(run_dir, loaded)
-    check_width(settings, min(inputs.dictionary.config.width, inputs.dictionary.config.d_in))
-    classes = probe_classes(pooled_task(inputs, task, settings), task, settings, plan)
-    table, llm_all = _averages(classes)
-    config = inputs.dictionary.config
-    return ProbingResults(run=str(run_dir), model=inputs.loaded.name, site=inputs.site,
-                          architecture=config.architecture, width=config.width, task=task.describe(),
-                          settings=asdict(settings), classes=classes, mean=table, llm_all=llm_all,
-                          split=plan.describe(task, settings))
+    configs = [load_run_config(run_dir) for run_dir in run_dirs]  # a missing run is one line before the model loads
+    loaded = loaded or configs[0].data.load_model(configs[0].run.device)
+    inputs = [load_probe_inputs(run_dir, loaded) for run_dir in run_dirs]
+    for run in inputs:
+        check_width(settings, min(run.dictionary.config.width, run.dictionary.config.d_in))
+    results = []
+    for run, pooled in zip(inputs, pooled_tasks(inputs, task, settings)):
+        classes = probe_classes(pooled, task, settings, plan)
+        table, llm_all = _averages(classes)
+        config = run.dictionary.config
+        results.append(ProbingResults(run=str(run.run_dir), model=run.loaded.name, site=run.site,
+                                      architecture=config.architecture, width=config.width, task=task.describe(),
+                                      settings=asdict(settings), classes=classes, mean=table, llm_all=llm_all,
+                                      split=plan.describe(task, settings)))
+    return results

@@ -148,13 +148,16 @@ def test_task_adds_sparse_probing_accuracy(tiny_model_dir, tiny_loaded, tmp_path
     task = tmp_path / "pets.jsonl"
     task.write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert main(tiny_args(tiny_model_dir, tmp_path, "--seeds", "3,4", "--checkpoints", "none", "--task",
-                          str(task))) == 0
+                          str(task), "--train-per-class", "25", "--test-per-class", "8")) == 0
     study = json.loads((tmp_path / "runs" / "rel" / "reliability.json").read_text())
     metrics = {m["metric"]: m for m in study["metrics"]}
     assert {"probe_accuracy_k1", "probe_accuracy_k2", "probe_accuracy_k5"} <= set(metrics)
     seed3 = next(o for o in study["observations"] if o["seed"] == 3)
-    probed = probe_run(seed3["run"], str(task), ProbeSettings(), tiny_loaded)
+    # every run's texts pooled in one pass give what probing that run alone gives, on the sizes asked for
+    probed = probe_run(seed3["run"], str(task), ProbeSettings(train_per_class=25, test_per_class=8), tiny_loaded)
+    assert probed.task["train_per_class"] == 25 and probed.task["test_per_class"] == 8
     assert seed3["values"]["probe_accuracy_k2"] == probed.mean["sae"]["2"]["accuracy"]
+    assert seed3["values"]["probe_accuracy_k1"] == probed.mean["sae"]["1"]["accuracy"]
     values = [o["values"]["probe_accuracy_k5"] for o in study["observations"]]
     assert metrics["probe_accuracy_k5"]["seed_sd"] == pytest.approx(statistics.stdev(values))
 
@@ -165,6 +168,7 @@ def test_task_adds_sparse_probing_accuracy(tiny_model_dir, tiny_loaded, tmp_path
     (["--task", "no-such-task"], "unknown task 'no-such-task'"),
     (["--checkpoints", "0.01"], "--checkpoints 0.01 of 8 steps is less than one step"),
     (["--toy", "sparse", "--task", "language"], "--task probes the model's activations"),
+    (["--train-per-class", "20"], "--train-per-class and --test-per-class size the --task's splits; give --task"),
     (["--grid", "nope:k=1"], "unknown architecture 'nope' in grid"),
     (["--cache-dir", "none"], "--cache-dir none would run the model again for every seed"),
 ])
