@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from browser_helpers import headless_chrome
 
 from saekit.circuits.attribution import AttributionConfig, attribute
 from saekit.circuits.graph import prune
@@ -27,9 +28,6 @@ from saekit.jobs.circuits import slug_of
 
 PROMPT = "The cat sat on the mat because"
 SLUG = slug_of(PROMPT)
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver") or next(
-    (path for path in ("/usr/bin/chromedriver",) if Path(path).exists()), None)
 MARKUP = "<b>bold</b><img src=x onerror=\"document.title='PWNED'\">&amp;"
 
 
@@ -222,23 +220,11 @@ def _wait_for(path: Path, timeout: float = 10.0) -> Path:
 
 @pytest.fixture
 def browser(tmp_path):
-    if CHROMEDRIVER is None or CHROMIUM is None:
-        pytest.skip("chromium and chromium-driver are not installed (apt-get install -y chromium chromium-driver; "
-                    "scripts/install.sh --test installs them)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    options.add_experimental_option("prefs", {"download.default_directory": str(tmp_path / "downloads"),
-                                              "download.prompt_for_download": False})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.downloads = tmp_path / "downloads"
-    yield driver
-    driver.quit()
+    downloads = tmp_path / "downloads"
+    with headless_chrome("--window-size=1400,1000", f"--user-data-dir={tmp_path / 'profile'}", prefs={
+            "download.default_directory": str(downloads), "download.prompt_for_download": False}) as driver:
+        driver.downloads = downloads
+        yield driver
 
 
 def test_page_pins_groups_labels_survives_a_reload_and_downloads_the_subgraph(built, tmp_path, browser):
