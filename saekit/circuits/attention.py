@@ -42,15 +42,19 @@ the other side held at its clean value). Over every node the query parts plus th
 (``scaling * q_i(0) . k_k``, ``q_i(0)`` the query with every node at zero: biases, learned positions) sum
 to ``S_k``, and likewise on the key side; a node's query part plus key part is its value times the
 gradient of ``S_k``, the first-order change of the score when it moves. The nodes: the active latents,
-one error node per replaced layer and position, one token node per position (the graph's).
+one error node per replaced layer and position, one token node per position (the graph's). ``saekit attribute
+--qk LAYER.HEAD[@POS]`` writes the view beside the graph as ``SLUG.qk.json`` (:func:`write_qk_view`): the
+pattern row, and for the most attended keys each side's largest parts, the rest summed, and the bias.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import torch
@@ -277,14 +281,10 @@ def write_head_split(graph_path: str | Path, transcoders_path: str | Path, loade
                      batch_size: int = 32, top: int = 5) -> Path:
     """``SLUG.heads.json`` beside ``SLUG.safetensors`` (written by ``saekit attribute``): the head split of the
     pruned graph's crossing edges, in the replacement model rebuilt from the same transcoders and prompt."""
-    from saekit.circuits.graph_files import read_graph
-    from saekit.circuits.transcoders import load_transcoders
     from saekit.io import write_json
 
     graph_path = Path(graph_path)
-    graph, pruned = read_graph(graph_path)
-    replacement = ReplacementModel(loaded, load_transcoders(transcoders_path, device), torch.tensor(graph.input_ids),
-                                   freeze_unreplaced=bool(graph.settings.get("frozen_mlp_layers")))
+    graph, pruned, replacement = _rebuilt(graph_path, transcoders_path, loaded, device)
     split = head_split(replacement, graph, pruned, batch_size)
     out = graph_path.with_name(graph_path.name.removesuffix(".safetensors") + ".heads.json")
     write_json(out, head_split_record(graph, split, top))
@@ -309,6 +309,7 @@ class QKAttribution:
     key_parts: Tensor  # [K, N]
     query_bias: Tensor  # [K]: the query part of no node (every node at zero)
     key_bias: Tensor  # [K]
+    kinds: list[str]  # N: "latent", "error" or "token" (the ids alone are ambiguous: 0_5_3 is both)
 
     @property
     def total(self) -> Tensor:
@@ -319,6 +320,34 @@ class QKAttribution:
         """[K, S]: the total per node position: which positions made the head attend to each key."""
         out = torch.zeros(self.scores.shape[0], int(self.positions.max()) + 1)
         return out.index_add_(1, self.positions, self.total)
+
+
+# The attention layer whose queries and keys the running QK probe reads, and where it puts them. A context
+# variable, not the registry: transformers' AttentionInterface is process-global, so one function is registered
+# once and each probe says what it wants through this (reset when the probe's forward pass ends).
+_QK_CAPTURE: ContextVar[tuple[nn.Module, dict] | None] = ContextVar("saekit_qk_capture", default=None)
+
+
+def _qk_interface(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None,
+                  scaling: float | None = None, **kwargs: object) -> tuple[Tensor, None]:
+    """The attention implementation of the QK view: record the probed layer's queries and keys (after rotary and
+    any q/k norms, as the model's own implementation receives them) and return zeros of the output's shape."""
+    capture = _QK_CAPTURE.get()
+    if capture is None:
+        raise RuntimeError(f"attention implementation {_QK_IMPLEMENTATION!r} runs only inside a QK probe")
+    attention, captured = capture
+    if module is attention:
+        captured.update(query=query, key=key, scaling=scaling or query.shape[-1] ** -0.5)
+    # any output of the right shape: the replacement's hook replaces it by the frozen pattern's
+    return torch.zeros_like(query).transpose(1, 2).contiguous(), None
+
+
+@cache
+def _register_qk_interface() -> None:
+    """Register :func:`_qk_interface` in transformers' attention registry, once per process."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(_QK_IMPLEMENTATION, _qk_interface)
 
 
 class QKProbe:
@@ -342,15 +371,7 @@ class QKProbe:
 
     @contextmanager
     def _capture(self, captured: dict, record: bool) -> Iterator[None]:
-        from transformers import AttentionInterface
-
         layout = self.replacement.layout.norms
-
-        def interface(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, mask, scaling=None, **kwargs):
-            if module is self.attention:
-                captured.update(query=query, key=key, scaling=scaling or query.shape[-1] ** -0.5)
-            # any output of the right shape: the replacement's hook replaces it by the frozen pattern's
-            return torch.zeros_like(query).transpose(1, 2).contiguous(), None
 
         def norm_hook(name: str):
             def hook(module: nn.Module, args: tuple, out: Tensor) -> Tensor | None:
@@ -359,15 +380,17 @@ class QKProbe:
                     return None
                 return _frozen_norm(module, args[0], self.scales[name], layout)
             return hook
-        AttentionInterface.register(_QK_IMPLEMENTATION, interface)
+        _register_qk_interface()
         model = self.replacement.model
         previous = model.config._attn_implementation
         hooks = [norm.register_forward_hook(norm_hook(name)) for name, norm in self.norms.items()]
-        model.set_attn_implementation(_QK_IMPLEMENTATION)
+        token = _QK_CAPTURE.set((self.attention, captured))
         try:
+            model.set_attn_implementation(_QK_IMPLEMENTATION)
             yield
         finally:
             model.set_attn_implementation(previous)
+            _QK_CAPTURE.reset(token)
             for hook in hooks:
                 hook.remove()
 
@@ -386,8 +409,8 @@ class QKProbe:
         return scaling * (k[:, :query + 1] @ q[:, query, :, None]).squeeze(-1)
 
 
-def _node_ids(replacement: ReplacementModel, features: Tensor) -> tuple[list[str], Tensor]:
-    """The graph JSON's ids of the nodes (latents, error nodes layer-major, tokens) and their positions."""
+def _node_ids(replacement: ReplacementModel, features: Tensor) -> tuple[list[str], Tensor, list[str]]:
+    """The graph JSON's ids of the nodes (latents, error nodes layer-major, tokens), their positions and kinds."""
     ids_, n_positions = replacement.clean.input_ids.tolist(), len(replacement.clean.input_ids)
     names = [f"{layer}_{latent}_{position}" for layer, position, latent in features.tolist()]
     positions = features[:, 1].tolist()
@@ -395,7 +418,9 @@ def _node_ids(replacement: ReplacementModel, features: Tensor) -> tuple[list[str
         names += [f"0_{layer}_{position}" for position in range(n_positions)]
         positions += list(range(n_positions))
     names += [f"E_{token}_{position}" for position, token in enumerate(ids_)]
-    return names, torch.tensor(positions + list(range(n_positions)))
+    n_errors = len(replacement.error_layers) * n_positions
+    kinds = ["latent"] * len(features) + ["error"] * n_errors + ["token"] * n_positions
+    return names, torch.tensor(positions + list(range(n_positions))), kinds
 
 
 def _times_values(grads: list[Tensor | None], nodes: Nodes, features: Tensor) -> Tensor:
@@ -406,16 +431,17 @@ def _times_values(grads: list[Tensor | None], nodes: Nodes, features: Tensor) ->
 
     def product(grad: Tensor | None, value: Tensor) -> Tensor:
         return torch.zeros(value.shape[:2]) if grad is None else (grad * value).sum(-1).detach().cpu()
-    columns = []
-    for layer, position, latent in features.tolist():
-        grad = grad_latents.get(layer)
-        value = latents[layer][:, position, latent]
-        columns.append(torch.zeros(value.shape[0]) if grad is None else
-                       (grad[:, position, latent] * value).detach().cpu())
-    parts = [torch.stack(columns, 1)] if columns else []
-    parts += [product(grad_errors[layer], errors[layer]) for layer in errors]
-    parts.append(product(grad_embeddings, embeddings))
-    return torch.cat(parts, 1)
+    # one gather per layer, not one per latent: with every active latent there are thousands
+    columns = torch.zeros(embeddings.shape[0], len(features))
+    for layer, value in latents.items():
+        rows = (features[:, 0] == layer).nonzero().squeeze(1)
+        grad = grad_latents[layer]
+        if grad is None or not len(rows):
+            continue
+        position, latent = features[rows, 1].to(value.device), features[rows, 2].to(value.device)
+        columns[:, rows] = (grad[:, position, latent] * value[:, position, latent]).detach().float().cpu()
+    return torch.cat([columns, *(product(grad_errors[layer], errors[layer]) for layer in errors),
+                      product(grad_embeddings, embeddings)], 1)
 
 
 def qk_attribution(replacement: ReplacementModel, layer: int, head: int, query: int,
@@ -431,7 +457,7 @@ def qk_attribution(replacement: ReplacementModel, layer: int, head: int, query: 
         features = torch.cat([torch.stack([torch.full_like(p, lay), p, lat], 1) for lay, latents in
                               replacement.clean.latents.items() for p, lat in [(latents > 0).nonzero(as_tuple=True)]])
     features = features.long().cpu()
-    names, positions = _node_ids(replacement, features)
+    names, positions, kinds = _node_ids(replacement, features)
     keys = torch.arange(query + 1)
     with torch.no_grad():
         clean_q, clean_k, scaling = probe.run(replacement.clean_nodes(1))
@@ -451,4 +477,162 @@ def qk_attribution(replacement: ReplacementModel, layer: int, head: int, query: 
             side.append(_times_values(list(grads), nodes, features))
     pattern = replacement.patterns[layer][0, head, query, :query + 1].float().cpu()
     return QKAttribution(layer, head, query, scores.cpu(), pattern, names, positions, torch.cat(query_parts),
-                         torch.cat(key_parts), query_bias.cpu(), key_bias.cpu())
+                         torch.cat(key_parts), query_bias.cpu(), key_bias.cpu(), kinds)
+
+
+# ---------------------------------------------------------------- the QK view on disk (saekit attribute --qk)
+
+QK_SYNTAX = "LAYER.HEAD[@POS]"
+QK_KEYS = 5  # key positions listed per head: the most attended
+_QK_SPEC = re.compile(r"(-?\d+)\.(-?\d+)(?:@(-?\d+))?")
+
+
+@dataclass(frozen=True)
+class QKSpec:
+    """One head of one attention layer at one query position (``None``: the prompt's last)."""
+
+    layer: int
+    head: int
+    query: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.layer}.{self.head}" + ("" if self.query is None else f"@{self.query}")
+
+
+def parse_qk_specs(texts: list[str] | tuple[str, ...]) -> list[QKSpec]:
+    """``--qk`` values (each one or more comma-separated ``LAYER.HEAD[@POS]``) as specs; one line for a malformed
+    one. Only the syntax: the ranges need the model and the prompt (:func:`check_qk_specs`)."""
+    specs = []
+    for text in texts:
+        for part in text.split(","):
+            found = _QK_SPEC.fullmatch(part.strip())
+            if found is None:
+                raise SaekitError(f"--qk {part.strip()!r} is not {QK_SYNTAX}: an attention layer, a head and an "
+                                  "optional query position (default: the last), e.g. 1.3 or 1.3@5; several: 1.3,0.2@4")
+            layer, head, query = found.groups()
+            specs.append(QKSpec(int(layer), int(head), None if query is None else int(query)))
+    return specs
+
+
+def query_heads(loaded: LoadedModel) -> int:
+    """The model's query heads per attention layer (its config's)."""
+    config = loaded.model.config.get_text_config()
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    if heads is None:
+        raise SaekitError(f"the {loaded.adapter.model_type} config names no head count (num_attention_heads); "
+                          "--qk cannot check its heads")
+    return int(heads)
+
+
+def check_qk_specs(specs: list[QKSpec], n_layers: int, heads: int, n_positions: int) -> list[QKSpec]:
+    """The specs with their query positions resolved (none: the last) and repeats dropped; one line for a layer,
+    head or position that does not exist (the same lines :class:`QKProbe` gives, but before any work)."""
+    resolved: list[QKSpec] = []
+    for spec in specs:
+        query = n_positions - 1 if spec.query is None else spec.query
+        if not 0 <= spec.layer < n_layers:
+            raise SaekitError(f"--qk {spec}: attention layer {spec.layer} does not exist; the model has layers "
+                              f"0-{n_layers - 1}")
+        if not 0 <= spec.head < heads:
+            raise SaekitError(f"--qk {spec}: head {spec.head} does not exist; layer {spec.layer} has heads "
+                              f"0-{heads - 1}")
+        if not 0 <= query < n_positions:
+            raise SaekitError(f"--qk {spec}: query position {query} is outside the prompt (positions "
+                              f"0-{n_positions - 1}, BOS first)")
+        if (found := QKSpec(spec.layer, spec.head, query)) not in resolved:
+            resolved.append(found)
+    return resolved
+
+
+_GRAPH_KINDS = {"feature": "latent", "error": "error", "token": "token"}
+
+
+def _node_entry(view: QKAttribution, index: int, tokens: list[str]) -> dict:
+    """Node ``index`` of a view, described: its graph JSON id, kind, layer, latent and position."""
+    name, kind, position = view.nodes[index], view.kinds[index], int(view.positions[index])
+    parts = name.split("_")
+    if kind == "latent":  # {layer}_{latent}_{position}
+        return {"node": name, "kind": kind, "layer": int(parts[0]), "latent": int(parts[1]), "position": position}
+    if kind == "error":  # 0_{layer}_{position}
+        return {"node": name, "kind": kind, "layer": int(parts[1]), "position": position}
+    return {"node": name, "kind": kind, "position": position, "token": tokens[position]}
+
+
+def _side(view: QKAttribution, parts: Tensor, bias: float, tokens: list[str], shown: set[tuple[str, str]],
+          top: int) -> dict:
+    """One side of one key's score: its ``top`` nodes by size (nonzero only), the rest summed, and the bias."""
+    parts = parts.double()
+    order = [index for index in parts.abs().argsort(descending=True)[:top].tolist() if parts[index] != 0]
+    rest = torch.ones(len(parts), dtype=torch.bool)
+    rest[order] = False
+    nodes = [{**_node_entry(view, index, tokens), "part": float(parts[index]),
+              "in_graph": (view.kinds[index], view.nodes[index]) in shown} for index in order]
+    return {"bias": bias, "nodes": nodes, "other": float(parts[rest].sum())}
+
+
+def qk_record(graph: Graph, pruned: PrunedGraph, views: list[QKAttribution], top: int = 10,
+              keys: int = QK_KEYS) -> dict:
+    """The QK views as JSON: per head and query position its pattern row and scores, and for its ``keys`` most
+    attended key positions the score split on the query side and on the key side into the ``top`` nodes (the
+    graph JSON's node ids), the rest of the nodes (``other``) and the part of no node (``bias``)."""
+    from saekit.circuits.graph_files import kept_nodes_and_links, node_record
+
+    shown = {(_GRAPH_KINDS[graph.node_kind(node)], node_record(graph, node, 0.0)["node_id"])
+             for node in kept_nodes_and_links(graph, pruned)[0] if graph.node_kind(node) in _GRAPH_KINDS}
+    heads, largest = [], 0.0
+    for view in views:
+        records = []
+        for key in view.pattern.argsort(descending=True)[:keys].tolist():
+            score = float(view.scores[key])
+            sides = {}
+            for name, parts, bias in (("query_side", view.query_parts, view.query_bias),
+                                      ("key_side", view.key_parts, view.key_bias)):
+                sides[name] = _side(view, parts[key], float(bias[key]), graph.tokens, shown, top)
+                # float error only: every node is listed or in other
+                largest = max(largest, abs(score - float(bias[key]) - float(parts[key].double().sum())))
+            records.append({"key": key, "token": graph.tokens[key], "weight": float(view.pattern[key]),
+                            "score": score, **sides})
+        heads.append({"layer": view.layer, "head": view.head, "query": view.query,
+                      "query_token": graph.tokens[view.query], "pattern": view.pattern.tolist(),
+                      "scores": view.scores.tolist(), "keys": records})
+    return {"definition": "per attention head (layer, query head) and query position: its clean pattern row over "
+                          "key positions 0..query (BOS 0) and its pre-softmax scores there (scaling * q . k, before "
+                          "any softcap and the mask; norms frozen at the clean run). For the most attended keys, the "
+                          "score split into parts: on the query side each node's contribution to the query dotted "
+                          "with the clean key, on the key side the clean query dotted with each node's contribution "
+                          "to the key; bias is the part of no node (every node at zero: biases, learned positions). "
+                          "On each side bias + the listed nodes' parts + other (every other node) = score. Nodes are "
+                          "every active latent, error node and token, named as in the graph JSON; in_graph: kept in "
+                          "the pruned graph",
+            "prompt_tokens": graph.tokens, "top_keys": keys, "top_nodes": top, "heads": heads,
+            "largest_residual": largest}
+
+
+def _rebuilt(graph_path: Path, transcoders_path: str | Path, loaded: LoadedModel,
+             device: str) -> tuple[Graph, PrunedGraph, ReplacementModel]:
+    """A graph written by ``saekit attribute`` and the replacement model rebuilt from its transcoders and prompt."""
+    from saekit.circuits.graph_files import read_graph
+    from saekit.circuits.transcoders import load_transcoders
+
+    graph, pruned = read_graph(graph_path)
+    replacement = ReplacementModel(loaded, load_transcoders(transcoders_path, device), torch.tensor(graph.input_ids),
+                                   freeze_unreplaced=bool(graph.settings.get("frozen_mlp_layers")))
+    return graph, pruned, replacement
+
+
+def write_qk_view(graph_path: str | Path, transcoders_path: str | Path, loaded: LoadedModel, device: str,
+                  specs: list[QKSpec], batch_size: int = 32, top: int = 10) -> Path:
+    """``SLUG.qk.json`` beside ``SLUG.safetensors`` (written by ``saekit attribute --qk``): the QK view of each
+    head in ``specs``, over every active latent (so that each side's parts sum to the score), in the replacement
+    model rebuilt from the same transcoders and prompt."""
+    from saekit.io import write_json
+
+    graph_path = Path(graph_path)
+    graph, pruned, replacement = _rebuilt(graph_path, transcoders_path, loaded, device)
+    check_graph_matches(graph, replacement)
+    specs = check_qk_specs(specs, loaded.adapter.n_layers, replacement.patterns[0].shape[-3], len(graph.input_ids))
+    views = [qk_attribution(replacement, spec.layer, spec.head, int(spec.query), batch_size=batch_size)
+             for spec in specs]
+    out = graph_path.with_name(graph_path.name.removesuffix(".safetensors") + ".qk.json")
+    write_json(out, qk_record(graph, pruned, views, top))
+    return out

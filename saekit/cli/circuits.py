@@ -6,10 +6,15 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from saekit.cli.argtypes import DEFAULTS_NOTE, add_force_flag
 from saekit.errors import SaekitError
 from saekit.settings import add_flags, from_args, setting
+
+if TYPE_CHECKING:  # annotations only: the handlers import what they use when they run
+    from saekit.circuits.attention import QKSpec
+    from saekit.models.loading import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -21,6 +26,7 @@ class Interventions:
 
 
 def add_circuit_parsers(subparsers: argparse._SubParsersAction) -> None:
+    from saekit.circuits.attention import QK_KEYS
     from saekit.jobs.circuits import GraphJob, SteerJob
 
     attribute = subparsers.add_parser(
@@ -41,6 +47,17 @@ def add_circuit_parsers(subparsers: argparse._SubParsersAction) -> None:
                            help="also write SLUG.heads.json: each kept edge between positions split by the attention "
                                 "head (layer, head) of its first position crossing, its TOP heads listed (TOP: 5 when "
                                 "not given), and per-head totals (default: none)")
+    attribute.add_argument("--qk", action="append", default=None, metavar="LAYER.HEAD[@POS]",
+                           help="also write SLUG.qk.json, the QK view of head HEAD of attention layer LAYER at query "
+                                "position POS (all counted from 0; positions BOS first; default POS: the last): its "
+                                f"attention pattern over key positions 0..POS, and for its {QK_KEYS} most attended "
+                                "keys its pre-softmax score split "
+                                "into the parts of the nodes (latents, error nodes, tokens) on the query side and on "
+                                "the key side, plus the part of no node (bias), which sum to the score; repeatable or "
+                                "comma-separated, e.g. --qk 1.3 --qk 0.2@4,0.3@4 (default: none)")
+    attribute.add_argument("--qk-top", type=int, default=None, metavar="N",
+                           help="with --qk: the nodes listed per side of each key, the rest summed as 'other' "
+                                "(default: 10)")
     add_flags(attribute, GraphJob, skip=("progress",), title="graph settings (defaults in [])", note=DEFAULTS_NOTE)
     attribute.set_defaults(handler=_attribute)
 
@@ -63,36 +80,57 @@ def graph_job(args: argparse.Namespace):  # -> GraphJob
 
 
 def _attribute(args: argparse.Namespace) -> int:
+    from saekit.circuits.attention import parse_qk_specs
     from saekit.jobs.circuits import attribute_prompt, slug_of
     from saekit.training.config import check_device
 
     job = graph_job(args)
     if args.heads is not None and args.heads < 1:
         raise SaekitError(f"--heads lists the TOP heads of each edge: give at least 1, got {args.heads}")
+    qk = parse_qk_specs(args.qk or [])  # the syntax, before anything loads
+    if args.qk_top is not None and (not qk or args.qk_top < 1):
+        raise SaekitError(f"--qk-top lists the N largest nodes per side in SLUG.qk.json: give at least 1 with "
+                          f"--qk LAYER.HEAD[@POS], got {args.qk_top}" + ("" if qk else " without --qk"))
     check_device(job.device)
     slug = slug_of(args.prompt)
     if args.subgraph is not None:
         _check_subgraph_file(args.subgraph, slug)
     out = args.out or Path("runs") / "graphs" / slug
-    loaded = _heads_model(args.transcoders, job.device) if args.heads is not None else None  # one load for both
+    # one load for the graph, --heads and --qk
+    loaded = _attention_model(args.transcoders, job.device) if args.heads is not None or qk else None
+    if qk and args.prompt.strip():  # the ranges need the model and the prompt: before the graph is built or
+        qk = _checked_qk(qk, loaded, args.prompt)  # written (an empty prompt: attribute_prompt's own line)
     written = attribute_prompt(args.transcoders, args.prompt, out, job, loaded=loaded, force=args.force)
     print(f"graph: {written} (report.md, the page and circuit-tracer's JSON)")
-    if loaded is not None:
+    if args.heads is not None:
         from saekit.circuits.attention import write_head_split
 
         heads = write_head_split(written / f"{slug}.safetensors", args.transcoders, loaded, job.device,
                                  job.attribution.batch_size, args.heads)
         print(f"heads: {heads} (each crossing edge split by attention head)")
+    if qk:
+        from saekit.circuits.attention import write_qk_view
+
+        view = write_qk_view(written / f"{slug}.safetensors", args.transcoders, loaded, job.device, qk,
+                             job.attribution.batch_size, args.qk_top or 10)
+        print(f"qk: {view} (the scores of {', '.join(map(str, qk))} split into the nodes' parts)")
     if args.subgraph is not None:
         _merge_subgraph(written / f"{slug}.json", args.subgraph)
     return 0
 
 
-def _heads_model(transcoders: Path, device: str):  # -> LoadedModel
-    """The transcoders' model, loaded before the graph so that ``--heads`` reuses it."""
+def _attention_model(transcoders: Path, device: str) -> LoadedModel:
+    """The transcoders' model, loaded before the graph so that ``--heads`` and ``--qk`` reuse it."""
     from saekit.circuits.transcoders import load_model_for, load_transcoders
 
     return load_model_for(load_transcoders(transcoders, device), device)
+
+
+def _checked_qk(specs: list[QKSpec], loaded: LoadedModel, prompt: str) -> list[QKSpec]:
+    """``--qk`` specs against the model's layers and heads and the prompt's positions, query positions resolved."""
+    from saekit.circuits.attention import check_qk_specs, query_heads
+
+    return check_qk_specs(specs, loaded.adapter.n_layers, query_heads(loaded), len(loaded.prompt_ids(prompt)))
 
 
 def _check_subgraph_file(path: Path, slug: str) -> None:
