@@ -92,6 +92,10 @@ SETTINGS: dict[str, Any] = {
     "probe_lr": 0.1, "probe_l1_penalty": 1e-3, "early_stopping_patience": 20, "sae_batch_size": 125,
     "n_values": [2, 5, 10, 20, 50, 100],
 }
+# With --run (a real model) the fixture-only overrides above are dropped: both sides run as each tool runs by
+# default. SAEBench's ScrAndTppEvalConfig: probe_lr 1e-3, 20 epochs, batch 16, L1 1e-3, patience 20, n_values up to
+# 500; saekit's RemovalSettings() defaults are the same numbers (its own probe loop and generator).
+DEFAULT_SETTINGS: dict[str, Any] = {"probe_lr": 1e-3, "n_values": [2, 5, 10, 20, 50, 100, 500]}
 
 
 # ---- SAEBench's side (side venv; no saekit) ------------------------------------------------------------------
@@ -116,7 +120,7 @@ def worker(inputs_path: Path, out: Path) -> None:
                          "b_dec": tensors["sae.b_dec"], "k": sae.k})
     sae.eval()
     n_values = meta["n_values"]
-    s = SETTINGS
+    s = {**SETTINGS, **meta.get("saebench_settings", {})}  # a real run: SAEBench's own defaults (DEFAULT_SETTINGS)
     saved: dict[str, torch.Tensor] = {}
     results: dict[str, Any] = {"sae_bench_version": getattr(sae_bench, "__version__", "0.6.0"),
                                "settings": s, "n_values": n_values}
@@ -254,7 +258,7 @@ def per_token(loaded: LoadedModel, site: str, rows: list[Tensor], batch_size: in
 
 
 def saekit_inputs(run: Path, loaded: LoadedModel | None, train: int, test: int, context_length: int, run_name: str,
-                  ) -> tuple[dict[str, Tensor], dict[str, Any]]:
+                  overrides: dict[str, Any] | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The tensors both sides read (``inputs.safetensors``) and their description (``inputs.json``); ``train`` and
     ``test`` are TPP's texts per class, SCR takes half as many per quadrant."""
     import torch
@@ -269,7 +273,8 @@ def saekit_inputs(run: Path, loaded: LoadedModel | None, train: int, test: int, 
     inputs = load_probe_inputs(run, loaded)
     check_ablatable(inputs)
     dictionary = inputs.dictionary
-    n_values = usable_n(RemovalSettings(n_values=tuple(SETTINGS["n_values"])).validate(), dictionary.config.width)
+    wanted = {**SETTINGS, **(overrides or {})}["n_values"]
+    n_values = usable_n(RemovalSettings(n_values=tuple(wanted)).validate(), dictionary.config.width)
     tensors: dict[str, Any] = {"sae.W_enc": dictionary.W_enc, "sae.b_enc": dictionary.b_enc,
                                "sae.W_dec": dictionary.W_dec, "sae.b_dec": dictionary.b_dec}
     tensors = {name: value.detach().float().cpu().clone() for name, value in tensors.items()}
@@ -315,6 +320,8 @@ def saekit_inputs(run: Path, loaded: LoadedModel | None, train: int, test: int, 
     meta = {"k": dictionary.config.k, "classes": list(task.classes), "n_values": list(n_values),
             "seed": settings.seed, "context_length": context_length, "batch_size": settings.batch_size,
             "scr_task": mix.describe(), "tpp_task": task.describe(), "run": run_name}
+    if overrides:  # a real run only: the fixture's inputs.json stays as it was
+        meta["saebench_settings"] = overrides
     return {name: value.contiguous() for name, value in tensors.items()}, meta
 
 
@@ -343,9 +350,9 @@ def own_probe_report(fixture: Any) -> None:
     from saekit.probing.ablation import probe_accuracy
     from saekit.probing.scr_tpp import RemovalSettings, train_probes
 
-    settings = RemovalSettings(probe_epochs=SETTINGS["probe_epochs"], probe_lr=SETTINGS["probe_lr"],
-                               probe_batch_size=SETTINGS["probe_train_batch_size"],
-                               probe_l1=SETTINGS["probe_l1_penalty"])
+    s = {**SETTINGS, **fixture.meta.get("saebench_settings", {})}
+    settings = RemovalSettings(probe_epochs=s["probe_epochs"], probe_lr=s["probe_lr"],
+                               probe_batch_size=s["probe_train_batch_size"], probe_l1=s["probe_l1_penalty"])
     seed = fixture.meta["seed"]
     scr_raw = fixture.scr_tasks("raw")
     ours = train_probes(scr_raw, settings, seed)
@@ -361,6 +368,94 @@ def own_probe_report(fixture: Any) -> None:
               f"{fixture.expected['tpp']['clean_accuracy'][task.label]:.4f}")
 
 
+
+# ---- end to end (--end-to-end): each side its own probes -----------------------------------------------------
+
+END_TO_END_TOLERANCE = 0.04  # SAEBench's own acceptance tolerance for a reimplementation
+
+
+def quantity_rows(fixture: Any, scr: dict[str, Any], tpp: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per quantity: saekit's value (``scr`` / ``tpp`` as ``saekit_scr`` / ``saekit_tpp`` return them), SAEBench's
+    (the worker's ``saebench.json``), |difference| (None where one side has no value) and whether within 0.04."""
+    from test_saebench_scr_tpp_parity import BIASED_ON, DIRECTIONS
+    from test_saebench_scr_tpp_parity import SCR_KEYS as KEYS
+
+    rows: list[dict[str, Any]] = []
+
+    def row(group: str, quantity: str, ours: float | None, theirs: float | None) -> None:
+        diff = None if ours is None or theirs is None else abs(ours - theirs)
+        within = (ours is None and theirs is None) or (diff is not None and diff <= END_TO_END_TOLERANCE)
+        rows.append({"group": group, "quantity": quantity, "saekit": ours, "saebench": theirs, "abs_diff": diff,
+                     "within_0.04": within})
+
+    expected, n_values = fixture.expected, [str(n) for n in fixture.meta["n_values"]]
+    clean_keys = {"target": KEYS["target"], "spurious": KEYS["spurious"], "biased on biased": KEYS["biased"]}
+    clean_keys |= {f"biased on {name}": key for name, key in BIASED_ON.items()}
+    for name, key in clean_keys.items():
+        row("SCR clean accuracy", f"{name} ({key})", scr["clean"][name], expected["scr"]["clean_accuracy"][key])
+    data = {1: BIASED_ON["target"], 2: BIASED_ON["spurious"]}
+    for d, name in DIRECTIONS.items():
+        for n in n_values:
+            row("SCR ablated accuracy", f"dir{d} ({name} latents ablated) N={n}",
+                scr["details"]["ablated_accuracy"][f"dir{d}_{n}"],
+                expected["scr"]["ablated_accuracy"][KEYS[name]][n][data[d]])
+    for key, value in scr["metrics"].items():
+        row("SCR metric", key, value, expected["scr"]["metrics"].get(key))
+    for label in fixture.meta["classes"]:
+        row("TPP clean accuracy", label, tpp["clean"][label], expected["tpp"]["clean_accuracy"][label])
+    for label in fixture.meta["classes"]:
+        for key, value in tpp["details"]["per_class"][label].items():
+            row("TPP per-class score (from ablated accuracies)", f"{label} {key}", value,
+                expected["tpp"]["per_class"][label][key])
+    for key, value in tpp["metrics"].items():
+        row("TPP metric", key, value, expected["tpp"]["metrics"][key])
+    return rows
+
+
+def end_to_end(out: Path) -> dict[str, Any]:
+    """saekit as a user runs it (``scr_run`` / ``tpp_run``'s steps: its own probes from ``train_probes`` with
+    ``RemovalSettings()`` defaults, ablation over the kept tokens) on the saved pooled features, against SAEBench's
+    numbers with SAEBench's own probes; beside it the shared-probe comparison (saekit with SAEBench's probes, as it is
+    and with the masked-position term). Prints the largest |difference| per group, writes ``end_to_end.json``."""
+    from dataclasses import asdict
+
+    from test_saebench_scr_tpp_parity import Fixture, saekit_scr, saekit_tpp
+
+    from saekit.probing.scr_tpp import RemovalSettings, scr_from_pooled, tpp_from_tasks, train_probes
+
+    fixture = Fixture.load(out)
+    settings = RemovalSettings().validate()
+    seed, n_values = fixture.meta["seed"], tuple(fixture.meta["n_values"])
+    raw, sae = fixture.scr_tasks("raw"), fixture.scr_tasks("sae")
+    clean, metrics, details = scr_from_pooled(raw, sae, fixture.decoder, n_values, train_probes(raw, settings, seed))
+    own_scr = {"clean": clean, "metrics": metrics, "details": details}
+    tpp_raw, tpp_sae = fixture.tpp_tasks()
+    probes = train_probes({task.label: task for task in tpp_raw}, settings, seed)
+    clean, metrics, details = tpp_from_tasks(tpp_raw, tpp_sae, fixture.decoder, n_values, probes)
+    own_tpp = {"clean": clean, "metrics": metrics, "details": details}
+    comparisons = {
+        "end_to_end": quantity_rows(fixture, own_scr, own_tpp),
+        "shared_probes_as_is": quantity_rows(fixture, saekit_scr(fixture), saekit_tpp(fixture)),
+        "shared_probes_masked_term": quantity_rows(fixture, saekit_scr(fixture, True), saekit_tpp(fixture, True)),
+    }
+    summary: dict[str, dict[str, Any]] = {}
+    for mode, rows in comparisons.items():
+        summary[mode] = {}
+        print(f"{mode}: max |saekit - SAEBench| per group (tolerance {END_TO_END_TOLERANCE})")
+        for group in dict.fromkeys(r["group"] for r in rows):
+            mine = [r for r in rows if r["group"] == group]
+            diffs = [r["abs_diff"] for r in mine if r["abs_diff"] is not None]
+            worst = max(diffs) if diffs else None
+            ok = all(r["within_0.04"] for r in mine)
+            summary[mode][group] = {"max_abs_diff": worst, "all_within_0.04": ok, "quantities": len(mine)}
+            shown = "n/a" if worst is None else f"{worst:.4f}"
+            print(f"  {group:>46}: {shown:<8} {'within' if ok else 'OUTSIDE'} ({len(mine)} quantities)")
+    result = {"tolerance": END_TO_END_TOLERANCE, "meta": fixture.meta,
+              "saebench_settings": fixture.expected["settings"], "saekit_settings": asdict(settings),
+              "summary": summary, "rows": comparisons}
+    (out / "end_to_end.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker", nargs=2, type=Path, metavar=("INPUTS", "OUT"), help=argparse.SUPPRESS)
@@ -372,6 +467,9 @@ def main() -> int:
     parser.add_argument("--python", type=Path, default=SIDE_PYTHON, help="SAEBench's venv python [%(default)s]")
     parser.add_argument("--out", type=Path, default=FIXTURE, help="where the fixture goes [%(default)s]")
     parser.add_argument("--compare-only", action="store_true", help="only compare an existing fixture")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="also run saekit end to end (its own probes, RemovalSettings() defaults) against "
+                             "SAEBench's own-probe numbers, tolerance 0.04; writes end_to_end.json in --out")
     args = parser.parse_args()
     if args.worker:
         worker(*args.worker)
@@ -387,7 +485,7 @@ def main() -> int:
             run, loaded = tiny_run(Path(scratch)) if args.run is None else (args.run, None)
             run_name = "compare_saebench_probing.tiny_run" if args.run is None else str(args.run)
             tensors, meta = saekit_inputs(run, loaded, args.train_per_class, args.test_per_class,
-                                          args.context_length, run_name)
+                                          args.context_length, run_name, None if args.run is None else DEFAULT_SETTINGS)
         args.out.mkdir(parents=True, exist_ok=True)
         save_tensors(args.out / "inputs.safetensors", tensors)
         (args.out / "inputs.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -395,6 +493,8 @@ def main() -> int:
                         str(args.out / "saebench.json")], check=True, cwd=REPO)
     mismatches = compare(args.out)
     print(f"{mismatches} mismatches; fixture in {args.out}")
+    if args.end_to_end:
+        end_to_end(args.out)
     return 1 if mismatches else 0
 
 
