@@ -88,6 +88,17 @@ def ablate(raw: Tensor, latents: Tensor, decoder: Tensor, chosen: list[int]) -> 
     return raw - latents[:, chosen].float() @ decoder[chosen].float()
 
 
+def masked_positions_shift(kept: Tensor, context_length: int, latents_of_zero: Tensor) -> Tensor:
+    """SAEBench 0.6.0's extra ablation term as a shift of the pooled latents, [n, width]: its ablation also encodes
+    each text's zeroed BOS and padding (``context_length - kept`` positions) and subtracts f(0)[A] W_dec[A] at each,
+    then divides the sum by the ``kept`` real tokens; added to the pooled latents that ``ablate`` reads, it gives
+    SAEBench's ablated activations. ``latents_of_zero``: the dictionary's latents of the zero vector [width]."""
+    masked = context_length - kept.double()
+    if bool((masked < 1).any()):
+        raise SaekitError("a text keeps more tokens than the context length allows; tokenise with the same length")
+    return ((masked / kept.double())[:, None] * latents_of_zero.double()[None]).float()
+
+
 def scr_score(ablated: float, biased: float, oracle: float) -> float:
     """SAEBench's normalised SCR: how much of the gap to the oracle probe the ablation recovered."""
     if oracle - biased < SCR_DENOMINATOR_FLOOR:

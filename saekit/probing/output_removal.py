@@ -57,6 +57,7 @@ def render_removal(results: RemovalResults) -> str:
     lines = [f"# {name}: {markdown_inline(results.task['name'])}", "", f"> {results.warning}", "",
              f"Run {markdown_inline(results.run)} ({results.architecture}, {results.width} latents) at "
              f"{results.site} of {markdown_inline(results.model)}. Task: {markdown_inline(results.task['source'])}.",
+             "", _ablation_line(results.settings),
              "", "## Probes on the raw activations (test accuracy, before ablation)", "",
              markdown_table(["probe", "accuracy"], [[k, f"{v:.4f}"] for k, v in results.clean_accuracy.items()]),
              "", "## Scores by number of ablated latents", ""]
@@ -72,6 +73,14 @@ def render_removal(results: RemovalResults) -> str:
     rows = [[str(n), *[_number(results.metrics.get(key.format(n))) for key, _ in keys]] for n in ns]
     lines += [markdown_table(["N", *[label for _, label in keys]], rows), ""]
     return "\n".join(lines)
+
+
+def _ablation_line(settings: dict[str, Any]) -> str:
+    if settings.get("saebench_masked_positions"):
+        return ("Ablation as SAEBench 0.6.0 does it: the ablated latents' decode of the zero vector is also "
+                "subtracted at each text's BOS and padding up to the context length (--saebench-masked-positions).")
+    return ("Ablation over the texts' real tokens only (SAEBench also subtracts the decode of the zero vector at "
+            "BOS and padding; --saebench-masked-positions does that, for numbers comparable with SAEBench's).")
 
 
 def _number(value: float | None) -> str:

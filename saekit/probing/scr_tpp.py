@@ -15,8 +15,10 @@ top-N latents by clamped effect are ablated and the drop in class i's probe accu
 other probes, is its score; scores are averaged over the classes.
 
 Both ablate in the pooled activations (``ablation.ablate``), which equals SAEBench's per-token ablation over the
-kept tokens. SAEBench also subtracts f(0)[A] W_dec[A] at every zeroed BOS/pad position (non-zero for a TopK SAE);
-saekit ablates real tokens only (tests/probing/test_saebench_scr_tpp_parity.py measures the difference).
+kept tokens. SAEBench also subtracts f(0)[A] W_dec[A] at every zeroed BOS/pad position (non-zero for a TopK SAE):
+saekit ablates real tokens only, unless ``saebench_masked_positions`` asks for SAEBench's term too
+(``ablation.masked_positions_shift``), which makes its numbers comparable with SAEBench's published ones
+(tests/probing/test_saebench_scr_tpp_parity.py measures the difference).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from saekit.models.loading import LoadedModel
 from saekit.probing.ablation import (
     ablate,
     latent_effects,
+    masked_positions_shift,
     probe_accuracy,
     scr_score,
     select_top,
@@ -68,6 +71,10 @@ class RemovalSettings:
     probe_batch_size: int = setting(16, "batch size of the attribution probe; it sets how much of the spurious "
                                     "correlation the biased probe learns (SAEBench: 16)", minimum=1)
     probe_l1: float = setting(1e-3, "L1 penalty on the attribution probe's weights (SAEBench: 1e-3)", minimum=0)
+    saebench_masked_positions: bool = setting(
+        False, "also subtract the ablated latents' decode of the zero vector at each text's BOS and padding up to "
+        "the context length, as SAEBench 0.6.0's ablation does (non-zero for TopK and biased encoders): for numbers "
+        "comparable with SAEBench's; off, only real tokens are ablated", switch=True)
 
     def __post_init__(self) -> None:
         self.n_values = tuple(self.n_values)
@@ -120,6 +127,16 @@ def usable_n(settings: RemovalSettings, width: int) -> tuple[int, ...]:
     return kept
 
 
+def _with_masked_positions(latents: Tensor, rows: list[Tensor], inputs: ProbeInputs, context_length: int) -> Tensor:
+    """Pooled latents [n, width] plus SAEBench's masked-position term for the tokenised ``rows`` (BOS first)."""
+    d_in = inputs.dictionary.W_dec.shape[1]
+    zero = torch.zeros(1, d_in, dtype=inputs.dictionary.W_dec.dtype, device=inputs.dictionary.W_dec.device)
+    with torch.no_grad():
+        of_zero = inputs.dictionary.encode(zero)[0].float().cpu()
+    kept = torch.tensor([len(row) - 1 for row in rows])
+    return latents + masked_positions_shift(kept, context_length, of_zero)
+
+
 def _identity(inputs: ProbeInputs) -> dict[str, Any]:
     config = inputs.dictionary.config
     return {"run": str(inputs.run_dir), "model": inputs.loaded.name, "site": inputs.site,
@@ -130,14 +147,17 @@ def _identity(inputs: ProbeInputs) -> dict[str, Any]:
 
 
 def _pooled_quadrants(inputs: ProbeInputs, task: SpuriousTask, probe_settings: ProbeSettings,
-                      ) -> dict[str, dict[tuple[bool, bool], dict[str, Tensor]]]:
-    """``{split: {quadrant: {"raw": [q, d], "sae": [q, width]}}}``."""
+                      masked_positions: bool = False) -> dict[str, dict[tuple[bool, bool], dict[str, Tensor]]]:
+    """``{split: {quadrant: {"raw": [q, d], "sae": [q, width]}}}``; ``masked_positions``: the test latents carry
+    SAEBench's masked-position term (see the module docstring)."""
     pooled: dict[str, dict[tuple[bool, bool], dict[str, Tensor]]] = {}
     for split, quadrants in (("train", task.train), ("test", task.test)):
         texts = [text for quadrant in QUADRANTS for text in quadrants[quadrant]]
         rows = tokenize(inputs.loaded, texts, probe_settings.context_length)
         features = pooled_activations(inputs.loaded, inputs.site, rows, {"sae": inputs.dictionary.encode},
                                       probe_settings.batch_size, desc=f"pooling {split} texts")
+        if masked_positions and split == "test":
+            features["sae"] = _with_masked_positions(features["sae"], rows, inputs, probe_settings.context_length)
         size = len(quadrants[True, True])
         pooled[split] = {quadrant: {name: values[i * size:(i + 1) * size] for name, values in features.items()}
                          for i, quadrant in enumerate(QUADRANTS)}
@@ -215,7 +235,7 @@ def scr_run(run_dir: str | Path, task_name: str = DEFAULT_SCR_TASK, probe_settin
     inputs = load_probe_inputs(Path(run_dir), loaded)
     check_ablatable(inputs)
     n_values = usable_n(settings, inputs.dictionary.config.width)
-    pooled = _pooled_quadrants(inputs, task, probe_settings)
+    pooled = _pooled_quadrants(inputs, task, probe_settings, settings.saebench_masked_positions)
     decoder = inputs.dictionary.W_dec.detach().float().cpu()
     raw = scr_binary_tasks(pooled, "raw")
     probes = train_probes(raw, settings, probe_settings.seed)
@@ -260,6 +280,10 @@ def tpp_run(run_dir: str | Path, task_name: str, probe_settings: ProbeSettings |
     check_ablatable(inputs)
     n_values = usable_n(settings, inputs.dictionary.config.width)
     pooled = pooled_task(inputs, task, probe_settings)
+    if settings.saebench_masked_positions:
+        rows = tokenize(inputs.loaded, [example.text for example in task.test], probe_settings.context_length)
+        pooled["test"]["sae"] = _with_masked_positions(pooled["test"]["sae"], rows, inputs,
+                                                       probe_settings.context_length)
     raw = binary_tasks(pooled, task, "llm", probe_settings.seed)
     sae = binary_tasks(pooled, task, "sae", probe_settings.seed)
     decoder = inputs.dictionary.W_dec.detach().float().cpu()

@@ -100,9 +100,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {"probe_lr": 1e-3, "n_values": [2, 5, 10, 20,
 
 # ---- SAEBench's side (side venv; no saekit) ------------------------------------------------------------------
 
-def worker(inputs_path: Path, out: Path) -> None:
-    """SAEBench's SCR and TPP steps on the saved tensors (see the module docstring); writes ``saebench.json`` and
-    ``saebench.safetensors`` beside ``out``."""
+def worker(inputs_path: Path, out: Path, seed: int | None = None) -> None:
+    """SAEBench's SCR and TPP steps on the saved tensors (see the module docstring); writes ``out`` (JSON) and its
+    ``.safetensors`` beside it. ``seed`` replaces the settings' ``random_seed`` (SAEBench's own seed noise)."""
     import sae_bench
     import sae_bench.evals.scr_and_tpp.main as scr_tpp
     import torch
@@ -121,6 +121,8 @@ def worker(inputs_path: Path, out: Path) -> None:
     sae.eval()
     n_values = meta["n_values"]
     s = {**SETTINGS, **meta.get("saebench_settings", {})}  # a real run: SAEBench's own defaults (DEFAULT_SETTINGS)
+    if seed is not None:
+        s["random_seed"] = seed
     saved: dict[str, torch.Tensor] = {}
     results: dict[str, Any] = {"sae_bench_version": getattr(sae_bench, "__version__", "0.6.0"),
                                "settings": s, "n_values": n_values}
@@ -412,11 +414,30 @@ def quantity_rows(fixture: Any, scr: dict[str, Any], tpp: dict[str, Any]) -> lis
     return rows
 
 
+def saebench_as_saekit(other: dict[str, Any], meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A second SAEBench run's ``saebench.json`` in the shape ``quantity_rows`` reads for saekit's side, so SAEBench
+    at another seed can be held against SAEBench at its own: the noise floor of an end-to-end comparison."""
+    from test_saebench_scr_tpp_parity import BIASED_ON, DIRECTIONS
+    from test_saebench_scr_tpp_parity import SCR_KEYS as KEYS
+
+    clean_keys = {"target": KEYS["target"], "spurious": KEYS["spurious"], "biased on biased": KEYS["biased"]}
+    clean_keys |= {f"biased on {name}": key for name, key in BIASED_ON.items()}
+    data = {1: BIASED_ON["target"], 2: BIASED_ON["spurious"]}
+    ablated = {f"dir{d}_{n}": other["scr"]["ablated_accuracy"][KEYS[name]][str(n)][data[d]]
+               for d, name in DIRECTIONS.items() for n in meta["n_values"]}
+    scr = {"clean": {name: other["scr"]["clean_accuracy"][key] for name, key in clean_keys.items()},
+           "metrics": other["scr"]["metrics"], "details": {"ablated_accuracy": ablated}}
+    tpp = {"clean": other["tpp"]["clean_accuracy"], "metrics": other["tpp"]["metrics"],
+           "details": {"per_class": other["tpp"]["per_class"]}}
+    return scr, tpp
+
+
 def end_to_end(out: Path) -> dict[str, Any]:
     """saekit as a user runs it (``scr_run`` / ``tpp_run``'s steps: its own probes from ``train_probes`` with
-    ``RemovalSettings()`` defaults, ablation over the kept tokens) on the saved pooled features, against SAEBench's
-    numbers with SAEBench's own probes; beside it the shared-probe comparison (saekit with SAEBench's probes, as it is
-    and with the masked-position term). Prints the largest |difference| per group, writes ``end_to_end.json``."""
+    ``RemovalSettings()`` defaults; ablation over the kept tokens, and with ``--saebench-masked-positions``) on the
+    saved pooled features, against SAEBench's numbers with SAEBench's own probes; beside it the shared-probe
+    comparison (saekit with SAEBench's probes, as it is and with the masked-position term). Prints the largest
+    |difference| per group, writes ``end_to_end.json``."""
     from dataclasses import asdict
 
     from test_saebench_scr_tpp_parity import Fixture, saekit_scr, saekit_tpp
@@ -426,18 +447,31 @@ def end_to_end(out: Path) -> dict[str, Any]:
     fixture = Fixture.load(out)
     settings = RemovalSettings().validate()
     seed, n_values = fixture.meta["seed"], tuple(fixture.meta["n_values"])
-    raw, sae = fixture.scr_tasks("raw"), fixture.scr_tasks("sae")
-    clean, metrics, details = scr_from_pooled(raw, sae, fixture.decoder, n_values, train_probes(raw, settings, seed))
-    own_scr = {"clean": clean, "metrics": metrics, "details": details}
-    tpp_raw, tpp_sae = fixture.tpp_tasks()
-    probes = train_probes({task.label: task for task in tpp_raw}, settings, seed)
-    clean, metrics, details = tpp_from_tasks(tpp_raw, tpp_sae, fixture.decoder, n_values, probes)
-    own_tpp = {"clean": clean, "metrics": metrics, "details": details}
+    raw = fixture.scr_tasks("raw")
+    scr_probes = train_probes(raw, settings, seed)
+    tpp_raw, _ = fixture.tpp_tasks()
+    tpp_probes = train_probes({task.label: task for task in tpp_raw}, settings, seed)
+
+    def own(masked_positions: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """saekit end to end, as ``saekit probe --scr / --tpp [--saebench-masked-positions]`` computes it."""
+        sae = fixture.scr_tasks("sae", masked_positions)
+        scr = dict(zip(("clean", "metrics", "details"),
+                       scr_from_pooled(raw, sae, fixture.decoder, n_values, scr_probes), strict=True))
+        tpp_sae = fixture.tpp_tasks(masked_positions)[1]
+        tpp = dict(zip(("clean", "metrics", "details"),
+                       tpp_from_tasks(tpp_raw, tpp_sae, fixture.decoder, n_values, tpp_probes), strict=True))
+        return scr, tpp
+
     comparisons = {
-        "end_to_end": quantity_rows(fixture, own_scr, own_tpp),
+        "end_to_end": quantity_rows(fixture, *own(False)),
+        "end_to_end_masked_positions": quantity_rows(fixture, *own(True)),
         "shared_probes_as_is": quantity_rows(fixture, saekit_scr(fixture), saekit_tpp(fixture)),
         "shared_probes_masked_term": quantity_rows(fixture, saekit_scr(fixture, True), saekit_tpp(fixture, True)),
     }
+    for other in sorted(out.glob("saebench_seed*.json")):  # SAEBench against itself at another seed
+        seeded = json.loads(other.read_text())
+        comparisons[f"saebench_at_seed_{seeded['settings']['random_seed']}"] = quantity_rows(
+            fixture, *saebench_as_saekit(seeded, fixture.meta))
     summary: dict[str, dict[str, Any]] = {}
     for mode, rows in comparisons.items():
         summary[mode] = {}
@@ -459,6 +493,7 @@ def end_to_end(out: Path) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker", nargs=2, type=Path, metavar=("INPUTS", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker-seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--run", type=Path, help="a run directory (default: a tiny run trained here)")
     parser.add_argument("--train-per-class", type=int, default=24,
                         help="TPP training texts per class; SCR takes half per quadrant [%(default)s]")
@@ -470,9 +505,13 @@ def main() -> int:
     parser.add_argument("--end-to-end", action="store_true",
                         help="also run saekit end to end (its own probes, RemovalSettings() defaults) against "
                              "SAEBench's own-probe numbers, tolerance 0.04; writes end_to_end.json in --out")
+    parser.add_argument("--saebench-seed", type=int, action="append", default=[],
+                        help="with --end-to-end: also run SAEBench at this random_seed on the same tensors and "
+                             "hold it against SAEBench at its own (its seed noise: the floor of an end-to-end "
+                             "comparison); repeatable")
     args = parser.parse_args()
     if args.worker:
-        worker(*args.worker)
+        worker(*args.worker, seed=args.worker_seed)
         return 0
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(HERE))
@@ -494,6 +533,10 @@ def main() -> int:
     mismatches = compare(args.out)
     print(f"{mismatches} mismatches; fixture in {args.out}")
     if args.end_to_end:
+        for seed in args.saebench_seed:
+            subprocess.run([str(args.python), __file__, "--worker", str(args.out / "inputs.safetensors"),
+                            str(args.out / f"saebench_seed{seed}.json"), "--worker-seed", str(seed)],
+                           check=True, cwd=REPO)
         end_to_end(args.out)
     return 1 if mismatches else 0
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from saekit.io import load_tensors
-from saekit.probing.ablation import latent_effects
+from saekit.probing.ablation import latent_effects, masked_positions_shift
 from saekit.probing.probes import BinaryTask
 from saekit.probing.scr_tpp import QUADRANTS, scr_binary_tasks, scr_from_pooled, tpp_from_tasks
 
@@ -56,8 +56,7 @@ class Fixture:
     def masked_positions_term(self, kept: Tensor) -> Tensor:
         """[rows, width]: what SAEBench's ablation adds to each row's pooled latents from the row's zeroed (BOS and
         pad) positions, (masked / kept) x f(0); see ``compare_saebench_scr_tpp.KNOWN_DIFFERENCE``."""
-        masked = self.meta["context_length"] - kept.double()
-        return ((masked / kept.double())[:, None] * self.tensors["sae.latents_of_zero"].double()[None]).float()
+        return masked_positions_shift(kept, self.meta["context_length"], self.tensors["sae.latents_of_zero"])
 
     def probe(self, prefix: str) -> nn.Linear:
         weight = self.saebench[f"{prefix}.weight"]

@@ -23,14 +23,16 @@ def test_tpp_writes_results_report_warning_and_saebench_layout(probe_run_dir, la
     assert saebench["eval_type_id"] == "tpp"
     assert saebench["eval_result_metrics"]["tpp_metrics"] == results["metrics"]
     assert set(saebench["eval_result_unstructured"]["pets"]) == {"cat", "dog"}
-    assert "Chanin" in (out / "tpp.md").read_text()
+    report = (out / "tpp.md").read_text()
+    assert "Chanin" in report and "Ablation over the texts' real tokens only" in report
 
 
 def test_scr_on_the_builtin_mix(probe_run_dir, tmp_path):
     out = tmp_path / "scr"
     assert main(["probe", str(probe_run_dir), "--scr", "--out", str(out), "--train-per-class", "6",
-                 "--test-per-class", "3", *FAST]) == 0
+                 "--test-per-class", "3", "--saebench-masked-positions", *FAST]) == 0
     results = json.loads((out / "scr.json").read_text())
+    assert "Ablation as SAEBench 0.6.0 does it" in (out / "scr.md").read_text()
     assert results["task"]["name"] == "topic-language" and results["task"]["train_per_quadrant"] == 6
     assert set(results["clean_accuracy"]) == {"target", "spurious", "biased on target", "biased on spurious",
                                               "biased on biased"}
