@@ -514,16 +514,6 @@ def parse_qk_specs(texts: list[str] | tuple[str, ...]) -> list[QKSpec]:
     return specs
 
 
-def query_heads(loaded: LoadedModel) -> int:
-    """The model's query heads per attention layer (its config's)."""
-    config = loaded.model.config.get_text_config()
-    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
-    if heads is None:
-        raise SaekitError(f"the {loaded.adapter.model_type} config names no head count (num_attention_heads); "
-                          "--qk cannot check its heads")
-    return int(heads)
-
-
 def check_qk_specs(specs: list[QKSpec], n_layers: int, heads: int, n_positions: int) -> list[QKSpec]:
     """The specs with their query positions resolved (none: the last) and repeats dropped; one line for a layer,
     head or position that does not exist (the same lines :class:`QKProbe` gives, but before any work)."""

@@ -83,7 +83,7 @@ def sizes_of(loaded: LoadedModel, transcoders: TranscoderSet, positions: int, fe
     is refused unless frozen, ``replacement.check_coverage``) its clean output is frozen into error nodes."""
     adapter = loaded.adapter
     widths = [transcoders.width(layer) for layer in transcoders.layers]
-    heads = int(loaded.model.config.get_text_config().num_attention_heads)  # attribution needs Llama-style attention
+    heads = loaded.adapter.query_heads
     return AttributionSizes(positions, features, logits, batch_size, adapter.n_layers, sum(widths),
                             max(widths), adapter.n_layers, adapter.d_model, adapter.d_mlp, heads,
                             int(adapter.unembedding().weight.shape[0]))

@@ -128,9 +128,9 @@ def _attention_model(transcoders: Path, device: str) -> LoadedModel:
 
 def _checked_qk(specs: list[QKSpec], loaded: LoadedModel, prompt: str) -> list[QKSpec]:
     """``--qk`` specs against the model's layers and heads and the prompt's positions, query positions resolved."""
-    from saekit.circuits.attention import check_qk_specs, query_heads
+    from saekit.circuits.attention import check_qk_specs
 
-    return check_qk_specs(specs, loaded.adapter.n_layers, query_heads(loaded), len(loaded.prompt_ids(prompt)))
+    return check_qk_specs(specs, loaded.adapter.n_layers, loaded.adapter.query_heads, len(loaded.prompt_ids(prompt)))
 
 
 def _check_subgraph_file(path: Path, slug: str) -> None:

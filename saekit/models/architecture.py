@@ -168,6 +168,18 @@ def _in_features(module: nn.Module, conv1d: bool = False) -> int:
     raise SaekitError(f"cannot read the input width of {type(module).__name__}")
 
 
+QUERY_HEAD_NAMES = ("num_attention_heads", "n_head")  # the config field naming the query heads per layer
+
+
+def config_int(config: object, *names: str) -> int | None:
+    """The first of ``names`` that the (text) config sets, as an int; None when it sets none."""
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return int(value)
+    return None
+
+
 class ArchitectureAdapter:
     """Resolves site names to modules for one loaded model."""
 
@@ -189,6 +201,15 @@ class ArchitectureAdapter:
     @property
     def d_model(self) -> int:
         return int(self.model.config.hidden_size)
+
+    @property
+    def query_heads(self) -> int:
+        """Query heads per attention layer (the text config's)."""
+        heads = config_int(self.model.config.get_text_config(), *QUERY_HEAD_NAMES)
+        if heads is None:
+            raise SaekitError(f"the {self.model_type} config names no head count (num_attention_heads); "
+                              "attention attribution cannot split it into heads")
+        return heads
 
     @property
     def d_mlp(self) -> int:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from torch import nn
 from transformers import PretrainedConfig
 
-from saekit.models.architecture import LAYOUTS
+from saekit.models.architecture import LAYOUTS, QUERY_HEAD_NAMES, config_int
 
 
 @dataclass(frozen=True)
@@ -43,14 +43,6 @@ class ForwardFlops:
 def _text_config(model_or_config: nn.Module | PretrainedConfig) -> PretrainedConfig:
     config = model_or_config if isinstance(model_or_config, PretrainedConfig) else model_or_config.config
     return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
-def _first(config: PretrainedConfig, *names: str) -> int | None:
-    for name in names:
-        value = getattr(config, name, None)
-        if value is not None:
-            return int(value)
-    return None
 
 
 def is_gated_mlp(model_or_config: nn.Module | PretrainedConfig) -> bool:
@@ -86,15 +78,15 @@ def forward_flops_per_token(model_or_config: nn.Module | PretrainedConfig, conte
     of experts models are not handled (their MLP is counted as if dense).
     """
     config = _text_config(model_or_config)
-    n_layers = _first(config, "num_hidden_layers", "n_layer", "num_layers")
-    d = _first(config, "hidden_size", "n_embd", "d_model")
-    n_heads = _first(config, "num_attention_heads", "n_head")
-    vocab = _first(config, "vocab_size")
+    n_layers = config_int(config, "num_hidden_layers", "n_layer", "num_layers")
+    d = config_int(config, "hidden_size", "n_embd", "d_model")
+    n_heads = config_int(config, *QUERY_HEAD_NAMES)
+    vocab = config_int(config, "vocab_size")
     if None in (n_layers, d, n_heads, vocab):
         raise ValueError(f"config of type {config.model_type!r} lacks the layer count, width, heads or vocabulary")
-    n_kv = _first(config, "num_key_value_heads", "n_head_kv") or n_heads
-    head_dim = _first(config, "head_dim") or d // n_heads
-    d_ff = _first(config, "intermediate_size", "n_inner", "ffn_dim") or 4 * d
+    n_kv = config_int(config, "num_key_value_heads", "n_head_kv") or n_heads
+    head_dim = config_int(config, "head_dim") or d // n_heads
+    d_ff = config_int(config, "intermediate_size", "n_inner", "ffn_dim") or 4 * d
     last = n_layers - 1 if through_layer is None else through_layer
     if not 0 <= from_layer <= last < n_layers:
         raise ValueError(f"blocks {from_layer}..{last} are not within the model's {n_layers} blocks")

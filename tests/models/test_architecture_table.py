@@ -22,7 +22,7 @@ def test_every_family_in_the_table_has_a_tiny_model():
 
 def test_the_row_paths_resolve(adapter):
     layout = adapter.layout
-    assert adapter.n_layers == 2 and adapter.d_model == 32
+    assert adapter.n_layers == 2 and adapter.d_model == 32 and adapter.query_heads == 4
     assert adapter.unembedding() is adapter.model.get_output_embeddings()
     for layer in range(adapter.n_layers):
         attention = adapter.attention(layer)
