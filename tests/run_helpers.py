@@ -1,5 +1,6 @@
-"""What the training tests share: a run config as ``saekit train`` flags, the kill-and-resume check, and
-small cross-layer runs (a CLT and a crosscoder over both layers of the tiny model).
+"""What the training tests share: a run config as ``saekit train`` flags, the kill-and-resume check, small
+cross-layer runs (a CLT and a crosscoder over both layers of the tiny model), and the graph tests' per-layer
+transcoders.
 
 Imported by name: ``pythonpath = ["tests"]`` in pyproject.toml puts ``tests/`` on ``sys.path``.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from saekit.cli import main
 from saekit.io import load_tensors
 from saekit.rundir import CHECKPOINT_FILE, LOG_FILE
 from saekit.settings import flat_values
@@ -80,3 +82,14 @@ def assert_resume_after_kill_matches(reference: TrainConfig, killed: TrainConfig
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6)
     return runs_dir / killed.name
+
+
+def train_tiny_transcoders(model_dir: Path, root: Path, train_tokens: int = 4096, eval_tokens: int = 200) -> Path:
+    """JumpReLU transcoders on both MLPs of the tiny model, as ``saekit train --sites 'blocks.*.mlp_in->...'``
+    trains them (the graph tests' replacement set); returns the directory holding the two runs."""
+    assert main(["train", "--model", str(model_dir), "--sites", "blocks.*.mlp_in->blocks.*.mlp_out",
+                 "--name", "tc", "--runs-dir", str(root), "--architecture", "jumprelu", "--expansion-factor", "4",
+                 "--train-tokens", str(train_tokens), "--batch-size", "256", "--context-length", "16",
+                 "--contexts-per-chunk", "16", "--shuffle-buffer-tokens", "512", "--eval-tokens", str(eval_tokens),
+                 "--cache-dir", str(root / "cache")]) == 0
+    return root / "tc"

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 from family_models import tiny_loaded as family_loaded
+from run_helpers import train_tiny_transcoders
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from saekit.circuits.attention import head_split, qk_attribution, target_of
@@ -219,14 +220,7 @@ def test_qk_refuses_a_layer_head_or_position_that_does_not_exist(tiny_loaded):
 
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("heads-runs")
-    code = main(["train", "--model", str(tiny_model_dir), "--sites", "blocks.*.mlp_in->blocks.*.mlp_out",
-                 "--name", "tc", "--runs-dir", str(root), "--architecture", "jumprelu", "--expansion-factor", "4",
-                 "--train-tokens", "4096", "--batch-size", "256", "--context-length", "16",
-                 "--contexts-per-chunk", "16", "--shuffle-buffer-tokens", "512", "--eval-tokens", "200",
-                 "--cache-dir", str(root / "cache")])
-    assert code == 0
-    return root / "tc"
+    return train_tiny_transcoders(tiny_model_dir, tmp_path_factory.mktemp("heads-runs"))
 
 
 def test_attribute_heads_writes_the_split_beside_the_graph(trained, tmp_path, capsys):

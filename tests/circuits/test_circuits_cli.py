@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+from run_helpers import train_tiny_transcoders
 
 from saekit.cli import main
 
@@ -14,14 +15,7 @@ PROMPT = "The cat sat on the mat because"
 
 @pytest.fixture(scope="module")
 def transcoders(tiny_model_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("circuit-runs")
-    code = main(["train", "--model", str(tiny_model_dir), "--sites", "blocks.*.mlp_in->blocks.*.mlp_out",
-                 "--name", "tc", "--runs-dir", str(root), "--architecture", "jumprelu", "--expansion-factor", "4",
-                 "--train-tokens", "4096", "--batch-size", "256", "--context-length", "16",
-                 "--contexts-per-chunk", "16", "--shuffle-buffer-tokens", "512", "--eval-tokens", "200",
-                 "--cache-dir", str(root / "cache")])
-    assert code == 0
-    return root / "tc"
+    return train_tiny_transcoders(tiny_model_dir, tmp_path_factory.mktemp("circuit-runs"))
 
 
 def test_attribute_writes_graph_page_and_ablation_report(transcoders, tmp_path, capsys):

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from browser_helpers import CHROMEDRIVER, CHROMIUM, headless_chrome
 from fastapi.testclient import TestClient
+from run_helpers import train_tiny_transcoders
 from serve.helpers import served
 
 from saekit.circuits.graph import FEATURE_TYPE
@@ -26,13 +27,7 @@ SERVED = "blocks.0.mlp_in"  # one of the transcoder runs, served as a run too (i
 
 @pytest.fixture(scope="module")
 def transcoders(tiny_model_dir, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("graph-runs")
-    assert main(["train", "--model", str(tiny_model_dir), "--sites", "blocks.*.mlp_in->blocks.*.mlp_out",
-                 "--name", "tc", "--runs-dir", str(root), "--architecture", "jumprelu", "--expansion-factor", "4",
-                 "--train-tokens", "1024", "--batch-size", "256", "--context-length", "16",
-                 "--contexts-per-chunk", "16", "--shuffle-buffer-tokens", "512", "--eval-tokens", "64",
-                 "--cache-dir", str(root / "cache")]) == 0
-    return root / "tc"
+    return train_tiny_transcoders(tiny_model_dir, tmp_path_factory.mktemp("graph-runs"), 1024, 64)
 
 
 @pytest.fixture(scope="module")
