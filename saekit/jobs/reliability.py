@@ -49,6 +49,7 @@ TOY_METRICS: dict[str, str] = {
     "uniqueness": "uniqueness",
     "shrinkage": "shrinkage",
 }
+TPP_N = (2, 20)  # latents ablated for the TPP rows (SAEBench reports N = 2 to 500; two keep the table short)
 TOY_DICTIONARY_METRICS = ("fvu", "l0", "dead_fraction")  # of EVALUATION_METRICS, the ones a toy world has
 @dataclass(frozen=True)
 class ReliabilitySettings:
@@ -68,6 +69,8 @@ class ReliabilitySettings:
                                           minimum=1, none="task")
     test_per_class: int | None = setting(None, "--task: test texts per class (none: the task's stated size)",
                                          minimum=1, none="task")
+    tpp: bool = setting(False, "--task: also TPP (SAEBench's targeted probe perturbation, N = 2 and 20 latents "
+                        "ablated) on the task's classes, with the same pooled texts (SAEs only)", switch=True)
     toy: str | None = setting(None, "train on this synthetic world instead of the model's activations (its "
                               "features are known, so each metric is rank-correlated with their recovery); "
                               "--data-seed seeds the world (none: the model)", choices=TOY_WORLDS)
@@ -81,6 +84,8 @@ class ReliabilitySettings:
             raise SaekitError(f"--checkpoints must be distinct shares, got {','.join(map(str, self.checkpoints))}")
         if self.task is None and (self.train_per_class or self.test_per_class):
             raise SaekitError("--train-per-class and --test-per-class size the --task's splits; give --task too")
+        if self.tpp and self.task is None:
+            raise SaekitError("--tpp runs on the classes of a --task; give --task too")
         if self.toy is not None and self.task is not None:
             raise SaekitError("--task probes the model's activations on texts; a --toy world has none")
         return self
@@ -147,6 +152,8 @@ def model_study(plan: list[PlannedRun], base: TrainConfig, settings: Reliability
     if base.run.cache_dir is None:
         raise SaekitError("--cache-dir none would run the model again for every seed; give a cache directory")
     probe = _probe_check(settings)
+    if settings.tpp and base.target_site is not None:
+        raise SaekitError("--tpp ablates latents at the site an SAE reconstructs; a transcoder writes elsewhere")
     run_dirs = [runs_dir / p.config.name for p in plan]
     held = [str(d) for d in run_dirs if (d / CONFIG_FILE).exists()]
     if held and not resume:
@@ -167,6 +174,8 @@ def model_study(plan: list[PlannedRun], base: TrainConfig, settings: Reliability
     labels = dict(EVALUATION_METRICS)
     if settings.task is not None:
         labels.update(_probe_labels())
+    if settings.tpp:
+        labels.update({f"tpp_n{n}": f"TPP, N={n}" for n in TPP_N})
     return Study(reliability_table(observations, labels, loaded.name), list(zip(run_dirs, evaluations)))
 
 
@@ -183,14 +192,22 @@ def _probe_check(study: ReliabilitySettings) -> Probe | None:
     if task_name is None:
         return None
     from saekit.data.labelled import load_task
-    from saekit.probing.sparse_probing import ProbeSettings, check_examples, probe_runs
+    from saekit.probing.scr_tpp import RemovalSettings, tpp_of_runs
+    from saekit.probing.sparse_probing import ProbeSettings, check_examples, pool_runs, probe_runs
 
     settings = ProbeSettings(train_per_class=study.train_per_class, test_per_class=study.test_per_class).validate()
     check_examples(load_task(task_name, settings.train_per_class, settings.test_per_class), settings)
 
     def probe(run_dirs: list[Path], loaded: LoadedModel) -> list[dict[str, float | None]]:
-        return [{f"probe_accuracy_k{k}": results.mean["sae"][str(k)]["accuracy"] for k in settings.k}
-                for results in probe_runs(run_dirs, task_name, settings, loaded)]
+        pooled = pool_runs(run_dirs, task_name, settings, loaded)
+        rows: list[dict[str, float | None]] = [
+            {f"probe_accuracy_k{k}": results.mean["sae"][str(k)]["accuracy"] for k in settings.k}
+            for results in probe_runs(run_dirs, task_name, settings, loaded, pooled)]
+        if study.tpp:
+            removal = RemovalSettings(n_values=TPP_N).validate()
+            for row, metrics in zip(rows, tpp_of_runs(pooled, settings, removal), strict=True):
+                row.update({f"tpp_n{n}": metrics.get(f"tpp_threshold_{n}_total_metric") for n in TPP_N})
+        return rows
     return probe
 
 

@@ -46,7 +46,14 @@ from saekit.probing.ablation import (
 )
 from saekit.probing.pooling import pooled_activations, tokenize
 from saekit.probing.probes import NEGATIVE, POSITIVE, BinaryTask
-from saekit.probing.sparse_probing import ProbeInputs, ProbeSettings, binary_tasks, load_probe_inputs, pooled_task
+from saekit.probing.sparse_probing import (
+    PooledRuns,
+    ProbeInputs,
+    ProbeSettings,
+    binary_tasks,
+    load_probe_inputs,
+    pooled_task,
+)
 from saekit.settings import check_rules, setting
 from saekit.training.config import load_run_config
 
@@ -292,3 +299,19 @@ def tpp_run(run_dir: str | Path, task_name: str, probe_settings: ProbeSettings |
     return RemovalResults("tpp", **_identity(inputs), task=task.describe(),
                           settings={**asdict(probe_settings), **asdict(settings), "n_values": list(n_values)},
                           clean_accuracy=clean, metrics=metrics, details=details)
+
+
+def tpp_of_runs(runs: PooledRuns, probe_settings: ProbeSettings, settings: RemovalSettings) -> list[dict[str, float]]:
+    """TPP metrics of several runs on texts pooled once (a reliability study): the probes read the raw
+    activations, the same for every run, so they are trained once; each run's latents pick what is ablated."""
+    seed = probe_settings.seed
+    raw = binary_tasks(runs.pooled[0], runs.task, "llm", seed)
+    probes = train_probes({task.label: task for task in raw}, settings, seed)
+    metrics = []
+    for inputs, pooled in zip(runs.inputs, runs.pooled, strict=True):
+        check_ablatable(inputs)
+        sae = binary_tasks(pooled, runs.task, "sae", seed)
+        decoder = inputs.dictionary.W_dec.detach().float().cpu()
+        n_values = usable_n(settings, inputs.dictionary.config.width)
+        metrics.append(tpp_from_tasks(raw, sae, decoder, n_values, probes)[1])
+    return metrics

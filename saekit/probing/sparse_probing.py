@@ -290,20 +290,40 @@ def probe_run(run_dir: str | Path, task_name: str, settings: ProbeSettings | Non
     return probe_runs([run_dir], task_name, settings, loaded)[0]
 
 
-def probe_runs(run_dirs: list[str | Path], task_name: str, settings: ProbeSettings | None = None,
-               loaded: LoadedModel | None = None) -> list[ProbingResults]:
-    """:func:`probe_run` for several runs of one model and site, the texts pooled in one pass of the model."""
-    settings = (settings or ProbeSettings()).validate()
+@dataclass
+class PooledRuns:
+    """Several runs of one model and site with the task's texts pooled once for all of them."""
+
+    task: LabelledTask
+    plan: SplitPlan
+    inputs: list[ProbeInputs]
+    pooled: list[dict[str, dict[str, Tensor]]]  # per run, as :func:`pooled_task` gives it
+
+
+def pool_runs(run_dirs: list[str | Path], task_name: str, settings: ProbeSettings,
+              loaded: LoadedModel | None = None) -> PooledRuns:
+    """The runs loaded and checked (a missing run is one line before the model loads) and the task's texts pooled
+    in one pass of the model for all of them."""
     run_dirs = [Path(run_dir) for run_dir in run_dirs]
     task = load_task(task_name, settings.train_per_class, settings.test_per_class)
     plan = check_examples(task, settings)
-    configs = [load_run_config(run_dir) for run_dir in run_dirs]  # a missing run is one line before the model loads
+    configs = [load_run_config(run_dir) for run_dir in run_dirs]
     loaded = loaded or configs[0].data.load_model(configs[0].run.device)
     inputs = [load_probe_inputs(run_dir, loaded) for run_dir in run_dirs]
     for run in inputs:
         check_width(settings, min(run.dictionary.config.width, run.dictionary.config.d_in))
+    return PooledRuns(task, plan, inputs, pooled_tasks(inputs, task, settings))
+
+
+def probe_runs(run_dirs: list[str | Path], task_name: str, settings: ProbeSettings | None = None,
+               loaded: LoadedModel | None = None, pooled_runs: PooledRuns | None = None) -> list[ProbingResults]:
+    """:func:`probe_run` for several runs of one model and site, the texts pooled in one pass of the model (or
+    ``pooled_runs``, pooled already with these settings)."""
+    settings = (settings or ProbeSettings()).validate()
+    pooled_runs = pooled_runs or pool_runs(run_dirs, task_name, settings, loaded)
+    task, plan = pooled_runs.task, pooled_runs.plan
     results = []
-    for run, pooled in zip(inputs, pooled_tasks(inputs, task, settings)):
+    for run, pooled in zip(pooled_runs.inputs, pooled_runs.pooled, strict=True):
         classes = probe_classes(pooled, task, settings, plan)
         table, llm_all = _averages(classes)
         config = run.dictionary.config

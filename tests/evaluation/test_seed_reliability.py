@@ -22,6 +22,7 @@ from saekit.evaluation.reliability import (
 )
 from saekit.evaluation.report import render_report
 from saekit.evaluation.results import EvaluationResults
+from saekit.probing.scr_tpp import RemovalSettings, tpp_run
 from saekit.probing.sparse_probing import ProbeSettings, probe_run
 
 # A run config small enough to train in a second: 8 steps of 256 tokens at blocks.1.resid_post of the tiny model.
@@ -141,14 +142,14 @@ def test_run_reports_show_the_seed_sd(model_study):
     assert "seed SD" not in render_report(metrics, {})
 
 
-def test_task_adds_sparse_probing_accuracy(tiny_model_dir, tiny_loaded, tmp_path):
+def test_task_adds_sparse_probing_accuracy_and_tpp(tiny_model_dir, tiny_loaded, tmp_path):
     rows = [{"text": f"{' '.join(words)} n{i}", "label": label}
             for label, words in (("cat", ("meow", "purr", "whiskers")), ("dog", ("woof", "bark", "leash")))
             for i in range(40)]
     task = tmp_path / "pets.jsonl"
     task.write_text("".join(json.dumps(row) + "\n" for row in rows))
     assert main(tiny_args(tiny_model_dir, tmp_path, "--seeds", "3,4", "--checkpoints", "none", "--task",
-                          str(task), "--train-per-class", "25", "--test-per-class", "8")) == 0
+                          str(task), "--train-per-class", "25", "--test-per-class", "8", "--tpp")) == 0
     study = json.loads((tmp_path / "runs" / "rel" / "reliability.json").read_text())
     metrics = {m["metric"]: m for m in study["metrics"]}
     assert {"probe_accuracy_k1", "probe_accuracy_k2", "probe_accuracy_k5"} <= set(metrics)
@@ -160,6 +161,13 @@ def test_task_adds_sparse_probing_accuracy(tiny_model_dir, tiny_loaded, tmp_path
     assert seed3["values"]["probe_accuracy_k1"] == probed.mean["sae"]["1"]["accuracy"]
     values = [o["values"]["probe_accuracy_k5"] for o in study["observations"]]
     assert metrics["probe_accuracy_k5"]["seed_sd"] == pytest.approx(statistics.stdev(values))
+    # TPP wired through (zero here: SAEBench's probe lr barely moves on the tiny model; tests/probing/
+    # test_tpp_of_runs.py compares non-zero scores)
+    alone = tpp_run(seed3["run"], str(task), ProbeSettings(train_per_class=25, test_per_class=8),
+                    RemovalSettings(n_values=(2, 20)), tiny_loaded)
+    for n in (2, 20):
+        assert seed3["values"][f"tpp_n{n}"] == alone.metrics[f"tpp_threshold_{n}_total_metric"]
+    assert {"tpp_n2", "tpp_n20"} <= set(metrics)
 
 
 @pytest.mark.parametrize(("flags", "message"), [
@@ -169,6 +177,7 @@ def test_task_adds_sparse_probing_accuracy(tiny_model_dir, tiny_loaded, tmp_path
     (["--checkpoints", "0.01"], "--checkpoints 0.01 of 8 steps is less than one step"),
     (["--toy", "sparse", "--task", "language"], "--task probes the model's activations"),
     (["--train-per-class", "20"], "--train-per-class and --test-per-class size the --task's splits; give --task"),
+    (["--tpp"], "--tpp runs on the classes of a --task; give --task too"),
     (["--grid", "nope:k=1"], "unknown architecture 'nope' in grid"),
     (["--cache-dir", "none"], "--cache-dir none would run the model again for every seed"),
 ])
