@@ -310,6 +310,8 @@ class QKAttribution:
     query_bias: Tensor  # [K]: the query part of no node (every node at zero)
     key_bias: Tensor  # [K]
     kinds: list[str]  # N: "latent", "error" or "token" (the ids alone are ambiguous: 0_5_3 is both)
+    layers: Tensor  # [N] each node's layer (-1: a token)
+    latents: Tensor  # [N] each latent node's index in its layer's dictionary (-1: not a latent)
 
     @property
     def total(self) -> Tensor:
@@ -409,18 +411,37 @@ class QKProbe:
         return scaling * (k[:, :query + 1] @ q[:, query, :, None]).squeeze(-1)
 
 
-def _node_ids(replacement: ReplacementModel, features: Tensor) -> tuple[list[str], Tensor, list[str]]:
-    """The graph JSON's ids of the nodes (latents, error nodes layer-major, tokens), their positions and kinds."""
+@dataclass
+class _NodeIndex:
+    """The QK view's nodes in the order of :func:`_times_values`: graph JSON ids, kinds, positions, layers and
+    latent indices (-1 where a node has none)."""
+
+    names: list[str]
+    kinds: list[str]
+    positions: list[int]
+    layers: list[int]
+    latents: list[int]
+
+
+def _node_ids(replacement: ReplacementModel, features: Tensor) -> _NodeIndex:
+    """The nodes: latents, error nodes layer-major, then tokens."""
     ids_, n_positions = replacement.clean.input_ids.tolist(), len(replacement.clean.input_ids)
-    names = [f"{layer}_{latent}_{position}" for layer, position, latent in features.tolist()]
-    positions = features[:, 1].tolist()
+    rows = features.tolist()
+    index = _NodeIndex([f"{layer}_{latent}_{position}" for layer, position, latent in rows], ["latent"] * len(rows),
+                       [position for _, position, _ in rows], [layer for layer, _, _ in rows],
+                       [latent for _, _, latent in rows])
     for layer in replacement.error_layers:
-        names += [f"0_{layer}_{position}" for position in range(n_positions)]
-        positions += list(range(n_positions))
-    names += [f"E_{token}_{position}" for position, token in enumerate(ids_)]
-    n_errors = len(replacement.error_layers) * n_positions
-    kinds = ["latent"] * len(features) + ["error"] * n_errors + ["token"] * n_positions
-    return names, torch.tensor(positions + list(range(n_positions))), kinds
+        index.names += [f"0_{layer}_{position}" for position in range(n_positions)]
+        index.kinds += ["error"] * n_positions
+        index.positions += list(range(n_positions))
+        index.layers += [layer] * n_positions
+        index.latents += [-1] * n_positions
+    index.names += [f"E_{token}_{position}" for position, token in enumerate(ids_)]
+    index.kinds += ["token"] * n_positions
+    index.positions += list(range(n_positions))
+    index.layers += [-1] * n_positions
+    index.latents += [-1] * n_positions
+    return index
 
 
 def _times_values(grads: list[Tensor | None], nodes: Nodes, features: Tensor) -> Tensor:
@@ -457,7 +478,7 @@ def qk_attribution(replacement: ReplacementModel, layer: int, head: int, query: 
         features = torch.cat([torch.stack([torch.full_like(p, lay), p, lat], 1) for lay, latents in
                               replacement.clean.latents.items() for p, lat in [(latents > 0).nonzero(as_tuple=True)]])
     features = features.long().cpu()
-    names, positions, kinds = _node_ids(replacement, features)
+    index = _node_ids(replacement, features)
     keys = torch.arange(query + 1)
     with torch.no_grad():
         clean_q, clean_k, scaling = probe.run(replacement.clean_nodes(1))
@@ -476,8 +497,9 @@ def qk_attribution(replacement: ReplacementModel, layer: int, head: int, query: 
             grads = torch.autograd.grad(scaling * objective, leaves, retain_graph=True, allow_unused=True)
             side.append(_times_values(list(grads), nodes, features))
     pattern = replacement.patterns[layer][0, head, query, :query + 1].float().cpu()
-    return QKAttribution(layer, head, query, scores.cpu(), pattern, names, positions, torch.cat(query_parts),
-                         torch.cat(key_parts), query_bias.cpu(), key_bias.cpu(), kinds)
+    return QKAttribution(layer, head, query, scores.cpu(), pattern, index.names, torch.tensor(index.positions),
+                         torch.cat(query_parts), torch.cat(key_parts), query_bias.cpu(), key_bias.cpu(), index.kinds,
+                         torch.tensor(index.layers), torch.tensor(index.latents))
 
 
 # ---------------------------------------------------------------- the QK view on disk (saekit attribute --qk)
@@ -540,11 +562,11 @@ _GRAPH_KINDS = {"feature": "latent", "error": "error", "token": "token"}
 def _node_entry(view: QKAttribution, index: int, tokens: list[str]) -> dict:
     """Node ``index`` of a view, described: its graph JSON id, kind, layer, latent and position."""
     name, kind, position = view.nodes[index], view.kinds[index], int(view.positions[index])
-    parts = name.split("_")
-    if kind == "latent":  # {layer}_{latent}_{position}
-        return {"node": name, "kind": kind, "layer": int(parts[0]), "latent": int(parts[1]), "position": position}
-    if kind == "error":  # 0_{layer}_{position}
-        return {"node": name, "kind": kind, "layer": int(parts[1]), "position": position}
+    if kind == "latent":
+        return {"node": name, "kind": kind, "layer": int(view.layers[index]), "latent": int(view.latents[index]),
+                "position": position}
+    if kind == "error":
+        return {"node": name, "kind": kind, "layer": int(view.layers[index]), "position": position}
     return {"node": name, "kind": kind, "position": position, "token": tokens[position]}
 
 
